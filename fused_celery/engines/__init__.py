@@ -1,0 +1,54 @@
+"""Engines that run a pool's entries: ``local`` (a process pool) and ``celery`` (the cluster)."""
+
+from __future__ import annotations
+
+from ..options import WHITELISTED_INSTANCE_TYPES
+from .base import Engine, EntryState, PoolSpec
+
+__all__ = ["Engine", "EntryState", "PoolSpec", "make_engine", "resolve_engine"]
+
+
+def resolve_engine(engine: str | None, instance_type: str | None = None) -> tuple[str, str | None]:
+    """Map the user's ``engine`` / ``instance_type`` to ``(kind, queue)``.
+
+    engine: ``"local"``, ``"remote"``, an instance type name, or None for
+    ``options.resolved_default_engine``. instance_type: a whitelisted instance type (routes to
+    its queue; implies the cluster). Raises ``ValueError`` listing the allowed values.
+    """
+    from ..options import options
+
+    if instance_type is not None:
+        _check_instance_type(instance_type)
+        if engine not in (None, "remote", instance_type):
+            raise ValueError(
+                f"instance_type={instance_type!r} runs on the cluster; it cannot be combined "
+                f"with engine={engine!r}"
+            )
+        return "celery", instance_type
+    if engine is None:
+        engine = options.resolved_default_engine
+    if engine == "local":
+        return "local", None
+    if engine == "remote":
+        return "celery", None
+    _check_instance_type(engine)
+    return "celery", engine
+
+
+def _check_instance_type(name: str) -> None:
+    if name not in WHITELISTED_INSTANCE_TYPES:
+        allowed = ", ".join(WHITELISTED_INSTANCE_TYPES)
+        raise ValueError(
+            f"unknown engine or instance type {name!r}; use 'local', 'remote' or one of: {allowed}"
+        )
+
+
+def make_engine(kind: str, spec: PoolSpec) -> Engine:
+    """Build the engine of ``kind`` (``"local"`` or ``"celery"``) for ``spec``."""
+    if kind == "local":
+        from .local import LocalEngine
+
+        return LocalEngine(spec)
+    from .celery import CeleryEngine
+
+    return CeleryEngine(spec)

@@ -1,0 +1,90 @@
+"""A local-engine worker process: ``python -m fused_celery.engines.local_worker RFD WFD``.
+
+Reads messages from file descriptor RFD and answers on WFD (``multiprocessing.connection``
+framing). Messages in: ``("udf", udf_json, max_log_bytes, cache_dir)`` once, then
+``("run", [(position, encoded_kwargs, cache_key_or_None), ...], threads)``; ``None`` stops.
+Messages out: ``("done", [(position, outcome), ...])``: finished entries, flushed at the end of
+each batch and at least every 20 ms, so tiny entries cost one message per batch.
+
+A reader thread drains the input continuously, so neither side can block the other on a full
+pipe; the process exits when its parent closes the pipe (or dies).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+
+def _reader(conn: Connection, inbox: queue.Queue[Any]) -> None:
+    try:
+        while True:
+            inbox.put(conn.recv())
+    except (EOFError, OSError):
+        inbox.put(None)
+
+
+class _Sink:
+    """Caches and reports the finished entries of one batch (flushes at its end or every 20 ms)."""
+
+    def __init__(self, conn: Connection, lock: threading.Lock, cache: Any, keys: dict) -> None:
+        self.conn, self.lock, self.cache, self.keys = conn, lock, cache, keys
+        self.left = len(keys)
+        self.pending: list[tuple[int, Any]] = []
+        self.flushed = time.monotonic()
+
+    def done(self, pos: int, outcome: dict[str, Any]) -> None:
+        key = self.keys.get(pos)
+        if key and self.cache is not None:
+            self.cache.put(key, outcome)
+        with self.lock:
+            self.pending.append((pos, outcome))
+            self.left -= 1
+            now = time.monotonic()
+            if self.left == 0 or now - self.flushed > 0.02:
+                self.conn.send(("done", self.pending))
+                self.pending = []
+                self.flushed = now
+
+
+def main(rfd: int, wfd: int) -> None:
+    """Serve run requests until told to stop or the parent goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    from ..cache import DiskCache
+    from ..execute import run_batch
+
+    rconn = Connection(rfd, writable=False)
+    wconn = Connection(wfd, readable=False)
+    inbox: queue.Queue[Any] = queue.Queue()
+    threading.Thread(target=_reader, args=(rconn, inbox), daemon=True).start()
+    send_lock = threading.Lock()
+    udf: dict[str, Any] = {}
+    max_log = 64 * 1024
+    cache: DiskCache | None = None
+
+    while True:
+        msg = inbox.get()
+        if msg is None:
+            break
+        if msg[0] == "udf":
+            _, udf, max_log, cache_dir = msg
+            cache = DiskCache(cache_dir) if cache_dir else None
+            continue
+        _, batch, threads = msg
+        sink = _Sink(wconn, send_lock, cache, {pos: key for pos, _, key in batch})
+        run_batch(
+            udf, [(pos, enc) for pos, enc, _ in batch], threads=threads,
+            max_log_bytes=max_log, on_done=sink.done,
+        )
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))

@@ -1,0 +1,118 @@
+"""All configuration of fused-celery, in one place.
+
+Every field can be set in code (``fused_celery.options.broker_url = "redis://..."``) or
+through an environment variable named ``FUSED_CELERY_<FIELD>`` (nested fields use ``__``, for example
+``FUSED_CELERY_SHOW__ENABLE_TQDM=0``). Nothing else in the package reads ``os.environ`` for settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Instance types a job or map may ask for (seed 000). Each one is a Celery queue.
+WHITELISTED_INSTANCE_TYPES: tuple[str, ...] = (
+    "m5.large",
+    "m5.xlarge",
+    "m5.2xlarge",
+    "m5.4xlarge",
+    "r5.large",
+    "r5.xlarge",
+    "r5.2xlarge",
+    "r5.4xlarge",
+)
+
+#: The queue served by workers that were not given an instance type.
+DEFAULT_QUEUE = "fused"
+
+
+class ShowOptions(BaseModel):
+    """Display options.
+
+    enable_tqdm: show tqdm progress bars in ``wait()`` and job waits (default True).
+    """
+
+    model_config = {"validate_assignment": True}
+    enable_tqdm: bool = True
+
+
+class Options(BaseSettings):
+    """fused-celery settings (environment prefix ``FUSED_CELERY_``).
+
+    broker_url: Celery broker, e.g. ``redis://127.0.0.1:6379/0``; None means no cluster is
+        configured, so the default engine is ``local``.
+    result_backend: where task states and results live; defaults to ``broker_url``.
+    storage_root: local directory or ``s3://bucket/prefix`` for large results and tables
+        (default ``~/.cache/fused-celery``).
+    default_engine: ``"local"`` or ``"remote"``; None picks ``remote`` when a broker is configured.
+    task_soft_time_limit / task_time_limit: seconds before an entry is marked ``timeout``
+        (defaults 3600 / 3660).
+    visibility_timeout: seconds after which Redis redelivers an unacknowledged task (default
+        7200, kept above ``task_time_limit``).
+    result_expires: seconds a pool's states, results and logs are kept in Redis (default 7 days).
+    cache_max_age: default seconds a cached UDF result may be reused (default 12 h).
+    max_log_bytes: per-entry cap on captured stdout/stderr (default 64 KiB).
+    large_result_bytes: results larger than this go to storage, not Redis (default 1 MiB).
+    worker_prefetch_multiplier: Celery prefetch (default 1: a dying worker loses little).
+    poll_interval: seconds between state polls of a remote pool (default 0.05).
+    cluster_dir: folder for the local cluster's embedded Redis data and logs
+        (default ``./.fused-celery``).
+    cache_dir: folder of the local engine's result cache (default ``~/.cache/fused-celery/udf``).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="FUSED_CELERY_", env_nested_delimiter="__", validate_assignment=True
+    )
+
+    broker_url: str | None = None
+    result_backend: str | None = None
+    storage_root: str = Field(default_factory=lambda: str(Path.home() / ".cache" / "fused-celery"))
+    default_engine: Literal["local", "remote"] | None = None
+    task_soft_time_limit: float = 3600.0
+    task_time_limit: float = 3660.0
+    visibility_timeout: int = 7200
+    result_expires: int = 7 * 24 * 3600
+    cache_max_age: int = 12 * 3600
+    max_log_bytes: int = 64 * 1024
+    large_result_bytes: int = 1024 * 1024
+    worker_prefetch_multiplier: int = 1
+    poll_interval: float = 0.05
+    cluster_dir: str = Field(default_factory=lambda: str(Path.cwd() / ".fused-celery"))
+    cache_dir: str = Field(
+        default_factory=lambda: str(Path.home() / ".cache" / "fused-celery" / "udf")
+    )
+    show: ShowOptions = Field(default_factory=ShowOptions)
+
+    @field_validator("visibility_timeout")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("visibility_timeout must be a positive number of seconds")
+        return value
+
+    @property
+    def resolved_result_backend(self) -> str | None:
+        """The result backend URL: ``result_backend`` or else ``broker_url``."""
+        return self.result_backend or self.broker_url
+
+    @property
+    def resolved_default_engine(self) -> str:
+        """``default_engine``, or ``remote`` when a broker URL is configured, else ``local``."""
+        if self.default_engine:
+            return self.default_engine
+        return "remote" if self.broker_url else "local"
+
+
+options = Options()
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
