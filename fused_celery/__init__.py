@@ -1,8 +1,8 @@
 """fused-celery: the Fused SDK's ``udf.map`` / ``JobPool`` API on your own Celery cluster.
 
 ``import fused_celery as fused`` and keep your Fused code: ``@fused.udf``, ``udf.map``,
-``fused.run``, ``fused.options``, ``fused.JobPool.attach(pool_id)``. The pool and API modules (which need pandas) are imported on first use, so that worker
-processes start fast.
+``fused.run``, ``fused.options``, ``fused.JobPool.attach(pool_id)``. The pool and API modules
+(which need pandas) are imported on first use, so that worker processes start fast.
 """
 
 from __future__ import annotations

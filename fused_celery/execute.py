@@ -141,8 +141,15 @@ def _error_from_exception(exc: BaseException, filename: str) -> UdfRuntimeError:
     kept = frames[user[0]:] if user else frames[-1:]
     text = "Traceback (most recent call last):\n" + "".join(traceback.format_list(kept))
     text += "".join(traceback.format_exception_only(type(exc), exc))
+    message = str(exc)
+    if isinstance(exc, ImportError):
+        missing = getattr(exc, "name", None) or "a module"
+        message += (
+            f" (the worker cannot import {missing}: install it in the workers' environment or "
+            "image, or import it inside the UDF only where it exists)"
+        )
     return UdfRuntimeError(
-        str(exc), child_exception_class=type(exc).__name__, lineno=lineno, traceback=text
+        message, child_exception_class=type(exc).__name__, lineno=lineno, traceback=text
     )
 
 

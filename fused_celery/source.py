@@ -163,12 +163,13 @@ def check_function(fn: Any) -> None:
             )
 
 
-def capture_source(fn: Callable[..., Any]) -> str:
+def capture_source(fn: Callable[..., Any], stacklevel: int = 3) -> str:
     """The UDF's shippable code: captured imports, constants and helpers, then its own source
     (dedented, decorator line included).
 
     Raises :class:`UdfDefinitionError` when the source cannot be read. Warns (once per UDF) about
-    globals that cannot be shipped, naming them.
+    globals that cannot be shipped, naming them (``stacklevel``: the warning's frame, counted
+    from this function).
     """
     check_function(fn)
     source = _read_source(fn, f"UDF {fn.__name__!r}")
@@ -184,7 +185,7 @@ def capture_source(fn: Callable[..., Any]) -> str:
             f"UDF {fn.__name__}: these globals cannot be shipped with it and will be missing on "
             f"workers: {', '.join(capture.warnings)}. Pass them as parameters or import them "
             "inside the function.",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     header = capture.header()
     future = "from __future__ import annotations\n\n" if _has_future_annotations(fn) else ""
@@ -195,3 +196,31 @@ def _has_future_annotations(fn: Callable[..., Any]) -> bool:
     import __future__
 
     return bool(fn.__code__.co_flags & __future__.annotations.compiler_flag)
+
+
+def signature_from_code(code: str, entrypoint: str) -> inspect.Signature:
+    """The entrypoint's signature read from ``code`` without running it (no imports needed).
+
+    Defaults are placeholders: only which parameters have one is known. Raises
+    :class:`UdfDefinitionError` when ``code`` does not define ``entrypoint``.
+    """
+    for node in ast.parse(code).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entrypoint:
+            break
+    else:
+        raise UdfDefinitionError(f"the UDF code defines no function named {entrypoint!r}")
+    a = node.args
+    P = inspect.Parameter
+    positional = [*a.posonlyargs, *a.args]
+    first_default = len(positional) - len(a.defaults)
+    params = [
+        P(arg.arg, P.POSITIONAL_OR_KEYWORD, default=... if i >= first_default else P.empty)
+        for i, arg in enumerate(positional)
+    ]
+    if a.vararg is not None:
+        params.append(P(a.vararg.arg, P.VAR_POSITIONAL))
+    for arg, default in zip(a.kwonlyargs, a.kw_defaults):
+        params.append(P(arg.arg, P.KEYWORD_ONLY, default=P.empty if default is None else ...))
+    if a.kwarg is not None:
+        params.append(P(a.kwarg.arg, P.VAR_KEYWORD))
+    return inspect.Signature(params)

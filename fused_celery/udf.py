@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import codec
-from .source import capture_source
+from .source import capture_source, signature_from_code
 from .types import UdfArgumentError, UdfDefinitionError, UdfSerializationError, error_from_dict
 
 if TYPE_CHECKING:
@@ -80,15 +80,9 @@ class Udf(BaseModel):
     # ------------------------------------------------------------------ introspection
 
     @cached_property
-    def _function(self) -> Callable[..., Any]:
-        from .execute import load_function
-
-        return load_function(self.code, self.entrypoint, self.name)
-
-    @property
     def signature(self) -> inspect.Signature:
-        """The entrypoint's signature."""
-        return inspect.signature(self._function)
+        """The entrypoint's parameters, read from ``code`` without running it."""
+        return signature_from_code(self.code, self.entrypoint)
 
     def wire(self) -> dict[str, Any]:
         """The JSON form sent to workers."""
@@ -361,15 +355,16 @@ def udf(
     default_parameters: defaults merged under each call's arguments.
     """
 
-    def wrap(func: Callable[..., Any]) -> Udf:
-        code = capture_source(func)
+    def wrap(func: Callable[..., Any], _depth: int = 0) -> Udf:
+        # warnings point at the user's decorator line: one frame further up for the bare form
+        code = capture_source(func, stacklevel=3 + _depth)
         params = inspect.signature(func).parameters
         reserved = sorted(RESERVED_PARAMETERS & set(params))
         if reserved:
             warnings.warn(
                 f"UDF {func.__name__} has parameter(s) {reserved} whose names are reserved by "
                 "udf.map / udf(...) options; pass them inside arg_list dicts or rename them",
-                stacklevel=3,
+                stacklevel=2 + _depth,
             )
         return Udf(
             name=name or func.__name__,
@@ -387,7 +382,7 @@ def udf(
     if fn is not None:
         if not callable(fn) or isinstance(fn, Udf):
             raise UdfDefinitionError(f"@udf expects a function, got {type(fn).__name__}")
-        return wrap(fn)
+        return wrap(fn, 1)
     return wrap
 
 
