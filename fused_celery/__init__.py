@@ -20,6 +20,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "JobPool": ("fused_celery.pool", "JobPool"),
     "api": ("fused_celery.api", None),
+    "open_table": ("fused_celery.table", "open_table"),
+    "get_chunks_metadata": ("fused_celery.table", "get_chunks_metadata"),
+    "get_chunk_from_table": ("fused_celery.table", "get_chunk_from_table"),
+    "Table": ("fused_celery.table", "Table"),
     "types": ("fused_celery.types", None),
 }
 

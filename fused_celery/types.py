@@ -107,3 +107,61 @@ def error_from_dict(data: dict[str, Any]) -> UdfRuntimeError:
         lineno=data.get("lineno"),
         traceback=data.get("traceback", ""),
     )
+
+
+class PoolExpiredError(PoolNotFoundError):
+    """The pool existed but its record expired (``result_expires``); its results are gone."""
+
+
+# --- storage and tables ------------------------------------------------------------------------
+
+
+class StorageError(FusedError, OSError):
+    """A storage operation failed (the URL and the cause are in the message)."""
+
+
+class UnsupportedURLError(StorageError, ValueError):
+    """A URL's scheme is not one fused-celery stores to (local path, ``file://``, ``s3://``)."""
+
+
+class BucketNotFoundError(StorageError, FileNotFoundError):
+    """An ``s3://`` URL names a bucket that does not exist at the configured endpoint."""
+
+
+class CorruptFileError(StorageError):
+    """A Parquet file of a table cannot be decoded; the message names the file."""
+
+
+class InvalidNameError(FusedError, ValueError):
+    """A table name, file id or run id is empty, contains ``..`` or a path separator, or other
+    characters outside ``[A-Za-z0-9_.=-]``."""
+
+
+class TableNotFoundError(FusedError, FileNotFoundError):
+    """Nothing is stored at a table URL."""
+
+
+class IncompleteTableError(TableNotFoundError):
+    """A table directory has data but no ``_sample``: its writer has not committed (or crashed).
+
+    It is never read as if it were whole; rerun the job that writes it to complete it. A
+    subclass of :class:`TableNotFoundError`: an incomplete table is not a table.
+    """
+
+
+class TableExistsError(FusedError, FileExistsError):
+    """A writer with ``overwrite=False`` was pointed at an existing table (or a non-empty folder
+    that is not a fused table)."""
+
+
+class TableFormatError(FusedError, ValueError):
+    """A ``_sample`` lacks fused metadata, has another ``fused:format_version``, or its
+    chunk metadata cannot be decoded."""
+
+
+class ChunkNotFoundError(FusedError, LookupError):
+    """A file_id or chunk_id is not in a table; the message lists the ones that exist."""
+
+
+class ColumnNotFoundError(FusedError, LookupError):
+    """Columns asked of a table are not in it; the message lists the columns it has."""

@@ -1,0 +1,406 @@
+"""Storage by URL: local paths, ``file://`` and ``s3://bucket/prefix``, through ``pyarrow.fs``.
+
+Every function takes a URL; :func:`resolve` turns it into a ``(filesystem, path)`` pair. S3 is
+configured from :data:`fused_celery.options` (``s3_endpoint_url``, ``s3_region``,
+``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``); fields left unset fall
+back to the AWS SDK's defaults, so the standard ``AWS_*`` variables and instance profiles work.
+Pointing ``s3_endpoint_url`` at ``http://127.0.0.1:<port>`` serves S3 from a local
+S3-compatible server (MinIO, moto).
+
+Writes are atomic: :func:`write_bytes` and :func:`atomic_output` write a local file under a
+temporary name in the same folder and rename it into place, and send an S3 object as one request
+(a PUT; objects over the 10 MiB part size go as a multipart upload, which S3 also makes visible
+only when complete). A reader never sees half an object.
+
+Errors are typed (:mod:`fused_celery.types`): an unknown scheme is :class:`UnsupportedURLError`,
+a missing bucket :class:`BucketNotFoundError`, other failures :class:`StorageError` naming the
+URL. A missing object is the builtin :class:`FileNotFoundError`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, TypeVar
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from .options import options
+from .types import BucketNotFoundError, StorageError, UnsupportedURLError
+
+SCHEMES: tuple[str, ...] = ("file", "s3")
+"""URL schemes fused-celery stores to; a path without a scheme is a local path."""
+
+TEMP_MARKER = ".tmp-"
+"""Part of the name of a local file being written (``.<name>.tmp-<hex>``); listings skip them."""
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed storage URL.
+
+    ``url``: the normalised URL (local paths absolute, no trailing ``/``); ``scheme``: ``"file"``
+    or ``"s3"``; ``path``: the path for ``filesystem`` (``bucket/key`` on S3); ``bucket``: the
+    S3 bucket, or None.
+    """
+
+    url: str
+    scheme: str
+    path: str
+    bucket: str | None
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        """The pyarrow filesystem serving this location (S3 configured from ``options``)."""
+        if self.scheme == "s3":
+            return _s3_filesystem(self.bucket or "")
+        return _LOCAL
+
+
+_LOCAL = pafs.LocalFileSystem()
+
+
+def parse(url: str | os.PathLike[str]) -> Location:
+    """Parse ``url`` (``/path``, ``relative/path``, ``~/path``, ``file:///path``,
+    ``s3://bucket/key``) into a :class:`Location`.
+
+    Raises :class:`UnsupportedURLError` for another scheme, an S3 URL without a bucket, or an S3
+    key with ``..`` segments.
+    """
+    text = os.fspath(url)
+    if not isinstance(text, str) or not text:
+        raise UnsupportedURLError(
+            f"empty storage URL {url!r}; pass a local path or s3://bucket/..."
+        )
+    if "://" not in text:
+        path = os.path.abspath(os.path.expanduser(text))
+        return Location(url=path, scheme="file", path=path, bucket=None)
+    scheme, rest = text.split("://", 1)
+    scheme = scheme.lower()
+    if scheme == "file":
+        if rest and not rest.startswith("/"):
+            raise UnsupportedURLError(
+                f"file URL {text!r} names a host; use file:///absolute/path or a plain path"
+            )
+        path = os.path.abspath(rest or "/")
+        return Location(url=path, scheme="file", path=path, bucket=None)
+    if scheme == "s3":
+        key = rest.strip("/")
+        bucket = key.split("/", 1)[0]
+        if not bucket:
+            raise UnsupportedURLError(f"S3 URL {text!r} has no bucket; write s3://bucket/prefix")
+        if ".." in key.split("/"):
+            raise UnsupportedURLError(
+                f"S3 URL {text!r} contains a '..' segment; S3 keys are not resolved like paths, "
+                "write the key without it"
+            )
+        return Location(url=f"s3://{key}", scheme="s3", path=key, bucket=bucket)
+    raise UnsupportedURLError(
+        f"unsupported URL scheme {scheme!r} in {text!r}; use a local path, file:///path or "
+        "s3://bucket/prefix"
+    )
+
+
+def resolve(url: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """The ``(pyarrow filesystem, path)`` pair for ``url`` (see :func:`parse`)."""
+    loc = parse(url)
+    return loc.filesystem, loc.path
+
+
+def normalize(url: str | os.PathLike[str]) -> str:
+    """``url`` in canonical form: absolute local path, or ``s3://bucket/key`` without a
+    trailing slash."""
+    return parse(url).url
+
+
+def join(url: str, *parts: str) -> str:
+    """``url`` with ``parts`` appended, separated by ``/`` (S3) or the local separator."""
+    loc = parse(url)
+    cleaned = [p.strip("/") for p in parts if p and p.strip("/")]
+    if loc.scheme == "s3":
+        return "/".join([loc.url, *cleaned])
+    return os.path.join(loc.url, *cleaned)
+
+
+# --- S3 ----------------------------------------------------------------------------------------
+
+_fs_lock = threading.Lock()
+_fs_cache: dict[tuple, pafs.S3FileSystem] = {}
+_region_cache: dict[str, str | None] = {}
+
+
+def _secret(value: object) -> str | None:
+    if value is None:
+        return None
+    getter = getattr(value, "get_secret_value", None)
+    return getter() if getter else str(value)
+
+
+def _endpoint() -> tuple[str | None, str]:
+    """``(endpoint_override, scheme)`` from ``options.s3_endpoint_url``."""
+    url = options.s3_endpoint_url
+    if not url:
+        return None, "https"
+    if "://" in url:
+        scheme, host = url.split("://", 1)
+        return host.rstrip("/"), scheme.lower()
+    return url.rstrip("/"), "https"
+
+
+def _bucket_region(bucket: str) -> str | None:
+    """The region to talk to ``bucket`` in: ``options.s3_region``, else ``us-east-1`` for a
+    custom endpoint, else asked of AWS once per bucket (None when that fails: the SDK decides)."""
+    if options.s3_region:
+        return options.s3_region
+    if options.s3_endpoint_url:
+        return "us-east-1"
+    if bucket not in _region_cache:
+        try:
+            _region_cache[bucket] = pafs.resolve_s3_region(bucket)
+        except OSError as exc:
+            if "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
+                raise _missing_bucket(bucket) from exc
+            _region_cache[bucket] = None
+    return _region_cache[bucket]
+
+
+def _s3_filesystem(bucket: str) -> pafs.S3FileSystem:
+    region = _bucket_region(bucket)
+    endpoint, scheme = _endpoint()
+    key = (
+        os.getpid(),
+        region,
+        endpoint,
+        scheme,
+        options.aws_access_key_id,
+        _secret(options.aws_secret_access_key),
+        _secret(options.aws_session_token),
+    )
+    with _fs_lock:
+        fs = _fs_cache.get(key)
+        if fs is None:
+            kwargs: dict[str, object] = {
+                "region": region,
+                "endpoint_override": endpoint,
+                "scheme": scheme,
+                # Small objects go as one PutObject instead of a multipart upload.
+                "allow_delayed_open": True,
+            }
+            if options.aws_access_key_id:
+                kwargs["access_key"] = options.aws_access_key_id
+                kwargs["secret_key"] = _secret(options.aws_secret_access_key)
+                kwargs["session_token"] = _secret(options.aws_session_token)
+            fs = pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v is not None})
+            _fs_cache[key] = fs
+        return fs
+
+
+def _missing_bucket(bucket: str) -> BucketNotFoundError:
+    where = options.s3_endpoint_url or "AWS S3"
+    return BucketNotFoundError(
+        f"S3 bucket {bucket!r} does not exist at {where}; create it (aws s3 mb s3://{bucket}) or "
+        "fix the URL (and options.s3_endpoint_url / s3_region if it lives elsewhere)"
+    )
+
+
+def bucket_exists(url: str) -> bool:
+    """True when ``url`` is local, or is on S3 and its bucket exists."""
+    loc = parse(url)
+    if loc.scheme != "s3":
+        return True
+    try:
+        info = loc.filesystem.get_file_info(loc.bucket)
+    except BucketNotFoundError:
+        return False
+    except OSError as exc:
+        raise _storage_error("check the bucket of", loc.url, exc) from exc
+    return info.type != pafs.FileType.NotFound
+
+
+def check_bucket(url: str) -> None:
+    """Raise :class:`BucketNotFoundError` when ``url`` is on S3 and its bucket is missing."""
+    loc = parse(url)
+    if loc.scheme == "s3" and not bucket_exists(url):
+        raise _missing_bucket(loc.bucket or "")
+
+
+def _storage_error(action: str, url: str, exc: BaseException) -> StorageError:
+    return StorageError(f"cannot {action} {url}: {exc}")
+
+
+def _call(action: str, loc: Location, fn: Callable[[], _T]) -> _T:
+    """Run ``fn``; turn its errors into typed ones naming ``loc`` (a missing bucket first)."""
+    try:
+        return fn()
+    except NotADirectoryError as exc:  # a parent is a file: nothing is at this URL
+        raise FileNotFoundError(f"no file at {loc.url}: a parent is a file") from exc
+    except (FileNotFoundError, BucketNotFoundError, UnsupportedURLError):
+        if loc.scheme == "s3" and not bucket_exists(loc.url):
+            raise _missing_bucket(loc.bucket or "") from None
+        raise
+    except OSError as exc:
+        if loc.scheme == "s3" and not bucket_exists(loc.url):
+            raise _missing_bucket(loc.bucket or "") from exc
+        if isinstance(exc, StorageError):
+            raise
+        raise _storage_error(action, loc.url, exc) from exc
+
+
+# --- operations --------------------------------------------------------------------------------
+
+
+def exists(url: str) -> bool:
+    """True when a file or a folder (a non-empty prefix on S3) is at ``url``."""
+    loc = parse(url)
+    info = _call("check", loc, lambda: loc.filesystem.get_file_info(loc.path))
+    return info.type != pafs.FileType.NotFound
+
+
+def is_file(url: str) -> bool:
+    """True when a file (an object on S3) is at ``url``."""
+    loc = parse(url)
+    info = _call("check", loc, lambda: loc.filesystem.get_file_info(loc.path))
+    return info.type == pafs.FileType.File
+
+
+def list_files(url: str, *, recursive: bool = False) -> list[str]:
+    """Files under the folder ``url``, as sorted paths relative to it (``/``-separated).
+
+    recursive: include files in sub-folders (default False). Temporary files of unfinished local
+    writes are left out. A missing folder lists as ``[]``.
+    """
+    loc = parse(url)
+    selector = pafs.FileSelector(loc.path, recursive=recursive, allow_not_found=True)
+    infos = _call("list", loc, lambda: loc.filesystem.get_file_info(selector))
+    base = loc.path.rstrip("/") + "/"
+    names = []
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.startswith(base):
+            continue
+        name = info.path[len(base) :]
+        if TEMP_MARKER in name.rsplit("/", 1)[-1]:
+            continue
+        names.append(name)
+    if not infos and loc.scheme == "s3":
+        check_bucket(loc.url)  # an empty listing may be a missing bucket
+    return sorted(names)
+
+
+def read_bytes(url: str) -> bytes:
+    """The content of the file at ``url`` (``FileNotFoundError`` when there is none)."""
+    loc = parse(url)
+
+    def read() -> bytes:
+        with loc.filesystem.open_input_stream(loc.path) as src:
+            return src.read()
+
+    return _call("read", loc, read)
+
+
+def open_input_file(url: str) -> pa.NativeFile:
+    """A random-access file at ``url`` (what Parquet readers need); close it after use."""
+    loc = parse(url)
+    return _call("open", loc, lambda: loc.filesystem.open_input_file(loc.path))
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` atomically, replacing what was there."""
+    with atomic_output(url) as out:
+        out.write(data)
+
+
+@contextmanager
+def atomic_output(url: str) -> Iterator[IO[bytes]]:
+    """A writable binary file whose content appears at ``url`` only when the block ends
+    without an exception; nothing is written at ``url`` otherwise.
+
+    Local: written to ``.<name>.tmp-<hex>`` in the same folder (parents are created), then
+    renamed over ``url``. S3: buffered in memory, then sent in one request.
+    """
+    loc = parse(url)
+    if loc.scheme == "s3":
+        buffer = io.BytesIO()
+        yield buffer
+        payload = buffer.getvalue()
+
+        def put() -> None:
+            stream = loc.filesystem.open_output_stream(loc.path)
+            stream.write(payload)
+            stream.close()
+
+        _call("write", loc, put)
+        return
+    folder, name = os.path.split(loc.path)
+    tmp = os.path.join(folder, f".{name}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, loc.path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def move(src: str, dst: str) -> None:
+    """Move the file ``src`` to ``dst`` (same filesystem), replacing ``dst``.
+
+    Local: one atomic rename. S3: server-side copy, then delete of ``src``.
+    """
+    s, d = parse(src), parse(dst)
+    if s.scheme != d.scheme or s.bucket != d.bucket:
+        raise StorageError(f"cannot move {s.url} to {d.url}: not on the same filesystem/bucket")
+    if s.scheme == "file":
+
+        def rename() -> None:
+            os.makedirs(os.path.dirname(d.path), exist_ok=True)
+            os.replace(s.path, d.path)
+
+        _call("move", s, rename)
+        return
+    _call("move", s, lambda: s.filesystem.move(s.path, d.path))
+
+
+def delete_file(url: str, *, missing_ok: bool = True) -> None:
+    """Delete the file at ``url``. missing_ok: no error when it is absent (default True)."""
+    loc = parse(url)
+    try:
+        _call("delete", loc, lambda: loc.filesystem.delete_file(loc.path))
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+
+
+def delete_prefix(url: str) -> None:
+    """Delete the folder ``url`` and everything under it (every key with that prefix on S3).
+
+    Refuses a filesystem root or a whole bucket. Nothing to delete is not an error.
+    """
+    loc = parse(url)
+    if loc.scheme == "s3" and "/" not in loc.path:
+        raise StorageError(f"refusing to delete the whole bucket {loc.url}; name a prefix in it")
+    if loc.scheme == "file" and os.path.dirname(loc.path) == loc.path:
+        raise StorageError(f"refusing to delete the filesystem root {loc.url}")
+    fs = loc.filesystem
+
+    def delete() -> None:
+        info = fs.get_file_info(loc.path)
+        if info.type == pafs.FileType.File:
+            fs.delete_file(loc.path)
+        elif info.type == pafs.FileType.Directory:
+            fs.delete_dir(loc.path)
+
+    _call("delete", loc, delete)
