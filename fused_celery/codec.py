@@ -94,11 +94,15 @@ def encode(value: Any) -> dict[str, Any]:
                     "or a numeric dtype",
                     child_exception_class="TypeError",
                 )
-            arr = np.ascontiguousarray(value)
-            return {"np": _b64(arr.tobytes()), "dtype": arr.dtype.str, "shape": list(arr.shape)}
+            arr = np.ascontiguousarray(value)  # (makes 0-d arrays 1-d: shape is taken from value)
+            return {"np": _b64(arr.tobytes()), "dtype": arr.dtype.str, "shape": list(value.shape)}
     gpd = _loaded("geopandas")
     if gpd is not None and isinstance(value, gpd.GeoDataFrame):
-        return {"gdf": _b64(_ipc_bytes(value.to_arrow(geometry_encoding="WKB", index=None)))}
+        import pyarrow as pa
+
+        # to_arrow gives a geopandas ArrowTable (C stream wrapper), not a pa.Table
+        table = pa.table(value.to_arrow(geometry_encoding="WKB", index=None))
+        return {"gdf": _b64(_ipc_bytes(table))}
     pd = _loaded("pandas")
     if pd is not None:
         if isinstance(value, pd.DataFrame):

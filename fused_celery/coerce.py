@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import types
 import typing
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from .types import UdfArgumentError
 
@@ -89,29 +90,45 @@ def _special_converter(annotation: Any) -> Callable[[Any], Any] | None:
 def _build_validator(annotation: Any) -> Callable[[Any], Any]:
     converter = _special_converter(annotation)
     origin = typing.get_origin(annotation)
-    if converter is None and origin is typing.Union:
+    if converter is None and origin in (typing.Union, types.UnionType):  # Optional[X], X | None
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1 and _special_converter(args[0]) is not None:
             inner = _special_converter(args[0])
             return lambda v: None if v is None else inner(v)
     if converter is not None:
         return converter
-    target = typing.Annotated[annotation, BeforeValidator(_json_text)]
     try:
-        adapter = TypeAdapter(target, config=ConfigDict(arbitrary_types_allowed=True))
+        adapter = TypeAdapter(
+            annotation,
+            config=ConfigDict(arbitrary_types_allowed=True, coerce_numbers_to_str=True),
+        )
     except Exception:  # noqa: BLE001 - annotation pydantic cannot describe: pass values through
         return lambda v: v
-    return adapter.validate_python
+
+    def validate(value: Any) -> Any:
+        # The value as given first: a str parameter keeps a string that looks like JSON.
+        try:
+            return adapter.validate_python(value)
+        except ValidationError:
+            decoded = _json_text(value)
+            if decoded is value:
+                raise
+        return adapter.validate_python(decoded)  # JSON text for list/dict/tuple/... parameters
+
+    return validate
 
 
-_PLANS: dict[Any, tuple[dict[str, Any], bool]] = {}
+# Keyed by the identity of the code object (kept alive in the value): code objects compare equal
+# when only their annotations differ, so equality-keyed caching would mix up UDFs.
+_PLANS: dict[int, tuple[Any, dict[str, Any], bool]] = {}
 
 
 def _plan(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
     """Validators per parameter and whether ``fn`` takes ``**kwargs``; cached per code object."""
-    cached = _PLANS.get(fn.__code__)
-    if cached is not None:
-        return cached
+    code = fn.__code__
+    cached = _PLANS.get(id(code))
+    if cached is not None and cached[0] is code:
+        return cached[1], cached[2]
     sig = inspect.signature(fn)
     try:
         hints = typing.get_type_hints(fn)
@@ -130,12 +147,14 @@ def _plan(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
             validators[param.name] = (annotation, _build_validator(annotation))
     if len(_PLANS) > 512:
         _PLANS.clear()
-    _PLANS[fn.__code__] = (validators, var_kw)
+    _PLANS[id(code)] = (code, validators, var_kw)
     return validators, var_kw
 
 
 def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    if typing.get_origin(annotation) is None and getattr(annotation, "__name__", None):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")  # list[int], Optional[int], ...
 
 
 def coerce_arguments(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -133,6 +133,9 @@ class LocalEngine(Engine):
         self._queue: deque[int] = deque()
         self._workers: list[_Worker] = []
         self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []  # every dispatcher started (shutdown joins)
+        self._dispatching = False  # a dispatcher is running and will still pick up queued work
+        self._alone: set[int] = set()  # entries to run in a batch of their own (see _lost)
         self._cancelled = False
         self._avg: float | None = None
         self._wake_r, self._wake_w = os.pipe()
@@ -214,19 +217,23 @@ class LocalEngine(Engine):
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the worker processes once the queue drains (wait: block until then)."""
-        thread = self._thread
-        if wait and thread is not None:
-            thread.join()
-        elif not wait:
+        if wait:
+            for thread in list(self._threads):
+                thread.join()
+        else:
             self._wake()
 
     # ------------------------------------------------------------------ dispatcher
 
     def _ensure_thread(self) -> None:
-        if self._queue and (self._thread is None or not self._thread.is_alive()):
+        # A dispatcher that decided to exit (it may still be stopping its workers) no longer
+        # looks at the queue, so "alive" is not enough: a retry() then needs a new one.
+        if self._queue and not self._dispatching:
+            self._dispatching = True
             self._thread = threading.Thread(
                 target=self._dispatch_loop, name=f"fused-local-{self.pool_id}", daemon=True
             )
+            self._threads = [t for t in self._threads if t.is_alive()] + [self._thread]
             self._thread.start()
 
     def _wake(self) -> None:
@@ -265,7 +272,14 @@ class LocalEngine(Engine):
         size, threads, window = self._batch_plan()
         for w in self._workers:
             while self._queue and len(w.batches) < window:
-                positions = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
+                positions = [self._queue.popleft()]
+                if positions[0] not in self._alone:
+                    while (
+                        self._queue
+                        and len(positions) < size
+                        and self._queue[0] not in self._alone
+                    ):
+                        positions.append(self._queue.popleft())
                 for pos in positions:
                     state = self._states[pos]
                     self._set(state, RUNNING)
@@ -287,6 +301,7 @@ class LocalEngine(Engine):
                 if not busy and not (self._queue and not self._cancelled):
                     idle = list(self._workers)
                     self._workers.clear()
+                    self._dispatching = False
                     break
                 conns = {w.rx: w for w in self._workers}
             for w, msg in sends:
@@ -360,8 +375,14 @@ class LocalEngine(Engine):
         w.stop(kill=True)
         code = w.proc.returncode
         now = time.time()
-        for i, (positions, threads) in enumerate(batches):
-            culprits = positions if threads > 1 else positions[:1]
+        for i, (positions, _threads) in enumerate(batches):
+            culprits = positions[:1]
+            if i == 0 and len(positions) > 1:
+                # Several entries of the running batch were unreported: some may have finished
+                # (outcomes are sent in groups) or been killed by a batch-mate. Blame none; each
+                # reruns alone, so the culprit is found without failing innocent entries.
+                culprits = []
+                self._alone.update(positions)
             for pos in positions:
                 if i == 0 and pos in culprits:
                     if timed_out:
@@ -404,6 +425,7 @@ class LocalEngine(Engine):
 
     def _record(self, pos: int, outcome: Outcome, status: str) -> None:
         state = self._states[pos]
+        self._alone.discard(pos)
         self._set(state, status)
         state.started = outcome.get("started")
         state.finished = outcome.get("finished")

@@ -31,13 +31,15 @@ def _reader(conn: Connection, inbox: queue.Queue[Any]) -> None:
 
 
 class _Sink:
-    """Caches and reports the finished entries of one batch (flushes at its end or every 20 ms)."""
+    """Caches and reports the finished entries of one batch: at its end, and otherwise at most
+    20 ms after an entry finished (a timer flushes even when no other entry finishes)."""
 
     def __init__(self, conn: Connection, lock: threading.Lock, cache: Any, keys: dict) -> None:
         self.conn, self.lock, self.cache, self.keys = conn, lock, cache, keys
         self.left = len(keys)
         self.pending: list[tuple[int, Any]] = []
         self.flushed = time.monotonic()
+        self.timer: threading.Timer | None = None
 
     def done(self, pos: int, outcome: dict[str, Any]) -> None:
         key = self.keys.get(pos)
@@ -46,11 +48,24 @@ class _Sink:
         with self.lock:
             self.pending.append((pos, outcome))
             self.left -= 1
-            now = time.monotonic()
-            if self.left == 0 or now - self.flushed > 0.02:
-                self.conn.send(("done", self.pending))
-                self.pending = []
-                self.flushed = now
+            if self.left == 0 or time.monotonic() - self.flushed > 0.02:
+                self._flush()
+            elif self.timer is None:
+                self.timer = threading.Timer(0.02, self._flush_later)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _flush(self) -> None:
+        """Send the pending outcomes (caller holds the lock)."""
+        if self.pending:
+            self.conn.send(("done", self.pending))
+            self.pending = []
+        self.flushed = time.monotonic()
+
+    def _flush_later(self) -> None:
+        with self.lock:
+            self.timer = None
+            self._flush()
 
 
 def main(rfd: int, wfd: int) -> None:
