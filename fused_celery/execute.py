@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Container
 from functools import lru_cache
 from typing import Any, TypedDict
 
@@ -26,12 +27,14 @@ from .types import UdfRuntimeError, UdfSerializationError
 class Outcome(TypedDict, total=False):
     """The result of one entry attempt.
 
-    ok: True on success. value: codec envelope of the result (when ok). error: dict of
-    :meth:`UdfRuntimeError.to_dict` (when not ok). logs: captured stdout/stderr.
+    ok: True on success. cancelled: True when the entry was skipped (cancelled). value: codec
+    envelope of the result (when ok). error: dict of :meth:`UdfRuntimeError.to_dict` (when not
+    ok). logs: captured stdout/stderr.
     started / finished: epoch seconds of the run (not queue time).
     """
 
     ok: bool
+    cancelled: bool
     value: dict[str, Any] | None
     error: dict[str, Any] | None
     logs: str
@@ -214,15 +217,23 @@ def run_batch(
     threads: int = 1,
     max_log_bytes: int = 64 * 1024,
     on_done: Any = None,
+    skip: Container[int] = (),
 ) -> list[tuple[int, Outcome]]:
     """Run several entries of one UDF, ``threads`` at a time (``n_processes_per_worker``).
 
     batch: ``(position, encoded kwargs)`` pairs. on_done: optional callback
-    ``(position, outcome)`` called as each entry finishes. Returns outcomes in batch order.
+    ``(position, outcome)`` called as each entry finishes. skip: positions cancelled meanwhile;
+    checked just before each entry starts, they get ``{"ok": False, "cancelled": True}``.
+    Returns outcomes in batch order.
     """
 
     def one(item: tuple[int, dict[str, Any]]) -> tuple[int, Outcome]:
         pos, encoded = item
+        if pos in skip:
+            out: Outcome = {"ok": False, "cancelled": True}
+            if on_done is not None:
+                on_done(pos, out)
+            return pos, out
         try:
             kwargs = codec.decode_kwargs(encoded)
         except Exception as exc:  # noqa: BLE001
@@ -230,7 +241,7 @@ def run_batch(
             err = UdfSerializationError(
                 f"arguments could not be decoded: {exc}", child_exception_class=type(exc).__name__
             )
-            out: Outcome = {"ok": False, "value": None, "error": err.to_dict(), "logs": "",
+            out = {"ok": False, "value": None, "error": err.to_dict(), "logs": "",
                             "started": now, "finished": now}
         else:
             out = run_call(udf, kwargs, max_log_bytes=max_log_bytes)

@@ -638,12 +638,6 @@ def test_cancel_wait_true_waits_for_running_entries(
     assert pool.status().to_dict() == {"success": 1, "cancelled": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="local engine: entries handed to a worker in an adaptive batch (tiny entries) show "
-    "'running' while they wait behind a slow batch-mate, so running() is wrong and cancel() "
-    "cannot stop them (it counts them as already running)",
-)
 def test_entries_queued_behind_a_slow_one_are_pending_and_cancellable(
     engine: str, gate: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

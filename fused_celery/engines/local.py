@@ -65,15 +65,25 @@ class _Worker:
         self.batches: deque[tuple[list[int], int]] = deque()  # (positions, threads)
         self.progress_at = time.time()
         self.dead = False
+        self._send_lock = threading.Lock()  # the dispatcher and cancel() both send
         self.send(init_msg)
 
     @property
     def inflight(self) -> list[int]:
         return [p for positions, _ in self.batches for p in positions]
 
+    def running(self) -> list[int]:
+        """Entries this worker is running now: the first unreported entry of its first batch
+        (batches run in order, one entry at a time), or the whole batch when it runs on threads."""
+        if not self.batches:
+            return []
+        positions, threads = self.batches[0]
+        return list(positions) if threads > 1 else positions[:1]
+
     def send(self, msg: Any) -> bool:
         try:
-            self.tx.send(msg)
+            with self._send_lock:
+                self.tx.send(msg)
             return True
         except (BrokenPipeError, OSError):
             return False
@@ -195,7 +205,21 @@ class LocalEngine(Engine):
                 state.started, state.finished = None, None
                 self._outcomes.pop(pos, None)
                 cancelled += 1
-            running = sum(len(w.inflight) for w in self._workers if not w.dead)
+            skips = []
+            for w in self._workers:
+                queued = [p for p in w.inflight if self._states[p].status == PENDING]
+                for pos in queued:  # handed to the worker but not started: it will skip them
+                    w.finished(pos)
+                    state = self._states[pos]
+                    self._set(state, CANCELLED)
+                    state.attempt -= 1
+                    self._outcomes.pop(pos, None)
+                if queued:
+                    skips.append((w, queued))
+                    cancelled += len(queued)
+            running = self._counts[RUNNING]
+        for w, queued in skips:
+            w.send(("cancel", queued))
         self._wake()
         self._notifier.pulse()
         return cancelled, running
@@ -280,9 +304,8 @@ class LocalEngine(Engine):
                         and self._queue[0] not in self._alone
                     ):
                         positions.append(self._queue.popleft())
-                for pos in positions:
+                for pos in positions:  # pending (queued on the worker) until it runs them
                     state = self._states[pos]
-                    self._set(state, RUNNING)
                     state.started, state.finished = None, None
                     state.attempt += 1
                 if not w.batches:
@@ -290,7 +313,13 @@ class LocalEngine(Engine):
                 w.batches.append((positions, threads))
                 work = [(p, self.spec.encoded[p], self._keys[p]) for p in positions]
                 sends.append((w, ("run", work, threads)))
+            self._mark_running(w)
         return sends
+
+    def _mark_running(self, w: _Worker) -> None:
+        for pos in w.running():
+            if self._states[pos].status == PENDING:
+                self._set(self._states[pos], RUNNING)
 
     def _dispatch_loop(self) -> None:
         """Hand out batches and collect outcomes until nothing is queued or in flight."""
@@ -338,7 +367,9 @@ class LocalEngine(Engine):
                 with self._lock:
                     for pos, outcome in done:
                         w.finished(pos)
-                        self._complete(pos, outcome)
+                        if not outcome.get("cancelled"):  # skipped: already marked cancelled
+                            self._complete(pos, outcome)
+                    self._mark_running(w)
                 changed = True
         except (EOFError, OSError):
             with self._lock:

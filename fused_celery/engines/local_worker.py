@@ -2,7 +2,8 @@
 
 Reads messages from file descriptor RFD and answers on WFD (``multiprocessing.connection``
 framing). Messages in: ``("udf", udf_json, max_log_bytes, cache_dir)`` once, then
-``("run", [(position, encoded_kwargs, cache_key_or_None), ...], threads)``; ``None`` stops.
+``("run", [(position, encoded_kwargs, cache_key_or_None), ...], threads)``;
+``("cancel", [position, ...])`` (queued entries to skip, reported as cancelled); ``None`` stops.
 Messages out: ``("done", [(position, outcome), ...])``: finished entries, flushed at the end of
 each batch and at least every 20 ms, so tiny entries cost one message per batch.
 
@@ -22,10 +23,15 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 
-def _reader(conn: Connection, inbox: queue.Queue[Any]) -> None:
+def _reader(conn: Connection, inbox: queue.Queue[Any], cancelled: set[int]) -> None:
+    """Move messages to ``inbox``; cancellations take effect at once (even mid-batch)."""
     try:
         while True:
-            inbox.put(conn.recv())
+            msg = conn.recv()
+            if msg is not None and msg[0] == "cancel":
+                cancelled.update(msg[1])
+            else:
+                inbox.put(msg)
     except (EOFError, OSError):
         inbox.put(None)
 
@@ -77,7 +83,8 @@ def main(rfd: int, wfd: int) -> None:
     rconn = Connection(rfd, writable=False)
     wconn = Connection(wfd, readable=False)
     inbox: queue.Queue[Any] = queue.Queue()
-    threading.Thread(target=_reader, args=(rconn, inbox), daemon=True).start()
+    cancelled: set[int] = set()
+    threading.Thread(target=_reader, args=(rconn, inbox, cancelled), daemon=True).start()
     send_lock = threading.Lock()
     udf: dict[str, Any] = {}
     max_log = 64 * 1024
@@ -95,7 +102,7 @@ def main(rfd: int, wfd: int) -> None:
         sink = _Sink(wconn, send_lock, cache, {pos: key for pos, _, key in batch})
         run_batch(
             udf, [(pos, enc) for pos, enc, _ in batch], threads=threads,
-            max_log_bytes=max_log, on_done=sink.done,
+            max_log_bytes=max_log, on_done=sink.done, skip=cancelled,
         )
     sys.stdout.flush()
     os._exit(0)
