@@ -1,0 +1,152 @@
+"""The Celery application of fused-celery, configured from :mod:`fused_celery.options`.
+
+Workers run ``celery -A fused_celery.celery_app worker`` with ``FUSED_CELERY_BROKER_URL`` set;
+they find the module-level :data:`app`, which imports :mod:`fused_celery.tasks` when the worker
+starts. Clients call :func:`get_app`, which rebuilds the app when the options it was built from
+changed (tests and notebooks set ``options.broker_url`` at run time).
+
+Settings and why (see ARCHITECTURE.md, "Reliability choices"):
+
+- JSON only (``task_serializer``, ``result_serializer``, ``accept_content``); pickle is refused.
+- ``task_acks_late`` + ``task_reject_on_worker_lost`` + prefetch
+  ``options.worker_prefetch_multiplier`` (default 1): a task whose worker dies is delivered
+  again, so every task body is idempotent.
+- ``visibility_timeout`` (``options.visibility_timeout``) is set in the three places Celery reads
+  it: ``broker_transport_options``, ``result_backend_transport_options`` and the top-level
+  ``visibility_timeout`` setting (celery/celery#7651, docs PR #9264). The unacked-restore sweep
+  runs at ``visibility_timeout / 10`` (between 1 and 100 s) so a short timeout really is short.
+- ``result_expires`` = ``options.result_expires``; soft/hard limits from ``task_soft_time_limit``
+  / ``task_time_limit``; ``task_track_started``; events on (``worker_send_task_events``,
+  ``task_send_sent_event``) so Flower sees every task.
+- Default queue :data:`~fused_celery.options.DEFAULT_QUEUE`; instance types are further queues.
+
+Importing this module is cheap: Celery and options only (no pandas, no task bodies).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from celery import Celery, signals
+
+from .options import DEFAULT_QUEUE, options
+
+__all__ = ["app", "get_app", "celery_config", "time_limits", "RUN_ENTRIES", "MISSING_BROKER"]
+
+#: Name of the task that runs the entries of a pool (see :mod:`fused_celery.tasks`).
+RUN_ENTRIES = "fused_celery.run_entries"
+
+
+def _restore_sweep(visibility_timeout: int) -> tuple[int, int]:
+    """(unacked_restore_interval, unacked_restore_throttle) giving a sweep every vt/10 s."""
+    period = max(1, min(100, visibility_timeout // 10))
+    interval = max(1, min(10, period))
+    throttle = max(1, period // interval)
+    return interval, throttle
+
+
+def celery_config() -> dict[str, Any]:
+    """The Celery settings derived from the current ``options`` (a plain dict)."""
+    vt = int(options.visibility_timeout)
+    interval, throttle = _restore_sweep(vt)
+    broker_transport = {
+        "visibility_timeout": vt,
+        "unacked_restore_interval": interval,
+        "unacked_restore_throttle": throttle,
+        "socket_connect_timeout": 5,
+    }
+    return {
+        "broker_url": options.broker_url,
+        "result_backend": options.resolved_result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": int(options.worker_prefetch_multiplier),
+        "broker_transport_options": broker_transport,
+        "result_backend_transport_options": {"visibility_timeout": vt},
+        "visibility_timeout": vt,
+        "result_expires": int(options.result_expires),
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 30,
+        "task_track_started": True,
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_soft_time_limit": float(options.task_soft_time_limit),
+        "task_time_limit": float(options.task_time_limit),
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "enable_utc": True,
+        "timezone": "UTC",
+    }
+
+
+def time_limits() -> tuple[float, float]:
+    """``(soft, hard)`` time limits in seconds for a pool's tasks, from the current options.
+
+    The soft limit (``task_soft_time_limit``) is kept below the hard one (``task_time_limit``)
+    so that an entry can be marked ``timeout`` before its process is killed: at most
+    ``max(0.9 * hard, hard - 60)``. The engine sends both with every message, so a pool runs
+    under the limits of the process that submitted it.
+    """
+    hard = float(options.task_time_limit)
+    soft = min(float(options.task_soft_time_limit), max(0.9 * hard, hard - 60.0))
+    return soft, hard
+
+
+def _build(config: dict[str, Any], *, include_tasks: bool) -> Celery:
+    celery = Celery(
+        "fused_celery",
+        include=["fused_celery.tasks"] if include_tasks else [],
+        set_as_current=include_tasks,
+    )
+    celery.conf.update(config)
+    return celery
+
+
+#: The application workers run (``celery -A fused_celery.celery_app worker``).
+app: Celery = _build(celery_config(), include_tasks=True)
+
+_lock = threading.Lock()
+_clients: dict[bool, tuple[dict[str, Any], Celery]] = {True: (celery_config(), app)}
+
+
+def get_app(*, results: bool = True) -> Celery:
+    """The Celery app for the current ``options`` (rebuilt when the broker or a setting changed).
+
+    results: False gives an app without a result backend, for publishing only (default True).
+        ``send_task`` on an app with a Redis result backend subscribes to every task's result
+        channel (two round trips per task); the pool engine does not read Celery results, so it
+        publishes through this one. Workers still store results (their own configuration).
+
+    Clients publish by task name, so an app rebuilt here needs no task modules.
+    """
+    config = celery_config()
+    if not results:
+        config = {**config, "result_backend": None}
+    with _lock:
+        found = _clients.get(results)
+        if found is None or found[0] != config:
+            found = _clients[results] = (config, _build(config, include_tasks=False))
+        return found[1]
+
+
+@signals.celeryd_init.connect
+def _require_broker(sender: Any = None, conf: Any = None, **_: Any) -> None:
+    """Refuse to start a worker that has no broker URL (Celery would silently try AMQP).
+
+    Exits with status 1 and :data:`MISSING_BROKER` on stderr (Celery logs and swallows ordinary
+    exceptions raised by signal receivers, so this raises ``SystemExit``).
+    """
+    if not options.broker_url:
+        raise SystemExit(MISSING_BROKER)
+
+
+MISSING_BROKER = (
+    "fused-celery worker: no broker configured. Set FUSED_CELERY_BROKER_URL, e.g. "
+    "FUSED_CELERY_BROKER_URL=redis://127.0.0.1:6379/0 celery -A fused_celery.celery_app worker"
+)

@@ -1,0 +1,491 @@
+"""The Celery engine: every entry of a pool runs in a Celery task on the cluster.
+
+The pool's record (UDF, arguments, per-entry state, outcomes, logs, task ids and attempts) lives
+in Redis under the keys of :mod:`fused_celery.keys`; it, not Celery's ``PENDING`` (which also
+means "unknown id"), is the source of truth for entry statuses. Any process that reaches the same
+Redis can :meth:`CeleryEngine.attach` to a pool by id.
+
+Submission writes the record in one MULTI transaction, then publishes one message per batch of
+``batch_size`` entries (``n_processes_per_worker``, run on that many threads) through a single
+producer whose publishes are pipelined (kombu's ``Producer.batch``: about one round trip per
+1,000 messages). If the broker fails while publishing, the record is deleted, so messages
+already sent find nothing to do.
+
+``max_workers`` caps the pool's messages in flight (as the local engine caps its processes, each
+running a batch) with *lanes*, worker-side: submit publishes the first ``max_workers`` batches
+and queues the rest in the record's backlog; the worker that finishes a lane's item pops the
+next item that still has pending entries (skipping cancelled ones) and publishes it. The choice
+is atomic in Redis and the message id deterministic, so a redelivered message republishes the
+same item and duplicates are dropped at start. Lanes need no client: a capped pool keeps going
+after the submitting process exits. ``retry()`` of a capped pool queues retry items behind the
+backlog and hands them to idle lanes.
+
+Time limits: every message carries the submitting process's ``task_soft_time_limit`` /
+``task_time_limit`` (see :func:`~fused_celery.celery_app.time_limits`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from .. import codec
+from ..cache import cache_key
+from ..celery_app import RUN_ENTRIES, get_app, time_limits
+from ..execute import Outcome
+from ..keys import RECORD_VERSION
+from ..options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, options
+from ..record import (
+    PoolEvents,
+    PoolRecord,
+    batch_positions,
+    canonical_json,
+    check_reachable,
+    find_lost,
+    load_value,
+    mask_url,
+    parse_state,
+    redis_client,
+)
+from ..types import BrokerUnavailableError, UdfRuntimeError
+from .base import CANCELLED, FAILED, PENDING, Engine, EntryState, PoolSpec
+
+_OUTCOME_STATUSES = frozenset({"success", "error", "timeout"})
+
+logger = logging.getLogger(__name__)
+
+#: A waiting client looks for lost messages when the pool has pending entries and its record
+#: has not changed for this many seconds (and at most once per this many seconds).
+LOST_CHECK_SECONDS = 10.0
+
+
+def _queue_for(spec: PoolSpec) -> str:
+    queue = spec.queue or DEFAULT_QUEUE
+    if queue != DEFAULT_QUEUE and queue not in WHITELISTED_INSTANCE_TYPES:
+        allowed = ", ".join(WHITELISTED_INSTANCE_TYPES)
+        raise ValueError(f"unknown instance type {queue!r}; use one of: {allowed}")
+    return queue
+
+
+def plan_lanes(n: int, batch_size: int, max_workers: int | None) -> tuple[int, int]:
+    """``(threads, lanes)`` for a pool: threads per message and lanes (0: uncapped).
+
+    n: entries. batch_size: entries per message, run on as many threads. max_workers: messages
+    in flight (None: no cap), like the local engine's processes; 0 lanes when there are no
+    more batches than that.
+    """
+    batch_size = max(1, batch_size)
+    if max_workers is None:
+        return batch_size, 0
+    lanes = max(1, int(max_workers))
+    if lanes >= math.ceil(n / batch_size):
+        lanes = 0
+    return batch_size, lanes
+
+
+class CeleryEngine(Engine):
+    """Runs a pool's entries as Celery tasks; state in Redis (see the module docstring).
+
+    spec: the pool. The Redis holding the record is ``options.resolved_result_backend``; tasks go
+    to ``options.broker_url``, queue ``spec.queue`` (an instance type) or ``DEFAULT_QUEUE``.
+    """
+
+    name = "celery"
+
+    def __init__(self, spec: PoolSpec) -> None:
+        super().__init__(spec)
+        self.queue = _queue_for(spec)
+        self.record_url = options.resolved_result_backend
+        self._record: PoolRecord | None = None
+        self._cached: tuple[int, list[EntryState]] | None = None
+        self._seen: tuple[int, bool] | None = None  # (version, any entry pending)
+        self._changed_at = time.monotonic()
+        self._woke_at = 0.0
+        self._limits = time_limits()
+        self._swept_at = time.monotonic()
+        self._lanes: int | None = plan_lanes(spec.n, spec.batch_size, spec.max_workers)[1]
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def record(self) -> PoolRecord:
+        """The pool's Redis record."""
+        if self._record is None:
+            if not self.record_url:
+                raise BrokerUnavailableError(
+                    "no broker configured: set fused_celery.options.broker_url or "
+                    "FUSED_CELERY_BROKER_URL (e.g. redis://127.0.0.1:6379/0)"
+                )
+            self._record = PoolRecord(self.pool_id, self.record_url)
+        return self._record
+
+    def _publish(self, messages: Sequence[tuple[str, list[int], list[int], Any]]) -> None:
+        """Publish ``(task_id, positions, attempts, lane)`` messages through one producer,
+        pipelined when the transport supports it."""
+        app = get_app(results=False)
+        soft, hard = self._limits
+        with app.producer_or_acquire() as producer:
+            batch = producer.batch() if hasattr(producer, "batch") else contextlib.nullcontext()
+            with batch:
+                for task_id, positions, attempts, lane in messages:
+                    app.send_task(
+                        RUN_ENTRIES,
+                        args=[self.pool_id, positions, attempts, lane],
+                        task_id=task_id,
+                        queue=self.queue,
+                        producer=producer,
+                        soft_time_limit=soft,
+                        time_limit=hard,
+                    )
+
+    # ------------------------------------------------------------------ Engine
+
+    def submit(self) -> None:
+        """Write the pool record, then publish the first messages (all, or one per lane).
+
+        Raises :class:`BrokerUnavailableError` naming the URL when the broker or result backend
+        does not answer; then nothing of the pool remains in Redis.
+        """
+        spec = self.spec
+        check_reachable(options.broker_url, what="broker")
+        if self.record_url != options.broker_url:
+            check_reachable(self.record_url, what="result backend")
+        n, bs = spec.n, max(1, spec.batch_size)
+        threads, lanes = plan_lanes(n, bs, spec.max_workers)
+        n_batches = math.ceil(n / bs)
+        first = range(lanes) if lanes else range(n_batches)
+        messages = []
+        task_ids: dict[int, str] = {}
+        for b in first:
+            positions = batch_positions(b, bs, n)
+            task_id = f"{self.pool_id}.b{b}"
+            lane = [b, f"b{b}"] if lanes else None
+            messages.append((task_id, positions, [1] * len(positions), lane))
+            task_ids.update(dict.fromkeys(positions, task_id))
+        soft, hard = self._limits
+        max_age = spec.cache_max_age if spec.cache_max_age is not None else options.cache_max_age
+        caching = bool(spec.cache) and max_age > 0
+        meta = {
+            "version": RECORD_VERSION,
+            "udf": json.dumps(spec.udf),
+            "n": n,
+            "batch_size": bs,
+            "threads": threads,
+            "max_workers": spec.max_workers if spec.max_workers is not None else "",
+            "lanes": lanes,
+            "max_retry": max(0, int(spec.max_retry)),
+            "queue": self.queue,
+            "cache": 1 if caching else 0,
+            "cache_max_age": int(max_age),
+            "cache_digest": cache_key(spec.udf, {}) if caching else "",
+            "created": repr(spec.created_at),
+            "retried": "",
+            "soft_time_limit": soft,
+            "time_limit": hard,
+        }
+        try:
+            self.record.create(
+                meta=meta,
+                encoded_args=[canonical_json(e) for e in spec.encoded],
+                task_ids=task_ids,
+                lanes=lanes,
+                backlog=[f"b{b}" for b in range(lanes, n_batches)] if lanes else (),
+            )
+        except redis.exceptions.ConnectionError as exc:
+            raise BrokerUnavailableError(
+                f"the result backend at {mask_url(self.record_url)} failed while the pool was "
+                f"being written ({exc})"
+            ) from None
+        try:
+            self._publish(messages)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                self.record.delete()
+            raise BrokerUnavailableError(
+                f"could not publish the pool's tasks to the broker at "
+                f"{mask_url(options.broker_url)} ({type(exc).__name__}: {exc}); nothing was "
+                "submitted"
+            ) from exc
+
+    def states(self) -> list[EntryState]:
+        """Every entry's state, from the record (one round trip; cached while unchanged)."""
+        record = self.record
+        if self._cached is not None:
+            version = record.version()
+            if version is None:
+                raise record.not_found()
+            if version == self._cached[0]:
+                return list(self._cached[1])
+        version, raw = record.read_states()
+        if version is None:
+            raise record.not_found()
+        states = [EntryState() for _ in range(self.spec.n)]
+        for field, value in raw.items():
+            pos = int(field)
+            status, attempt, started, finished = parse_state(value)
+            if status in (PENDING, CANCELLED):
+                attempt -= 1
+            states[pos] = EntryState(status, attempt, started, finished)
+        self._cached = (version, states)
+        self._observe(version, any(state.status == PENDING for state in states))
+        return list(states)
+
+    def counts(self) -> Counter[str]:
+        """Entries per status, from the record's counts hash (one small read, whatever ``n``)."""
+        pipe = self.record.client.pipeline(transaction=False)
+        pipe.get(self.record.keys["version"])
+        pipe.hgetall(self.record.keys["counts"])
+        version, raw = pipe.execute()
+        if version is None or not raw:
+            raise self.record.not_found()
+        counts = Counter({status: int(v) for status, v in raw.items() if int(v) > 0})
+        self._observe(int(version), counts[PENDING] > 0)
+        return counts
+
+    def _observe(self, version: int, pending: bool) -> None:
+        if self._seen is None or self._seen[0] != version:
+            self._changed_at = time.monotonic()
+        self._seen = (version, pending)
+
+    def outcomes(self, positions: Sequence[int]) -> dict[int, Outcome]:
+        """Outcomes of finished entries among ``positions`` (large results fetched from storage)."""
+        positions = list(positions)
+        if not positions:
+            return {}
+        states, outcomes, logs = self.record.read_outcomes(positions)
+        found: dict[int, Outcome] = {}
+        for pos, state, outcome, log in zip(positions, states, outcomes, logs):
+            if state is None or outcome is None:
+                continue
+            status, _, started, finished = parse_state(state)
+            if status not in _OUTCOME_STATUSES:
+                continue
+            stored = json.loads(outcome)
+            try:
+                value = load_value(stored) if stored.get("ok") else None
+            except Exception as exc:  # noqa: BLE001 - storage unreadable: report it per entry
+                ref = stored.get("ref") or {}
+                found[pos] = {
+                    "ok": False, "value": None, "logs": log or "", "started": started or 0.0,
+                    "finished": finished or 0.0,
+                    "error": UdfRuntimeError(
+                        f"the result stored at {ref.get('url')} could not be read: {exc}",
+                        child_exception_class=type(exc).__name__,
+                    ).to_dict(),
+                }
+                continue
+            found[pos] = {
+                "ok": bool(stored.get("ok")),
+                "value": value,
+                "error": stored.get("error"),
+                "logs": log or "",
+                "started": started or 0.0,
+                "finished": finished or 0.0,
+            }
+        return found
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until an entry of the pool finishes (Redis pub/sub) or ``timeout`` s pass.
+
+        Entries that start only bump the record's version, which the next read sees. Wake-ups
+        are at least ``options.poll_interval`` apart, so a pool finishing thousands of entries a
+        second is re-read about 20 times a second, not once per entry.
+        """
+        start = time.monotonic()
+        deadline = start + max(0.0, timeout)
+        pause = min(options.poll_interval - (start - self._woke_at), deadline - start)
+        if pause > 0:
+            time.sleep(pause)
+        try:
+            events = PoolEvents.for_url(self.record.url)
+            if not events.ready(min(1.0, max(0.0, deadline - time.monotonic()))):
+                time.sleep(max(0.0, min(options.poll_interval, deadline - time.monotonic())))
+                return
+            token = events.token(self.pool_id)
+            seen = self._seen[0] if self._seen is not None else None
+            if seen is None or self.record.version() != seen:
+                return
+            self._maybe_recover()
+            events.wait(self.pool_id, token, max(0.0, deadline - time.monotonic()))
+        except (redis.exceptions.RedisError, OSError):
+            time.sleep(max(0.0, min(options.poll_interval * 4, deadline - time.monotonic())))
+        finally:
+            self._woke_at = time.monotonic()
+
+    def _maybe_recover(self) -> None:
+        """Republish the messages of pending entries that were lost (see :func:`find_lost`),
+        when the pool has been still for :data:`LOST_CHECK_SECONDS`."""
+        now = time.monotonic()
+        if self._seen is None or min(now - self._changed_at, now - self._swept_at) < (
+            LOST_CHECK_SECONDS
+        ):
+            return
+        if not self._seen[1]:
+            return
+        self._swept_at = now
+        if not options.broker_url:
+            return
+        lost = find_lost(self.record, redis_client(options.broker_url), self.queue)
+        if not lost:
+            return
+        messages = [
+            (task_id, [p for p, _ in entries], [a for _, a in entries], self._lane_of(task_id))
+            for task_id, entries in lost.items()
+        ]
+        self._publish(messages)
+        logger.warning(
+            "pool %s: republished %d lost message(s) (%d entries)",
+            self.pool_id, len(messages), sum(len(m[1]) for m in messages),
+        )
+
+    def _lane_of(self, task_id: str) -> list[Any] | None:
+        """``[lane, item]`` of a lane message id ``<pool>.<item>[.r...]`` (None otherwise)."""
+        if not self._lanes:
+            return None
+        match = re.fullmatch(rf"{re.escape(self.pool_id)}\.([br][\w.]*?)(?:\.r)*", task_id)
+        if match is None:
+            return None
+        item = match.group(1)
+        for field, value in self.record.lanes().items():
+            if value == item and ":" not in field:
+                return [int(field), item]
+        return None
+
+    def cancel(self) -> tuple[int, int]:
+        """Cancel pending entries: durable cancelled set (checked by workers before running an
+        entry) plus a Celery revoke of their tasks. Returns ``(cancelled, running)``."""
+        cancelled, running, task_ids = self.record.cancel()
+        if task_ids:
+            with contextlib.suppress(Exception):  # the durable set is what guarantees it
+                control = get_app().control
+                for start in range(0, len(task_ids), 5000):
+                    control.revoke(task_ids[start : start + 5000])
+        self._cached = None
+        return cancelled, running
+
+    def retry(self, positions: Sequence[int]) -> None:
+        """Run failed (or cancelled) entries again as new attempts, under new task ids."""
+        _, raw = self.record.read_states()
+        if not raw:
+            raise self.record.not_found()
+        todo: list[tuple[int, int]] = []
+        for pos in dict.fromkeys(positions):
+            value = raw.get(str(pos))
+            if value is None:
+                continue
+            status, attempt, _, _ = parse_state(value)
+            if status in FAILED or status == CANCELLED:
+                todo.append((pos, attempt + 1))
+        if not todo:
+            return
+        if self._lanes:
+            self._retry_in_lanes(todo)
+        else:
+            self._retry_now(todo)
+        self.retried_at = time.time()
+        self._cached = None
+
+    def _retry_now(self, todo: list[tuple[int, int]]) -> None:
+        """Uncapped pool: publish the retries, then move the entries to their new attempt (so a
+        crash in between leaves the entries as they were, and a duplicate is dropped)."""
+        bs = max(1, self.spec.batch_size)
+        messages = []
+        items = []
+        tag = uuid.uuid4().hex[:8]
+        for k in range(0, len(todo), bs):
+            chunk = todo[k : k + bs]
+            task_id = f"{self.pool_id}.t{tag}.{k // bs}"
+            messages.append((task_id, [p for p, _ in chunk], [a for _, a in chunk], None))
+            items += [(p, a, task_id) for p, a in chunk]
+        try:
+            self._publish(messages)
+        except Exception as exc:
+            raise BrokerUnavailableError(
+                f"could not publish the retry to the broker at {mask_url(options.broker_url)} "
+                f"({type(exc).__name__}: {exc}); the entries were not retried"
+            ) from exc
+        self.record.retry(items)
+
+    def _retry_in_lanes(self, todo: list[tuple[int, int]]) -> None:
+        """Capped pool: queue the retries behind the backlog; publish what idle lanes took.
+        (If publishing fails, the entries are pending with a recorded task id and no message:
+        a waiting client republishes them, see :meth:`_maybe_recover`.)"""
+        meta = {
+            "n": str(self.spec.n),
+            "batch_size": str(max(1, self.spec.batch_size)),
+            "lanes": str(self._lanes),
+        }
+        _, assigned = self.record.retry_lanes(todo, meta=meta)
+        messages = [
+            (f"{self.pool_id}.{item}", [p for p, _ in pairs], [a for _, a in pairs], [lane, item])
+            for lane, item, pairs in assigned
+        ]
+        if messages:
+            try:
+                self._publish(messages)
+            except Exception as exc:
+                raise BrokerUnavailableError(
+                    f"could not publish the retry to the broker at "
+                    f"{mask_url(options.broker_url)} ({type(exc).__name__}: {exc})"
+                ) from exc
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Nothing runs in this process (the remote pool keeps running)."""
+
+    # ------------------------------------------------------------------ extras
+
+    def hosts(self) -> dict[int, str]:
+        """Celery hostname of the worker that ran each started entry (``cache`` for cache hits)."""
+        return self.record.hosts()
+
+    def task_ids(self) -> dict[int, str]:
+        """Celery task id of each entry's latest attempt."""
+        return self.record.task_ids()
+
+    @classmethod
+    def attach(cls, pool_id: str) -> CeleryEngine:
+        """Rebuild the engine of an existing pool from its Redis record.
+
+        Raises :class:`~fused_celery.types.PoolNotFoundError` for an unknown id and its subclass
+        :class:`~fused_celery.types.PoolExpiredError` for a pool whose record expired.
+        """
+        url = options.resolved_result_backend
+        check_reachable(url, what="result backend")
+        record = PoolRecord(pool_id, url)  # type: ignore[arg-type]
+        meta, args_json = record.load()
+        encoded = [json.loads(a) for a in args_json]
+        args = []
+        for enc in encoded:
+            try:
+                args.append(codec.decode_kwargs(enc))
+            except Exception:  # noqa: BLE001 - show the wire form rather than fail the attach
+                args.append(enc)
+        max_workers = meta.get("max_workers")
+        spec = PoolSpec(
+            udf=json.loads(meta["udf"]),
+            args=args,
+            encoded=encoded,
+            max_workers=int(max_workers) if max_workers else None,
+            batch_size=int(meta.get("batch_size") or 1),
+            max_retry=int(meta.get("max_retry") or 0),
+            cache=meta.get("cache") == "1",
+            cache_max_age=int(meta.get("cache_max_age") or 0),
+            queue=None if meta.get("queue") in (None, "", DEFAULT_QUEUE) else meta["queue"],
+            pool_id=pool_id,
+            created_at=float(meta.get("created") or time.time()),
+        )
+        engine = cls(spec)
+        engine._record = record
+        if meta.get("retried"):
+            engine.retried_at = float(meta["retried"])
+        return engine

@@ -1,0 +1,135 @@
+"""Every Redis key of a remote pool's record: names, types, contents and lifetimes, in one place.
+
+A pool submitted to the Celery engine is a handful of keys under ``fc:pool:<pool_id>:`` (written
+``P:`` below). Workers and clients (the submitting process, or any process that attaches later)
+read and write only these keys; Celery's own ``celery-task-meta-<task id>`` keys exist alongside
+but are not the source of truth for entries (a batched task runs several entries, each with its
+own state).
+
+================ =======  =========================================================================
+key              type     holds
+================ =======  =========================================================================
+``P:meta``       hash     ``udf`` (JSON), ``n``, ``batch_size``, ``threads``, ``max_workers``,
+                          ``lanes``, ``max_retry``, ``queue``, ``cache`` (0/1), ``cache_max_age``,
+                          ``cache_digest``, ``created``, ``retried``, ``version`` (record format)
+``P:args``       list     canonical JSON of each entry's codec-encoded kwargs, by position
+``P:state``      hash     position -> ``"<status>|<attempt>|<started>|<finished>"`` (attempt: the
+                          entry's current attempt, 1-based; times in epoch seconds or empty)
+``P:outcome``    hash     position -> JSON ``{ok, value | ref, error}`` of the final attempt
+``P:logs``       hash     position -> captured stdout/stderr (capped at ``max_log_bytes``)
+``P:hosts``      hash     position -> hostname of the worker that ran it (``cache``: a cache hit)
+``P:tasks``      hash     position -> Celery task id of the entry's latest attempt
+``P:history``    hash     ``"<pos>:<attempt>"`` -> JSON of an attempt that was retried or
+                          superseded (status, error, logs tail, times, host)
+``P:deliveries`` hash     ``"<pos>:<attempt>"`` -> times a worker began that attempt (redelivery
+                          after a lost worker; an attempt begun too often is failed)
+``P:cancelled``  set      cancelled positions (durable: revoke lists live in worker memory)
+``P:begun``      set      Celery task ids that a worker began (drops duplicate publishes)
+``P:lanes``      hash     ``max_workers`` lanes: lane -> work item in flight (``end`` when idle),
+                          ``"<lane>:prev"`` -> the item whose worker dispatched it
+``P:backlog``    list     work items the lanes take next, in order: ``b<k>`` (batch k) or
+                          ``r<tag>.<k>`` (a retry item)
+``P:items``      hash     retry item -> JSON list of its positions
+``P:counts``     hash     status -> number of entries (kept in step with ``state`` by the scripts)
+``P:version``    string   counter, incremented on every state change
+``P:events``     channel  PUBLISHed (the new version) when entries finish, are cancelled or retried
+``fc:tomb:<id>`` string   creation time; outlives the record by ``TOMBSTONE_GRACE`` so that
+                          reading an expired pool can say "expired"
+``fc:pools``     zset     pool id -> creation time (listing; trimmed to ``result_expires``)
+``fc:cache:<h>`` hash     ``o`` (outcome JSON), ``l`` (logs), ``t`` (time) of a successful call,
+                          kept ``cache_max_age`` seconds; an error is never cached
+================ =======  =========================================================================
+
+Lifetimes: every ``fc:pool:<id>:*`` key is created at submit with a TTL of
+``options.result_expires`` (hashes and sets get a placeholder member :data:`PLACEHOLDER` so that
+the key, and its TTL, exist from the start; later writes never create a key, because every worker
+write runs in a Lua script that first checks the record still exists). ``JobPool.retry()`` renews
+the TTL. Large results live in storage (``options.storage_root``), referenced from ``outcome``;
+they are not deleted with the record.
+"""
+
+from __future__ import annotations
+
+from .options import options
+
+PREFIX = "fc"
+
+#: Member/field written into every hash and set at submit so the key (and its TTL) exists.
+PLACEHOLDER = "_"
+
+#: Seconds a tombstone outlives the pool record (30 days).
+TOMBSTONE_GRACE = 30 * 24 * 3600
+
+#: Bumped when the layout changes incompatibly; stored in ``meta.version``.
+RECORD_VERSION = 1
+
+#: Parts of a pool record, in the order the Lua scripts expect them.
+PARTS: tuple[str, ...] = (
+    "meta",
+    "args",
+    "state",
+    "outcome",
+    "logs",
+    "hosts",
+    "tasks",
+    "history",
+    "deliveries",
+    "cancelled",
+    "begun",
+    "lanes",
+    "backlog",
+    "items",
+    "counts",
+    "version",
+)
+
+#: Parts that are hashes/sets created with :data:`PLACEHOLDER` (the rest are written in full).
+PLACEHOLDER_HASHES: tuple[str, ...] = (
+    "outcome", "logs", "hosts", "history", "deliveries", "lanes", "items"
+)
+PLACEHOLDER_SETS: tuple[str, ...] = ("cancelled", "begun")
+
+POOLS_INDEX = f"{PREFIX}:pools"
+
+
+def pool_key(pool_id: str, part: str) -> str:
+    """The Redis key of ``part`` (one of :data:`PARTS`) of pool ``pool_id``."""
+    return f"{PREFIX}:pool:{pool_id}:{part}"
+
+
+def pool_keys(pool_id: str) -> dict[str, str]:
+    """All record keys of pool ``pool_id``, by part name."""
+    return {part: pool_key(pool_id, part) for part in PARTS}
+
+
+def events_channel(pool_id: str) -> str:
+    """The pub/sub channel announcing state changes of pool ``pool_id``."""
+    return f"{PREFIX}:pool:{pool_id}:events"
+
+
+def tombstone_key(pool_id: str) -> str:
+    """The key that remembers pool ``pool_id`` existed, after its record expired."""
+    return f"{PREFIX}:tomb:{pool_id}"
+
+
+CACHE_PREFIX = f"{PREFIX}:cache:"
+
+
+def cache_key(digest: str) -> str:
+    """The Redis key of a cached result (``digest``: sha1 of the UDF digest and the arguments)."""
+    return CACHE_PREFIX + digest
+
+
+def history_field(position: int, attempt: int) -> str:
+    """Field of ``history`` / ``deliveries`` for one attempt of one entry."""
+    return f"{position}:{attempt}"
+
+
+def record_ttl() -> int:
+    """Seconds a pool record lives: ``options.result_expires``."""
+    return int(options.result_expires)
+
+
+def tombstone_ttl() -> int:
+    """Seconds a tombstone lives: ``result_expires + TOMBSTONE_GRACE``."""
+    return int(options.result_expires) + TOMBSTONE_GRACE

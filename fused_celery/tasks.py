@@ -1,0 +1,420 @@
+"""Celery task bodies: thin wrappers that begin, run and record the entries of a pool.
+
+One message of :data:`~fused_celery.celery_app.RUN_ENTRIES` carries
+``(pool_id, positions, attempts, lane)``: which entries to run, which attempt of each, and for
+pools capped by ``max_workers`` the ``[lane, item]`` it belongs to. Arguments are not in the
+message; they are read from the pool record when the entries begin (see :mod:`fused_celery.record`).
+
+A message's life on a worker:
+
+1. ``start`` (one Lua call): skip cancelled / superseded / finished entries and duplicate
+   publishes, serve cache hits, mark the rest ``running`` with this worker's hostname.
+2. Run the entries with :func:`fused_celery.execute.run_batch`, on ``batch_size`` threads
+   (``n_processes_per_worker``). Each finished entry is recorded within
+   :data:`FLUSH_SECONDS`, not when the whole batch ends. A soft time limit marks unfinished
+   entries ``timeout``.
+3. Publish the automatic retry of failed entries (attempt <= ``max_retry``, exponential backoff
+   as a countdown) *before* recording them, so that a crash in between cannot lose the retry.
+4. ``finish`` (one Lua call): outcomes, logs and times; successes into the result cache; for
+   capped pools the lane's next item, which this worker then publishes.
+
+Every step is idempotent: with ``acks_late`` a message whose worker died is delivered again and
+the record tells what is left to do. A *redelivered* message of several entries does not run
+them together again: it republishes each as its own message, so an entry that kills its process
+is failed alone (:data:`~fused_celery.record.MAX_DELIVERIES`). The Celery return value is
+deterministic (``{"pool_id", "positions", "attempts"}``); per-entry results live in the record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+from . import blobs, codec, execute
+from .celery_app import RUN_ENTRIES, app
+from .options import DEFAULT_QUEUE, options
+from .record import HISTORY_LOG_CHARS, MAX_DELIVERIES, PoolRecord, parse_state
+from .types import UdfRuntimeError, UdfSerializationError, UdfTimeoutError, UdfWorkerLostError
+
+logger = logging.getLogger(__name__)
+
+#: Automatic retry ``k`` (1-based) waits ``min(MAX, BASE * 2**(k-1))`` seconds.
+RETRY_BACKOFF_BASE = 0.5
+RETRY_BACKOFF_MAX = 60.0
+
+#: Entries of a batch that finished are written at most this long after they finished.
+FLUSH_SECONDS = 0.05
+
+_META_CACHE_SIZE = 64
+_meta_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+
+def retry_countdown(attempt: int) -> float:
+    """Seconds before the automatic retry that follows attempt ``attempt`` (1-based)."""
+    return min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_BASE * 2 ** max(0, attempt - 1))
+
+
+def _record(pool_id: str) -> PoolRecord:
+    url = options.resolved_result_backend
+    if not url:
+        raise RuntimeError("no result backend configured: set FUSED_CELERY_BROKER_URL")
+    return PoolRecord(pool_id, url)
+
+
+def _pool_meta(record: PoolRecord) -> dict[str, Any] | None:
+    """The pool's meta with ``udf`` parsed, cached per process (a pool's meta never changes
+    except ``retried``, which workers do not use). None when the record is gone."""
+    found = _meta_cache.get(record.pool_id)
+    if found is not None:
+        _meta_cache.move_to_end(record.pool_id)
+        return found
+    raw = record.meta()
+    if not raw:
+        return None
+    meta: dict[str, Any] = dict(raw)
+    meta["udf_obj"] = json.loads(raw["udf"])
+    _meta_cache[record.pool_id] = meta
+    while len(_meta_cache) > _META_CACHE_SIZE:
+        _meta_cache.popitem(last=False)
+    return meta
+
+
+def _publish(
+    pool_id: str,
+    entries: list[tuple[int, int]],
+    lane: list[Any] | None,
+    meta: dict[str, Any],
+    *,
+    task_id: str,
+    countdown: float | None = None,
+) -> None:
+    """Publish a message of the pool (same queue and time limits as the ones submitted)."""
+    soft = float(meta.get("soft_time_limit") or 0) or None
+    hard = float(meta.get("time_limit") or 0) or None
+    app.send_task(
+        RUN_ENTRIES,
+        args=[pool_id, [p for p, _ in entries], [a for _, a in entries], lane],
+        task_id=task_id,
+        queue=meta.get("queue") or DEFAULT_QUEUE,
+        countdown=countdown,
+        soft_time_limit=soft,
+        time_limit=hard,
+    )
+
+
+def _timeout_error(message: str, exc_class: str = "SoftTimeLimitExceeded") -> dict[str, Any]:
+    return UdfTimeoutError(message, child_exception_class=exc_class).to_dict()
+
+
+class _Recorder:
+    """Classifies a message's outcomes and writes them: finished ones in small groups while
+    the batch runs, retries and the lane's next item at the end (:meth:`close`).
+
+    record / meta: the pool. task_id, lane, redelivered, host: the message. attempt_of:
+    position -> attempt. cache_keys: position -> result cache key ("" when not cached).
+    """
+
+    def __init__(
+        self,
+        record: PoolRecord,
+        meta: dict[str, Any],
+        *,
+        task_id: str,
+        lane: list[Any] | None,
+        redelivered: bool,
+        host: str,
+        attempt_of: dict[int, int],
+        cache_keys: dict[int, str],
+    ) -> None:
+        self.record = record
+        self.meta = meta
+        self.task_id = task_id
+        self.lane = lane
+        self.redelivered = redelivered
+        self.host = host
+        self.attempt_of = attempt_of
+        self.cache_keys = cache_keys
+        self.max_retry = int(meta.get("max_retry") or 0)
+        self.ready: list[dict[str, Any]] = []  # final results not written yet
+        self.retries: list[dict[str, Any]] = []  # failed entries with attempts left
+        self.flushed_at = time.monotonic()
+
+    def add(self, pos: int, out: execute.Outcome | dict[str, Any], status: str | None = None,
+            stored: dict[str, Any] | None = None) -> None:
+        """Take one entry's outcome (``status``/``stored`` given for failures made here)."""
+        attempt = self.attempt_of[pos]
+        if stored is None:
+            stored = _stored_outcome(self.record.pool_id, pos, attempt, out)
+        if status is None:
+            err = stored.get("error") or {}
+            status = ("success" if stored["ok"] else
+                      "timeout" if err.get("type") == "UdfTimeoutError" else "error")
+        row = {"pos": pos, "attempt": attempt, "status": status, "logs": out.get("logs", ""),
+               "started": out.get("started"), "finished": out.get("finished")}
+        if status != "success" and attempt <= self.max_retry:
+            self.retries.append({**row, "mode": "retry", "json": _history(status, stored, out,
+                                                                          self.host)})
+        else:
+            self.ready.append({**row, "mode": "final", "json": json.dumps(stored),
+                               "cache_key": self.cache_keys.get(pos, "")})
+
+    def tick(self) -> None:
+        """Write finished entries if the oldest waited :data:`FLUSH_SECONDS`."""
+        if self.ready and time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
+            self.record.finish(results=self.ready, meta=self.meta, lane=None,
+                               redelivered=self.redelivered, chain=False)
+            self.ready = []
+            self.flushed_at = time.monotonic()
+
+    def close(self) -> None:
+        """Publish retries, write everything left, and dispatch the lane's next item."""
+        retry_id = f"{self.task_id}.r"
+        if self.retries:
+            entries = [(r["pos"], r["attempt"] + 1) for r in self.retries]
+            worst = max(r["attempt"] for r in self.retries)
+            _publish(self.record.pool_id, entries, self.lane, self.meta, task_id=retry_id,
+                     countdown=retry_countdown(worst))
+        results = self.ready + self.retries
+        if not results and not self.lane:
+            return
+        nxt = self.record.finish(
+            results=results,
+            meta=self.meta,
+            lane=self.lane,
+            redelivered=self.redelivered,
+            chain=not self.retries,
+            retry_task_id=retry_id if self.retries else "",
+        )
+        self.ready, self.retries = [], []
+        if nxt is not None and self.lane:
+            item, entries = nxt
+            _publish(self.record.pool_id, entries, [self.lane[0], item], self.meta,
+                     task_id=f"{self.record.pool_id}.{item}")
+
+
+def _run(
+    udf: dict[str, Any],
+    items: list[tuple[int, dict[str, Any]]],
+    threads: int,
+    recorder: _Recorder,
+    soft_limit: float | None,
+) -> None:
+    """Run ``items`` (position, encoded kwargs) on ``threads`` threads, handing each outcome to
+    ``recorder`` as it comes; a soft time limit turns the unfinished ones into timeouts."""
+    log_cap = options.max_log_bytes
+    done: set[int] = set()
+    limit_text = (
+        f"the entry ran longer than the soft time limit ({soft_limit:g} s); raise "
+        "FUSED_CELERY_TASK_SOFT_TIME_LIMIT / TASK_TIME_LIMIT or split the work"
+    )
+
+    def take(pos: int, out: execute.Outcome) -> None:
+        err = out.get("error") or {}
+        if not out.get("ok") and err.get("child_exception_class") == "SoftTimeLimitExceeded":
+            out["error"] = _timeout_error(limit_text)
+        done.add(pos)
+        recorder.add(pos, out)
+
+    try:
+        if len(items) == 1:
+            [(pos, out)] = execute.run_batch(udf, items, max_log_bytes=log_cap)
+            take(pos, out)
+            return
+        pool = ThreadPoolExecutor(max_workers=max(1, min(threads, len(items))))
+        try:
+            futures = {pool.submit(execute.run_batch, udf, [item], max_log_bytes=log_cap)
+                       for item in items}
+            while futures:
+                finished, futures = wait(futures, timeout=FLUSH_SECONDS,
+                                         return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    [(pos, out)] = fut.result()
+                    take(pos, out)
+                recorder.tick()
+        finally:
+            # On a soft time limit, do not wait for UDF threads that are still running.
+            pool.shutdown(wait=False, cancel_futures=True)
+    except SoftTimeLimitExceeded:
+        now = time.time()
+        for pos, _ in items:
+            if pos not in done:
+                recorder.add(pos, {"logs": "", "started": now, "finished": now}, "timeout",
+                             {"ok": False, "value": None, "error": _timeout_error(limit_text)})
+
+
+def _stored_outcome(pool_id: str, pos: int, attempt: int, out: Any) -> dict[str, Any]:
+    """The outcome as stored in Redis; a large value goes to storage and only its ref stays."""
+    if not out.get("ok"):
+        return {"ok": False, "value": None, "error": out.get("error")}
+    value = out.get("value") or {"j": None}
+    if codec.envelope_size(value) > options.large_result_bytes:
+        url = blobs.result_url(options.storage_root, pool_id, pos, attempt)
+        try:
+            ref = blobs.store_envelope(value, url)
+        except Exception as exc:  # noqa: BLE001 - storage errors become the entry's error
+            err = UdfSerializationError(
+                f"the result ({codec.envelope_size(value)} bytes) is over large_result_bytes and "
+                f"could not be written to storage at {url}: {exc}",
+                child_exception_class=type(exc).__name__,
+            )
+            return {"ok": False, "value": None, "error": err.to_dict()}
+        return {"ok": True, "value": None, "ref": ref, "error": None}
+    return {"ok": True, "value": value, "error": None}
+
+
+def _history(status: str, stored: dict[str, Any], out: Any, host: str) -> str:
+    logs = out.get("logs") or ""
+    return json.dumps({
+        "status": status,
+        "error": stored.get("error"),
+        "logs": logs[-HISTORY_LOG_CHARS:],
+        "started": out.get("started"),
+        "finished": out.get("finished"),
+        "host": host,
+    })
+
+
+class EntriesTask(Task):
+    """Base of :func:`run_entries`: a safety net for failures outside the UDF.
+
+    When the body raises (a Redis outage longer than the client's retries, a soft time limit
+    hit outside user code) or the hard time limit kills the process, the entries of the message
+    that are still ``running`` at that attempt are failed (``timeout`` for time limits, else
+    ``error``), and retried automatically while attempts remain.
+    """
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        try:
+            params = _params(args, kwargs)
+            record = _record(params["pool_id"])
+            meta = _pool_meta(record)
+            if meta is None:
+                return
+            if isinstance(exc, (TimeLimitExceeded, SoftTimeLimitExceeded)):
+                status = "timeout"
+                error = _timeout_error(
+                    "the entry ran longer than the time limit "
+                    f"({float(meta.get('time_limit') or 0):g} s) and its process was stopped",
+                    type(exc).__name__,
+                )
+            else:
+                status = "error"
+                error = UdfRuntimeError(
+                    f"the worker failed outside the UDF: {exc!r}",
+                    child_exception_class=type(exc).__name__,
+                ).to_dict()
+            attempt_of = dict(zip(params["positions"], params["attempts"]))
+            recorder = _Recorder(record, meta, task_id=task_id, lane=params["lane"],
+                                 redelivered=True, host="", attempt_of=attempt_of, cache_keys={})
+            states, _, _ = record.read_outcomes(params["positions"])
+            now = time.time()
+            for pos, state in zip(params["positions"], states):
+                if state is None:
+                    continue
+                current, current_attempt, _, _ = parse_state(state)
+                if current_attempt != attempt_of[pos] or current not in ("running", "pending"):
+                    continue  # finished (or superseded) before the failure: nothing to redo
+                recorder.add(pos, {"logs": "", "started": None, "finished": now}, status,
+                             {"ok": False, "value": None, "error": error})
+            if recorder.ready or recorder.retries:
+                recorder.close()
+        except Exception:  # noqa: BLE001 - never mask the original failure
+            logger.exception("fused-celery: could not record the failure of task %s", task_id)
+
+
+def _params(args: Any, kwargs: Any) -> dict[str, Any]:
+    names = ("pool_id", "positions", "attempts", "lane")
+    values = dict(zip(names, args or ()))
+    values.update(kwargs or {})
+    values.setdefault("lane", None)
+    return values
+
+
+def _split(record: PoolRecord, meta: dict[str, Any], task_id: str, positions: list[int],
+           attempts: list[int], lane: list[Any] | None) -> None:
+    """Republish a redelivered multi-entry message as one message per entry (ids derived from
+    ``task_id``, so a second redelivery republishes the same ones), then let the lane go on."""
+    for pos, attempt in zip(positions, attempts):
+        _publish(record.pool_id, [(pos, attempt)], None, meta, task_id=f"{task_id}.s{pos}")
+    if lane:
+        _Recorder(record, meta, task_id=task_id, lane=lane, redelivered=True, host="",
+                  attempt_of={}, cache_keys={}).close()
+
+
+# track_started=False: the pool record already marks each entry running (with its worker), so
+# Celery's STARTED result write would be a second round trip per task that nothing reads; Flower
+# still sees task-started events.
+@app.task(bind=True, base=EntriesTask, name=RUN_ENTRIES, track_started=False)
+def run_entries(
+    self: EntriesTask,
+    pool_id: str,
+    positions: list[int],
+    attempts: list[int],
+    lane: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Run entries ``positions`` (attempt ``attempts[i]`` each) of pool ``pool_id``.
+
+    lane: ``[lane, item]`` when the pool is capped by ``max_workers`` (default None).
+    Returns ``{"pool_id", "positions", "attempts"}`` (deterministic; results are in the record).
+    """
+    summary = {"pool_id": pool_id, "positions": positions, "attempts": attempts}
+    request = self.request
+    redelivered = bool((request.delivery_info or {}).get("redelivered"))
+    host = request.hostname or ""
+    record = _record(pool_id)
+    meta = _pool_meta(record)
+    if meta is None:
+        return summary
+    if redelivered and len(positions) > 1:
+        _split(record, meta, request.id, positions, attempts, lane)
+        return summary
+    cache_on = meta.get("cache") == "1"
+    begun = record.start(
+        task_id=request.id,
+        redelivered=redelivered,
+        host=host,
+        entries=list(zip(positions, attempts)),
+        cache_digest=meta.get("cache_digest", "") if cache_on else "",
+        cache_max_age=float(meta.get("cache_max_age") or 0),
+    )
+    if isinstance(begun, str):  # "gone" or "dup"
+        return summary
+    to_run: list[tuple[int, dict[str, Any]]] = []
+    cache_keys: dict[int, str] = {}
+    lost: list[int] = []
+    for pos, decision, args_json, cache_key in begun:
+        if decision == "run":
+            try:
+                encoded = json.loads(args_json)
+            except ValueError:
+                encoded = {"__undecodable__": {"x": args_json[:100]}}
+            to_run.append((pos, encoded))
+            cache_keys[pos] = cache_key
+        elif decision == "lost":
+            lost.append(pos)
+    recorder = _Recorder(record, meta, task_id=request.id, lane=lane, redelivered=redelivered,
+                         host=host, attempt_of=dict(zip(positions, attempts)),
+                         cache_keys=cache_keys)
+    now = time.time()
+    for pos in lost:
+        err = UdfWorkerLostError(
+            f"the worker process running this entry died {MAX_DELIVERIES} times (killed, out "
+            "of memory, or the UDF ended the process)",
+            child_exception_class="WorkerLostError",
+        ).to_dict()
+        recorder.add(pos, {"logs": "", "started": None, "finished": now}, "error",
+                     {"ok": False, "value": None, "error": err})
+    if to_run:
+        soft = (request.timelimit or (None, None))[1] or float(meta.get("soft_time_limit") or 0)
+        _run(meta["udf_obj"], to_run, max(1, int(meta.get("threads") or 1)), recorder, soft)
+    recorder.close()
+    return summary
