@@ -274,9 +274,13 @@ class LocalEngine(Engine):
         """(entries per batch, threads per batch, batches in flight per worker)."""
         if self.spec.batch_size > 1:
             return self.spec.batch_size, self.spec.batch_size, 1
-        if self._avg is None or self._avg > 0.005:
-            return 1, 1, 1
         alive = max(1, sum(1 for w in self._workers if not w.dead))
+        if self._avg is None or self._avg > 1.0:
+            return 1, 1, 1  # long entries: a round trip is negligible, keep the tail balanced
+        if self._avg > 0.005:
+            # Prefetch one entry (it stays 'pending' and cancellable until it starts) to hide
+            # the round trip, except at the tail where it could wait behind a slow one.
+            return 1, 1, 2 if len(self._queue) > alive else 1
         size = int(min(_MAX_BATCH, max(1, _BATCH_SECONDS / max(self._avg, 1e-6))))
         size = max(1, min(size, math.ceil(len(self._queue) / alive)))
         return size, 1, 2
