@@ -221,7 +221,9 @@ class Udf(BaseModel):
         arg_list: values (first parameter), dicts (keyword arguments) or a DataFrame (rows).
         engine: ``"local"`` (process pool), ``"remote"`` (cluster) or an instance type name
             (its queue); default ``options.resolved_default_engine``.
-        max_workers: cap on entries running at once (default: local = CPU count, remote = none).
+        max_workers: cap on worker invocations running at once, each running
+            ``n_processes_per_worker`` entries, so at most ``max_workers * n_processes_per_worker``
+            entries run together (default: local = CPU count, remote = none).
         n_processes_per_worker (alias worker_concurrency): entries per worker invocation, run
             in parallel inside it (default 1). max_retry: automatic retries of failed entries
             (default 2). instance_type: run on that instance type's queue.

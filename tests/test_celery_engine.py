@@ -396,9 +396,13 @@ def test_max_workers_caps_entries_in_flight(fused_options: Any, celery_workers: 
     assert peak == 2, f"at most 2 entries at once, saw {peak}"
 
 
-def test_soft_time_limit_is_timeout(fused_options: Any, celery_workers: Any) -> None:
-    celery_workers(n=1, env={"FUSED_CELERY_TASK_SOFT_TIME_LIMIT": "1",
-                             "FUSED_CELERY_TASK_TIME_LIMIT": "20"})
+def test_soft_time_limit_is_timeout(
+    fused_options: Any, celery_workers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    celery_workers(n=1)
+    # the limits of the submitting process travel with its messages
+    monkeypatch.setattr(options, "task_soft_time_limit", 1.0)
+    monkeypatch.setattr(options, "task_time_limit", 20.0)
     sleepy = udf("def f(x):\n    import time\n    if x:\n        time.sleep(10)\n    return x\n")
     engine = run_pool(spec_for(2, sleepy, max_retry=0), timeout=60)
     assert [s.status for s in engine.states()] == ["success", "timeout"]
@@ -406,9 +410,12 @@ def test_soft_time_limit_is_timeout(fused_options: Any, celery_workers: Any) -> 
     assert err["type"] == "UdfTimeoutError" and "soft time limit" in err["message"]
 
 
-def test_hard_time_limit_is_timeout(fused_options: Any, celery_workers: Any) -> None:
-    celery_workers(n=1, env={"FUSED_CELERY_TASK_SOFT_TIME_LIMIT": "1",
-                             "FUSED_CELERY_TASK_TIME_LIMIT": "2"})
+def test_hard_time_limit_is_timeout(
+    fused_options: Any, celery_workers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    celery_workers(n=1)
+    monkeypatch.setattr(options, "task_soft_time_limit", 1.0)
+    monkeypatch.setattr(options, "task_time_limit", 2.0)
     stubborn = udf("""
     def f(x):
         import time
@@ -485,9 +492,13 @@ def test_lost_messages_are_republished_by_a_waiting_client(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("max_workers", [None, 3], ids=["uncapped", "lanes"])
+@pytest.mark.parametrize(
+    ("max_workers", "batch_size"), [(None, 1), (3, 1), (None, 10)],
+    ids=["uncapped", "lanes", "batched"],
+)
 def test_sigkill_one_of_two_workers(
-    fused_options: Any, celery_workers: Any, tmp_path: Path, max_workers: int | None
+    fused_options: Any, celery_workers: Any, tmp_path: Path, max_workers: int | None,
+    batch_size: int,
 ) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -500,7 +511,9 @@ def test_sigkill_one_of_two_workers(
         time.sleep(0.03)
         return x * 2
     """
-    engine = make_engine("celery", spec_for(500, udf(code), max_workers=max_workers))
+    engine = make_engine(
+        "celery", spec_for(500, udf(code), max_workers=max_workers, batch_size=batch_size)
+    )
     t0 = time.monotonic()
     engine.submit()
     wait_until(engine, lambda c: c["success"] >= 100)
@@ -511,7 +524,7 @@ def test_sigkill_one_of_two_workers(
     assert values(engine) == {i: 2 * i for i in range(500)}
     reruns = sum(len((runs / str(i)).read_text()) - 1 for i in range(500))
     print(f"SIGKILL test: {elapsed:.1f} s, {reruns} entries ran twice (redelivered)")
-    assert reruns <= 8  # only what the killed worker held (2 running + prefetched)
+    assert reruns <= 8 * batch_size  # only what the killed worker held (running + prefetched)
     if max_workers:
         assert _peak_concurrency(engine) <= max_workers
 
