@@ -165,3 +165,17 @@ class ChunkNotFoundError(FusedError, LookupError):
 
 class ColumnNotFoundError(FusedError, LookupError):
     """Columns asked of a table are not in it; the message lists the columns it has."""
+
+
+# --- ingestion (geospatial partitioning) --------------------------------------------------------
+
+
+class IngestInputError(FusedError, ValueError):
+    """The input of an ingest job cannot be partitioned as given: empty, missing columns,
+    coordinates that are not numbers, no CRS and coordinates that cannot be degrees, a CRS that
+    cannot be reprojected to EPSG:4326, ... The message names the problem and the fix."""
+
+
+class UnsupportedInputError(IngestInputError):
+    """An ingest input is of a kind or format fused-celery cannot read (the message lists the
+    supported ones)."""

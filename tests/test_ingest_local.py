@@ -1,0 +1,242 @@
+"""Single-process ingest (fused_celery.partition.local) and its config model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import shapely
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from fused_celery import storage
+from fused_celery.partition.config import GeospatialPartitionJobStepConfig
+from fused_celery.partition.local import ingest_local
+from fused_celery.table import compute_chunk_metadata, open_table, read_chunk_metadata
+from fused_celery.types import IngestInputError, TableExistsError, UnsupportedInputError
+
+API_DEFAULTS = {
+    "output": None,
+    "output_metadata": None,
+    "ignore_chunk_error": False,
+    "partitioning_method": "rows",
+    "partitioning_maximum_per_file": None,
+    "partitioning_maximum_per_chunk": None,
+    "partitioning_max_width_ratio": 2,
+    "partitioning_max_height_ratio": 2,
+    "partitioning_split_method": "mean",
+    "partitioning_force_utm": "chunk",
+    "subdivide_method": "area",
+    "subdivide_start": None,
+    "subdivide_stop": None,
+    "split_identical_centroids": True,
+    "target_num_chunks": 500,
+    "lonlat_cols": None,
+    "drop_out_of_bounds": None,
+    "explode_geometries": False,
+    "load_columns": None,
+    "remove_cols": [],
+    "file_suffix": None,
+    "overwrite": False,
+}
+
+
+def test_config_defaults_and_json_round_trip():
+    cfg = GeospatialPartitionJobStepConfig(input="s3://bucket/in.parquet")
+    dumped = cfg.model_dump()
+    for key, value in API_DEFAULTS.items():
+        assert dumped[key] == value, key
+    assert dumped["gdal_config"] == {"open_options": {}, "layer": None}
+    text = cfg.model_dump_json()
+    assert GeospatialPartitionJobStepConfig.model_validate_json(text) == cfg
+    frame_cfg = GeospatialPartitionJobStepConfig(input=gpd.GeoDataFrame(geometry=[]))
+    assert json.loads(frame_cfg.model_dump_json())["input"] == "<GeoDataFrame: 0 rows>"
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"subdivide_start": 1.0, "subdivide_stop": 0.0}, "subdivide_stop must be > 0"),
+        ({"subdivide_start": 1.0, "subdivide_stop": 2.0}, ">= subdivide_stop"),
+        ({"subdivide_start": 1.0, "subdivide_method": None}, "subdivide_method"),
+        ({"partitioning_maximum_per_file": 0}, "partitioning_maximum_per_file must be"),
+        ({"partitioning_maximum_per_chunk": -5}, "partitioning_maximum_per_chunk must be"),
+        ({"partitioning_method": "volume"}, "partitioning_method"),
+        ({"partitioning_split_method": "mode"}, "partitioning_split_method"),
+        ({"partitioning_force_utm": "zone"}, "partitioning_force_utm"),
+        ({"partitioning_max_width_ratio": 0}, "partitioning_max_width_ratio must be"),
+        ({"target_num_chunks": 0}, "target_num_chunks"),
+        ({"input": 42}, "input must be"),
+        ({"input": []}, "input list"),
+        ({"load_columns": ["a"], "remove_cols": ["a"]}, "both load_columns and remove_cols"),
+        ({"unknown_option": 1}, "unknown_option"),
+    ],
+)
+def test_config_rejects_bad_values(bad, match):
+    with pytest.raises(ValidationError, match=match):
+        GeospatialPartitionJobStepConfig(**{"input": "in.parquet", **bad})
+
+
+def test_config_validates_assignment():
+    cfg = GeospatialPartitionJobStepConfig(input="in.parquet")
+    with pytest.raises(ValidationError):
+        cfg.partitioning_maximum_per_chunk = 0
+
+
+def chunk_frames(url: str) -> dict[tuple[str, int], gpd.GeoDataFrame]:
+    out = {}
+    for f in open_table(url).files:
+        pf = pq.ParquetFile(storage.join(url, f"{f}.parquet"))
+        for i in range(pf.num_row_groups):
+            t = pf.read_row_group(i)
+            geoms = shapely.from_wkb(t.column("geometry").to_numpy(zero_copy_only=False))
+            out[(f, i)] = gpd.GeoDataFrame(
+                t.drop_columns(["geometry", "bbox"]).to_pandas(), geometry=geoms, crs=4326
+            )
+    return out
+
+
+def check_table(url: str, n_rows: int, ids: np.ndarray, per_file: float, per_chunk: float):
+    """Every row once; chunks and files within maxima (unless one row / identical
+    centroids); chunk metadata equals the chunk's data."""
+    chunks = chunk_frames(url)
+    metas = {(m.file_id, m.chunk_id): m for m in read_chunk_metadata(url)}
+    assert set(chunks) == set(metas)
+    seen = np.concatenate([c["rid"].to_numpy() for c in chunks.values()])
+    assert sorted(seen.tolist()) == sorted(ids.tolist()) and len(seen) == n_rows
+    by_file: dict[str, int] = {}
+    for key, c in chunks.items():
+        expected = compute_chunk_metadata(key[0], key[1], np.asarray(c.geometry.array))
+        assert metas[key] == expected
+        cent = shapely.centroid(np.asarray(c.geometry.array))
+        identical = len({(round(p.x, 12), round(p.y, 12)) for p in cent}) == 1
+        assert len(c) <= per_chunk or len(c) == 1 or identical
+        by_file[key[0]] = by_file.get(key[0], 0) + len(c)
+    assert all(v <= per_file for v in by_file.values())
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(1, 300),
+    seed=st.integers(0, 1000),
+    per_file=st.integers(5, 100),
+    method=st.sampled_from(["mean", "median"]),
+)
+def test_ingest_properties(tmp_path_factory, n, seed, per_file, method):
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.uniform(-20, 20, n), 1)  # rounding makes duplicates likely
+    y = np.round(rng.uniform(-10, 10, n), 1)
+    g = gpd.GeoDataFrame({"rid": np.arange(n)}, geometry=gpd.points_from_xy(x, y), crs=4326)
+    url = str(tmp_path_factory.mktemp("t") / "table")
+    per_chunk = max(1, per_file // 4)
+    cfg = GeospatialPartitionJobStepConfig(
+        input=g,
+        partitioning_maximum_per_file=per_file,
+        partitioning_maximum_per_chunk=per_chunk,
+        partitioning_split_method=method,
+    )
+    assert ingest_local(cfg, url) == storage.normalize(url)
+    check_table(url, n, np.arange(n), per_file, per_chunk)
+
+
+def test_uniform_points_chunk_bboxes_barely_overlap(tmp_path):
+    rng = np.random.default_rng(7)
+    n = 4000
+    g = gpd.GeoDataFrame(
+        {"rid": np.arange(n)},
+        geometry=gpd.points_from_xy(rng.uniform(0, 4, n), rng.uniform(0, 4, n)),
+        crs=4326,
+    )
+    url = ingest_local(GeospatialPartitionJobStepConfig(input=g, output=str(tmp_path / "t")))
+    metas = read_chunk_metadata(url)
+    assert len(metas) >= 100 and len({m.file_id for m in metas}) >= 10  # 1/10, 1/100 defaults
+    area = sum((m.bbox_maxx - m.bbox_minx) * (m.bbox_maxy - m.bbox_miny) for m in metas)
+    minx, miny = min(m.bbox_minx for m in metas), min(m.bbox_miny for m in metas)
+    maxx, maxy = max(m.bbox_maxx for m in metas), max(m.bbox_maxy for m in metas)
+    assert area <= 1.5 * (maxx - minx) * (maxy - miny)
+    check_table(url, n, np.arange(n), n / 10, n / 100)
+
+
+def polygons(n: int, seed: int = 0) -> gpd.GeoDataFrame:
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(-5, 5, n), rng.uniform(40, 50, n)
+    s = rng.uniform(0.01, 0.5, n)
+    return gpd.GeoDataFrame(
+        {"rid": np.arange(n), "name": [f"p{i}" for i in range(n)]},
+        geometry=shapely.box(x, y, x + s, y + s),
+        crs=4326,
+    )
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".geojson", ".gpkg", ".fgb"])
+def test_file_inputs(tmp_path, suffix):
+    g = polygons(300)
+    path = tmp_path / f"in{suffix}"
+    if suffix == ".parquet":
+        g.to_parquet(path)
+    else:
+        g.to_file(path, engine="pyogrio")
+    cfg = GeospatialPartitionJobStepConfig(
+        input=str(path), output=str(tmp_path / "out"), partitioning_method="area"
+    )
+    url = ingest_local(cfg)
+    t = open_table(url)
+    assert t.num_rows == 300
+    check_table(url, 300, np.arange(300), float("inf"), float("inf"))
+    total = float(shapely.area(np.asarray(g.geometry.array)).sum())
+    assert sum(m.sum_area for m in read_chunk_metadata(url)) == pytest.approx(total)
+
+
+def test_csv_lonlat_and_reprojection_and_subdivision(tmp_path):
+    df = pd.DataFrame({"lon": [1.0, 2.0, 3.0], "lat": [4.0, 5.0, 6.0], "rid": [0, 1, 2]})
+    df.to_csv(tmp_path / "pts.csv", index=False)
+    cfg = GeospatialPartitionJobStepConfig(
+        input=str(tmp_path / "pts.csv"), output=str(tmp_path / "a"), lonlat_cols=("lon", "lat")
+    )
+    assert open_table(ingest_local(cfg)).num_rows == 3
+
+    big = gpd.GeoDataFrame({"rid": [0]}, geometry=[shapely.box(0, 0, 4, 4)], crs=4326)
+    projected = big.to_crs(3857)
+    cfg = GeospatialPartitionJobStepConfig(
+        input=projected, output=str(tmp_path / "b"), subdivide_start=1.0, subdivide_stop=1.0
+    )
+    url = ingest_local(cfg)
+    metas = read_chunk_metadata(url)
+    assert sum(m.num_rows for m in metas) >= 16  # 16 square degrees cut into <= 1 deg² pieces
+    assert sum(m.sum_area for m in metas) == pytest.approx(16.0, rel=1e-6)
+
+
+def test_bad_inputs_leave_no_table(tmp_path):
+    out = tmp_path / "out"
+    cases = [
+        (str(tmp_path / "missing.parquet"), FileNotFoundError),
+        (str(tmp_path / "in.xyz"), UnsupportedInputError),
+        (str(tmp_path / "corrupt.parquet"), IngestInputError),
+        (gpd.GeoDataFrame({"a": []}, geometry=[], crs=4326), IngestInputError),
+    ]
+    (tmp_path / "in.xyz").write_text("hello")
+    (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 not really")
+    for source, error in cases:
+        with pytest.raises(error):
+            ingest_local(GeospatialPartitionJobStepConfig(input=source, output=str(out)))
+        assert not out.exists() or not any(Path(out).rglob("*.parquet"))
+        assert not (out / "_sample").exists()
+
+
+def test_existing_output_without_overwrite(tmp_path):
+    g = polygons(20)
+    url = str(tmp_path / "t")
+    ingest_local(GeospatialPartitionJobStepConfig(input=g, output=url))
+    with pytest.raises(TableExistsError):
+        ingest_local(GeospatialPartitionJobStepConfig(input=g, output=url))
+    g2 = polygons(30, seed=1)
+    ingest_local(GeospatialPartitionJobStepConfig(input=g2, output=url, overwrite=True))
+    assert open_table(url).num_rows == 30
