@@ -113,7 +113,7 @@ class CeleryEngine(Engine):
         self._woke_at = 0.0
         self._limits = time_limits()
         self._swept_at = time.monotonic()
-        self._lanes: int | None = plan_lanes(spec.n, spec.batch_size, spec.max_workers)[1]
+        self._lanes = plan_lanes(spec.n, spec.batch_size, spec.max_workers)[1]
 
     # ------------------------------------------------------------------ helpers
 
@@ -486,6 +486,9 @@ class CeleryEngine(Engine):
         )
         engine = cls(spec)
         engine._record = record
+        engine._lanes = int(meta.get("lanes") or 0)
+        if meta.get("time_limit"):  # retries run under the limits the pool was submitted with
+            engine._limits = (float(meta["soft_time_limit"]), float(meta["time_limit"]))
         if meta.get("retried"):
             engine.retried_at = float(meta["retried"])
         return engine
