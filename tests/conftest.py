@@ -9,6 +9,8 @@ Fixtures:
 - ``redis_url`` (function): the server's URL, after ``FLUSHALL`` (every test starts empty).
 - ``fused_options`` (function): points ``fused_celery.options`` (and ``FUSED_CELERY_*`` for
   subprocesses) at ``redis_url``; restores them afterwards.
+- ``shared_cluster`` (session): its own redis-server plus two worker processes (concurrency 2),
+  started once for the tests that run the same assertions on every engine; yields the URL.
 - ``celery_workers`` (function): a factory ``celery_workers(n=2, queues=("fused",),
   concurrency=1, env=None)`` starting worker subprocesses; all are stopped by pid at teardown.
 """
@@ -212,3 +214,42 @@ def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FUSED_CELERY_")}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis of its own and two real worker processes, shared by a whole session.
+
+    Its Redis is never flushed (that would drop kombu's queue bindings under running workers);
+    pools are independent by id, and tests clear the result cache keys they depend on.
+    """
+    base = tmp_path_factory.mktemp("shared-cluster")
+    server = RedisServer(base / "redis").start()
+    env = child_env(server.url, server.url)
+    names = [f"shared{i}-{uuid.uuid4().hex[:6]}@127.0.0.1" for i in range(2)]
+    procs = [
+        ManagedProcess(name, worker_command(name, concurrency=2), env=env,
+                       log_path=base / f"{name}.log")
+        for name in names
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+        wait_for_workers(server.url, names, timeout=WORKER_START_TIMEOUT)
+        yield server.url
+    finally:
+        stop_all(procs, timeout=10)
+        server.stop()
+
+
+@pytest.fixture
+def on_shared_cluster(shared_cluster: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point ``options`` at :func:`shared_cluster` for one test, with an empty result cache."""
+    monkeypatch.setattr(options, "broker_url", shared_cluster)
+    monkeypatch.setattr(options, "result_backend", shared_cluster)
+    client = redis.Redis.from_url(shared_cluster)
+    stale = list(client.scan_iter("fc:cache:*"))
+    if stale:
+        client.delete(*stale)
+    client.close()
+    return shared_cluster
