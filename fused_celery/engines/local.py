@@ -123,6 +123,16 @@ def _kill_all(workers: list[_Worker]) -> None:
             w.stop(kill=True)
 
 
+def _release(workers: list[_Worker], fds: tuple[int, ...]) -> None:
+    """Finalizer of a collected engine: kill leftover workers, close the wake pipe."""
+    _kill_all(workers)
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class LocalEngine(Engine):
     """Runs a pool's entries in local worker processes (see module docstring).
 
@@ -154,8 +164,10 @@ class LocalEngine(Engine):
         self._max_age = spec.cache_max_age if spec.cache_max_age is not None else (
             options.cache_max_age
         )
-        self._finalizer = weakref.finalize(self, _kill_all, self._workers)
         os.set_blocking(self._wake_r, False)
+        self._finalizer = weakref.finalize(
+            self, _release, self._workers, (self._wake_r, self._wake_w)
+        )
 
     # ------------------------------------------------------------------ interface
 
@@ -326,6 +338,15 @@ class LocalEngine(Engine):
                 self._set(self._states[pos], RUNNING)
 
     def _dispatch_loop(self) -> None:
+        """Run :meth:`_dispatch` and, should it ever crash, fail the unfinished entries with the
+        reason instead of leaving waiters hanging."""
+        try:
+            self._dispatch()
+        except BaseException as exc:  # noqa: BLE001 - reported on every unfinished entry
+            self._fail_everything(exc)
+            raise
+
+    def _dispatch(self) -> None:
         """Hand out batches and collect outcomes until nothing is queued or in flight."""
         while True:
             with self._lock:
@@ -336,13 +357,14 @@ class LocalEngine(Engine):
                     self._workers.clear()
                     self._dispatching = False
                     break
-                conns = {w.rx: w for w in self._workers}
             for w, msg in sends:
                 if not w.send(msg):
                     with self._lock:
                         self._lost(w)
             if sends:
                 self._notifier.pulse()
+            with self._lock:  # after the sends: a worker lost while sending is closed by now
+                conns = {w.rx: w for w in self._workers if not w.dead}
             ready = wait([*conns, self._wake_r], timeout=self._next_deadline())
             changed = False
             for conn in ready:
@@ -360,11 +382,30 @@ class LocalEngine(Engine):
             w.stop()
         self._notifier.pulse()
 
+    def _fail_everything(self, exc: BaseException) -> None:
+        with self._lock:
+            self._dispatching = False
+            _kill_all(self._workers)
+            self._workers.clear()
+            self._queue.clear()
+            now = time.time()
+            err = UdfWorkerLostError(
+                f"the local engine's dispatcher failed: {type(exc).__name__}: {exc}",
+                child_exception_class=type(exc).__name__,
+            )
+            for pos, state in enumerate(self._states):
+                if state.status in (PENDING, RUNNING):
+                    self._record(pos, {"ok": False, "value": None, "error": err.to_dict(),
+                                       "logs": "", "started": now, "finished": now}, ERROR)
+        self._notifier.pulse()
+
     def _next_deadline(self) -> float:
         return min(1.0, max(0.01, options.task_time_limit / 4))
 
     def _drain(self, w: _Worker) -> bool:
         changed = False
+        if w.dead:
+            return False
         try:
             while w.rx.poll():
                 _, done = w.rx.recv()

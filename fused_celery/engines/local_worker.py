@@ -109,4 +109,7 @@ def main(rfd: int, wfd: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    try:
+        main(int(sys.argv[1]), int(sys.argv[2]))
+    except (BrokenPipeError, EOFError):  # the parent went away: nothing left to report to
+        os._exit(0)
