@@ -17,7 +17,9 @@ Settings and why (see ARCHITECTURE.md, "Reliability choices"):
   runs at ``visibility_timeout / 10`` (between 1 and 100 s) so a short timeout really is short.
 - ``result_expires`` = ``options.result_expires``; soft/hard limits from ``task_soft_time_limit``
   / ``task_time_limit``; ``task_track_started``; events on (``worker_send_task_events``,
-  ``task_send_sent_event``) so Flower sees every task.
+  ``task_send_sent_event``) so Flower sees every task (the pool engine's publishing app,
+  ``get_app(results=False)``, sends no ``task-sent`` events: Flower lists a task from the
+  worker's ``task-received`` event on).
 - Default queue :data:`~fused_celery.options.DEFAULT_QUEUE`; instance types are further queues.
 
 Importing this module is cheap: Celery and options only (no pandas, no task bodies).
@@ -121,13 +123,15 @@ def get_app(*, results: bool = True) -> Celery:
     results: False gives an app without a result backend, for publishing only (default True).
         ``send_task`` on an app with a Redis result backend subscribes to every task's result
         channel (two round trips per task); the pool engine does not read Celery results, so it
-        publishes through this one. Workers still store results (their own configuration).
+        publishes through this one. It sends no ``task-sent`` events either: one more PUBLISH
+        per message (not pipelined with the message), while Flower lists a task from its
+        ``task-received`` event on and needs no ``task-sent`` one.
 
     Clients publish by task name, so an app rebuilt here needs no task modules.
     """
     config = celery_config()
     if not results:
-        config = {**config, "result_backend": None}
+        config = {**config, "result_backend": None, "task_send_sent_event": False}
     with _lock:
         found = _clients.get(results)
         if found is None or found[0] != config:

@@ -2,9 +2,9 @@
 
 A pool submitted to the Celery engine is a handful of keys under ``fc:pool:<pool_id>:`` (written
 ``P:`` below). Workers and clients (the submitting process, or any process that attaches later)
-read and write only these keys; Celery's own ``celery-task-meta-<task id>`` keys exist alongside
-but are not the source of truth for entries (a batched task runs several entries, each with its
-own state).
+read and write only these keys. Celery stores no ``celery-task-meta-<task id>`` results for the
+pool's tasks (``ignore_result``): a batched task runs several entries, each with its own state,
+all of which are here.
 
 ================ =======  =========================================================================
 key              type     holds

@@ -289,19 +289,30 @@ local function next_item(K, j, prev, n, bs, prefix)
 end
 """
 
-# KEYS: state cancelled args begun hosts deliveries version outcome logs tasks counts
+# KEYS: state cancelled args begun hosts deliveries version outcome logs tasks counts meta
 # ARGV: task_id redelivered host now max_deliveries channel cache_digest cache_max_age
-#       cache_prefix, then (pos, attempt) pairs
+#       cache_prefix want_meta, then (pos, attempt) pairs
+# want_meta '1': read the cache settings from meta (not ARGV) and return the meta hash too.
+# Returns 'gone' / 'dup', or {m, <m meta fields and values>, (pos, decision, args, ck)...}.
 _START = _LUA_PARSE + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
-if redis.call('SADD', KEYS[4], ARGV[1]) == 0 and ARGV[2] ~= '1' then return {'dup'} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
+if redis.call('SADD', KEYS[4], ARGV[1]) == 0 and ARGV[2] ~= '1' then return 'dup' end
 local now = ARGV[4]
 local maxd = tonumber(ARGV[5])
 local digest = ARGV[7]
 local maxage = tonumber(ARGV[8])
-local out = {}
+local out = {0}
+if ARGV[10] == '1' then
+  local m = redis.call('HGETALL', KEYS[12])
+  local f = {}
+  for i = 1, #m, 2 do f[m[i]] = m[i + 1] end
+  digest = (f['cache'] == '1' and f['cache_digest']) or ''
+  maxage = tonumber(f['cache_max_age'] or '0') or 0
+  out = {#m}
+  for i = 1, #m do out[#out + 1] = m[i] end
+end
 local changed, finals = false, false
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   local pos = ARGV[i]
   local att = tonumber(ARGV[i + 1])
   local cur = redis.call('HGET', KEYS[1], pos)
@@ -777,12 +788,16 @@ class PoolRecord:
         entries: Sequence[tuple[int, int]],
         cache_digest: str = "",
         cache_max_age: float = 0,
-    ) -> list[tuple[int, str, str, str]] | str:
-        """Begin a message: ``[(position, decision, args JSON, cache key)]``, or ``"gone"`` /
-        ``"dup"`` for the whole message.
+        fetch_meta: bool = False,
+    ) -> tuple[list[tuple[int, str, str, str]], dict[str, str] | None] | str:
+        """Begin a message: ``([(position, decision, args JSON, cache key)], meta)``, or
+        ``"gone"`` / ``"dup"`` for the whole message.
 
         entries: ``(position, attempt)`` pairs. cache_digest: the UDF's cache digest, or ""
-        when caching is off. Decisions: run, cached, cancelled, superseded, done, lost, gone.
+        when caching is off. fetch_meta: read the cache settings from the record's ``meta``
+        instead and return that hash (``meta`` is None otherwise), so a worker that has not
+        seen the pool yet needs no extra round trip. Decisions: run, cached, cancelled,
+        superseded, done, lost, gone.
         """
         k = self.keys
         args: list[Any] = [
@@ -795,22 +810,25 @@ class PoolRecord:
             cache_digest,
             cache_max_age,
             keys.CACHE_PREFIX,
+            "1" if fetch_meta else "0",
         ]
         for pos, attempt in entries:
             args += [pos, attempt]
         out = self._scripts.start(
             keys=[
                 k["state"], k["cancelled"], k["args"], k["begun"], k["hosts"], k["deliveries"],
-                k["version"], k["outcome"], k["logs"], k["tasks"], k["counts"],
+                k["version"], k["outcome"], k["logs"], k["tasks"], k["counts"], k["meta"],
             ],
             args=args,
         )  # fmt: skip
-        if len(out) == 1:
-            return str(out[0])
+        if isinstance(out, str):
+            return out
+        m = int(out[0])
+        meta = dict(zip(out[1 : m + 1 : 2], out[2 : m + 2 : 2])) if fetch_meta else None
         return [
             (int(out[i]), str(out[i + 1]), str(out[i + 2]), str(out[i + 3]))
-            for i in range(0, len(out), 4)
-        ]
+            for i in range(m + 1, len(out), 4)
+        ], meta
 
     def finish(
         self,

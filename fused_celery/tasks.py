@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections import OrderedDict
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from celery import Task
@@ -68,22 +70,32 @@ def _record(pool_id: str) -> PoolRecord:
     return PoolRecord(pool_id, url)
 
 
-def _pool_meta(record: PoolRecord) -> dict[str, Any] | None:
-    """The pool's meta with ``udf`` parsed, cached per process (a pool's meta never changes
-    except ``retried``, which workers do not use). None when the record is gone."""
-    found = _meta_cache.get(record.pool_id)
-    if found is not None:
-        _meta_cache.move_to_end(record.pool_id)
-        return found
-    raw = record.meta()
-    if not raw:
-        return None
+def _remember_meta(pool_id: str, raw: dict[str, str]) -> dict[str, Any]:
+    """Cache a pool's meta (``udf`` parsed into ``udf_obj``) in this process; return it."""
     meta: dict[str, Any] = dict(raw)
     meta["udf_obj"] = json.loads(raw["udf"])
-    _meta_cache[record.pool_id] = meta
+    _meta_cache[pool_id] = meta
     while len(_meta_cache) > _META_CACHE_SIZE:
         _meta_cache.popitem(last=False)
     return meta
+
+
+def _cached_meta(pool_id: str) -> dict[str, Any] | None:
+    """The pool's meta if this process has seen the pool (a pool's meta never changes except
+    ``retried``, which workers do not use), else None."""
+    found = _meta_cache.get(pool_id)
+    if found is not None:
+        _meta_cache.move_to_end(pool_id)
+    return found
+
+
+def _pool_meta(record: PoolRecord) -> dict[str, Any] | None:
+    """The pool's meta with ``udf`` parsed, cached per process. None when the record is gone."""
+    found = _cached_meta(record.pool_id)
+    if found is not None:
+        return found
+    raw = record.meta()
+    return _remember_meta(record.pool_id, raw) if raw else None
 
 
 def _publish(
@@ -227,26 +239,82 @@ def _run(
             [(pos, out)] = execute.run_batch(udf, items, max_log_bytes=log_cap)
             take(pos, out)
             return
-        pool = ThreadPoolExecutor(max_workers=max(1, min(threads, len(items))))
+        todo = deque(items)
+        outcomes: SimpleQueue[Any] = SimpleQueue()
+        all_done = threading.Event()
+        running = [len(items)]
+        lock = threading.Lock()
+
+        def drain() -> None:
+            # Each thread takes entries until none is left: at most ``threads`` entries run at
+            # once, and short entries do not pay a thread switch each.
+            while True:
+                try:
+                    item = todo.popleft()
+                except IndexError:
+                    return
+                try:
+                    outcomes.put(execute.run_batch(udf, [item], max_log_bytes=log_cap)[0])
+                except BaseException as exc:  # noqa: BLE001 - handed to the message's thread
+                    outcomes.put(exc)
+                with lock:
+                    running[0] -= 1
+                    if running[0] == 0:
+                        all_done.set()
+
+        pool = _executor(threads)
         try:
-            futures = {pool.submit(execute.run_batch, udf, [item], max_log_bytes=log_cap)
-                       for item in items}
-            while futures:
-                finished, futures = wait(futures, timeout=FLUSH_SECONDS,
-                                         return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    [(pos, out)] = fut.result()
-                    take(pos, out)
+            for _ in range(min(threads, len(items))):
+                pool.submit(drain)
+            left = len(items)
+            while left:
+                # Wake when every entry is done, or every FLUSH_SECONDS to write what finished
+                # (not once per entry: that would cost a thread switch per entry).
+                all_done.wait(FLUSH_SECONDS)
+                while True:
+                    try:
+                        got = outcomes.get_nowait()
+                    except Empty:
+                        break
+                    if isinstance(got, BaseException):
+                        raise got
+                    take(*got)
+                    left -= 1
                 recorder.tick()
-        finally:
-            # On a soft time limit, do not wait for UDF threads that are still running.
-            pool.shutdown(wait=False, cancel_futures=True)
+        except BaseException:
+            # A soft time limit (or any failure): start no further entry, do not wait for UDF
+            # threads that are still running, and do not reuse their executor.
+            todo.clear()
+            _drop_executor(threads, pool)
+            raise
     except SoftTimeLimitExceeded:
         now = time.time()
         for pos, _ in items:
             if pos not in done:
                 recorder.add(pos, {"logs": "", "started": now, "finished": now}, "timeout",
                              {"ok": False, "value": None, "error": _timeout_error(limit_text)})
+
+
+_executors: dict[int, ThreadPoolExecutor] = {}
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    """This process's executor of ``threads`` threads, kept across messages (its threads start
+    lazily and are reused: a batch of 100 entries does not start 100 threads every time)."""
+    threads = max(1, threads)
+    pool = _executors.get(threads)
+    if pool is None:
+        pool = _executors[threads] = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix=f"fused-entries-{threads}"
+        )
+    return pool
+
+
+def _drop_executor(threads: int, pool: ThreadPoolExecutor) -> None:
+    """Forget ``pool`` (its threads may still run a UDF) and cancel what it has not started."""
+    if _executors.get(max(1, threads)) is pool:
+        del _executors[max(1, threads)]
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _stored_outcome(pool_id: str, pos: int, attempt: int, out: Any) -> dict[str, Any]:
@@ -350,10 +418,11 @@ def _split(record: PoolRecord, meta: dict[str, Any], task_id: str, positions: li
                   attempt_of={}, cache_keys={}).close()
 
 
-# track_started=False: the pool record already marks each entry running (with its worker), so
-# Celery's STARTED result write would be a second round trip per task that nothing reads; Flower
-# still sees task-started events.
-@app.task(bind=True, base=EntriesTask, name=RUN_ENTRIES, track_started=False)
+# track_started=False, ignore_result=True: the pool record already marks each entry running
+# (with its worker) and holds every outcome, so Celery's STARTED and SUCCESS result writes (a
+# GET, then SETEX + PUBLISH, per task) would be round trips that nothing reads; Flower still sees
+# task-started / task-succeeded events (which carry the return value).
+@app.task(bind=True, base=EntriesTask, name=RUN_ENTRIES, track_started=False, ignore_result=True)
 def run_entries(
     self: EntriesTask,
     pool_id: str,
@@ -371,23 +440,29 @@ def run_entries(
     redelivered = bool((request.delivery_info or {}).get("redelivered"))
     host = request.hostname or ""
     record = _record(pool_id)
-    meta = _pool_meta(record)
-    if meta is None:
-        return summary
+    meta = _cached_meta(pool_id)
     if redelivered and len(positions) > 1:
-        _split(record, meta, request.id, positions, attempts, lane)
+        meta = meta or _pool_meta(record)
+        if meta is not None:
+            _split(record, meta, request.id, positions, attempts, lane)
         return summary
-    cache_on = meta.get("cache") == "1"
-    begun = record.start(
+    cache_on = meta is not None and meta.get("cache") == "1"
+    started = record.start(
         task_id=request.id,
         redelivered=redelivered,
         host=host,
         entries=list(zip(positions, attempts)),
-        cache_digest=meta.get("cache_digest", "") if cache_on else "",
-        cache_max_age=float(meta.get("cache_max_age") or 0),
+        cache_digest=meta.get("cache_digest", "") if meta is not None and cache_on else "",
+        cache_max_age=float(meta.get("cache_max_age") or 0) if meta is not None else 0,
+        fetch_meta=meta is None,  # a pool new to this process: its meta comes with the start
     )
-    if isinstance(begun, str):  # "gone" or "dup"
+    if isinstance(started, str):  # "gone" or "dup"
         return summary
+    begun, fetched = started
+    if meta is None:
+        if not fetched:
+            return summary
+        meta = _remember_meta(pool_id, fetched)
     to_run: list[tuple[int, dict[str, Any]]] = []
     cache_keys: dict[int, str] = {}
     lost: list[int] = []

@@ -58,7 +58,7 @@ from ..record import (
     redis_client,
 )
 from ..types import BrokerUnavailableError, UdfRuntimeError
-from .base import CANCELLED, FAILED, PENDING, Engine, EntryState, PoolSpec
+from .base import CANCELLED, FAILED, FINISHED, PENDING, Engine, EntryState, PoolSpec
 
 _OUTCOME_STATUSES = frozenset({"success", "error", "timeout"})
 
@@ -67,6 +67,15 @@ logger = logging.getLogger(__name__)
 #: A waiting client looks for lost messages when the pool has pending entries and its record
 #: has not changed for this many seconds (and at most once per this many seconds).
 LOST_CHECK_SECONDS = 10.0
+
+#: Pools of at most this many entries read their states, outcomes and logs together with the
+#: counts (one round trip instead of three when a waiter sees the pool finished; what a
+#: single call, ``udf(x, engine="remote")``, waits for).
+PREFETCH_MAX_ENTRIES = 8
+
+#: A prefetched snapshot serves at most one ``states()`` / ``outcomes()`` call, within this
+#: many seconds of the read.
+PREFETCH_SECONDS = 0.1
 
 
 def _queue_for(spec: PoolSpec) -> str:
@@ -108,11 +117,15 @@ class CeleryEngine(Engine):
         self.record_url = options.resolved_result_backend
         self._record: PoolRecord | None = None
         self._cached: tuple[int, list[EntryState]] | None = None
-        self._seen: tuple[int, bool] | None = None  # (version, any entry pending)
+        # (version, any entry pending, entries finished) at the last read
+        self._seen: tuple[int, bool, int] | None = None
         self._changed_at = time.monotonic()
         self._woke_at = 0.0
         self._limits = time_limits()
         self._swept_at = time.monotonic()
+        # small pools: (taken at, version, state, outcome, logs) read along with the counts
+        self._snapshot: tuple[float, int, dict[str, str], dict[str, str], dict[str, str]] | None
+        self._snapshot = None
         self._lanes = plan_lanes(spec.n, spec.batch_size, spec.max_workers)[1]
 
     # ------------------------------------------------------------------ helpers
@@ -220,15 +233,19 @@ class CeleryEngine(Engine):
     def states(self) -> list[EntryState]:
         """Every entry's state, from the record (one round trip; cached while unchanged)."""
         record = self.record
-        if self._cached is not None:
-            version = record.version()
+        snap = self._fresh_snapshot()
+        if snap is not None:
+            version, raw = snap[1], snap[2]
+        else:
+            if self._cached is not None:
+                version = record.version()
+                if version is None:
+                    raise record.not_found()
+                if version == self._cached[0]:
+                    return list(self._cached[1])
+            version, raw = record.read_states()  # type: ignore[assignment]
             if version is None:
                 raise record.not_found()
-            if version == self._cached[0]:
-                return list(self._cached[1])
-        version, raw = record.read_states()
-        if version is None:
-            raise record.not_found()
         states = [EntryState() for _ in range(self.spec.n)]
         for field, value in raw.items():
             pos = int(field)
@@ -237,32 +254,72 @@ class CeleryEngine(Engine):
                 attempt -= 1
             states[pos] = EntryState(status, attempt, started, finished)
         self._cached = (version, states)
-        self._observe(version, any(state.status == PENDING for state in states))
+        self._observe(
+            version,
+            any(state.status == PENDING for state in states),
+            sum(state.status in FINISHED for state in states),
+        )
         return list(states)
 
     def counts(self) -> Counter[str]:
         """Entries per status, from the record's counts hash (one small read, whatever ``n``)."""
+        k = self.record.keys
+        small = self.spec.n <= PREFETCH_MAX_ENTRIES
         pipe = self.record.client.pipeline(transaction=False)
-        pipe.get(self.record.keys["version"])
-        pipe.hgetall(self.record.keys["counts"])
-        version, raw = pipe.execute()
+        pipe.get(k["version"])
+        pipe.hgetall(k["counts"])
+        if small:
+            pipe.hgetall(k["state"])
+            pipe.hgetall(k["outcome"])
+            pipe.hgetall(k["logs"])
+        version, raw, *rest = pipe.execute()
         if version is None or not raw:
+            self._snapshot = None
             raise self.record.not_found()
+        if small:
+            self._snapshot = (time.monotonic(), int(version), rest[0], rest[1], rest[2])
         counts = Counter({status: int(v) for status, v in raw.items() if int(v) > 0})
-        self._observe(int(version), counts[PENDING] > 0)
+        self._observe(int(version), counts[PENDING] > 0, sum(counts[s] for s in FINISHED))
         return counts
 
-    def _observe(self, version: int, pending: bool) -> None:
+    def _fresh_snapshot(
+        self, *, keep: bool = True
+    ) -> tuple[float, int, dict[str, str], dict[str, str], dict[str, str]] | None:
+        """The snapshot of the last ``counts()`` if recent (see :data:`PREFETCH_SECONDS`).
+
+        keep: leave it for one ``outcomes()`` call (``states()``); else it is used up.
+        """
+        snap = self._snapshot
+        if snap is None or time.monotonic() - snap[0] > PREFETCH_SECONDS:
+            self._snapshot = None
+            return None
+        if not keep:
+            self._snapshot = None
+        return snap
+
+    def _observe(self, version: int, pending: bool, finished: int) -> None:
         if self._seen is None or self._seen[0] != version:
             self._changed_at = time.monotonic()
-        self._seen = (version, pending)
+        self._seen = (version, pending, finished)
+
+    def _finished_now(self) -> int | None:
+        """Entries finished per the counts hash (None when the record is gone)."""
+        counts = self.record.counts()
+        return None if counts is None else sum(counts.get(s, 0) for s in FINISHED)
 
     def outcomes(self, positions: Sequence[int]) -> dict[int, Outcome]:
         """Outcomes of finished entries among ``positions`` (large results fetched from storage)."""
         positions = list(positions)
         if not positions:
             return {}
-        states, outcomes, logs = self.record.read_outcomes(positions)
+        snap = self._fresh_snapshot(keep=False)
+        if snap is not None:
+            fields = [str(p) for p in positions]
+            states = [snap[2].get(f) for f in fields]
+            outcomes = [snap[3].get(f) for f in fields]
+            logs = [snap[4].get(f) for f in fields]
+        else:
+            states, outcomes, logs = self.record.read_outcomes(positions)
         found: dict[int, Outcome] = {}
         for pos, state, outcome, log in zip(positions, states, outcomes, logs):
             if state is None or outcome is None:
@@ -312,8 +369,11 @@ class CeleryEngine(Engine):
                 time.sleep(max(0.0, min(options.poll_interval, deadline - time.monotonic())))
                 return
             token = events.token(self.pool_id)
-            seen = self._seen[0] if self._seen is not None else None
-            if seen is None or self.record.version() != seen:
+            # Entries that finished since the caller's read (their event may have come before
+            # the token): return at once. Entries that only started do not count, so a waiter
+            # is not woken (and then throttled by the pause above) for them.
+            seen = self._seen[2] if self._seen is not None else None
+            if seen is None or self._finished_now() != seen:
                 return
             self._maybe_recover()
             events.wait(self.pool_id, token, max(0.0, deadline - time.monotonic()))
@@ -371,6 +431,7 @@ class CeleryEngine(Engine):
                 for start in range(0, len(task_ids), 5000):
                     control.revoke(task_ids[start : start + 5000])
         self._cached = None
+        self._snapshot = None
         return cancelled, running
 
     def retry(self, positions: Sequence[int]) -> None:
@@ -394,6 +455,7 @@ class CeleryEngine(Engine):
             self._retry_now(todo)
         self.retried_at = time.time()
         self._cached = None
+        self._snapshot = None
 
     def _retry_now(self, todo: list[tuple[int, int]]) -> None:
         """Uncapped pool: publish the retries, then move the entries to their new attempt (so a

@@ -1,0 +1,19 @@
+"""The raw Celery task of ``dispatch.py``: imported by the benchmark's workers (``--include``).
+
+It is registered on the project's app, so it runs under exactly the settings the pool's
+``fused_celery.run_entries`` runs under (JSON, acks_late, prefetch, result backend, events).
+``track_started=False`` as for ``run_entries``: no STARTED write, the leanest raw round trip.
+"""
+
+from __future__ import annotations
+
+from fused_celery.celery_app import app
+
+#: The task's name; the client sends it by name (``celery.signature(NOOP, ...)``).
+NOOP = "bench.noop"
+
+
+@app.task(name=NOOP, track_started=False)
+def noop(x: int = 0) -> int:
+    """Return ``x``: the trivial task of the raw-Celery rows."""
+    return x

@@ -1,0 +1,367 @@
+"""Dispatch benchmark: the Celery engine's ``JobPool`` against raw Celery, on one local cluster.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/dispatch.py
+
+In one run it starts a private ``redis-server`` on loopback and two ``celery worker`` processes
+(``fused_celery.cluster.worker_command``, ``--concurrency 2`` each by default), which also import
+``benchmarks/_dispatch_tasks.py`` (``--include``; the raw task ``bench.noop`` returns its
+argument and is registered on the project's app, so both sides run under the same settings).
+Then it measures, with the implementations interleaved and every throughput figure the median of
+``--repeats`` runs (default 3):
+
+* (a) 10,000 trivial entries: raw ``group(noop.s(i) for i in ...).apply_async().get()`` against
+  ``udf.map(range(n), engine="remote", cache=False).results()`` (one message per entry);
+* (b) the same pool with ``n_processes_per_worker=100`` (100 entries per message, 100 threads);
+* (c) single-entry round trips, ``--latency-n`` (500) sequential calls per run: raw
+  ``noop.apply_async((x,)).get()`` against ``udf(x, engine="remote", cache=False)``; median and
+  p95 over all calls of all runs;
+* (d) client memory of a 100,000-entry pool (submit + wait + ``results()``, unbatched), in a
+  fresh subprocess: peak RSS over the RSS after imports and one warm-up call (``ru_maxrss``);
+  with ``--tracemalloc`` also the ``tracemalloc`` peak, in a second subprocess.
+
+Each figure is checked against the targets of issue 4, item 9. Raw samples go to
+``benchmarks/.work/dispatch.json``. Nothing leaves loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / ".work"
+sys.path.insert(0, str(HERE))
+
+import fused_celery as fused  # noqa: E402
+from fused_celery.options import options as fc_options  # noqa: E402
+
+fc_options.show.enable_tqdm = False
+
+RAW, POOL, BATCHED = "raw Celery group", "JobPool", "JobPool, n_processes_per_worker=100"
+
+
+@fused.udf
+def trivial(x: int = 0):
+    return x
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def rss_mb() -> float:
+    """This process's current resident set size in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def wait_for_quiet(threshold: float, max_wait: float) -> None:
+    """Sleep until the 1-minute load average drops below ``threshold`` or ``max_wait`` passes."""
+    deadline = time.monotonic() + max_wait
+    while os.getloadavg()[0] >= threshold and time.monotonic() < deadline:
+        print(f"waiting for load < {threshold:g} (now {load()})", flush=True)
+        time.sleep(15)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def set_broker(url: str) -> None:
+    """Point the options (and the environment of children) at the benchmark's Redis."""
+    os.environ["FUSED_CELERY_BROKER_URL"] = url
+    os.environ["FUSED_CELERY_RESULT_BACKEND"] = url
+    fc_options.broker_url = url
+    fc_options.result_backend = url
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+class Cluster:
+    """A private Redis on loopback plus ``workers`` celery workers (``concurrency`` each)."""
+
+    def __init__(self, workers: int, concurrency: int) -> None:
+        self.workers, self.concurrency = workers, concurrency
+        self.dir = Path(tempfile.mkdtemp(prefix="fc-dispatch-"))
+        self.procs: list[Any] = []
+        self.server: Any = None
+
+    def __enter__(self) -> Cluster:
+        from fused_celery.cluster import child_env, wait_for_workers, worker_command
+        from fused_celery.processes import ManagedProcess
+        from fused_celery.redis_server import RedisServer
+
+        self.server = RedisServer(self.dir / "redis").start()
+        self.url = self.server.url
+        set_broker(self.url)
+        path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+        env = child_env(self.url, PYTHONPATH=path)
+        names = [f"bench{i}@dispatch" for i in range(self.workers)]
+        for name in names:
+            cmd = worker_command(
+                name, concurrency=self.concurrency, loglevel="WARNING",
+                extra=["--include", "_dispatch_tasks"],
+            )  # fmt: skip
+            self.procs.append(
+                ManagedProcess(name, cmd, env=env, log_path=self.dir / f"{name}.log").start()
+            )
+        wait_for_workers(self.url, names, timeout=90, processes=dict(zip(names, self.procs)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from fused_celery.processes import stop_all
+
+        stop_all(self.procs)
+        if self.server is not None:
+            self.server.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def raw_group(n: int) -> dict[str, Any]:
+    from _dispatch_tasks import NOOP
+    from celery import group, signature
+
+    from fused_celery.celery_app import get_app
+
+    app = get_app()
+    started = time.perf_counter()
+    result = group(signature(NOOP, args=(i,), app=app) for i in range(n)).apply_async()
+    values = result.get(timeout=600)
+    seconds = time.perf_counter() - started
+    result.forget()
+    return {"seconds": seconds, "rows": len(values), "checksum": sum(values)}
+
+
+def pool_map(n: int, batch: int | None) -> dict[str, Any]:
+    started = time.perf_counter()
+    pool = trivial.map(
+        range(n), engine="remote", cache=False, n_processes_per_worker=batch, _quiet=True
+    )
+    values = pool.results()
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "rows": len(values), "checksum": sum(values)}
+
+
+def raw_latency(n: int, offset: int) -> list[float]:
+    from _dispatch_tasks import NOOP
+    from celery import signature
+
+    from fused_celery.celery_app import get_app
+
+    sig = signature(NOOP, app=get_app())
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        value = sig.apply_async((offset + i,)).get(timeout=60)
+        out.append(time.perf_counter() - t0)
+        assert value == offset + i, (value, offset + i)
+    return out
+
+
+def pool_latency(n: int, offset: int) -> list[float]:
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        value = trivial(offset + i, engine="remote", cache=False)
+        out.append(time.perf_counter() - t0)
+        assert value == offset + i, (value, offset + i)
+    return out
+
+
+def memory_child(n: int, trace: bool) -> dict[str, Any]:
+    """In a fresh process: memory for an ``n``-entry pool (submit + wait + results)."""
+    trivial(0, engine="remote", cache=False)  # warm imports and connections
+    base = rss_mb()
+    if trace:
+        tracemalloc.start()
+    started = time.perf_counter()
+    pool = trivial.map(range(n), engine="remote", cache=False, _quiet=True)
+    pool.wait()
+    values = pool.results()
+    seconds = time.perf_counter() - started
+    out = {"seconds": seconds, "rows": len(values), "ok": sum(values) == n * (n - 1) // 2}
+    if trace:
+        out["traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    else:
+        out["rss_delta_mb"] = peak_rss_mb() - base
+        out["rss_base_mb"] = base
+    return out
+
+
+def run_memory(n: int, trace: bool) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__)), "--memory-child", str(n)]
+    if trace:
+        cmd.append("--trace")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=dict(os.environ))
+    if done.returncode != 0:
+        raise RuntimeError(f"memory child failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def table(res: dict[str, Any], n: int, lat_n: int, mem_n: int) -> str:
+    raw, pool, batched = res[RAW], res[POOL], res[BATCHED]
+    lat = res["latency"]
+    mem = res["memory"]
+    eps = {k: n / v["median"] for k, v in ((RAW, raw), (POOL, pool), (BATCHED, batched))}
+    rows = [
+        "| measurement | raw Celery | JobPool | JobPool ÷ raw | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def row(what: str, r: str, p: str, ratio: str, target: str, met: bool | None) -> None:
+        mark = "—" if met is None else ("yes" if met else "**no**")
+        rows.append(f"| {what} | {r} | {p} | {ratio} | {target} | {mark} |")
+
+    ratio = eps[POOL] / eps[RAW]
+    row(f"(a) {n:,} trivial, unbatched: entries/s", f"{eps[RAW]:,.0f}", f"{eps[POOL]:,.0f}",
+        f"{ratio:.2f}×", "≥ 1.0× raw", ratio >= 1.0)
+    ratio_b = eps[BATCHED] / eps[RAW]
+    row(f"(b) {n:,} trivial, n_processes_per_worker=100: entries/s", f"{eps[RAW]:,.0f}",
+        f"{eps[BATCHED]:,.0f}", f"{ratio_b:.2f}×", "≥ 5,000 entries/s", eps[BATCHED] >= 5000)
+    med_ratio = lat[POOL]["median"] / lat[RAW]["median"]
+    row(f"(c) single entry, {lat_n} sequential: median ms", f"{lat[RAW]['median'] * 1e3:.2f}",
+        f"{lat[POOL]['median'] * 1e3:.2f}", f"{med_ratio:.2f}×", "≤ 1.25× raw", med_ratio <= 1.25)
+    p95_ratio = lat[POOL]["p95"] / lat[RAW]["p95"]
+    row("(c) single entry: p95 ms", f"{lat[RAW]['p95'] * 1e3:.2f}",
+        f"{lat[POOL]['p95'] * 1e3:.2f}", f"{p95_ratio:.2f}×", "—", None)
+    if not mem_n:
+        return "\n".join(rows)
+    rss = mem.get("rss_delta_mb")
+    traced = mem.get("traced_peak_mb")
+    row(f"(d) client memory, {mem_n:,}-entry pool: peak RSS over baseline, MiB", "—",
+        f"{rss:,.0f}" if rss is not None else "n/a", "—", "≤ 500 MB",
+        None if rss is None else rss * 1.048576 <= 500)
+    row("(d) client memory: tracemalloc peak, MiB", "—",
+        f"{traced:,.0f}" if traced is not None else "n/a", "—", "—", None)
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--n", type=int, default=10_000, help="entries of (a) and (b)")
+    p.add_argument("--latency-n", type=int, default=500, help="sequential calls per run of (c)")
+    p.add_argument("--memory-n", type=int, default=100_000, help="entries of (d); 0 skips it")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=2, help="pool processes per worker")
+    p.add_argument(
+        "--tracemalloc", action="store_true", help="(d): also a tracemalloc run (slower)"
+    )
+    p.add_argument(
+        "--wait-for-load",
+        type=float,
+        metavar="LOAD",
+        help="first wait (up to --max-wait s) until the 1-minute load average is below LOAD",
+    )
+    p.add_argument("--max-wait", type=float, default=1800, help="seconds --wait-for-load waits")
+    p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    opts = p.parse_args(argv)
+
+    if opts.memory_child is not None:
+        print(json.dumps(memory_child(opts.memory_child, opts.trace)))
+        return 0
+    if opts.wait_for_load is not None:
+        wait_for_quiet(opts.wait_for_load, opts.max_wait)
+    WORK.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    print(f"date: {stamp}")
+    print(f"machine: {os.cpu_count()} CPUs, {platform.system()} {platform.release()}")
+    print(f"python: {platform.python_version()}; cluster: {opts.workers} workers × "
+          f"--concurrency {opts.concurrency}, private redis-server on 127.0.0.1")
+    print(f"load average at start (1/5/15 min): {load()}", flush=True)
+
+    n = opts.n
+    expected = n * (n - 1) // 2
+    samples: dict[str, list[float]] = {RAW: [], POOL: [], BATCHED: []}
+    lat: dict[str, list[float]] = {RAW: [], POOL: []}
+    failures: list[str] = []
+    runs = {RAW: lambda: raw_group(n), POOL: lambda: pool_map(n, None),
+            BATCHED: lambda: pool_map(n, 100)}
+    res: dict[str, Any] = {}
+    with Cluster(opts.workers, opts.concurrency):
+        raw_group(50), pool_map(50, None), pool_map(200, 100)  # warm-up
+        raw_latency(20, 0), pool_latency(20, 0)
+        for rep in range(opts.repeats):
+            for name, run in runs.items():
+                s = run()
+                if s["rows"] != n or s["checksum"] != expected:
+                    failures.append(f"{name} run {rep + 1}: WRONG RESULTS {s}")
+                samples[name].append(s["seconds"])
+                print(f"  {name:40s} run {rep + 1}: {s['seconds']:7.3f} s "
+                      f"({n / s['seconds']:,.0f} entries/s)  load {load()}", flush=True)
+            offset = rep * opts.latency_n
+            for name, fn in ((RAW, raw_latency), (POOL, pool_latency)):
+                got = fn(opts.latency_n, offset)
+                lat[name] += got
+                print(f"  {name + ' latency':40s} run {rep + 1}: median "
+                      f"{statistics.median(got) * 1e3:.2f} ms, p95 "
+                      f"{percentile(got, 0.95) * 1e3:.2f} ms", flush=True)
+        for name, values in samples.items():
+            res[name] = {"median": statistics.median(values), "samples": values}
+        res["latency"] = {
+            name: {"median": statistics.median(v), "p95": percentile(v, 0.95)}
+            for name, v in lat.items()
+        }
+        mem: dict[str, Any] = {}
+        if opts.memory_n:
+            for trace in (False, True) if opts.tracemalloc else (False,):
+                got = run_memory(opts.memory_n, trace)
+                if got["rows"] != opts.memory_n or not got["ok"]:
+                    failures.append(f"memory run: WRONG RESULTS {got}")
+                mem.update(got)
+                print(f"  (d) {opts.memory_n:,}-entry pool{' (tracemalloc)' if trace else ''}: "
+                      f"{got['seconds']:.1f} s, {json.dumps(got)}", flush=True)
+        res["memory"] = mem
+
+    print()
+    print(table(res, n, opts.latency_n, opts.memory_n))
+    print()
+    for name, values in samples.items():
+        print(f"samples {name}: {', '.join(f'{v:.3f}' for v in values)} s")
+    print(f"load average at end (1/5/15 min): {load()}")
+    for failure in failures:
+        print(f"note: {failure}")
+    (WORK / "dispatch.json").write_text(json.dumps(
+        {"date": stamp, "args": vars(opts), "results": res, "failures": failures}, indent=2))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
