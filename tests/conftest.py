@@ -1,6 +1,6 @@
 """Test harness: a private redis-server, real Celery worker subprocesses, broker options.
 
-Never ``task_always_eager``, never a Redis fake: every test that needs Redis talks to a real
+Never in-process Celery, never a stand-in Redis: every test that needs Redis talks to a real
 ``redis-server`` started here, and distributed tests run real ``celery worker`` processes.
 
 Fixtures:
