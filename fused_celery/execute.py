@@ -79,6 +79,8 @@ _install_lock = threading.Lock()
 
 
 def _install_capture() -> None:
+    if isinstance(sys.stdout, _ThreadLocalStream) and isinstance(sys.stderr, _ThreadLocalStream):
+        return  # the usual case: installed by an earlier call, no lock needed
     with _install_lock:
         if not isinstance(sys.stdout, _ThreadLocalStream):
             sys.stdout = _ThreadLocalStream(sys.stdout, _capture)
@@ -97,6 +99,7 @@ def _capped(text: str, limit: int) -> str:
 # --------------------------------------------------------------------------- compilation
 
 
+@lru_cache(maxsize=256)
 def udf_filename(name: str, code: str) -> str:
     """The pseudo file name a UDF's code is compiled under (stable per code)."""
     digest = hashlib.sha1(code.encode()).hexdigest()[:10]
