@@ -179,3 +179,26 @@ class IngestInputError(FusedError, ValueError):
 class UnsupportedInputError(IngestInputError):
     """An ingest input is of a kind or format fused-celery cannot read (the message lists the
     supported ones)."""
+
+
+class InputNotFoundError(IngestInputError, FileNotFoundError):
+    """An ingest input path or URL does not exist (the message names it)."""
+
+
+# --- jobs (job steps run on the cluster or locally) ---------------------------------------------
+
+
+class JobNotFoundError(FusedError, LookupError):
+    """No job record under this id: a typo, or the record expired (``result_expires``)."""
+
+
+class JobFailedError(FusedError, RuntimeError):
+    """A job ended ``Failed``; the message carries the job's reason and its first task errors."""
+
+
+class JobCanceledError(FusedError, RuntimeError):
+    """A job ended ``Canceled`` before producing its output."""
+
+
+class JobTimeoutError(FusedError, TimeoutError):
+    """Waiting for a job took longer than the ``timeout`` given; the job goes on running."""
