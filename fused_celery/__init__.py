@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "JobPool": ("fused_celery.pool", "JobPool"),
+    "RunResponse": ("fused_celery.jobs", "RunResponse"),
     "api": ("fused_celery.api", None),
     "open_table": ("fused_celery.table", "open_table"),
     "get_chunks_metadata": ("fused_celery.table", "get_chunks_metadata"),

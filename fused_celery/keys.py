@@ -46,6 +46,39 @@ the key, and its TTL, exist from the start; later writes never create a key, bec
 write runs in a Lua script that first checks the record still exists). ``JobPool.retry()`` renews
 the TTL. Large results live in storage (``options.storage_root``), referenced from ``outcome``;
 they are not deleted with the record.
+
+Jobs
+----
+
+A job (a multi-stage pipeline such as an ingest, :mod:`fused_celery.job_record`) is a few keys
+under ``fc:job:<job_id>:`` (written ``J:`` below). Clients and workers write them only through
+the Lua scripts of :class:`~fused_celery.job_record.JobRecord`, each of which first checks that
+``J:meta`` still exists (so a late write never recreates part of an expired job).
+
+================ =======  =========================================================================
+key              type     holds
+================ =======  =========================================================================
+``J:meta``       hash     ``job_id``, ``name``, ``kind``, ``instance_type``, ``output``, ``config``
+                          (JSON), ``status`` (``Pending|Running|Done|Failed|Canceled``), ``stage``
+                          (latest stage started), ``total_tasks``, ``created_at``, ``started_at``,
+                          ``finished_at``, ``last_progress_at`` (epoch seconds), ``reason``,
+                          ``result`` (JSON), ``cancel_requested`` (``1`` once asked), ``log_seq``
+                          (lines ever logged), ``version``; plus small fields set by the pipeline
+                          (``JobRecord.set_fields``, e.g. a stage deadline)
+``J:stages``     hash     stage name -> its number of tasks (makes ``start_stage`` idempotent)
+``J:done``       set      keys of finished tasks, done or failed (``finished_tasks`` = SCARD)
+``J:failed``     set      keys of failed tasks (``failed_tasks`` = SCARD)
+``J:errors``     hash     task key -> error text (each capped at ``MAX_ERROR_CHARS``; at most
+                          ``MAX_ERRORS`` tasks kept)
+``J:logs``       list     JSON ``{seq, ts_ms, level, message}`` per line, oldest first; the newest
+                          ``MAX_LOG_LINES`` are kept
+``fc:jobs``      zset     job id -> creation time (``get_jobs``; the newest ``MAX_INDEXED_JOBS``
+                          are kept, ids whose record expired are dropped when met)
+================ =======  =========================================================================
+
+Lifetimes: every ``fc:job:<id>:*`` key expires ``options.result_expires`` seconds after the job's
+latest write (each write script renews the TTL of all of them); ``fc:jobs`` has no TTL. The job's
+output table lives in storage and is not deleted with the record.
 """
 
 from __future__ import annotations
@@ -133,3 +166,22 @@ def record_ttl() -> int:
 def tombstone_ttl() -> int:
     """Seconds a tombstone lives: ``result_expires + TOMBSTONE_GRACE``."""
     return int(options.result_expires) + TOMBSTONE_GRACE
+
+
+# --------------------------------------------------------------------------- jobs
+
+#: Index of jobs by creation time (``fused_celery.api.get_jobs``).
+JOBS_INDEX = f"{PREFIX}:jobs"
+
+#: Parts of a job record, in the order the job Lua scripts expect them (``KEYS[1..6]``).
+JOB_PARTS: tuple[str, ...] = ("meta", "stages", "done", "failed", "errors", "logs")
+
+
+def job_key(job_id: str, part: str) -> str:
+    """The Redis key of ``part`` (one of :data:`JOB_PARTS`) of job ``job_id``."""
+    return f"{PREFIX}:job:{job_id}:{part}"
+
+
+def job_keys(job_id: str) -> dict[str, str]:
+    """All record keys of job ``job_id``, by part name (in :data:`JOB_PARTS` order)."""
+    return {part: job_key(job_id, part) for part in JOB_PARTS}

@@ -1,0 +1,619 @@
+"""The Redis record of one job (a multi-stage pipeline such as an ingest): status, progress, logs.
+
+This module knows Redis and the job keys of :mod:`fused_celery.keys` (``fc:job:<id>:*``), not
+Celery: the client that submits a job, the workers that run its stages, and any process that
+follows it by id (``fused_celery.api.job_*``) all go through :class:`JobRecord`.
+
+Statuses: ``Pending`` (created, no stage started) -> ``Running`` (first ``start_stage``) -> one of
+``Done``, ``Failed``, ``Canceled`` (terminal; the first :meth:`JobRecord.finish` wins).
+
+Every write is one Lua script, so it is atomic and idempotent where redeliveries need it
+(``start_stage`` per stage name, ``task_done`` per task key, ``finish`` first-wins). Each script
+first checks that the record exists, so a late write never recreates part of an expired job (it
+raises :class:`~fused_celery.types.JobNotFoundError` instead), and renews the TTL
+(``options.result_expires``) of every key of the job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+from pydantic import BaseModel, Field
+
+from . import keys
+from .options import options
+from .record import check_reachable, mask_url, redis_client
+from .types import BrokerUnavailableError, JobNotFoundError
+
+JOB_STATUSES: tuple[str, ...] = ("Pending", "Running", "Done", "Failed", "Canceled")
+TERMINAL: frozenset[str] = frozenset({"Done", "Failed", "Canceled"})
+
+#: Log lines kept per job (older ones are dropped).
+MAX_LOG_LINES = 10_000
+#: Characters kept of one log message.
+MAX_LOG_MESSAGE_CHARS = 8192
+#: Characters kept of one task's error text.
+MAX_ERROR_CHARS = 4000
+#: Tasks whose error text is kept (``failed_tasks`` still counts every failed task).
+MAX_ERRORS = 100
+#: Characters kept of a job's ``reason``.
+MAX_REASON_CHARS = 8000
+#: Jobs kept in the ``fc:jobs`` index.
+MAX_INDEXED_JOBS = 10_000
+#: Stored in ``meta.version``; bumped when the layout changes incompatibly.
+JOB_RECORD_VERSION = 1
+
+#: ``meta`` fields written by the record itself (``set_fields`` refuses them).
+RESERVED_FIELDS: frozenset[str] = frozenset(
+    {
+        "job_id",
+        "name",
+        "kind",
+        "instance_type",
+        "output",
+        "config",
+        "status",
+        "stage",
+        "total_tasks",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "last_progress_at",
+        "reason",
+        "result",
+        "cancel_requested",
+        "log_seq",
+        "version",
+    }
+)
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+
+# --------------------------------------------------------------------------- Lua
+# KEYS: meta stages done failed errors logs (keys.JOB_PARTS order). ARGV[1] is always the TTL,
+# ARGV[2] the time (epoch seconds); scripts return -1 when the record does not exist.
+
+_LUA_COMMON = """
+local TERMINAL = {Done = true, Failed = true, Canceled = true}
+local function refresh(ttl)
+  for i = 1, 6 do redis.call('EXPIRE', KEYS[i], ttl) end
+end
+local function append_log(now, level, message)
+  local seq = redis.call('HINCRBY', KEYS[1], 'log_seq', 1)
+  local ts_ms = math.floor(tonumber(now) * 1000)
+  redis.call('RPUSH', KEYS[6], cjson.encode({seq = seq, ts_ms = ts_ms, level = level,
+                                             message = message}))
+  redis.call('LTRIM', KEYS[6], -tonumber(ARGV[3]), -1)
+end
+local function finish(now, status, reason, result)
+  redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now, 'last_progress_at', now)
+  if reason ~= '' then redis.call('HSET', KEYS[1], 'reason', reason) end
+  if result ~= '' then redis.call('HSET', KEYS[1], 'result', result) end
+  local line = 'job ' .. status
+  if reason ~= '' then line = line .. ': ' .. reason end
+  local level = 'INFO'
+  if status == 'Failed' then level = 'ERROR' end
+  append_log(now, level, line)
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+"""
+
+# ARGV: ttl now logcap | fields... (field, value pairs). KEYS[7]: the jobs index.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[7], ARGV[2], redis.call('HGET', KEYS[1], 'job_id'))
+redis.call('ZREMRANGEBYRANK', KEYS[7], 0, -tonumber(ARGV[3]) - 1)
+return 1
+"""
+
+# ARGV: ttl now logcap stage total
+_START_STAGE = (
+    _LUA_COMMON
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if TERMINAL[status] then return 0 end
+if redis.call('HSETNX', KEYS[2], ARGV[4], ARGV[5]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'total_tasks', ARGV[5])
+redis.call('HSET', KEYS[1], 'stage', ARGV[4], 'last_progress_at', ARGV[2])
+if status == 'Pending' then
+  redis.call('HSET', KEYS[1], 'status', 'Running')
+  redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
+end
+append_log(ARGV[2], 'INFO', 'stage ' .. ARGV[4] .. ': ' .. ARGV[5] .. ' tasks')
+refresh(ARGV[1])
+return 1
+"""
+)
+
+# ARGV: ttl now logcap task_key
+_TASK_DONE = (
+    _LUA_COMMON
+    + """
+local added = redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('HSET', KEYS[1], 'last_progress_at', ARGV[2])
+refresh(ARGV[1])
+return added
+"""
+)
+
+# ARGV: ttl now logcap task_key error max_errors log_line
+_TASK_FAILED = (
+    _LUA_COMMON
+    + """
+redis.call('SADD', KEYS[3], ARGV[4])
+local first = redis.call('SADD', KEYS[4], ARGV[4])
+if redis.call('HEXISTS', KEYS[5], ARGV[4]) == 1
+   or redis.call('HLEN', KEYS[5]) < tonumber(ARGV[6]) then
+  redis.call('HSET', KEYS[5], ARGV[4], ARGV[5])
+end
+redis.call('HSET', KEYS[1], 'last_progress_at', ARGV[2])
+if first == 1 then append_log(ARGV[2], 'ERROR', ARGV[7]) end
+refresh(ARGV[1])
+return first
+"""
+)
+
+# ARGV: ttl now logcap level message
+_LOG = (
+    _LUA_COMMON
+    + """
+append_log(ARGV[2], ARGV[4], ARGV[5])
+refresh(ARGV[1])
+return 1
+"""
+)
+
+# ARGV: ttl now logcap status reason result
+_FINISH = (
+    _LUA_COMMON
+    + """
+if TERMINAL[redis.call('HGET', KEYS[1], 'status')] then return 0 end
+finish(ARGV[2], ARGV[4], ARGV[5], ARGV[6])
+refresh(ARGV[1])
+return 1
+"""
+)
+
+# ARGV: ttl now logcap
+_REQUEST_CANCEL = (
+    _LUA_COMMON
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if TERMINAL[status] then return 0 end
+if redis.call('HSETNX', KEYS[1], 'cancel_requested', '1') == 1 then
+  append_log(ARGV[2], 'WARNING', 'cancel requested')
+end
+if status == 'Pending' then finish(ARGV[2], 'Canceled', 'canceled before it started', '') end
+refresh(ARGV[1])
+return 1
+"""
+)
+
+# ARGV: ttl now logcap | field, value pairs (empty: only the heartbeat)
+_SET_FIELDS = (
+    _LUA_COMMON
+    + """
+if #ARGV == 3 then redis.call('HSET', KEYS[1], 'last_progress_at', ARGV[2]) end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+refresh(ARGV[1])
+return 1
+"""
+)
+
+# KEYS: meta logs ; ARGV: seq. Returns {log_seq, lines after seq...} (read only).
+_LOGS_AFTER = """
+local total = tonumber(redis.call('HGET', KEYS[1], 'log_seq') or '0')
+local k = total - tonumber(ARGV[1])
+local out = {total}
+if k <= 0 then return out end
+for _, line in ipairs(redis.call('LRANGE', KEYS[2], -k, -1)) do out[#out + 1] = line end
+return out
+"""
+
+
+class _Scripts:
+    def __init__(self, client: redis.Redis) -> None:
+        self.create = client.register_script(_CREATE)
+        self.start_stage = client.register_script(_START_STAGE)
+        self.task_done = client.register_script(_TASK_DONE)
+        self.task_failed = client.register_script(_TASK_FAILED)
+        self.log = client.register_script(_LOG)
+        self.finish = client.register_script(_FINISH)
+        self.request_cancel = client.register_script(_REQUEST_CANCEL)
+        self.set_fields = client.register_script(_SET_FIELDS)
+        self.logs_after = client.register_script(_LOGS_AFTER)
+
+
+_scripts: dict[int, _Scripts] = {}
+_scripts_lock = threading.Lock()
+
+
+def _scripts_for(client: redis.Redis) -> _Scripts:
+    with _scripts_lock:
+        found = _scripts.get(id(client))
+        if found is None:
+            found = _scripts[id(client)] = _Scripts(client)
+        return found
+
+
+# --------------------------------------------------------------------------- snapshot
+
+
+class JobSnapshot(BaseModel):
+    """A job's state read in one round trip (times in epoch seconds, None when not reached).
+
+    ``finished_tasks`` counts distinct finished task keys (done or failed), ``failed_tasks`` the
+    failed ones; ``errors`` maps task key -> error text (at most ``MAX_ERRORS``; empty when read
+    with ``errors=False``).
+    """
+
+    job_id: str
+    job_name: str | None = None
+    kind: str | None = None
+    status: str
+    total_tasks: int = 0
+    finished_tasks: int = 0
+    failed_tasks: int = 0
+    stage: str | None = None
+    instance_type: str | None = None
+    output: str | None = None
+    reason: str | None = None
+    errors: dict[str, str] = Field(default_factory=dict)
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    last_progress_at: float | None = None
+    result: dict[str, Any] | None = None
+    cancel_requested: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        """True once the status is ``Done``, ``Failed`` or ``Canceled``."""
+        return self.status in TERMINAL
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+def _snapshot_from(
+    job_id: str, meta: dict[str, str], done: int, failed: int, errors: dict[str, str]
+) -> JobSnapshot:
+    result = meta.get("result")
+    return JobSnapshot(
+        job_id=job_id,
+        job_name=meta.get("name") or None,
+        kind=meta.get("kind") or None,
+        status=meta.get("status", "Pending"),
+        total_tasks=int(meta.get("total_tasks") or 0),
+        finished_tasks=int(done),
+        failed_tasks=int(failed),
+        stage=meta.get("stage") or None,
+        instance_type=meta.get("instance_type") or None,
+        output=meta.get("output") or None,
+        reason=meta.get("reason") or None,
+        errors=errors,
+        created_at=_float(meta.get("created_at")),
+        started_at=_float(meta.get("started_at")),
+        finished_at=_float(meta.get("finished_at")),
+        last_progress_at=_float(meta.get("last_progress_at")),
+        result=json.loads(result) if result else None,
+        cancel_requested=meta.get("cancel_requested") == "1",
+    )
+
+
+def _parse_logs(lines: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for line in lines:
+        entry = json.loads(line)
+        out.append(
+            {
+                "seq": int(entry["seq"]),
+                "ts_ms": int(entry["ts_ms"]),
+                "level": str(entry["level"]),
+                "message": str(entry["message"]),
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- the record
+
+
+def _text(value: Any, limit: int) -> str:
+    """``str(value)`` cut to ``limit`` characters, encodable as UTF-8 (lone surrogates replaced)."""
+    return str(value)[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
+def _resolve_url(url: str | None) -> str:
+    url = url or options.resolved_result_backend
+    check_reachable(url, what="result backend")
+    return url  # type: ignore[return-value]
+
+
+class JobRecord:
+    """The Redis record of one job (see the module docstring).
+
+    job_id: the job's id. url: Redis URL of the record (default
+    ``options.resolved_result_backend``). Use :meth:`create` or :meth:`open`, which check that
+    Redis answers; the constructor does not.
+    """
+
+    def __init__(self, job_id: str, url: str | None = None) -> None:
+        self.job_id = job_id
+        self.url: str = url or options.resolved_result_backend or ""
+        if not self.url:
+            raise BrokerUnavailableError(
+                "no result backend URL configured: set fused_celery.options.broker_url or "
+                "FUSED_CELERY_BROKER_URL (e.g. redis://127.0.0.1:6379/0)"
+            )
+        self.client = redis_client(self.url)
+        self.keys = keys.job_keys(job_id)
+        self._key_list = list(self.keys.values())
+        self._scripts = _scripts_for(self.client)
+
+    # ------------------------------------------------------------------ create / open
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        job_id: str | None = None,
+        name: str | None,
+        kind: str,
+        instance_type: str | None,
+        output: str | None,
+        config: dict[str, Any],
+        url: str | None = None,
+    ) -> JobRecord:
+        """Create a ``Pending`` job record and add it to the ``fc:jobs`` index.
+
+        job_id: default a fresh uuid4 hex (``[A-Za-z0-9][A-Za-z0-9_.:-]*``, at most 128
+        characters). name: the job's name (may be None). kind: e.g. ``"ingest"``.
+        instance_type / output: shown by ``RunResponse``. config: JSON-able job configuration.
+        url: default ``options.resolved_result_backend``. Raises
+        :class:`~fused_celery.types.BrokerUnavailableError` when Redis does not answer, and
+        ``ValueError`` for an invalid or already used ``job_id``.
+        """
+        job_id = job_id or uuid.uuid4().hex
+        if not _JOB_ID.match(job_id):
+            raise ValueError(
+                f"invalid job id {job_id!r}: use letters, digits and _.:- (at most 128 "
+                "characters, starting with a letter or digit)"
+            )
+        record = cls(job_id, _resolve_url(url))
+        now = time.time()
+        fields: dict[str, str] = {
+            "job_id": job_id,
+            "kind": kind,
+            "config": json.dumps(config),
+            "status": "Pending",
+            "total_tasks": "0",
+            "created_at": repr(now),
+            "log_seq": "0",
+            "version": str(JOB_RECORD_VERSION),
+        }
+        for field, value in (("name", name), ("instance_type", instance_type), ("output", output)):
+            if value is not None:
+                fields[field] = str(value)
+        argv: list[Any] = [keys.record_ttl(), repr(now), MAX_INDEXED_JOBS]
+        for field, value in fields.items():
+            argv += [field, value]
+        created = record._scripts.create(keys=[*record._key_list, keys.JOBS_INDEX], args=argv)
+        if not created:
+            raise ValueError(f"a job with id {job_id!r} already exists; use another job_id")
+        return record
+
+    @classmethod
+    def open(cls, job_id: str, url: str | None = None) -> JobRecord:
+        """The record of an existing job, from any process.
+
+        url: default ``options.resolved_result_backend``. Raises
+        :class:`~fused_celery.types.JobNotFoundError` when there is no such job, and
+        :class:`~fused_celery.types.BrokerUnavailableError` when Redis does not answer.
+        """
+        if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+            raise JobNotFoundError(f"no job with id {job_id!r}: not a valid job id")
+        record = cls(job_id, _resolve_url(url))
+        if not record.client.exists(record.keys["meta"]):
+            raise record.not_found()
+        return record
+
+    def not_found(self) -> JobNotFoundError:
+        """The error for this job's record not being in Redis."""
+        return JobNotFoundError(
+            f"no job with id {self.job_id!r} in Redis at {mask_url(self.url)}: it expired after "
+            f"result_expires={keys.record_ttl()} s (FUSED_CELERY_RESULT_EXPIRES) or never "
+            "existed; check the id and FUSED_CELERY_RESULT_BACKEND"
+        )
+
+    def exists(self) -> bool:
+        """True while the record is in Redis."""
+        return bool(self.client.exists(self.keys["meta"]))
+
+    def delete(self) -> None:
+        """Remove the record and its index entry (e.g. when submitting the job failed)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(*self._key_list)
+        pipe.zrem(keys.JOBS_INDEX, self.job_id)
+        pipe.execute()
+
+    def _run(self, script: Any, *args: Any) -> int:
+        out = script(
+            keys=self._key_list, args=[keys.record_ttl(), repr(time.time()), MAX_LOG_LINES, *args]
+        )
+        if out == -1:
+            raise self.not_found()
+        return int(out)
+
+    # ------------------------------------------------------------------ writes
+
+    def start_stage(self, stage: str, total: int) -> bool:
+        """Begin stage ``stage`` with ``total`` tasks: adds ``total`` to ``total_tasks``, sets
+        ``stage``, moves ``Pending`` to ``Running`` (``started_at`` set once), logs
+        ``stage <stage>: <total> tasks``. Idempotent per stage name; no-op on a terminal job.
+        Returns True when recorded by this call."""
+        if total < 0:
+            raise ValueError(f"total must be >= 0, not {total}")
+        return bool(self._run(self._scripts.start_stage, stage, int(total)))
+
+    def task_done(self, task_key: str) -> bool:
+        """Mark task ``task_key`` finished (idempotent); True the first time."""
+        return bool(self._run(self._scripts.task_done, task_key))
+
+    def task_failed(self, task_key: str, error: str) -> bool:
+        """Mark task ``task_key`` failed with ``error`` (text capped at ``MAX_ERROR_CHARS``): it
+        counts as finished; the first failure of a key is logged at ERROR. True the first time."""
+        error = _text(error, MAX_ERROR_CHARS)
+        first = error.strip().splitlines()[-1:] or [""]
+        line = _text(f"task {task_key} failed: {first[0]}", 600)
+        return bool(self._run(self._scripts.task_failed, task_key, error, MAX_ERRORS, line))
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        """Append a log line (``message`` capped at ``MAX_LOG_MESSAGE_CHARS``; the newest
+        ``MAX_LOG_LINES`` lines are kept). level: default ``"INFO"``."""
+        self._run(self._scripts.log, str(level).upper(), _text(message, MAX_LOG_MESSAGE_CHARS))
+
+    def finish(
+        self, status: str, *, reason: str | None = None, result: dict[str, Any] | None = None
+    ) -> bool:
+        """Move the job to terminal ``status`` (``Done``, ``Failed`` or ``Canceled``), setting
+        ``finished_at``, ``reason`` (default None) and ``result`` (JSON-able dict, default None).
+        Atomic, first wins: False when the job was already terminal."""
+        if status not in TERMINAL:
+            raise ValueError(f"status must be one of {sorted(TERMINAL)}, not {status!r}")
+        reason_text = "" if reason is None else _text(reason, MAX_REASON_CHARS)
+        result_text = "" if result is None else json.dumps(result)
+        return bool(self._run(self._scripts.finish, status, reason_text, result_text))
+
+    def request_cancel(self) -> bool:
+        """Set the durable cancel flag; a ``Pending`` job is finished ``Canceled`` at once (a
+        running one is stopped by its pipeline, which checks :attr:`cancel_requested`).
+        Returns False when the job was already terminal (then nothing changes)."""
+        return bool(self._run(self._scripts.request_cancel))
+
+    def touch(self) -> None:
+        """Heartbeat: set ``last_progress_at`` to now."""
+        self._run(self._scripts.set_fields)
+
+    def set_fields(self, **fields: str | int | float) -> None:
+        """Set small extra ``meta`` fields (e.g. ``stage_deadline``); names the record manages
+        itself (``RESERVED_FIELDS``) are refused."""
+        reserved = sorted(set(fields) & RESERVED_FIELDS)
+        if reserved:
+            raise ValueError(f"fields {reserved} are managed by JobRecord; use another name")
+        if not fields:
+            return
+        argv: list[Any] = []
+        for field, value in fields.items():
+            argv += [field, repr(value) if isinstance(value, float) else str(value)]
+        self._run(self._scripts.set_fields, *argv)
+
+    # ------------------------------------------------------------------ reads
+
+    def get_field(self, name: str) -> str | None:
+        """One ``meta`` field (None when absent)."""
+        return self.client.hget(self.keys["meta"], name)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once a cancel was asked (one HGET; False if the record is gone)."""
+        return self.client.hget(self.keys["meta"], "cancel_requested") == "1"
+
+    def config(self) -> dict[str, Any]:
+        """The ``config`` given at creation."""
+        raw = self.get_field("config")
+        if raw is None:
+            raise self.not_found()
+        return json.loads(raw)
+
+    def _queue_snapshot(self, pipe: Any, errors: bool) -> None:
+        pipe.hgetall(self.keys["meta"])
+        pipe.scard(self.keys["done"])
+        pipe.scard(self.keys["failed"])
+        if errors:
+            pipe.hgetall(self.keys["errors"])
+
+    def _build_snapshot(self, replies: list[Any], errors: bool) -> JobSnapshot:
+        meta, done, failed = replies[0], replies[1], replies[2]
+        if not meta:
+            raise self.not_found()
+        return _snapshot_from(self.job_id, meta, done, failed, replies[3] if errors else {})
+
+    def snapshot(self, *, errors: bool = True) -> JobSnapshot:
+        """The job's state in one round trip. errors: include per-task errors (default True).
+        Raises :class:`~fused_celery.types.JobNotFoundError` when the record is gone."""
+        pipe = self.client.pipeline(transaction=True)
+        self._queue_snapshot(pipe, errors)
+        return self._build_snapshot(pipe.execute(), errors)
+
+    def logs(self, since_ms: int | None = None) -> list[dict[str, Any]]:
+        """Kept log lines, oldest first, as ``{seq, ts_ms, level, message}``; since_ms: only
+        lines with ``ts_ms >= since_ms`` (default None: all)."""
+        entries = _parse_logs(self.client.lrange(self.keys["logs"], 0, -1))
+        if since_ms is not None:
+            entries = [e for e in entries if e["ts_ms"] >= since_ms]
+        return entries
+
+    def logs_after(self, seq: int) -> tuple[int, list[dict[str, Any]]]:
+        """``(latest seq, kept lines with seq > seq)`` in one round trip (for tailing)."""
+        out = self._scripts.logs_after(keys=[self.keys["meta"], self.keys["logs"]], args=[seq])
+        return int(out[0]), _parse_logs(out[1:])
+
+    def poll(
+        self, seq: int, *, errors: bool = False
+    ) -> tuple[JobSnapshot, int, list[dict[str, Any]]]:
+        """``(snapshot, latest seq, lines after seq)`` in one round trip. errors: as in
+        :meth:`snapshot` (default False)."""
+        pipe = self.client.pipeline(transaction=True)
+        self._queue_snapshot(pipe, errors)
+        self._scripts.logs_after(
+            keys=[self.keys["meta"], self.keys["logs"]], args=[seq], client=pipe
+        )
+        replies = pipe.execute()
+        snap = self._build_snapshot(replies[:-1], errors)
+        out = replies[-1]
+        return snap, int(out[0]), _parse_logs(out[1:])
+
+    def __repr__(self) -> str:
+        return f"<JobRecord {self.job_id} at {mask_url(self.url)}>"
+
+
+def list_jobs(n: int = 5, url: str | None = None) -> list[JobSnapshot]:
+    """The ``n`` most recently created jobs (default 5), newest first, skipping (and dropping
+    from the index) jobs whose record expired. url: default ``options.resolved_result_backend``.
+    """
+    url = _resolve_url(url)
+    client = redis_client(url)
+    found: list[JobSnapshot] = []
+    seen: set[str] = set()
+    start, batch = 0, max(n, 20)
+    while len(found) < n:
+        ids = client.zrevrange(keys.JOBS_INDEX, start, start + batch - 1)
+        if not ids:
+            break
+        start += len(ids)
+        records = [JobRecord(job_id, url) for job_id in ids if job_id not in seen]
+        seen.update(ids)
+        pipe = client.pipeline(transaction=False)
+        for record in records:
+            record._queue_snapshot(pipe, True)
+        replies = pipe.execute()
+        gone = []
+        for i, record in enumerate(records):
+            part = replies[4 * i : 4 * i + 4]
+            if not part[0]:
+                gone.append(record.job_id)
+            elif len(found) < n:
+                found.append(record._build_snapshot(part, True))
+        if gone:  # ranks after ours move up by the number removed
+            start -= client.zrem(keys.JOBS_INDEX, *gone)
+    return found
