@@ -103,7 +103,7 @@ def time_limits() -> tuple[float, float]:
 def _build(config: dict[str, Any], *, include_tasks: bool) -> Celery:
     celery = Celery(
         "fused_celery",
-        include=["fused_celery.tasks"] if include_tasks else [],
+        include=["fused_celery.tasks", "fused_celery.partition.pipeline"] if include_tasks else [],
         set_as_current=include_tasks,
     )
     celery.conf.update(config)

@@ -72,6 +72,13 @@ class Options(BaseSettings):
     aws_access_key_id / aws_secret_access_key / aws_session_token: S3 credentials (default None:
         the AWS SDK's default chain, i.e. ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/
         ``AWS_SESSION_TOKEN``, ``~/.aws/credentials``, an instance profile).
+    ingest_slice_rows: rows per input slice, i.e. per prepare task of an ingest (default 250,000).
+    ingest_sample_rows: centroids an ingest plans from; inputs with at most this many rows are
+        planned exactly (default 1,000,000).
+    job_watchdog_interval: seconds between a job's watchdog checks (default 15).
+    job_stall_timeout: seconds without progress (no task finished, no heartbeat) after which the
+        watchdog fails a job (default None: ``visibility_timeout`` + 300, so that a task
+        redelivered after its worker died is waited for).
     """
 
     model_config = SettingsConfigDict(
@@ -102,6 +109,10 @@ class Options(BaseSettings):
     aws_access_key_id: str | None = None
     aws_secret_access_key: SecretStr | None = None
     aws_session_token: SecretStr | None = None
+    ingest_slice_rows: int = Field(default=250_000, ge=1)
+    ingest_sample_rows: int = Field(default=1_000_000, ge=1)
+    job_watchdog_interval: float = Field(default=15.0, gt=0)
+    job_stall_timeout: float | None = Field(default=None, gt=0)
 
     @field_validator("visibility_timeout")
     @classmethod
@@ -114,6 +125,13 @@ class Options(BaseSettings):
     def resolved_result_backend(self) -> str | None:
         """The result backend URL: ``result_backend`` or else ``broker_url``."""
         return self.result_backend or self.broker_url
+
+    @property
+    def resolved_job_stall_timeout(self) -> float:
+        """``job_stall_timeout``, or ``visibility_timeout + 300`` when it is None."""
+        if self.job_stall_timeout is not None:
+            return float(self.job_stall_timeout)
+        return float(self.visibility_timeout) + 300.0
 
     @property
     def resolved_default_engine(self) -> str:

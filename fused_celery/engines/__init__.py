@@ -18,7 +18,7 @@ def resolve_engine(engine: str | None, instance_type: str | None = None) -> tupl
     from ..options import options
 
     if instance_type is not None:
-        _check_instance_type(instance_type)
+        check_instance_type(instance_type)
         if engine not in (None, "remote", instance_type):
             raise ValueError(
                 f"instance_type={instance_type!r} runs on the cluster; it cannot be combined "
@@ -31,11 +31,11 @@ def resolve_engine(engine: str | None, instance_type: str | None = None) -> tupl
         return "local", None
     if engine == "remote":
         return "celery", None
-    _check_instance_type(engine)
+    check_instance_type(engine)
     return "celery", engine
 
 
-def _check_instance_type(name: str) -> None:
+def check_instance_type(name: str) -> None:
     if name not in WHITELISTED_INSTANCE_TYPES:
         allowed = ", ".join(WHITELISTED_INSTANCE_TYPES)
         raise ValueError(

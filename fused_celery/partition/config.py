@@ -14,7 +14,7 @@ floats (for ``area`` and ``length``).
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,7 +27,12 @@ from pydantic import (
     model_validator,
 )
 
+from ..steps import JobStepConfig
 from .prepare import check_subdivide
+
+if TYPE_CHECKING:
+    from ..jobs import RunResponse
+    from ..table import Table
 
 
 class GDALOpenConfig(BaseModel):
@@ -40,7 +45,7 @@ class GDALOpenConfig(BaseModel):
     layer: StrictStr | None = None
 
 
-class GeospatialPartitionJobStepConfig(BaseModel):
+class GeospatialPartitionJobStepConfig(JobStepConfig):
     """A geospatial partitioning (ingest) job step.
 
     JobStepConfig fields: ``name`` (None), ``metadata`` (None), ``ignore_chunk_error`` (False).
@@ -61,9 +66,6 @@ class GeospatialPartitionJobStepConfig(BaseModel):
     )
 
     type: Literal["partition_geospatial"] = "partition_geospatial"
-    name: StrictStr | None = None
-    metadata: dict[str, Any] | None = None
-    ignore_chunk_error: StrictBool = False
 
     input: Any
     output: StrictStr | None = None
@@ -145,3 +147,34 @@ class GeospatialPartitionJobStepConfig(BaseModel):
         if isinstance(value, pd.DataFrame):
             return f"<{type(value).__name__}: {len(value)} rows>"
         return value
+
+    def _submit(
+        self,
+        output: str | None,
+        *,
+        instance_type: str | None,
+        overwrite: bool | None,
+        extra: dict[str, Any],
+    ) -> RunResponse:
+        from .pipeline import submit_ingest
+
+        assert output is not None
+        return submit_ingest(
+            self, output, instance_type=instance_type, overwrite=overwrite, extra=extra
+        )
+
+    def _run_here(self, output: str | None, *, overwrite: bool | None) -> Table:
+        from .runner import run_ingest
+
+        return run_ingest(self, output, overwrite=overwrite)
+
+
+def ingest(
+    input: Any, output: str | None = None, **kwargs: Any
+) -> GeospatialPartitionJobStepConfig:
+    """``fused.ingest``: the ingest job step of ``input`` (a path/URL, a list of them, or a
+    (Geo)DataFrame) into table ``output`` (default None: give it to ``run_remote`` /
+    ``set_output``); ``kwargs`` are the step's fields (see
+    :class:`GeospatialPartitionJobStepConfig`). Run it with ``.run_remote()`` or
+    ``.run_local()``."""
+    return GeospatialPartitionJobStepConfig(input=input, output=output, **kwargs)

@@ -168,7 +168,7 @@ def _to_wgs84(gdf: gpd.GeoDataFrame, report: PrepareReport) -> gpd.GeoDataFrame:
         b = shapely.bounds(np.asarray(gdf.geometry.array, dtype=object))
         x0, y0, x1, y1 = WGS84_BOUNDS
         inside = (b[:, 0] >= x0) & (b[:, 1] >= y0) & (b[:, 2] <= x1) & (b[:, 3] <= y1)
-        if inside.mean() < 0.5:
+        if len(inside) and inside.mean() < 0.5:
             tb = np.nanmin(b[:, 0]), np.nanmin(b[:, 1]), np.nanmax(b[:, 2]), np.nanmax(b[:, 3])
             raise IngestInputError(
                 "the input has no CRS and its coordinates cannot be degrees (bounds "
@@ -286,6 +286,7 @@ def prepare_frame(
     subdivide_method: str | None = "area",
     subdivide_start: float | None = None,
     subdivide_stop: float | None = None,
+    allow_empty: bool = False,
 ) -> PreparedFrame:
     """Prepare ``data`` for planning (steps in the module docstring).
 
@@ -293,7 +294,9 @@ def prepare_frame(
     (default all). remove_cols: columns to drop (default none). explode_geometries: one row per
     part (default False). drop_out_of_bounds: drop rows outside WGS84 bounds (default None, i.e.
     True). subdivide_method / subdivide_start / subdivide_stop: see :func:`check_subdivide`
-    (defaults ``"area"``, None, None: no subdivision).
+    (defaults ``"area"``, None, None: no subdivision). allow_empty: return an empty result
+    instead of raising when no row is left (default False; one slice of a larger input may be
+    empty).
     """
     import geopandas as gpd
     import shapely
@@ -324,7 +327,7 @@ def prepare_frame(
     if null.any():
         report.dropped_null_geometries = int(null.sum())
         gdf = gdf[~null].reset_index(drop=True)
-    if not len(gdf):
+    if not len(gdf) and not allow_empty:
         raise IngestInputError(
             f"the input has no rows to ingest ({report.input_rows} row(s), "
             f"{report.dropped_null_geometries} with a null or empty geometry)"
@@ -359,7 +362,7 @@ def prepare_frame(
             f"{int((~finite).sum())} row(s) have non-finite (NaN or infinite) coordinates, e.g. "
             f"row {int(np.flatnonzero(~finite)[0])}; drop them or pass drop_out_of_bounds=True"
         )
-    if not len(gdf):
+    if not len(gdf) and not allow_empty:
         raise IngestInputError(
             f"no rows left to ingest: all {report.input_rows} row(s) are outside the WGS84 "
             "bounds [-180, 180] x [-90, 90] or have no geometry"

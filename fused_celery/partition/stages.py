@@ -1,0 +1,477 @@
+"""The stages of an ingest, as plain functions over storage: no Celery, no Redis.
+
+An ingest is ``prepare`` (one call per input slice) → ``plan`` (once) → ``scatter`` (one call per
+prepared slice) → ``write`` (one call per planned file) → ``commit`` (once). The Celery pipeline
+(:mod:`.pipeline`) runs each fan-out as a chord; the local runner (:mod:`.local`) runs the same
+functions in this process. Every function is idempotent and returns a small JSON-able dict that
+depends only on its inputs (a redelivered Celery task returns the same value, which keeps a Redis
+chord's count right).
+
+Everything between stages lives under the run's work folder, ``<table>/_staging/<job_id>/_work``
+(removed by the commit, or by :func:`discard` when the job fails or is cancelled):
+
+- ``prepared/<slice>.parquet``: the slice after :func:`~.prepare.prepare_frame` (GeoParquet) plus
+  the columns ``__fc_x``, ``__fc_y`` (centroid), ``__fc_m`` (measure) and ``__fc_id`` (row id
+  ``slice_id * 2**32 + row``, which seeds the identical-centroid splits);
+- ``samples/<slice>.parquet``: an evenly spaced sample of at most ``sample_rows / n_slices``
+  rows of the slice (``x, y, w, id``; ``w`` scaled so the sample weighs what the slice weighs);
+- ``plan.npz``: the kd split tree (planned on the pooled samples) and the maxima;
+- ``shards/<file>/<slice>.parquet``: the rows of one slice routed to one file, sorted by chunk.
+
+A plan made from a sample can leave a chunk or file over its maximum; :func:`write_file` refines
+such chunks with the exact rows (splitting them again with the same rules) and splits a file
+over its maximum into consecutive runs of chunks, named ``<file>``, ``<file>-1``, ... . When the
+input has at most ``sample_rows`` rows the sample is the data and the plan is exact.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import storage
+from ..types import IngestInputError
+from .config import GeospatialPartitionJobStepConfig
+from .plan import PartitionTree, plan_partitions, resolve_maxima
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from ..table import TableWriter
+    from .read import InputSlice
+
+X, Y, M, ID, CHUNK = "__fc_x", "__fc_y", "__fc_m", "__fc_id", "__fc_chunk"
+HELPER_COLUMNS = (X, Y, M, ID, CHUNK)
+ROW_ID_STRIDE = 2**32
+"""Row ids are ``slice_id * ROW_ID_STRIDE + position``: unique without knowing slice sizes."""
+
+
+# --- the run's context --------------------------------------------------------------------------
+
+
+def run_context(
+    config: GeospatialPartitionJobStepConfig,
+    writer: TableWriter,
+    *,
+    job_id: str,
+    n_slices: int,
+    sample_rows: int,
+    slice_rows: int,
+) -> dict[str, Any]:
+    """The JSON-able context every stage gets: the job id, the config (its input already a
+    path/URL), the table writer, the work folder, the number of slices, the plan's sample size
+    and the rows per input slice (the submitting process's options, so workers agree)."""
+    return {
+        "job_id": job_id,
+        "config": config.model_dump(mode="json"),
+        "writer": writer.to_dict(),
+        "work": storage.join(writer.staging_url, "_work"),
+        "n_slices": int(n_slices),
+        "sample_rows": int(sample_rows),
+        "slice_rows": int(slice_rows),
+    }
+
+
+def _config(ctx: dict[str, Any]) -> GeospatialPartitionJobStepConfig:
+    return GeospatialPartitionJobStepConfig.model_validate(ctx["config"])
+
+
+def _writer(ctx: dict[str, Any]) -> TableWriter:
+    from ..table import TableWriter
+
+    return TableWriter.from_dict(ctx["writer"])
+
+
+def _path(ctx: dict[str, Any], *parts: str) -> str:
+    return storage.join(ctx["work"], *parts)
+
+
+def _write_arrow(url: str, table: pa.Table) -> None:
+    import pyarrow.parquet as pq
+
+    with storage.atomic_output(url) as out:
+        pq.write_table(table, out, compression="lz4", row_group_size=max(1, table.num_rows))
+
+
+def _read_arrow(url: str, columns: list[str] | None = None) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.resolve(url)
+    return pq.read_table(path, filesystem=fs, columns=columns)
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def materialize_frame(
+    config: GeospatialPartitionJobStepConfig, work_url: str, *, slice_rows: int
+) -> GeospatialPartitionJobStepConfig:
+    """A config whose in-memory (Geo)DataFrame input is written to ``work_url/input.parquet``
+    (GeoParquet, row groups of ``slice_rows``), so that workers can read it in slices; a config
+    with a path input is returned as is."""
+    import pandas as pd
+
+    from .prepare import ensure_geodataframe
+
+    if not isinstance(config.input, pd.DataFrame):
+        return config
+    gdf = ensure_geodataframe(config.input, config.lonlat_cols)
+    if not len(gdf):
+        raise IngestInputError("the input (Geo)DataFrame has no rows; there is nothing to ingest")
+    url = storage.join(work_url, "input.parquet")
+    with storage.atomic_output(url) as out:
+        gdf.to_parquet(out, index=False, row_group_size=max(1, int(slice_rows)))
+    return config.model_copy(update={"input": url, "lonlat_cols": None})
+
+
+def list_input_slices(
+    config: GeospatialPartitionJobStepConfig, *, slice_rows: int | None = None
+) -> list[InputSlice]:
+    """The input's slices (see :func:`.read.list_slices`); empty input is an error."""
+    from .read import list_slices
+
+    slices = list_slices(config, target_rows=slice_rows)
+    if not slices:
+        raise IngestInputError(
+            f"the input {config.input!r} has no rows; there is nothing to ingest"
+        )
+    return slices
+
+
+# --- prepare ------------------------------------------------------------------------------------
+
+
+def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str, Any]:
+    """Read and prepare one slice; write it and its planning sample to the work folder.
+
+    Returns ``{"slice_id", "rows", "measure", "report"}`` (rows and total measure after
+    preparation; the report's counts of dropped, repaired and added rows).
+    """
+    import pyarrow as pa
+
+    from .prepare import prepare_frame
+    from .read import InputSlice, read_slice
+
+    config = _config(ctx)
+    sl = InputSlice.model_validate(input_slice)
+    raw = read_slice(sl, config)
+    prepared = prepare_frame(
+        raw,
+        partitioning_method=config.partitioning_method,
+        load_columns=config.load_columns,
+        remove_cols=config.remove_cols,
+        explode_geometries=config.explode_geometries,
+        drop_out_of_bounds=config.drop_out_of_bounds,
+        subdivide_method=config.subdivide_method,
+        subdivide_start=config.subdivide_start,
+        subdivide_stop=config.subdivide_stop,
+        allow_empty=True,
+    )
+    n = len(prepared.frame)
+    ids = sl.slice_id * ROW_ID_STRIDE + np.arange(n, dtype=np.int64)
+    frame = prepared.frame
+    for name in HELPER_COLUMNS:
+        if name in frame.columns:
+            raise IngestInputError(f"the input has a column named {name!r}, reserved; rename it")
+    frame = frame.assign(**{X: prepared.x, Y: prepared.y, M: prepared.measure, ID: ids})
+    with storage.atomic_output(_path(ctx, "prepared", f"{sl.slice_id}.parquet")) as out:
+        frame.to_parquet(out, index=False, compression="lz4", row_group_size=max(1, n))
+
+    k = max(1, math.ceil(ctx["sample_rows"] / max(1, ctx["n_slices"])))
+    pick = np.unique(np.linspace(0, n - 1, num=min(n, k)).round().astype(np.int64)) if n else []
+    w = prepared.measure[pick]
+    total = float(prepared.measure.sum())
+    scale = total / float(w.sum()) if len(pick) and float(w.sum()) > 0 else 1.0
+    sample = pa.table(
+        {"x": prepared.x[pick], "y": prepared.y[pick], "w": w * scale, "id": ids[pick]}
+    )
+    _write_arrow(_path(ctx, "samples", f"{sl.slice_id}.parquet"), sample)
+    r = prepared.report
+    return {
+        "slice_id": sl.slice_id,
+        "rows": n,
+        "measure": total,
+        "report": {
+            "input_rows": r.input_rows,
+            "dropped_null_geometries": r.dropped_null_geometries,
+            "made_valid": r.made_valid,
+            "dropped_out_of_bounds": r.dropped_out_of_bounds,
+            "subdivided_rows": r.subdivided_rows,
+            "exploded_rows_added": r.exploded_rows_added,
+            "reprojected_from": r.reprojected_from,
+        },
+    }
+
+
+# --- plan ---------------------------------------------------------------------------------------
+
+
+def _plan_options(config: GeospatialPartitionJobStepConfig) -> dict[str, Any]:
+    return {
+        "split_method": config.partitioning_split_method,
+        "max_width_ratio": config.partitioning_max_width_ratio,
+        "max_height_ratio": config.partitioning_max_height_ratio,
+        "split_identical_centroids": config.split_identical_centroids,
+    }
+
+
+def make_plan(ctx: dict[str, Any], prepared: list[dict[str, Any]]) -> dict[str, Any]:
+    """Plan files and chunks from the pooled samples of the ``prepared`` slices (results of
+    :func:`prepare_slice`); write the split tree to the work folder.
+
+    Returns ``{"num_files", "planned_chunks", "max_per_file", "max_per_chunk", "rows",
+    "measure"}``. No rows at all after preparation is an :class:`IngestInputError`.
+    """
+    import pyarrow as pa
+
+    config = _config(ctx)
+    rows = sum(int(p["rows"]) for p in prepared)
+    measure = float(sum(float(p["measure"]) for p in prepared))
+    if rows == 0:
+        dropped = {
+            k: sum(int(p["report"].get(k) or 0) for p in prepared)
+            for k in ("input_rows", "dropped_null_geometries", "dropped_out_of_bounds")
+        }
+        raise IngestInputError(
+            f"no rows left to ingest: {dropped['input_rows']} input row(s), "
+            f"{dropped['dropped_null_geometries']} with a null or empty geometry, "
+            f"{dropped['dropped_out_of_bounds']} outside the WGS84 bounds"
+        )
+    if not measure > 0:
+        raise IngestInputError(
+            f"the total {config.partitioning_method!r} measure of the input is {measure}; "
+            f"partitioning_method={config.partitioning_method!r} needs geometries with a "
+            "positive measure (use 'rows' for points)"
+        )
+    per_file, per_chunk = resolve_maxima(
+        measure,
+        config.partitioning_maximum_per_file,
+        config.partitioning_maximum_per_chunk,
+        config.target_num_chunks,
+    )
+    ids = sorted(int(p["slice_id"]) for p in prepared if int(p["rows"]))
+    samples = [_read_arrow(_path(ctx, "samples", f"{i}.parquet")) for i in ids]
+    s = pa.concat_tables(samples)
+    plan = plan_partitions(
+        s.column("x").to_numpy(),
+        s.column("y").to_numpy(),
+        s.column("w").to_numpy(),
+        max_per_file=per_file,
+        max_per_chunk=per_chunk,
+        force_utm=config.partitioning_force_utm,
+        ids=s.column("id").to_numpy(),
+        **_plan_options(config),
+    )
+    t = plan.tree
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        axis=t.axis,
+        value=t.value,
+        left=t.left,
+        right=t.right,
+        file_index=t.file_index,
+        chunk_index=t.chunk_index,
+        maxima=np.array([per_file, per_chunk]),
+    )
+    storage.write_bytes(_path(ctx, "plan.npz"), buf.getvalue())
+    return {
+        "num_files": plan.num_files,
+        "planned_chunks": plan.num_chunks,
+        "max_per_file": per_file,
+        "max_per_chunk": per_chunk,
+        "rows": rows,
+        "measure": measure,
+    }
+
+
+_tree_cache: dict[str, PartitionTree] = {}
+
+
+def _load_tree(ctx: dict[str, Any]) -> PartitionTree:
+    url = _path(ctx, "plan.npz")
+    tree = _tree_cache.get(url)
+    if tree is None:
+        with np.load(io.BytesIO(storage.read_bytes(url))) as z:
+            tree = PartitionTree(
+                axis=z["axis"],
+                value=z["value"],
+                left=z["left"],
+                right=z["right"],
+                file_index=z["file_index"],
+                chunk_index=z["chunk_index"],
+            )
+        _tree_cache.clear()
+        _tree_cache[url] = tree
+    return tree
+
+
+# --- scatter ------------------------------------------------------------------------------------
+
+
+def scatter_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, Any]:
+    """Route the rows of one prepared slice to their planned file and chunk and write one shard
+    per file. Returns ``{"slice_id", "files": {file_index: rows}}`` (keys as strings)."""
+    import pyarrow as pa
+
+    table = _read_arrow(_path(ctx, "prepared", f"{slice_id}.parquet"))
+    file_index, chunk_index = _load_tree(ctx).route(
+        table.column(X).to_numpy(), table.column(Y).to_numpy(), table.column(ID).to_numpy()
+    )
+    table = table.append_column(CHUNK, pa.array(chunk_index, pa.int32()))
+    order = np.lexsort((chunk_index, file_index))
+    sorted_files = file_index[order]
+    bounds = np.flatnonzero(np.diff(sorted_files)) + 1
+    starts = np.concatenate([[0], bounds])
+    stops = np.concatenate([bounds, [len(order)]])
+    files: dict[str, int] = {}
+    for a, b in zip(starts, stops):
+        if a == b:
+            continue
+        f = int(sorted_files[a])
+        shard = table.take(pa.array(order[a:b]))
+        _write_arrow(_path(ctx, "shards", str(f), f"{slice_id}.parquet"), shard)
+        files[str(f)] = int(b - a)
+    return {"slice_id": int(slice_id), "files": files}
+
+
+# --- write --------------------------------------------------------------------------------------
+
+
+def refine_chunks(
+    x: np.ndarray,
+    y: np.ndarray,
+    m: np.ndarray,
+    ids: np.ndarray,
+    chunk: np.ndarray,
+    *,
+    max_per_chunk: float,
+    options: dict[str, Any],
+) -> np.ndarray:
+    """New chunk numbers (0..k-1, in the old chunks' order) after splitting every chunk whose
+    exact measure is over ``max_per_chunk`` with the planning rules; rows must be sorted by
+    ``chunk``. options: :func:`plan_partitions` split options."""
+    out = np.empty(len(chunk), dtype=np.int64)
+    bounds = np.flatnonzero(np.diff(chunk)) + 1
+    starts = np.concatenate([[0], bounds]).astype(np.int64)
+    stops = np.concatenate([bounds, [len(chunk)]]).astype(np.int64)
+    next_id = 0
+    for a, b in zip(starts, stops):
+        total = float(m[a:b].sum())
+        if total <= max_per_chunk or b - a < 2:
+            out[a:b] = next_id
+            next_id += 1
+            continue
+        sub = plan_partitions(
+            x[a:b],
+            y[a:b],
+            m[a:b],
+            max_per_file=total,
+            max_per_chunk=max_per_chunk,
+            ids=ids[a:b],
+            force_utm=None,
+            **options,
+        )
+        out[a:b] = next_id + sub.chunk_index
+        next_id += sub.num_chunks
+    return out
+
+
+def group_chunks(chunk_measures: np.ndarray, max_per_file: float) -> list[tuple[int, int]]:
+    """Consecutive runs ``[start, stop)`` of chunks, each run's measure within ``max_per_file``
+    (a chunk over it alone is a run of one)."""
+    runs: list[tuple[int, int]] = []
+    start, acc = 0, 0.0
+    for i, v in enumerate(chunk_measures):
+        if i > start and acc + float(v) > max_per_file:
+            runs.append((start, i))
+            start, acc = i, 0.0
+        acc += float(v)
+    if len(chunk_measures):
+        runs.append((start, len(chunk_measures)))
+    return runs
+
+
+def write_file(
+    ctx: dict[str, Any], file_index: int, slice_ids: list[int], maxima: tuple[float, float]
+) -> dict[str, Any]:
+    """Write planned file ``file_index`` from its shards (of ``slice_ids``), refining chunks and
+    the file with the exact rows. maxima: ``(max_per_file, max_per_chunk)``.
+
+    Returns ``{"file_index", "chunks": [ChunkMetadata dicts]}`` (one output file or more)."""
+    import pyarrow as pa
+
+    from ..table import arrow_to_frame
+
+    config = _config(ctx)
+    parts = [
+        _read_arrow(_path(ctx, "shards", str(file_index), f"{s}.parquet"))
+        for s in sorted(slice_ids)
+    ]
+    table = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+    chunk = table.column(CHUNK).to_numpy()
+    order = np.argsort(chunk, kind="stable")
+    if not (order == np.arange(len(order))).all():
+        table = table.take(pa.array(order))
+        chunk = chunk[order]
+    m = table.column(M).to_numpy()
+    per_file, per_chunk = maxima
+    chunk = refine_chunks(
+        table.column(X).to_numpy(),
+        table.column(Y).to_numpy(),
+        m,
+        table.column(ID).to_numpy(),
+        chunk,
+        max_per_chunk=per_chunk,
+        options=_plan_options(config),
+    )
+    n_chunks = int(chunk[-1]) + 1 if len(chunk) else 0
+    chunk_measure = np.bincount(chunk, weights=m, minlength=n_chunks)
+    chunk_start = np.searchsorted(chunk, np.arange(n_chunks + 1))
+    geo = _geo_metadata(table)
+    table = table.drop_columns([c for c in HELPER_COLUMNS if c in table.column_names])
+    frame = arrow_to_frame(table, geo)
+    writer = _writer(ctx)
+    metas: list[dict[str, Any]] = []
+    for k, (a, b) in enumerate(group_chunks(chunk_measure, per_file)):
+        fid = str(file_index) if k == 0 else f"{file_index}-{k}"
+        frames = [frame.iloc[chunk_start[c] : chunk_start[c + 1]] for c in range(a, b)]
+        metas.extend(m.model_dump(mode="json") for m in writer.write_file(fid, frames))
+    return {"file_index": int(file_index), "chunks": metas}
+
+
+def _geo_metadata(table: pa.Table) -> dict[str, Any] | None:
+    import json
+
+    raw = (table.schema.metadata or {}).get(b"geo")
+    return json.loads(raw) if raw else None
+
+
+# --- commit and discard ---------------------------------------------------------------------
+
+
+def commit(ctx: dict[str, Any], written: list[dict[str, Any]]) -> dict[str, Any]:
+    """Commit the table from the ``written`` files (results of :func:`write_file`); removes the
+    staging area. Returns ``{"output", "num_files", "num_chunks", "num_rows"}``."""
+    chunks = [c for w in written for c in w["chunks"]]
+    table = _writer(ctx).commit(chunks)
+    return {
+        "output": table.url,
+        "num_files": table.num_files,
+        "num_chunks": table.num_chunks,
+        "num_rows": table.num_rows,
+    }
+
+
+def discard(ctx: dict[str, Any]) -> None:
+    """Remove this run's staging (work folder included); when no committed table is there, the
+    folder's staging marker too, so a failed or cancelled first run leaves no table behind."""
+    from ..table import SAMPLE_FILE, STAGING_DIR
+
+    writer = _writer(ctx)
+    writer.abort()
+    if not storage.is_file(storage.join(writer.url, SAMPLE_FILE)):
+        storage.delete_prefix(storage.join(writer.url, STAGING_DIR))
