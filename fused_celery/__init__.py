@@ -26,6 +26,11 @@ _LAZY = {
     "get_chunk_from_table": ("fused_celery.table", "get_chunk_from_table"),
     "Table": ("fused_celery.table", "Table"),
     "types": ("fused_celery.types", None),
+    "ingest": ("fused_celery.partition.config", "ingest"),
+    "GeospatialPartitionJobStepConfig": (
+        "fused_celery.partition.config",
+        "GeospatialPartitionJobStepConfig",
+    ),
 }
 
 __all__ = ["options", "__version__", "Udf", "run", "udf", "udf_from_code", *_LAZY]

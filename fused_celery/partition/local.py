@@ -6,96 +6,16 @@ one runs everything in the calling process, for in-memory inputs and files that 
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..table import TableWriter
-from ..types import IngestInputError, UnsupportedInputError
 from .config import GeospatialPartitionJobStepConfig
 from .plan import PartitionPlan, plan_partitions
-from .prepare import PreparedFrame, ensure_geodataframe, prepare_frame
+from .prepare import PreparedFrame, prepare_frame
+from .read import read_input
 
 if TYPE_CHECKING:
     import geopandas as gpd
-
-GDAL_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb", ".zip", ".gml", ".kml")
-PARQUET_SUFFIXES = (".parquet", ".geoparquet", ".pq")
-
-
-def _read_path(path: str, config: GeospatialPartitionJobStepConfig) -> gpd.GeoDataFrame:
-    """One local input file as a GeoDataFrame (GeoParquet/Parquet, CSV, or a GDAL format)."""
-    import geopandas as gpd
-    import pandas as pd
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"ingest input {path!r} does not exist")
-    lower = path.lower()
-    columns = None
-    if config.load_columns is not None:
-        columns = list(config.load_columns)
-    try:
-        if lower.endswith(PARQUET_SUFFIXES):
-            if config.lonlat_cols is not None:
-                cols = None if columns is None else [*columns, *config.lonlat_cols]
-                return ensure_geodataframe(pd.read_parquet(path, columns=cols), config.lonlat_cols)
-            return gpd.read_parquet(path)
-        if lower.endswith(".csv"):
-            if config.lonlat_cols is not None:
-                return ensure_geodataframe(pd.read_csv(path), config.lonlat_cols)
-            opts = config.gdal_config.open_options
-            frame = gpd.read_file(path, engine="pyogrio", **_csv_options(opts))
-            if frame.crs is None and frame.geometry.notna().any():
-                frame = frame.set_crs("EPSG:4326")
-            return frame
-        if lower.endswith(GDAL_SUFFIXES):
-            kwargs: dict[str, Any] = {}
-            if config.gdal_config.layer is not None:
-                kwargs["layer"] = config.gdal_config.layer
-            return gpd.read_file(path, engine="pyogrio", **kwargs)
-    except (IngestInputError, FileNotFoundError):
-        raise
-    except Exception as exc:
-        raise IngestInputError(f"cannot read ingest input {path!r}: {exc}") from exc
-    raise UnsupportedInputError(
-        f"cannot ingest {path!r}: unknown format; supported suffixes are "
-        f"{sorted({*PARQUET_SUFFIXES, '.csv', *GDAL_SUFFIXES})}"
-    )
-
-
-def _csv_options(open_options: dict[str, str]) -> dict[str, Any]:
-    """GDAL CSV open options (e.g. ``X_POSSIBLE_NAMES``, ``GEOM_POSSIBLE_NAMES``) for pyogrio."""
-    return {k.lower(): v for k, v in open_options.items()} if open_options else {}
-
-
-def read_input(config: GeospatialPartitionJobStepConfig) -> gpd.GeoDataFrame:
-    """The whole input of ``config`` as one GeoDataFrame (in-memory frame, a file, a list of
-    files, or a folder filtered by ``file_suffix``)."""
-    import pandas as pd
-
-    data = config.input
-    if isinstance(data, pd.DataFrame):
-        return ensure_geodataframe(data, config.lonlat_cols)
-    paths = [data] if isinstance(data, str) else list(data)
-    files: list[str] = []
-    for p in paths:
-        if os.path.isdir(p):
-            names = sorted(os.listdir(p))
-            if config.file_suffix:
-                names = [n for n in names if n.endswith(config.file_suffix)]
-            files.extend(os.path.join(p, n) for n in names if not n.startswith((".", "_")))
-        else:
-            files.append(p)
-    if not files:
-        raise IngestInputError(
-            f"no input files found in {paths} (file_suffix={config.file_suffix!r})"
-        )
-    frames = [_read_path(f, config) for f in files]
-    if len(frames) == 1:
-        return frames[0]
-    crs = {f.crs.to_string() if f.crs is not None else None for f in frames}
-    if len(crs) > 1:
-        frames = [f.to_crs("EPSG:4326") if f.crs is not None else f for f in frames]
-    return pd.concat(frames, ignore_index=True)
 
 
 def prepare_and_plan(

@@ -23,12 +23,12 @@ if TYPE_CHECKING:
     from ..table import Table
     from .config import GeospatialPartitionJobStepConfig
 
-STAGE_UDF = '''
+STAGE_UDF = """
 def ingest_stage(stage: str, ctx: dict, kwargs: dict):
     from fused_celery.partition import stages
 
     return getattr(stages, stage)(ctx, **kwargs)
-'''
+"""
 
 
 def _own_error(exc: BaseException) -> BaseException:
@@ -141,7 +141,9 @@ def run_ingest(
             {"file_index": f, "slice_ids": sorted(by_file[f]), "maxima": maxima}
             for f in sorted(by_file)
         ]
-        written = [v for _, v in _map("write_file", ctx, items, engine=engine, ignore_errors=ignore)]
+        written = [
+            v for _, v in _map("write_file", ctx, items, engine=engine, ignore_errors=ignore)
+        ]
         if not written:
             raise FusedError("every file of the ingest failed; nothing to commit")
         stages.commit(ctx, written)

@@ -351,9 +351,10 @@ def refine_chunks(
     max_per_chunk: float,
     options: dict[str, Any],
 ) -> np.ndarray:
-    """New chunk numbers (0..k-1, in the old chunks' order) after splitting every chunk whose
+    """New chunk numbers (0..k-1, the old chunks' order kept) after splitting every chunk whose
     exact measure is over ``max_per_chunk`` with the planning rules; rows must be sorted by
-    ``chunk``. options: :func:`plan_partitions` split options."""
+    ``chunk`` (the rows of a split chunk are then no longer sorted by their new number).
+    options: :func:`plan_partitions` split options."""
     out = np.empty(len(chunk), dtype=np.int64)
     bounds = np.flatnonzero(np.diff(chunk)) + 1
     starts = np.concatenate([[0], bounds]).astype(np.int64)
@@ -428,7 +429,11 @@ def write_file(
         max_per_chunk=per_chunk,
         options=_plan_options(config),
     )
-    n_chunks = int(chunk[-1]) + 1 if len(chunk) else 0
+    order = np.argsort(chunk, kind="stable")  # split chunks are in kd order, not row order
+    if not (order == np.arange(len(order))).all():
+        table = table.take(pa.array(order))
+        chunk, m = chunk[order], m[order]
+    n_chunks = int(chunk.max()) + 1 if len(chunk) else 0
     chunk_measure = np.bincount(chunk, weights=m, minlength=n_chunks)
     chunk_start = np.searchsorted(chunk, np.arange(n_chunks + 1))
     geo = _geo_metadata(table)
