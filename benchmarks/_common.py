@@ -1,0 +1,233 @@
+"""Helpers shared by the benchmark scripts: machine description, load, waiting for a quiet
+machine, CPU used by other processes, per-process peak memory of a process tree, private venvs.
+
+Standard library only at import time (``psutil`` is imported by :class:`TreeMemory` when it
+starts), so a script can import this module from an interpreter of another environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / ".work"
+REPO = HERE.parent
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def machine() -> str:
+    """``2 CPUs (model), 24 GiB RAM, Linux 6.x``."""
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 2**20:.0f} GiB"
+    return f"{cpu_count()} CPUs ({model}), {mem} RAM, {platform.system()} {platform.release()}"
+
+
+def load() -> str:
+    """The 1, 5 and 15-minute load averages."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def wait_for_quiet(threshold: float, max_wait: float) -> None:
+    """Sleep until the 1-minute load average drops below ``threshold`` or ``max_wait`` passes."""
+    deadline = time.monotonic() + max_wait
+    while os.getloadavg()[0] >= threshold and time.monotonic() < deadline:
+        print(f"waiting for load < {threshold:g} (now {load()})", flush=True)
+        time.sleep(15)
+
+
+def add_load_arguments(parser: argparse.ArgumentParser, max_wait: float = 1800) -> None:
+    """``--wait-for-load LOAD`` and ``--max-wait S`` (use with :func:`wait_for_quiet`)."""
+    parser.add_argument(
+        "--wait-for-load",
+        type=float,
+        metavar="LOAD",
+        help="first wait (up to --max-wait s) until the 1-minute load average is below LOAD",
+    )
+    parser.add_argument(
+        "--max-wait", type=float, default=max_wait, help="seconds --wait-for-load waits"
+    )
+
+
+def busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (user+nice+system+irq+softirq+steal)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and of its reaped descendants."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class ForeignLoad:
+    """CPU cores used by *other* processes during a ``with`` block: the whole machine's busy time
+    minus this process and the descendants it reaped in the block. 0 means a quiet machine."""
+
+    def _snapshot(self) -> tuple[float, float, float]:
+        return time.perf_counter(), busy_seconds(), own_cpu()
+
+    def __enter__(self) -> ForeignLoad:
+        self.start = self._snapshot()
+        self.cores = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._snapshot()
+        wall = max(1e-9, end[0] - self.start[0])
+        foreign = (end[1] - self.start[1]) - (end[2] - self.start[2])
+        self.cores = max(0.0, foreign / wall)
+
+
+def _vm_hwm(pid: int) -> int | None:
+    """The kernel's peak RSS of ``pid`` in bytes (``VmHWM``), None where unavailable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class TreeMemory:
+    """Peak resident memory of every process of a tree (a root and all its descendants).
+
+    A thread enumerates the tree every ``interval`` seconds (``psutil``) and reads each
+    process's peak RSS: the kernel's high-water mark ``VmHWM`` on Linux (exact, even between
+    samples), else the current RSS. ``peak`` is the largest of any single process, with its
+    label in ``peak_label``; ``peak_sum`` the largest sum of current RSS over the tree at one
+    sample. Processes that live shorter than one interval can be missed.
+    """
+
+    def __init__(self, root: int | None = None, interval: float = 0.05) -> None:
+        self.root = os.getpid() if root is None else root
+        self.interval = interval
+        self.per_process: dict[int, tuple[int, str]] = {}
+        self.peak_sum = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _label(proc: Any) -> str:
+        """``pid exe args`` (up to 300 characters); `` [fork]`` when the parent process has the
+        same command line (a prefork pool process, for example)."""
+        with contextlib.suppress(Exception):
+            cmd = proc.cmdline()
+            if cmd:
+                label = f"{proc.pid} {Path(cmd[0]).name} {' '.join(cmd[1:])}"[:300]
+                with contextlib.suppress(Exception):
+                    parent = proc.parent()
+                    if parent is not None and parent.cmdline() == cmd:
+                        label += " [fork]"
+                return label
+        with contextlib.suppress(Exception):
+            return f"{proc.pid} {proc.name()}"
+        return str(proc.pid)
+
+    def sample(self) -> None:
+        """Read the memory of every process of the tree once."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.root)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        total = 0
+        for proc in procs:
+            try:
+                rss = proc.memory_info().rss
+            except psutil.Error:
+                continue
+            total += rss
+            peak = max(rss, _vm_hwm(proc.pid) or 0)
+            old = self.per_process.get(proc.pid)
+            if old is None:
+                self.per_process[proc.pid] = (peak, self._label(proc))
+            elif peak > old[0]:
+                self.per_process[proc.pid] = (peak, old[1])
+        self.peak_sum = max(self.peak_sum, total)
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> TreeMemory:
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="tree-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def peak(self) -> int:
+        """The largest peak RSS of any single process, in bytes."""
+        return max((v[0] for v in self.per_process.values()), default=0)
+
+    @property
+    def peak_label(self) -> str:
+        """Which process had :attr:`peak` (pid and command line)."""
+        best = max(self.per_process.values(), default=(0, ""), key=lambda v: v[0])
+        return best[1]
+
+    def top(self, n: int = 5) -> list[tuple[int, str]]:
+        """The ``n`` processes with the largest peaks, ``(bytes, label)``."""
+        return sorted(self.per_process.values(), key=lambda v: -v[0])[:n]
+
+
+def ensure_venv(venv: Path, packages: Sequence[str], check: str, log: Path) -> Path:
+    """The interpreter of ``venv``; creates it once (``python -m venv`` from this interpreter,
+    then ``pip install packages``) unless ``python -c check`` already succeeds there."""
+    py = venv / "bin" / "python"
+    probe = [str(py), "-c", check]
+    if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return py
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"first run: creating {venv.relative_to(REPO)} and installing {' '.join(packages)}")
+    print(f"(pip output in {log.relative_to(REPO)})", flush=True)
+    with log.open("w") as out:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, stdout=out)
+        pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", *packages]
+        done = subprocess.run(pip, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0 or subprocess.run(probe, capture_output=True).returncode != 0:
+        raise RuntimeError(f"pip install {' '.join(packages)} into {venv} failed; see {log}")
+    return py
