@@ -17,9 +17,15 @@ from pydantic import ValidationError
 
 from fused_celery import storage
 from fused_celery.partition.config import GeospatialPartitionJobStepConfig
-from fused_celery.partition.local import ingest_local
+from fused_celery.partition.local import run_ingest
 from fused_celery.table import compute_chunk_metadata, open_table, read_chunk_metadata
 from fused_celery.types import IngestInputError, TableExistsError, UnsupportedInputError
+
+
+def _ingest(config, output=None):
+    """Run ``config`` in this process (no worker processes); the table's URL."""
+    return run_ingest(config, output, engine=None).url
+
 
 API_DEFAULTS = {
     "output": None,
@@ -143,7 +149,7 @@ def test_ingest_properties(tmp_path_factory, n, seed, per_file, method):
         partitioning_maximum_per_chunk=per_chunk,
         partitioning_split_method=method,
     )
-    assert ingest_local(cfg, url) == storage.normalize(url)
+    assert _ingest(cfg, url) == storage.normalize(url)
     check_table(url, n, np.arange(n), per_file, per_chunk)
 
 
@@ -155,7 +161,7 @@ def test_uniform_points_chunk_bboxes_barely_overlap(tmp_path):
         geometry=gpd.points_from_xy(rng.uniform(0, 4, n), rng.uniform(0, 4, n)),
         crs=4326,
     )
-    url = ingest_local(GeospatialPartitionJobStepConfig(input=g, output=str(tmp_path / "t")))
+    url = _ingest(GeospatialPartitionJobStepConfig(input=g, output=str(tmp_path / "t")))
     metas = read_chunk_metadata(url)
     assert len(metas) >= 100 and len({m.file_id for m in metas}) >= 10  # 1/10, 1/100 defaults
     area = sum((m.bbox_maxx - m.bbox_minx) * (m.bbox_maxy - m.bbox_miny) for m in metas)
@@ -187,7 +193,7 @@ def test_file_inputs(tmp_path, suffix):
     cfg = GeospatialPartitionJobStepConfig(
         input=str(path), output=str(tmp_path / "out"), partitioning_method="area"
     )
-    url = ingest_local(cfg)
+    url = _ingest(cfg)
     t = open_table(url)
     assert t.num_rows == 300
     check_table(url, 300, np.arange(300), float("inf"), float("inf"))
@@ -201,14 +207,14 @@ def test_csv_lonlat_and_reprojection_and_subdivision(tmp_path):
     cfg = GeospatialPartitionJobStepConfig(
         input=str(tmp_path / "pts.csv"), output=str(tmp_path / "a"), lonlat_cols=("lon", "lat")
     )
-    assert open_table(ingest_local(cfg)).num_rows == 3
+    assert open_table(_ingest(cfg)).num_rows == 3
 
     big = gpd.GeoDataFrame({"rid": [0]}, geometry=[shapely.box(0, 0, 4, 4)], crs=4326)
     projected = big.to_crs(3857)
     cfg = GeospatialPartitionJobStepConfig(
         input=projected, output=str(tmp_path / "b"), subdivide_start=1.0, subdivide_stop=1.0
     )
-    url = ingest_local(cfg)
+    url = _ingest(cfg)
     metas = read_chunk_metadata(url)
     assert sum(m.num_rows for m in metas) >= 16  # 16 square degrees cut into <= 1 deg² pieces
     assert sum(m.sum_area for m in metas) == pytest.approx(16.0, rel=1e-6)
@@ -226,7 +232,7 @@ def test_bad_inputs_leave_no_table(tmp_path):
     (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 not really")
     for source, error in cases:
         with pytest.raises(error):
-            ingest_local(GeospatialPartitionJobStepConfig(input=source, output=str(out)))
+            _ingest(GeospatialPartitionJobStepConfig(input=source, output=str(out)))
         assert not out.exists() or not any(Path(out).rglob("*.parquet"))
         assert not (out / "_sample").exists()
 
@@ -234,9 +240,9 @@ def test_bad_inputs_leave_no_table(tmp_path):
 def test_existing_output_without_overwrite(tmp_path):
     g = polygons(20)
     url = str(tmp_path / "t")
-    ingest_local(GeospatialPartitionJobStepConfig(input=g, output=url))
+    _ingest(GeospatialPartitionJobStepConfig(input=g, output=url))
     with pytest.raises(TableExistsError):
-        ingest_local(GeospatialPartitionJobStepConfig(input=g, output=url))
+        _ingest(GeospatialPartitionJobStepConfig(input=g, output=url))
     g2 = polygons(30, seed=1)
-    ingest_local(GeospatialPartitionJobStepConfig(input=g2, output=url, overwrite=True))
+    _ingest(GeospatialPartitionJobStepConfig(input=g2, output=url, overwrite=True))
     assert open_table(url).num_rows == 30

@@ -85,7 +85,7 @@ def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("engine", [None, "local"])
 def test_local_ingest_sampled_plan_is_refined_to_the_maxima(tmp_path, small_slices, engine):
-    from fused_celery.partition.runner import run_ingest
+    from fused_celery.partition.local import run_ingest
 
     src = points(3000)
     path = tmp_path / "in.parquet"

@@ -164,7 +164,7 @@ class GeospatialPartitionJobStepConfig(JobStepConfig):
         )
 
     def _run_here(self, output: str | None, *, overwrite: bool | None) -> Table:
-        from .runner import run_ingest
+        from .local import run_ingest
 
         return run_ingest(self, output, overwrite=overwrite)
 

@@ -1,89 +1,153 @@
-"""``ingest_local(config)``: the single-process ingest (read → prepare → plan → write → commit).
+"""An ingest on this machine: the stages of :mod:`.stages` run through the local engine.
 
-The distributed path (Celery chords of chunk tasks) reuses :mod:`.prepare` and :mod:`.plan`; this
-one runs everything in the calling process, for in-memory inputs and files that fit in memory.
+The fan-out stages (prepare per slice, scatter per slice, write per file) run as ``udf.map`` over
+a small stage-calling UDF on the local engine (worker processes of this machine, as many as CPUs);
+plan and commit run in this process. A stage of one item runs in this process too (no worker to
+start). Same stage functions, same results as on the cluster (:mod:`.pipeline`).
+
+An error in a stage raises it here with its own type (e.g.
+:class:`~fused_celery.types.IngestInputError`) after the staging area is removed, unless
+``ignore_chunk_error`` is set: then failed slices or files are left out and the rest is committed.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import uuid
+from typing import TYPE_CHECKING, Any
 
-from ..table import TableWriter
-from .config import GeospatialPartitionJobStepConfig
-from .plan import PartitionPlan, plan_partitions
-from .prepare import PreparedFrame, prepare_frame
-from .read import read_input
+from ..options import options
+from ..types import FusedError, UdfRuntimeError
+from . import stages
 
 if TYPE_CHECKING:
-    import geopandas as gpd
+    from ..table import Table
+    from .config import GeospatialPartitionJobStepConfig
+
+STAGE_UDF = """
+def ingest_stage(stage: str, ctx: dict, kwargs: dict):
+    from fused_celery.partition import stages
+
+    return getattr(stages, stage)(ctx, **kwargs)
+"""
 
 
-def prepare_and_plan(
-    gdf: gpd.GeoDataFrame, config: GeospatialPartitionJobStepConfig
-) -> tuple[PreparedFrame, PartitionPlan]:
-    """Prepare ``gdf`` and plan its partitions with the options of ``config``."""
-    prepared = prepare_frame(
-        gdf,
-        partitioning_method=config.partitioning_method,
-        load_columns=config.load_columns,
-        remove_cols=config.remove_cols,
-        explode_geometries=config.explode_geometries,
-        drop_out_of_bounds=config.drop_out_of_bounds,
-        subdivide_method=config.subdivide_method,
-        subdivide_start=config.subdivide_start,
-        subdivide_stop=config.subdivide_stop,
+def _own_error(exc: BaseException) -> BaseException:
+    """The error a worker raised, with its own class when it is one of fused-celery's."""
+    from .. import types
+
+    if isinstance(exc, UdfRuntimeError):
+        cls = getattr(types, exc.child_exception_class or "", None)
+        if isinstance(cls, type) and issubclass(cls, FusedError) and cls is not UdfRuntimeError:
+            try:
+                return cls(exc.message)
+            except Exception:  # a class with another constructor: keep the wrapper
+                return exc
+    return exc
+
+
+def _map(
+    stage: str,
+    ctx: dict[str, Any],
+    items: list[dict[str, Any]],
+    *,
+    engine: str | None,
+    ignore_errors: bool,
+) -> list[tuple[int, Any]]:
+    """``(position, result)`` of ``stages.<stage>(ctx, **item)`` for each item that succeeded;
+    the first failure is raised unless ``ignore_errors`` (then it is logged and skipped)."""
+    if engine is None or len(items) <= 1:
+        out: list[tuple[int, Any]] = []
+        for i, kw in enumerate(items):
+            try:
+                out.append((i, getattr(stages, stage)(ctx, **kw)))
+            except Exception:
+                if not ignore_errors:
+                    raise
+        return out
+    from ..udf import udf_from_code
+
+    fn = udf_from_code(STAGE_UDF)
+    pool = fn.map(
+        [{"stage": stage, "ctx": ctx, "kwargs": kw} for kw in items],
+        engine=engine,
+        max_retry=0,
+        cache=False,
+        _quiet=True,
     )
-    plan = plan_partitions(
-        prepared.x,
-        prepared.y,
-        prepared.measure,
-        max_per_file=config.partitioning_maximum_per_file,
-        max_per_chunk=config.partitioning_maximum_per_chunk,
-        target_num_chunks=config.target_num_chunks,
-        split_method=config.partitioning_split_method,
-        max_width_ratio=config.partitioning_max_width_ratio,
-        max_height_ratio=config.partitioning_max_height_ratio,
-        split_identical_centroids=config.split_identical_centroids,
-        force_utm=config.partitioning_force_utm,
-    )
-    return prepared, plan
+    values = pool.results(return_exceptions=True)
+    results = []
+    for i, value in enumerate(values):
+        if isinstance(value, BaseException):
+            if not ignore_errors:
+                raise _own_error(value) from value
+            continue
+        results.append((i, value))
+    return results
 
 
-def ingest_local(config: GeospatialPartitionJobStepConfig, output: str | None = None) -> str:
-    """Run ``config`` in this process and commit the table; returns the table URL.
+def run_ingest(
+    config: GeospatialPartitionJobStepConfig,
+    output: str | None = None,
+    *,
+    overwrite: bool | None = None,
+    engine: str | None = "local",
+) -> Table:
+    """Ingest ``config`` into table ``output`` on this machine; returns the opened table.
 
-    output: the table URL (default ``config.output``; one of them is required). An existing
-    table with ``config.overwrite=False`` is a :class:`~fused_celery.types.TableExistsError`
-    raised before any reading; on any error no table is left (staging is removed).
+    output: default ``config.output`` (one is required). overwrite: default
+    ``config.overwrite``. engine: ``"local"`` (worker processes, default) or None (everything in
+    this process). An existing table without overwrite is a
+    :class:`~fused_celery.types.TableExistsError` before any reading; on any error no table is
+    left behind.
     """
+    from ..table import TableWriter, open_table
+
     url = output or config.output
     if not url:
-        raise ValueError("ingest_local needs an output table URL (config.output or output=)")
-    writer = TableWriter(url, overwrite=config.overwrite)  # checks the target first
+        raise ValueError("an ingest needs an output table: pass output= or set config.output")
+    ow = config.overwrite if overwrite is None else bool(overwrite)
+    job_id = uuid.uuid4().hex
+    writer = TableWriter(url, overwrite=ow, run_id=job_id)  # checks the target first
+    slice_rows = options.ingest_slice_rows
+    ctx = stages.run_context(
+        config, writer, job_id=job_id, n_slices=0, sample_rows=0, slice_rows=slice_rows
+    )
+    ignore = bool(config.ignore_chunk_error)
     try:
-        gdf = read_input(config)
-        prepared, plan = prepare_and_plan(gdf, config)
-        frame = prepared.frame
-        metas = []
-        for f in range(plan.num_files):
-            rows = plan.file_rows(f)
-            chunk_of = plan.chunk_index[rows]
-            bounds = chunk_of.searchsorted(range(int(chunk_of.max()) + 2))
-            chunks = [frame.iloc[rows[bounds[c] : bounds[c + 1]]] for c in range(len(bounds) - 1)]
-            metas.extend(writer.write_file(str(f), chunks))
-        table = writer.commit(metas)
+        config = stages.materialize_frame(config, ctx["work"], slice_rows=slice_rows)
+        slices = stages.list_input_slices(config, slice_rows=slice_rows)
+        ctx = stages.run_context(
+            config.model_copy(update={"overwrite": ow, "output": writer.url}),
+            writer,
+            job_id=job_id,
+            n_slices=len(slices),
+            sample_rows=options.ingest_sample_rows,
+            slice_rows=slice_rows,
+        )
+        items = [{"input_slice": s.model_dump(mode="json")} for s in slices]
+        prepared = [
+            v for _, v in _map("prepare_slice", ctx, items, engine=engine, ignore_errors=ignore)
+        ]
+        plan = stages.make_plan(ctx, prepared)
+        slice_ids = sorted(int(p["slice_id"]) for p in prepared if int(p["rows"]))
+        items = [{"slice_id": s} for s in slice_ids]
+        scattered = _map("scatter_slice", ctx, items, engine=engine, ignore_errors=ignore)
+        by_file: dict[int, list[int]] = {}
+        for _, r in scattered:
+            for f in r["files"]:
+                by_file.setdefault(int(f), []).append(int(r["slice_id"]))
+        maxima = (plan["max_per_file"], plan["max_per_chunk"])
+        items = [
+            {"file_index": f, "slice_ids": sorted(by_file[f]), "maxima": maxima}
+            for f in sorted(by_file)
+        ]
+        written = [
+            v for _, v in _map("write_file", ctx, items, engine=engine, ignore_errors=ignore)
+        ]
+        if not written:
+            raise FusedError("every file of the ingest failed; nothing to commit")
+        stages.commit(ctx, written)
     except BaseException:
-        writer.abort()
-        _remove_if_only_staging(writer)
+        stages.discard(ctx)
         raise
-    return table.url
-
-
-def _remove_if_only_staging(writer: TableWriter) -> None:
-    """After a failed first run, leave no folder that looks like a table being written."""
-    from .. import storage
-    from ..table import SAMPLE_FILE, STAGING_DIR
-
-    if storage.is_file(storage.join(writer.url, SAMPLE_FILE)):
-        return
-    storage.delete_prefix(storage.join(writer.url, STAGING_DIR))
+    return open_table(writer.url)
