@@ -318,12 +318,13 @@ def write_bytes(url: str, data: bytes) -> None:
 
 
 @contextmanager
-def atomic_output(url: str) -> Iterator[IO[bytes]]:
+def atomic_output(url: str, *, durable: bool = True) -> Iterator[IO[bytes]]:
     """A writable binary file whose content appears at ``url`` only when the block ends
     without an exception; nothing is written at ``url`` otherwise.
 
     Local: written to ``.<name>.tmp-<hex>`` in the same folder (parents are created), then
-    renamed over ``url``. S3: buffered in memory, then sent in one request.
+    renamed over ``url``. S3: buffered in memory, then sent in one request. durable: fsync a
+    local file before the rename (default True; False for scratch data that a crash may lose).
     """
     loc = parse(url)
     if loc.scheme == "s3":
@@ -345,7 +346,8 @@ def atomic_output(url: str) -> Iterator[IO[bytes]]:
         with open(tmp, "wb") as out:
             yield out
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         os.replace(tmp, loc.path)
     except BaseException:
         try:

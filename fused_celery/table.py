@@ -27,6 +27,7 @@ list, so rows are never duplicated. One writer per table at a time.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import math
@@ -35,6 +36,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -179,33 +181,96 @@ class ChunkMetadata(BaseModel):
         return shapely.box(*self.bbox)
 
 
+@dataclass(frozen=True)
+class RowFacts:
+    """Per-row facts of geometries in EPSG:4326, computed once where they were decoded.
+
+    bounds: (n, 4) minx, miny, maxx, maxy (NaN for null/empty). area / length: shapely's, in
+    degrees. num_coords: coordinate counts. type_id: shapely type ids (-1 null). has_z: 3D rows.
+    """
+
+    bounds: np.ndarray
+    area: np.ndarray
+    length: np.ndarray
+    num_coords: np.ndarray
+    type_id: np.ndarray
+    has_z: np.ndarray
+
+    @classmethod
+    def of(cls, geometries: np.ndarray) -> RowFacts:
+        """The facts of shapely ``geometries`` (None allowed)."""
+        import shapely
+
+        geoms = np.asarray(geometries, dtype=object)
+        if not len(geoms):
+            empty = np.empty(0)
+            return cls(np.empty((0, 4)), empty, empty, np.empty(0, np.int64),
+                       np.empty(0, np.int8), np.empty(0, bool))  # fmt: skip
+        types = shapely.get_type_id(geoms).astype(np.int8)
+        if (types == 0).all():  # points: no area, no length, one coordinate
+            xy = shapely.get_coordinates(geoms)
+            n = len(geoms)
+            return cls(
+                np.column_stack([xy, xy]), np.zeros(n), np.zeros(n), np.ones(n, np.int64),
+                types, shapely.has_z(geoms),
+            )  # fmt: skip
+        return cls(
+            shapely.bounds(geoms),
+            shapely.area(geoms).astype(np.float64),
+            shapely.length(geoms).astype(np.float64),
+            shapely.get_num_coordinates(geoms).astype(np.int64),
+            types,
+            shapely.has_z(geoms),
+        )
+
+    def take(self, rows: slice | np.ndarray) -> RowFacts:
+        """The facts of ``rows``."""
+        return RowFacts(
+            self.bounds[rows], self.area[rows], self.length[rows], self.num_coords[rows],
+            self.type_id[rows], self.has_z[rows],
+        )  # fmt: skip
+
+    def geometry_types(self) -> list[str]:
+        """GeoParquet ``geometry_types`` of these rows (nulls and empties left out)."""
+        keep = (self.type_id >= 0) & ~np.isnan(self.bounds).any(axis=1)
+        codes = np.unique(self.type_id[keep].astype(np.int64) * 2 + self.has_z[keep])
+        pairs = {(int(c) // 2, bool(c % 2)) for c in codes}
+        return sorted(
+            _GEOMETRY_TYPE_NAMES.get(t, "Unknown") + (" Z" if z else "") for t, z in pairs
+        )
+
+    def bbox(self) -> tuple[float, float, float, float]:
+        """The bbox of the non-null rows (NaNs when there are none)."""
+        b = self.bounds[~np.isnan(self.bounds).any(axis=1)]
+        if not len(b):
+            return (math.nan,) * 4
+        return (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()),
+                float(b[:, 3].max()))  # fmt: skip
+
+    def chunk_metadata(self, file_id: str, chunk_id: int) -> ChunkMetadata:
+        """The metadata of a chunk made of these rows."""
+        bbox = self.bbox()
+        n = len(self.type_id)
+        return ChunkMetadata(
+            file_id=str(file_id),
+            chunk_id=int(chunk_id),
+            bbox_minx=bbox[0],
+            bbox_miny=bbox[1],
+            bbox_maxx=bbox[2],
+            bbox_maxy=bbox[3],
+            sum_area=float(np.nansum(self.area)) if n else 0.0,
+            sum_length=float(np.nansum(self.length)) if n else 0.0,
+            num_coords=int(self.num_coords.sum()) if n else 0,
+            num_rows=n,
+        )
+
+
 def compute_chunk_metadata(file_id: str, chunk_id: int, geometries: np.ndarray) -> ChunkMetadata:
     """Metadata of one chunk from its geometries (shapely objects in EPSG:4326; None allowed).
 
     The bbox ignores null and empty geometries (NaN when there are none).
     """
-    import shapely
-
-    geoms = np.asarray(geometries, dtype=object)
-    bounds = shapely.bounds(geoms) if len(geoms) else np.empty((0, 4))
-    valid = ~np.isnan(bounds).any(axis=1) if len(geoms) else np.zeros(0, bool)
-    if valid.any():
-        b = bounds[valid]
-        bbox = (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
-    else:
-        bbox = (math.nan,) * 4
-    return ChunkMetadata(
-        file_id=str(file_id),
-        chunk_id=int(chunk_id),
-        bbox_minx=float(bbox[0]),
-        bbox_miny=float(bbox[1]),
-        bbox_maxx=float(bbox[2]),
-        bbox_maxy=float(bbox[3]),
-        sum_area=float(np.nansum(shapely.area(geoms))) if len(geoms) else 0.0,
-        sum_length=float(np.nansum(shapely.length(geoms))) if len(geoms) else 0.0,
-        num_coords=int(shapely.get_num_coordinates(geoms).sum()) if len(geoms) else 0,
-        num_rows=len(geoms),
-    )
+    return RowFacts.of(geometries).chunk_metadata(file_id, chunk_id)
 
 
 def chunks_intersecting(
@@ -328,6 +393,12 @@ def _crs_json(crs: Any) -> dict[str, Any]:
     from pyproj import CRS
 
     return CRS.from_user_input(crs if crs is not None else "EPSG:4326").to_json_dict()
+
+
+@functools.lru_cache(maxsize=1)
+def _wgs84_json() -> dict[str, Any]:
+    """PROJJSON of EPSG:4326 (computed once)."""
+    return _crs_json("EPSG:4326")
 
 
 def _crs_from_json(value: Any) -> Any:
@@ -1046,6 +1117,61 @@ class TableWriter:
         storage.write_bytes(self._sidecar_url(fid), _parquet_bytes(sample))
         return metas
 
+    def write_arrow_file(
+        self,
+        file_id: str | int,
+        table: pa.Table,
+        chunk_offsets: Sequence[int],
+        facts: RowFacts,
+        *,
+        geometry: str = "geometry",
+    ) -> list[ChunkMetadata]:
+        """:meth:`write_file` for rows already encoded: ``table`` holds the attributes and the
+        ISO WKB ``geometry`` column in EPSG:4326, rows in chunk order; chunk k is rows
+        ``chunk_offsets[k]:chunk_offsets[k + 1]`` (empty chunks skipped); ``facts`` are the
+        rows' :class:`RowFacts`. No geometry is decoded. Idempotent, like :meth:`write_file`.
+        """
+        fid = validate_name(file_id, "file_id")
+        if geometry not in table.column_names:
+            raise ValueError(f"write_arrow_file({fid!r}): no geometry column {geometry!r}")
+        if table.num_rows != len(facts.type_id):
+            raise ValueError(f"write_arrow_file({fid!r}): facts do not match the rows")
+        b = facts.bounds
+        ok = ~np.isnan(b).any(axis=1)
+        covering = pa.StructArray.from_arrays(
+            [pa.array(b[:, i], type=pa.float64()) for i in range(4)],
+            names=["xmin", "ymin", "xmax", "ymax"],
+            mask=pa.array(~ok, type=pa.bool_()),
+        )
+        if COVERING_COLUMN in table.column_names:
+            table = table.drop_columns([COVERING_COLUMN])
+        table = table.append_column(COVERING_COLUMN, covering)
+        bbox = facts.bbox()
+        columns = {
+            geometry: {
+                "geometry_types": facts.geometry_types(),
+                "crs": _wgs84_json(),
+                "bbox": None if math.isnan(bbox[0]) else list(bbox),
+            }
+        }
+        geo = geo_metadata(columns, geometry)
+        table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
+        bounds = [(int(a), int(z)) for a, z in zip(chunk_offsets[:-1], chunk_offsets[1:]) if z > a]
+        metas = [facts.take(slice(a, z)).chunk_metadata(fid, i) for i, (a, z) in enumerate(bounds)]
+        staged = self.staged_file_url(fid)
+        if bounds:
+            with (
+                storage.atomic_output(staged) as out,
+                pq.ParquetWriter(out, table.schema, compression=COMPRESSION) as writer,
+            ):
+                for a, z in bounds:
+                    writer.write_table(table.slice(a, z - a), row_group_size=z - a)
+        else:
+            storage.delete_file(staged)
+        sample = table.take(evenly_spaced(table.num_rows, SAMPLE_ROWS_PER_FILE))
+        storage.write_bytes(self._sidecar_url(fid), _parquet_bytes(sample))
+        return metas
+
     def commit(self, chunks: Iterable[ChunkMetadata | Mapping[str, Any]]) -> Table:
         """Make the table whole: move the staged files listed in ``chunks`` into place, delete
         data files not listed, write ``_sample`` last, drop the staging area.
@@ -1118,11 +1244,12 @@ class TableWriter:
         if not tables:
             return _geometry_only_table()
         geo = _geo_from_schema(tables[0].schema)
-        crss = {_primary_crs_key(t.schema) for t in tables}
-        if len(crss) > 1:
+        crss = {_primary_crs_key(t.schema): f for f, t in zip(names, tables)}
+        if len(crss) > 1 and not _same_crs(list(crss)):
+            seen = ", ".join(f"file {f}" for f in list(crss.values())[:3])
             raise ValueError(
-                f"the files of table {self.url} have different CRSs; write every file in one CRS "
-                "(e.g. to_crs(4326)) and rerun"
+                f"the files of table {self.url} have different CRSs ({seen}, ...); write every "
+                "file in one CRS (e.g. to_crs(4326)) and rerun"
             )
         if len(tables) > 1:
             schema = _unify(tables)
@@ -1132,6 +1259,14 @@ class TableWriter:
         if geo:
             geo = _sample_geo(pooled, geo)
         return pooled.replace_schema_metadata({b"geo": json.dumps(geo).encode()} if geo else None)
+
+
+def _same_crs(keys: Sequence[str]) -> bool:
+    """Whether PROJJSON texts (from :func:`_primary_crs_key`) name one CRS. Texts can differ for
+    one CRS: PROJ versions write EPSG:4326's datum as ``datum`` or ``datum_ensemble``."""
+    crss = [_crs_from_json(json.loads(k)) for k in keys]
+    return all(c == crss[0] or (c is not None and c.equals(crss[0], ignore_axis_order=True))
+               for c in crss)  # fmt: skip
 
 
 def _primary_crs_key(schema: pa.Schema) -> str:

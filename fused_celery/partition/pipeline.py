@@ -125,8 +125,7 @@ def _end(record: JobRecord, ctx: dict[str, Any], status: str, reason: str) -> No
         discard(ctx)
     except Exception as exc:  # still end the job; say what was left
         reason = f"{reason} (and staging could not be removed: {describe(exc)})"
-    if record.finish(status, reason=reason):
-        record.log(f"job {status.lower()}: {reason}", "ERROR" if status == "Failed" else "INFO")
+    record.finish(status, reason=reason)  # the record logs the end with its reason
 
 
 def _check(

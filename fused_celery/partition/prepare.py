@@ -373,8 +373,11 @@ def prepare_frame(
         gdf = gdf.reset_index(drop=True)
 
     geoms = np.asarray(gdf.geometry.array, dtype=object)
-    centroids = shapely.centroid(geoms)
-    x, y = shapely.get_x(centroids), shapely.get_y(centroids)
+    if len(geoms) and (shapely.get_type_id(geoms) == 0).all():  # points are their centroids
+        x, y = shapely.get_x(geoms), shapely.get_y(geoms)
+    else:
+        centroids = shapely.centroid(geoms)
+        x, y = shapely.get_x(centroids), shapely.get_y(centroids)
     measure = row_measures(geoms, partitioning_method)
     report.output_rows = len(gdf)
     return PreparedFrame(

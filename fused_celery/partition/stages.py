@@ -10,13 +10,15 @@ chord's count right).
 Everything between stages lives under the run's work folder, ``<table>/_staging/<job_id>/_work``
 (removed by the commit, or by :func:`discard` when the job fails or is cancelled):
 
-- ``prepared/<slice>.parquet``: the slice after :func:`~.prepare.prepare_frame` (GeoParquet) plus
-  the columns ``__fc_x``, ``__fc_y`` (centroid), ``__fc_m`` (measure) and ``__fc_id`` (row id
-  ``slice_id * 2**32 + row``, which seeds the identical-centroid splits);
-- ``samples/<slice>.parquet``: an evenly spaced sample of at most ``sample_rows / n_slices``
+- ``prepared/<slice>.arrow``: the slice after :func:`~.prepare.prepare_frame`, geometry as ISO
+  WKB in EPSG:4326, plus the columns ``__fc_x``, ``__fc_y`` (centroid), ``__fc_m`` (measure),
+  ``__fc_id`` (row id ``slice_id * 2**32 + row``, which seeds the identical-centroid splits) and
+  the row's :class:`~fused_celery.table.RowFacts` (bounds, area, length, coordinates, type), so
+  that later stages never decode a geometry;
+- ``samples/<slice>.arrow``: an evenly spaced sample of at most ``sample_rows / n_slices``
   rows of the slice (``x, y, w, id``; ``w`` scaled so the sample weighs what the slice weighs);
 - ``plan.npz``: the kd split tree (planned on the pooled samples) and the maxima;
-- ``shards/<file>/<slice>.parquet``: the rows of one slice routed to one file, sorted by chunk.
+- ``shards/<file>/<slice>.arrow``: the rows of one slice routed to one file, sorted by chunk.
 
 A plan made from a sample can leave a chunk or file over its maximum; :func:`write_file` refines
 such chunks with the exact rows (splitting them again with the same rules) and splits a file
@@ -38,13 +40,18 @@ from .config import GeospatialPartitionJobStepConfig
 from .plan import PartitionTree, plan_partitions, resolve_maxima
 
 if TYPE_CHECKING:
+    import geopandas as gpd
     import pyarrow as pa
 
     from ..table import TableWriter
     from .read import InputSlice
 
 X, Y, M, ID, CHUNK = "__fc_x", "__fc_y", "__fc_m", "__fc_id", "__fc_chunk"
-HELPER_COLUMNS = (X, Y, M, ID, CHUNK)
+BOUNDS = ("__fc_minx", "__fc_miny", "__fc_maxx", "__fc_maxy")
+AREA, LENGTH, NCOORDS, TYPE, HAS_Z = "__fc_area", "__fc_len", "__fc_nc", "__fc_type", "__fc_z"
+HELPER_COLUMNS = (X, Y, M, ID, CHUNK, *BOUNDS, AREA, LENGTH, NCOORDS, TYPE, HAS_Z)
+GEOMETRY_KEY = b"fc:geometry"
+"""Schema metadata of work files: the name of the (WKB) geometry column."""
 ROW_ID_STRIDE = 2**32
 """Row ids are ``slice_id * ROW_ID_STRIDE + position``: unique without knowing slice sizes."""
 
@@ -89,18 +96,50 @@ def _path(ctx: dict[str, Any], *parts: str) -> str:
     return storage.join(ctx["work"], *parts)
 
 
-def _write_arrow(url: str, table: pa.Table) -> None:
-    import pyarrow.parquet as pq
+def _encode(frame: gpd.GeoDataFrame) -> pa.Table:
+    """A prepared frame as Arrow: attributes, then every geometry column as ISO WKB; the active
+    geometry's name in the schema metadata. Reserved helper column names are refused."""
+    import geopandas as gpd
+    import pandas as pd
+    import pyarrow as pa
+    import shapely
 
-    with storage.atomic_output(url) as out:
-        pq.write_table(table, out, compression="lz4", row_group_size=max(1, table.num_rows))
+    for name in HELPER_COLUMNS:
+        if name in frame.columns:
+            raise IngestInputError(f"the input has a column named {name!r}, reserved; rename it")
+    geo_cols = [c for c in frame.columns if isinstance(frame[c].dtype, gpd.array.GeometryDtype)]
+    attrs = pa.Table.from_pandas(pd.DataFrame(frame.drop(columns=geo_cols)), preserve_index=False)
+    columns, names = [], []
+    for col in frame.columns:
+        if col in geo_cols:
+            wkb = shapely.to_wkb(np.asarray(frame[col].array, dtype=object), flavor="iso")
+            columns.append(pa.array(wkb, type=pa.binary()))
+        else:
+            columns.append(attrs.column(str(col)))
+        names.append(str(col))
+    table = pa.Table.from_arrays(columns, names=names)
+    return table.replace_schema_metadata({GEOMETRY_KEY: str(frame.geometry.name).encode()})
+
+
+def _write_arrow(url: str, table: pa.Table) -> None:
+    """Scratch data between stages: an Arrow IPC file (LZ4), not fsynced."""
+    import pyarrow as pa
+
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    with (
+        storage.atomic_output(url, durable=False) as out,
+        pa.ipc.new_file(out, table.schema, options=options) as writer,
+    ):
+        writer.write_table(table)
 
 
 def _read_arrow(url: str, columns: list[str] | None = None) -> pa.Table:
-    import pyarrow.parquet as pq
+    """A file written by :func:`_write_arrow` (only ``columns`` when given)."""
+    import pyarrow as pa
 
-    fs, path = storage.resolve(url)
-    return pq.read_table(path, filesystem=fs, columns=columns)
+    with storage.open_input_file(url) as f:
+        table = pa.ipc.open_file(f).read_all()
+    return table.select(columns) if columns is not None else table
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -152,6 +191,7 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
     """
     import pyarrow as pa
 
+    from ..table import RowFacts, evenly_spaced
     from .prepare import prepare_frame
     from .read import InputSlice, read_slice
 
@@ -172,23 +212,27 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
     )
     n = len(prepared.frame)
     ids = sl.slice_id * ROW_ID_STRIDE + np.arange(n, dtype=np.int64)
-    frame = prepared.frame
-    for name in HELPER_COLUMNS:
-        if name in frame.columns:
-            raise IngestInputError(f"the input has a column named {name!r}, reserved; rename it")
-    frame = frame.assign(**{X: prepared.x, Y: prepared.y, M: prepared.measure, ID: ids})
-    with storage.atomic_output(_path(ctx, "prepared", f"{sl.slice_id}.parquet")) as out:
-        frame.to_parquet(out, index=False, compression="lz4", row_group_size=max(1, n))
+    table = _encode(prepared.frame)
+    facts = RowFacts.of(np.asarray(prepared.frame.geometry.array, dtype=object))
+    helpers = {X: prepared.x, Y: prepared.y, M: prepared.measure, ID: ids}
+    helpers.update({name: facts.bounds[:, i] for i, name in enumerate(BOUNDS)})
+    helpers.update(
+        {AREA: facts.area, LENGTH: facts.length, NCOORDS: facts.num_coords,
+         TYPE: facts.type_id, HAS_Z: facts.has_z}
+    )  # fmt: skip
+    for name, values in helpers.items():
+        table = table.append_column(name, pa.array(values))
+    _write_arrow(_path(ctx, "prepared", f"{sl.slice_id}.arrow"), table)
 
     k = max(1, math.ceil(ctx["sample_rows"] / max(1, ctx["n_slices"])))
-    pick = np.unique(np.linspace(0, n - 1, num=min(n, k)).round().astype(np.int64)) if n else []
+    pick = evenly_spaced(n, k) if n > k else np.arange(n)
     w = prepared.measure[pick]
     total = float(prepared.measure.sum())
     scale = total / float(w.sum()) if len(pick) and float(w.sum()) > 0 else 1.0
     sample = pa.table(
         {"x": prepared.x[pick], "y": prepared.y[pick], "w": w * scale, "id": ids[pick]}
     )
-    _write_arrow(_path(ctx, "samples", f"{sl.slice_id}.parquet"), sample)
+    _write_arrow(_path(ctx, "samples", f"{sl.slice_id}.arrow"), sample)
     r = prepared.report
     return {
         "slice_id": sl.slice_id,
@@ -253,7 +297,7 @@ def make_plan(ctx: dict[str, Any], prepared: list[dict[str, Any]]) -> dict[str, 
         config.target_num_chunks,
     )
     ids = sorted(int(p["slice_id"]) for p in prepared if int(p["rows"]))
-    samples = [_read_arrow(_path(ctx, "samples", f"{i}.parquet")) for i in ids]
+    samples = [_read_arrow(_path(ctx, "samples", f"{i}.arrow")) for i in ids]
     s = pa.concat_tables(samples)
     plan = plan_partitions(
         s.column("x").to_numpy(),
@@ -317,23 +361,20 @@ def scatter_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, Any]:
     per file. Returns ``{"slice_id", "files": {file_index: rows}}`` (keys as strings)."""
     import pyarrow as pa
 
-    table = _read_arrow(_path(ctx, "prepared", f"{slice_id}.parquet"))
+    table = _read_arrow(_path(ctx, "prepared", f"{slice_id}.arrow"))
     file_index, chunk_index = _load_tree(ctx).route(
         table.column(X).to_numpy(), table.column(Y).to_numpy(), table.column(ID).to_numpy()
     )
     table = table.append_column(CHUNK, pa.array(chunk_index, pa.int32()))
     order = np.lexsort((chunk_index, file_index))
+    table = table.take(pa.array(order))
     sorted_files = file_index[order]
-    bounds = np.flatnonzero(np.diff(sorted_files)) + 1
-    starts = np.concatenate([[0], bounds])
-    stops = np.concatenate([bounds, [len(order)]])
+    starts = np.flatnonzero(np.r_[True, sorted_files[1:] != sorted_files[:-1]])
+    stops = np.r_[starts[1:], len(order)]
     files: dict[str, int] = {}
     for a, b in zip(starts, stops):
-        if a == b:
-            continue
         f = int(sorted_files[a])
-        shard = table.take(pa.array(order[a:b]))
-        _write_arrow(_path(ctx, "shards", str(f), f"{slice_id}.parquet"), shard)
+        _write_arrow(_path(ctx, "shards", str(f), f"{slice_id}.arrow"), table.slice(a, b - a))
         files[str(f)] = int(b - a)
     return {"slice_id": int(slice_id), "files": files}
 
@@ -405,12 +446,11 @@ def write_file(
     Returns ``{"file_index", "chunks": [ChunkMetadata dicts]}`` (one output file or more)."""
     import pyarrow as pa
 
-    from ..table import arrow_to_frame
+    from ..table import RowFacts
 
     config = _config(ctx)
     parts = [
-        _read_arrow(_path(ctx, "shards", str(file_index), f"{s}.parquet"))
-        for s in sorted(slice_ids)
+        _read_arrow(_path(ctx, "shards", str(file_index), f"{s}.arrow")) for s in sorted(slice_ids)
     ]
     table = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
     chunk = table.column(CHUNK).to_numpy()
@@ -436,23 +476,30 @@ def write_file(
     n_chunks = int(chunk.max()) + 1 if len(chunk) else 0
     chunk_measure = np.bincount(chunk, weights=m, minlength=n_chunks)
     chunk_start = np.searchsorted(chunk, np.arange(n_chunks + 1))
-    geo = _geo_metadata(table)
+    geometry = (table.schema.metadata or {}).get(GEOMETRY_KEY, b"geometry").decode()
+    facts = RowFacts(
+        bounds=np.column_stack([table.column(c).to_numpy() for c in BOUNDS]),
+        area=table.column(AREA).to_numpy(),
+        length=table.column(LENGTH).to_numpy(),
+        num_coords=table.column(NCOORDS).to_numpy(),
+        type_id=table.column(TYPE).to_numpy(),
+        has_z=table.column(HAS_Z).to_numpy(zero_copy_only=False),
+    )
     table = table.drop_columns([c for c in HELPER_COLUMNS if c in table.column_names])
-    frame = arrow_to_frame(table, geo)
     writer = _writer(ctx)
     metas: list[dict[str, Any]] = []
     for k, (a, b) in enumerate(group_chunks(chunk_measure, per_file)):
         fid = str(file_index) if k == 0 else f"{file_index}-{k}"
-        frames = [frame.iloc[chunk_start[c] : chunk_start[c + 1]] for c in range(a, b)]
-        metas.extend(m.model_dump(mode="json") for m in writer.write_file(fid, frames))
+        lo, hi = int(chunk_start[a]), int(chunk_start[b])
+        written = writer.write_arrow_file(
+            fid,
+            table.slice(lo, hi - lo),
+            chunk_start[a : b + 1] - lo,
+            facts.take(slice(lo, hi)),
+            geometry=geometry,
+        )
+        metas.extend(c.model_dump(mode="json") for c in written)
     return {"file_index": int(file_index), "chunks": metas}
-
-
-def _geo_metadata(table: pa.Table) -> dict[str, Any] | None:
-    import json
-
-    raw = (table.schema.metadata or {}).get(b"geo")
-    return json.loads(raw) if raw else None
 
 
 # --- commit and discard ---------------------------------------------------------------------
