@@ -154,3 +154,15 @@ MISSING_BROKER = (
     "fused-celery worker: no broker configured. Set FUSED_CELERY_BROKER_URL, e.g. "
     "FUSED_CELERY_BROKER_URL=redis://127.0.0.1:6379/0 celery -A fused_celery.celery_app worker"
 )
+
+
+@signals.worker_process_init.connect
+def _preload(**_: Any) -> None:
+    """Import ``options.worker_preload`` in each new pool process (a missing module is skipped)."""
+    import importlib
+
+    for name in options.worker_preload:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass

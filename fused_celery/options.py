@@ -76,6 +76,8 @@ class Options(BaseSettings):
     ingest_sample_rows: centroids an ingest plans from; inputs with at most this many rows are
         planned exactly (default 1,000,000).
     job_watchdog_interval: seconds between a job's watchdog checks (default 15).
+    worker_preload: modules every worker process imports when it starts, so the first task does
+        not pay for them (default pandas, pyarrow, shapely, geopandas; [] for none).
     job_stall_timeout: seconds without progress (no task finished, no heartbeat) after which the
         watchdog fails a job (default None: ``visibility_timeout`` + 300, so that a task
         redelivered after its worker died is waited for).
@@ -113,6 +115,9 @@ class Options(BaseSettings):
     ingest_sample_rows: int = Field(default=1_000_000, ge=1)
     job_watchdog_interval: float = Field(default=15.0, gt=0)
     job_stall_timeout: float | None = Field(default=None, gt=0)
+    worker_preload: list[str] = Field(
+        default_factory=lambda: ["pandas", "pyarrow.parquet", "shapely", "geopandas"]
+    )
 
     @field_validator("visibility_timeout")
     @classmethod
