@@ -96,9 +96,12 @@ def _concat_frames(
         if drop_index:
             part.index = pd.Index([pos] * len(frame), name="arg_pos")
         else:
-            part.index = pd.MultiIndex.from_tuples(tuples, names=[*names, *inner_names]) if len(
-                frame
-            ) else pd.MultiIndex.from_arrays([[]] * (len(names) + len(inner_names)),
-                                             names=[*names, *inner_names])
+            part.index = (
+                pd.MultiIndex.from_tuples(tuples, names=[*names, *inner_names])
+                if len(frame)
+                else pd.MultiIndex.from_arrays(
+                    [[]] * (len(names) + len(inner_names)), names=[*names, *inner_names]
+                )
+            )
         parts.append(part)
     return pd.concat(parts)

@@ -93,7 +93,7 @@ def _capped(text: str, limit: int) -> str:
         return text
     head = limit // 2
     dropped = len(text) - limit
-    return f"{text[:head]}\n... [{dropped} characters truncated] ...\n{text[-(limit - head):]}"
+    return f"{text[:head]}\n... [{dropped} characters truncated] ...\n{text[-(limit - head) :]}"
 
 
 # --------------------------------------------------------------------------- compilation
@@ -144,7 +144,7 @@ def _error_from_exception(exc: BaseException, filename: str) -> UdfRuntimeError:
     frames = traceback.extract_tb(exc.__traceback__)
     user = [i for i, f in enumerate(frames) if f.filename == filename]
     lineno = frames[user[-1]].lineno if user else None
-    kept = frames[user[0]:] if user else frames[-1:]
+    kept = frames[user[0] :] if user else frames[-1:]
     text = "Traceback (most recent call last):\n" + "".join(traceback.format_list(kept))
     text += "".join(traceback.format_exception_only(type(exc), exc))
     message = str(exc)
@@ -244,8 +244,14 @@ def run_batch(
             err = UdfSerializationError(
                 f"arguments could not be decoded: {exc}", child_exception_class=type(exc).__name__
             )
-            out = {"ok": False, "value": None, "error": err.to_dict(), "logs": "",
-                            "started": now, "finished": now}
+            out = {
+                "ok": False,
+                "value": None,
+                "error": err.to_dict(),
+                "logs": "",
+                "started": now,
+                "finished": now,
+            }
         else:
             out = run_call(udf, kwargs, max_log_bytes=max_log_bytes)
         if on_done is not None:

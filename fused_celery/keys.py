@@ -118,7 +118,13 @@ PARTS: tuple[str, ...] = (
 
 #: Parts that are hashes/sets created with :data:`PLACEHOLDER` (the rest are written in full).
 PLACEHOLDER_HASHES: tuple[str, ...] = (
-    "outcome", "logs", "hosts", "history", "deliveries", "lanes", "items"
+    "outcome",
+    "logs",
+    "hosts",
+    "history",
+    "deliveries",
+    "lanes",
+    "items",
 )
 PLACEHOLDER_SETS: tuple[str, ...] = ("cancelled", "begun")
 

@@ -211,15 +211,16 @@ class JobPool:
         outcome = self._engine.outcomes([pos]).get(pos)
         if outcome is None:
             return None
-        value = codec.decode(outcome["value"]) if outcome["ok"] else error_from_dict(
-            outcome["error"]
+        value = (
+            codec.decode(outcome["value"]) if outcome["ok"] else error_from_dict(outcome["error"])
         )
         self._decoded[pos] = (state.attempt, state.finished, value)
         return value
 
     def _values(self, states: list[EntryState], positions: list[int]) -> dict[int, Any]:
         need = [
-            p for p in positions
+            p
+            for p in positions
             if states[p].status != CANCELLED
             and (self._decoded.get(p) or (None, None))[:2]
             != (states[p].attempt, states[p].finished)
@@ -227,8 +228,10 @@ class JobPool:
         if need:
             fetched = self._engine.outcomes(need)
             for p, outcome in fetched.items():
-                value = codec.decode(outcome["value"]) if outcome["ok"] else error_from_dict(
-                    outcome["error"]
+                value = (
+                    codec.decode(outcome["value"])
+                    if outcome["ok"]
+                    else error_from_dict(outcome["error"])
                 )
                 self._decoded[p] = (states[p].attempt, states[p].finished, value)
         return {p: self._value(p, states[p]) for p in positions}
@@ -347,7 +350,8 @@ class JobPool:
         if result_column:
             frame[result_column] = pd.Series(
                 [
-                    None if (v := values.get(i)) is None
+                    None
+                    if (v := values.get(i)) is None
                     or (isinstance(v, BaseException) and not include_exceptions)
                     else v
                     for i in range(self.n_jobs)
@@ -361,8 +365,10 @@ class JobPool:
             frame[logs_column] = self.logs()
         if exception_column:
             frame[exception_column] = pd.Series(
-                [v if isinstance(v, BaseException) else None
-                 for v in (values.get(i) for i in range(self.n_jobs))],
+                [
+                    v if isinstance(v, BaseException) else None
+                    for v in (values.get(i) for i in range(self.n_jobs))
+                ],
                 index=frame.index,
                 dtype=object,
             )
@@ -391,8 +397,11 @@ class JobPool:
                 continue
             positions.append(pos)
         frame = build_frame(
-            positions, self._spec.args, [values[p] for p in positions],
-            flatten=flatten, drop_index=drop_index,
+            positions,
+            self._spec.args,
+            [values[p] for p in positions],
+            flatten=flatten,
+            drop_index=drop_index,
         )
         self.shutdown(wait=True)
         return frame
@@ -401,8 +410,9 @@ class JobPool:
         self, ignore_exceptions: bool = False, flatten: bool = True, drop_index: bool = False
     ) -> pd.DataFrame:
         """Alias of :meth:`collect`."""
-        return self.collect(ignore_exceptions=ignore_exceptions, flatten=flatten,
-                            drop_index=drop_index)
+        return self.collect(
+            ignore_exceptions=ignore_exceptions, flatten=flatten, drop_index=drop_index
+        )
 
     # ------------------------------------------------------------------ control
 
@@ -418,8 +428,10 @@ class JobPool:
         """Cancel the entries that are not running yet; prints how many were cancelled and how
         many were already running. wait: then wait for the running ones (default False)."""
         cancelled, running = self._engine.cancel()
-        print(f"Cancelled {cancelled} pending job(s); {running} already running"
-              + (", waiting for them to finish" if wait and running else ""))
+        print(
+            f"Cancelled {cancelled} pending job(s); {running} already running"
+            + (", waiting for them to finish" if wait and running else "")
+        )
         if wait:
             self._wait_positions(None, None)
 
@@ -439,7 +451,8 @@ class JobPool:
         while True:
             states = self._states()
             new = [
-                i for i, s in enumerate(states)
+                i
+                for i, s in enumerate(states)
                 if s.status in FINISHED and seen.get(i) != (s.attempt, s.finished)
             ]
             new.sort(key=lambda i: (states[i].finished or 0, i))

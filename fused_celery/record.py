@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -40,6 +42,17 @@ MAX_DELIVERIES = 3
 HISTORY_LOG_CHARS = 4096
 
 STATUSES = ("pending", "running", "success", "error", "timeout", "cancelled")
+
+#: Pools of at most this many entries are *small*: a client reads their states, outcomes and
+#: logs along with the counts, and a worker's ``finish`` puts them in the pool's event.
+SMALL_POOL_ENTRIES = 8
+
+#: The largest event payload (JSON of a small pool's state) a worker publishes; a larger
+#: state is announced by its version only, and clients read it.
+EVENT_PAYLOAD_MAX_BYTES = 16 * 1024
+
+#: A client's event listener keeps the latest payload of this many pools (it hears every pool).
+EVENT_PAYLOADS_KEPT = 256
 
 # --------------------------------------------------------------------------- connections
 
@@ -85,11 +98,24 @@ def redis_client(url: str) -> redis.Redis:
 
 _probes: dict[str, redis.Redis] = {}
 
+#: ``url`` -> ``time.monotonic()`` when Redis there last answered (see :func:`mark_reachable`).
+_answered: dict[str, float] = {}
 
-def check_reachable(url: str | None, timeout: float = 2.0, *, what: str = "broker") -> None:
+
+def mark_reachable(url: str | None) -> None:
+    """Remember that Redis at ``url`` just answered a command (see ``check_reachable(recent=)``)."""
+    if url:
+        _answered[url] = time.monotonic()
+
+
+def check_reachable(
+    url: str | None, timeout: float = 2.0, *, what: str = "broker", recent: float = 0.0
+) -> None:
     """Raise :class:`BrokerUnavailableError` naming ``url`` unless Redis answers PING there.
 
     timeout: seconds to wait (default 2). what: how to call the server in the message.
+    recent: skip the PING when Redis at ``url`` answered (a PING, or a command reported with
+    :func:`mark_reachable`) within that many seconds (default 0: always PING).
     The probe client (no retries, short timeouts) is kept, so a check costs one round trip.
     """
     if not url:
@@ -97,12 +123,17 @@ def check_reachable(url: str | None, timeout: float = 2.0, *, what: str = "broke
             f"no {what} URL configured: set fused_celery.options.broker_url or "
             "FUSED_CELERY_BROKER_URL (e.g. redis://127.0.0.1:6379/0)"
         )
+    if recent > 0 and time.monotonic() - _answered.get(url, -math.inf) < recent:
+        return
     with _clients_lock:
         probe = _probes.get(url)
         if probe is None:
             try:
                 probe = redis.Redis.from_url(
-                    url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=None,
+                    url,
+                    socket_connect_timeout=timeout,
+                    socket_timeout=timeout,
+                    retry=None,
                     retry_on_timeout=False,
                 )
             except ValueError as exc:
@@ -114,10 +145,12 @@ def check_reachable(url: str | None, timeout: float = 2.0, *, what: str = "broke
         probe.ping()
     except (redis.exceptions.RedisError, OSError) as exc:
         probe.connection_pool.disconnect()
+        _answered.pop(url, None)
         raise BrokerUnavailableError(
             f"the {what} at {mask_url(url)} does not answer ({exc}); start Redis (for example "
             "`fused-celery up`) or fix FUSED_CELERY_BROKER_URL"
         ) from None
+    mark_reachable(url)
 
 
 class PoolEvents:
@@ -126,7 +159,8 @@ class PoolEvents:
     A daemon thread PSUBSCRIBEs to ``fc:pool:*:events`` and bumps a per-pool counter for each
     message; :meth:`wait` blocks until a pool's counter moves past a token taken earlier. The
     thread reconnects by itself; while it is disconnected, :attr:`connected` is False and
-    callers fall back to polling.
+    callers fall back to polling. A token also names the subscription it was taken under, so
+    a wait on a token from before a reconnect (events may have been missed) returns at once.
     """
 
     _instances: dict[str, PoolEvents] = {}
@@ -135,6 +169,10 @@ class PoolEvents:
         self.url = url
         self._cond = threading.Condition()
         self._versions: dict[str, int] = {}
+        # pool -> (event count, JSON state, time.monotonic() when heard) of its latest event,
+        # when that event carried the pool's state
+        self._payloads: OrderedDict[str, tuple[int, str, float]] = OrderedDict()
+        self._epoch = 0  # subscriptions made so far
         self._connected = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"fused-celery-events {mask_url(url)}", daemon=True
@@ -150,6 +188,11 @@ class PoolEvents:
                 found = cls._instances[url] = cls(url)
         return found
 
+    @classmethod
+    def existing(cls, url: str) -> PoolEvents | None:
+        """The listener of ``url`` if one was started (None: none yet; nothing is started)."""
+        return cls._instances.get(url)
+
     @property
     def connected(self) -> bool:
         """True while the listener is subscribed."""
@@ -159,16 +202,35 @@ class PoolEvents:
         """Wait up to ``timeout`` seconds for the subscription; True when subscribed."""
         return self._connected.wait(timeout)
 
-    def token(self, pool_id: str) -> int:
-        """The pool's current event count (pass it to :meth:`wait`)."""
+    def token(self, pool_id: str) -> tuple[int, int] | None:
+        """``(subscription, event count)`` of the pool now (pass it to :meth:`wait`); None
+        while disconnected (events may be missed then)."""
         with self._cond:
-            return self._versions.get(pool_id, 0)
+            if not self.connected:
+                return None
+            return self._epoch, self._versions.get(pool_id, 0)
 
-    def wait(self, pool_id: str, token: int, timeout: float) -> bool:
-        """Block until an event for ``pool_id`` arrived after ``token``; False on timeout."""
+    def latest(self, pool_id: str) -> tuple[tuple[int, int], str, float] | None:
+        """``(token, payload, when heard)`` of the pool's latest event if it carried the JSON
+        state a worker put in it (small pools, see ``_FINISH``); else (or while disconnected)
+        None. ``when heard`` is a ``time.monotonic()`` time."""
+        with self._cond:
+            if not self.connected:
+                return None
+            count = self._versions.get(pool_id, 0)
+            found = self._payloads.get(pool_id)
+            if found is None or found[0] != count:
+                return None
+            return (self._epoch, count), found[1], found[2]
+
+    def wait(self, pool_id: str, token: tuple[int, int] | None, timeout: float) -> bool:
+        """Block until an event for ``pool_id`` arrived after ``token`` (at once for a token
+        of an earlier subscription, or None, or while disconnected); False on timeout."""
         with self._cond:
             return self._cond.wait_for(
-                lambda: self._versions.get(pool_id, 0) != token or not self.connected,
+                lambda: (
+                    token != (self._epoch, self._versions.get(pool_id, 0)) or not self.connected
+                ),
                 timeout=timeout,
             )
 
@@ -182,14 +244,25 @@ class PoolEvents:
             try:
                 pubsub.psubscribe(pattern)
                 pubsub.get_message(timeout=1.0)  # the subscription confirmation
-                self._connected.set()
+                with self._cond:
+                    self._epoch += 1
+                    self._payloads.clear()
+                    self._connected.set()
                 while True:
                     message = pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
                     if message is None or message.get("type") != "pmessage":
                         continue
                     pool_id = str(message["channel"]).split(":")[2]
+                    data = message.get("data")
                     with self._cond:
-                        self._versions[pool_id] = self._versions.get(pool_id, 0) + 1
+                        count = self._versions[pool_id] = self._versions.get(pool_id, 0) + 1
+                        if isinstance(data, str) and data.startswith("{"):
+                            self._payloads[pool_id] = (count, data, time.monotonic())
+                            self._payloads.move_to_end(pool_id)
+                            while len(self._payloads) > EVENT_PAYLOADS_KEPT:
+                                self._payloads.popitem(last=False)
+                        else:
+                            self._payloads.pop(pool_id, None)
                         self._cond.notify_all()
             except Exception:  # noqa: BLE001 - reconnect on any failure
                 self._connected.clear()
@@ -205,6 +278,11 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def batch_task_id(pool_id: str, batch: int) -> str:
+    """The Celery task id of batch ``batch``'s first message (also ``lane item`` ``b<batch>``)."""
+    return f"{pool_id}.b{batch}"
+
+
 def batch_positions(batch: int, batch_size: int, n: int) -> list[int]:
     """Positions of batch ``batch``: ``[batch * batch_size, min(n, (batch + 1) * batch_size))``."""
     return list(range(batch * batch_size, min(n, (batch + 1) * batch_size)))
@@ -213,8 +291,11 @@ def batch_positions(batch: int, batch_size: int, n: int) -> list[int]:
 def parse_state(value: str) -> tuple[str, int, float | None, float | None]:
     """Parse ``"<status>|<attempt>|<started>|<finished>"``."""
     status, attempt, started, finished = value.split("|", 3)
-    return status, int(attempt), float(started) if started else None, (
-        float(finished) if finished else None
+    return (
+        status,
+        int(attempt),
+        float(started) if started else None,
+        (float(finished) if finished else None),
     )
 
 
@@ -294,7 +375,9 @@ end
 #       cache_prefix want_meta, then (pos, attempt) pairs
 # want_meta '1': read the cache settings from meta (not ARGV) and return the meta hash too.
 # Returns 'gone' / 'dup', or {m, <m meta fields and values>, (pos, decision, args, ck)...}.
-_START = _LUA_PARSE + """
+_START = (
+    _LUA_PARSE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
 if redis.call('SADD', KEYS[4], ARGV[1]) == 0 and ARGV[2] ~= '1' then return 'dup' end
 local now = ARGV[4]
@@ -372,17 +455,23 @@ if changed or finals then
 end
 return out
 """
+)
 
 # KEYS: state outcome logs history version lanes tasks counts backlog items
 # ARGV: now channel n batch_size (unused) lane_j lane_item redelivered chain cache_ttl
-#       retry_task_id pool_id, then groups of 9:
+#       retry_task_id pool_id payload_max, then groups of 9:
 #       pos attempt status json logs started finished mode(final|retry) cachekey
-_FINISH = _LUA_PARSE + _LUA_LANES + """
+# payload_max > 0 (small pools): the event carries the record's new state as JSON
+# {v, c, s, o, l} (version, counts, state, outcome, logs) when that fits in payload_max bytes.
+_FINISH = (
+    _LUA_PARSE
+    + _LUA_LANES
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-2} end
 local now = ARGV[1]
 local ttl = tonumber(ARGV[10])
 local G = 9
-for i = 13, #ARGV, G do
+for i = 14, #ARGV, G do
   local pos, att, status = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   local js, logs, t0, t1 = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local mode, ck = ARGV[i + 7], ARGV[i + 8]
@@ -408,7 +497,27 @@ for i = 13, #ARGV, G do
     end
   end
 end
-redis.call('PUBLISH', ARGV[2], redis.call('INCR', KEYS[5]))
+local v = redis.call('INCR', KEYS[5])
+local event = v
+local pmax = tonumber(ARGV[13])
+if pmax > 0 then
+  local size = 0
+  local function hash(key)
+    local flat, t = redis.call('HGETALL', key), {}
+    for i = 1, #flat, 2 do
+      t[flat[i]] = flat[i + 1]
+      size = size + #flat[i] + #flat[i + 1]
+    end
+    return t
+  end
+  local payload = {v = v, c = hash(KEYS[8]), s = hash(KEYS[1]), o = hash(KEYS[2]),
+                   l = hash(KEYS[3])}
+  if size <= pmax then
+    local body = cjson.encode(payload)
+    if #body <= pmax then event = body end
+  end
+end
+redis.call('PUBLISH', ARGV[2], event)
 if ARGV[6] == '' or ARGV[9] ~= '1' then return {-1} end
 local K = {state = KEYS[1], lanes = KEYS[6], tasks = KEYS[7], backlog = KEYS[9], items = KEYS[10]}
 local n, bs = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -428,9 +537,12 @@ if ARGV[8] == '1' and cur and cur ~= 'end'
 end
 return {-1}
 """
+)
 
 # KEYS: state cancelled version tasks counts ; ARGV: channel
-_CANCEL = _LUA_PARSE + """
+_CANCEL = (
+    _LUA_PARSE
+    + """
 local all = redis.call('HGETALL', KEYS[1])
 local n, running = 0, 0
 local ids, seen = {}, {}
@@ -455,9 +567,12 @@ local out = {n, running}
 for _, t in ipairs(ids) do out[#out + 1] = t end
 return out
 """
+)
 
 # KEYS: state cancelled tasks version meta counts ; ARGV: now channel, then (pos, attempt, task_id)
-_RETRY = _LUA_PARSE + """
+_RETRY = (
+    _LUA_PARSE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local n = 0
 for i = 3, #ARGV, 3 do
@@ -477,13 +592,17 @@ redis.call('HSET', KEYS[5], 'retried', ARGV[1])
 redis.call('PUBLISH', ARGV[2], redis.call('INCR', KEYS[4]))
 return n
 """
+)
 
 
 # KEYS: state cancelled tasks version meta counts lanes backlog items
 # ARGV: now channel n batch_size nlanes pool_id tag, then (pos, attempt) pairs
 # Moves entries to their new attempt, queues them as retry items behind the lanes' backlog, and
 # hands items to idle lanes at once; returns {moved, json([lane, item, pos, att, ...]) ...}.
-_RETRY_LANES = _LUA_PARSE + _LUA_LANES + """
+_RETRY_LANES = (
+    _LUA_PARSE
+    + _LUA_LANES
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 local K = {state = KEYS[1], lanes = KEYS[7], tasks = KEYS[3], backlog = KEYS[8], items = KEYS[9]}
 local n, bs, nl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -526,10 +645,87 @@ for j = 0, nl - 1 do
 end
 return out
 """
+)
+
+
+#: The record's keys as ``_CREATE`` takes them (every part of :data:`keys.PARTS`, in this order).
+CREATE_KEYS = (
+    "meta", "args", "state", "outcome", "logs", "hosts", "tasks", "history", "deliveries",
+    "cancelled", "begun", "lanes", "backlog", "items", "counts", "version",
+)  # fmt: skip
+
+# KEYS: CREATE_KEYS (each given the TTL), then the tombstone and the pools index
+# ARGV: ttl tombstone_ttl created trim_before n batch_size lanes pool_id placeholder meta
+#       statuses, then the n encoded arguments. meta: JSON object of the meta fields (string
+#       values); statuses: space-separated, each counted 0 but "pending" (n). Batches 0.. (lanes
+#       of them, or all) get task id <pool_id>.b<k>; a capped pool's lane j starts with b<j> and
+#       the later batches form the backlog.
+_CREATE = """
+local ttl, tomb_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local n, bs, nl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local pool, ph = ARGV[8], ARGV[9]
+-- one command per 4,000 values (Lua's unpack has a limit)
+local function put(cmd, key, list)
+  for i = 1, #list, 4000 do
+    redis.call(cmd, key, unpack(list, i, math.min(#list, i + 3999)))
+  end
+end
+local meta, counts, args = {}, {}, {}
+for field, value in pairs(cjson.decode(ARGV[10])) do
+  meta[#meta + 1] = field
+  meta[#meta + 1] = value
+end
+put('HSET', KEYS[1], meta)
+for status in string.gmatch(ARGV[11], '%S+') do
+  counts[#counts + 1] = status
+  counts[#counts + 1] = (status == 'pending') and n or 0
+end
+put('HSET', KEYS[15], counts)
+for i = 12, 11 + n do args[#args + 1] = ARGV[i] end
+put('RPUSH', KEYS[2], args)
+local state = {}
+for p = 0, n - 1 do
+  state[#state + 1] = tostring(p)
+  state[#state + 1] = 'pending|1||'
+end
+put('HSET', KEYS[3], state)
+local nb = math.ceil(n / bs)
+local first = nb
+if nl > 0 then first = math.min(nl, nb) end
+local tasks = {}
+for b = 0, first - 1 do
+  local id = pool .. '.b' .. b
+  for p = b * bs, math.min(n, (b + 1) * bs) - 1 do
+    tasks[#tasks + 1] = tostring(p)
+    tasks[#tasks + 1] = id
+  end
+end
+if #tasks == 0 then tasks = {ph, ''} end
+put('HSET', KEYS[7], tasks)
+for _, i in ipairs({4, 5, 6, 8, 9, 12, 14}) do redis.call('HSET', KEYS[i], ph, '') end
+for _, i in ipairs({10, 11}) do redis.call('SADD', KEYS[i], ph) end
+if nl > 0 then
+  local lanes, backlog = {}, {}
+  for j = 0, nl - 1 do
+    lanes[#lanes + 1] = tostring(j)
+    lanes[#lanes + 1] = 'b' .. j
+  end
+  put('HSET', KEYS[12], lanes)
+  for b = nl, nb - 1 do backlog[#backlog + 1] = 'b' .. b end
+  put('RPUSH', KEYS[13], backlog)
+end
+redis.call('SET', KEYS[16], 0)
+for i = 1, #KEYS - 2 do redis.call('EXPIRE', KEYS[i], ttl) end
+redis.call('SET', KEYS[#KEYS - 1], ARGV[3], 'EX', tomb_ttl)
+redis.call('ZADD', KEYS[#KEYS], ARGV[3], pool)
+redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], '-inf', ARGV[4])
+return 1
+"""
 
 
 class _Scripts:
     def __init__(self, client: redis.Redis) -> None:
+        self.create = client.register_script(_CREATE)
         self.start = client.register_script(_START)
         self.finish = client.register_script(_FINISH)
         self.cancel = client.register_script(_CANCEL)
@@ -567,55 +763,34 @@ class PoolRecord:
     # ------------------------------------------------------------------ client: create / read
 
     def create(
-        self,
-        *,
-        meta: dict[str, Any],
-        encoded_args: Sequence[str],
-        task_ids: dict[int, str],
-        lanes: int,
-        backlog: Sequence[str] = (),
+        self, *, meta: dict[str, Any], encoded_args: Sequence[str], batch_size: int, lanes: int
     ) -> None:
-        """Write the whole record in one MULTI transaction, every key with its TTL.
+        """Write the whole record in one Lua script (atomic, one round trip), every key with
+        its TTL, and index the pool.
 
-        meta: fields of ``meta``. encoded_args: canonical JSON per position. task_ids: the
-        Celery task id of each position's first attempt (positions a lane publishes later are
-        recorded when published). lanes: number of ``max_workers`` lanes (0: uncapped); lane
-        ``j`` starts with batch ``b<j>``. backlog: the work items the lanes take next, in order.
+        meta: fields of ``meta``. encoded_args: canonical JSON per position. batch_size:
+        entries per message. lanes: number of ``max_workers`` lanes (0: uncapped). The first
+        messages (one per lane, or every batch) are recorded as task ids
+        ``<pool_id>.b<k>`` (see :func:`batch_task_id`); lane ``j`` starts with batch ``b<j>``
+        and the later batches form the backlog, in order.
         """
         k = self.keys
         ttl = keys.record_ttl()
-        n = len(encoded_args)
-        pipe = self.client.pipeline(transaction=True)  # pool ids are fresh: nothing to delete
-        pipe.hset(k["meta"], mapping={key: str(value) for key, value in meta.items()})
-        chunk = 2000
-        for start in range(0, n, chunk):
-            pipe.rpush(k["args"], *encoded_args[start : start + chunk])
-            pipe.hset(
-                k["state"],
-                mapping={str(p): "pending|1||" for p in range(start, min(n, start + chunk))},
-            )
-        items = [(str(p), t) for p, t in task_ids.items()]
-        for start in range(0, len(items), chunk):
-            pipe.hset(k["tasks"], mapping=dict(items[start : start + chunk]))
-        if not items:
-            pipe.hset(k["tasks"], keys.PLACEHOLDER, "")
-        for part in keys.PLACEHOLDER_HASHES:
-            pipe.hset(k[part], keys.PLACEHOLDER, "")
-        if lanes:
-            pipe.hset(k["lanes"], mapping={str(j): f"b{j}" for j in range(lanes)})
-        for start in range(0, len(backlog), chunk):  # (an empty list is no key: see retry)
-            pipe.rpush(k["backlog"], *backlog[start : start + chunk])
-        for part in keys.PLACEHOLDER_SETS:
-            pipe.sadd(k[part], keys.PLACEHOLDER)
-        pipe.set(k["version"], 0)
-        pipe.hset(k["counts"], mapping={status: 0 for status in STATUSES} | {"pending": n})
-        for part in keys.PARTS:
-            pipe.expire(k[part], ttl)
-        created = float(meta.get("created", time.time()))
-        pipe.set(keys.tombstone_key(self.pool_id), created, ex=keys.tombstone_ttl())
-        pipe.zadd(keys.POOLS_INDEX, {self.pool_id: created})
-        pipe.zremrangebyscore(keys.POOLS_INDEX, "-inf", time.time() - ttl)
-        pipe.execute()
+        created = repr(float(meta.get("created", time.time())))
+        args: list[Any] = [
+            ttl, keys.tombstone_ttl(), created, repr(time.time() - ttl), len(encoded_args),
+            max(1, batch_size), lanes, self.pool_id, keys.PLACEHOLDER,
+            json.dumps({f: str(v) for f, v in meta.items()}, ensure_ascii=False),
+            " ".join(STATUSES), *encoded_args,
+        ]  # fmt: skip
+        self._scripts.create(
+            keys=[
+                *(k[part] for part in CREATE_KEYS),
+                keys.tombstone_key(self.pool_id),
+                keys.POOLS_INDEX,
+            ],
+            args=args,
+        )
 
     def delete(self) -> None:
         """Remove the record (used when publishing failed: nothing half-submitted remains)."""
@@ -862,6 +1037,7 @@ class PoolRecord:
             cache_ttl,
             retry_task_id,
             self.pool_id,
+            EVENT_PAYLOAD_MAX_BYTES if int(meta.get("n") or 0) <= SMALL_POOL_ENTRIES else 0,
         ]
         for r in results:
             args += [

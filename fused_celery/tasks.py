@@ -158,30 +158,58 @@ class _Recorder:
         self.retries: list[dict[str, Any]] = []  # failed entries with attempts left
         self.flushed_at = time.monotonic()
 
-    def add(self, pos: int, out: execute.Outcome | dict[str, Any], status: str | None = None,
-            stored: dict[str, Any] | None = None) -> None:
+    def add(
+        self,
+        pos: int,
+        out: execute.Outcome | dict[str, Any],
+        status: str | None = None,
+        stored: dict[str, Any] | None = None,
+    ) -> None:
         """Take one entry's outcome (``status``/``stored`` given for failures made here)."""
         attempt = self.attempt_of[pos]
         if stored is None:
             stored = _stored_outcome(self.record.pool_id, pos, attempt, out)
         if status is None:
             err = stored.get("error") or {}
-            status = ("success" if stored["ok"] else
-                      "timeout" if err.get("type") == "UdfTimeoutError" else "error")
-        row = {"pos": pos, "attempt": attempt, "status": status, "logs": out.get("logs", ""),
-               "started": out.get("started"), "finished": out.get("finished")}
+            status = (
+                "success"
+                if stored["ok"]
+                else "timeout"
+                if err.get("type") == "UdfTimeoutError"
+                else "error"
+            )
+        row = {
+            "pos": pos,
+            "attempt": attempt,
+            "status": status,
+            "logs": out.get("logs", ""),
+            "started": out.get("started"),
+            "finished": out.get("finished"),
+        }
         if status != "success" and attempt <= self.max_retry:
-            self.retries.append({**row, "mode": "retry", "json": _history(status, stored, out,
-                                                                          self.host)})
+            self.retries.append(
+                {**row, "mode": "retry", "json": _history(status, stored, out, self.host)}
+            )
         else:
-            self.ready.append({**row, "mode": "final", "json": json.dumps(stored),
-                               "cache_key": self.cache_keys.get(pos, "")})
+            self.ready.append(
+                {
+                    **row,
+                    "mode": "final",
+                    "json": json.dumps(stored),
+                    "cache_key": self.cache_keys.get(pos, ""),
+                }
+            )
 
     def tick(self) -> None:
         """Write finished entries if the oldest waited :data:`FLUSH_SECONDS`."""
         if self.ready and time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
-            self.record.finish(results=self.ready, meta=self.meta, lane=None,
-                               redelivered=self.redelivered, chain=False)
+            self.record.finish(
+                results=self.ready,
+                meta=self.meta,
+                lane=None,
+                redelivered=self.redelivered,
+                chain=False,
+            )
             self.ready = []
             self.flushed_at = time.monotonic()
 
@@ -191,8 +219,14 @@ class _Recorder:
         if self.retries:
             entries = [(r["pos"], r["attempt"] + 1) for r in self.retries]
             worst = max(r["attempt"] for r in self.retries)
-            _publish(self.record.pool_id, entries, self.lane, self.meta, task_id=retry_id,
-                     countdown=retry_countdown(worst))
+            _publish(
+                self.record.pool_id,
+                entries,
+                self.lane,
+                self.meta,
+                task_id=retry_id,
+                countdown=retry_countdown(worst),
+            )
         results = self.ready + self.retries
         if not results and not self.lane:
             return
@@ -207,8 +241,13 @@ class _Recorder:
         self.ready, self.retries = [], []
         if nxt is not None and self.lane:
             item, entries = nxt
-            _publish(self.record.pool_id, entries, [self.lane[0], item], self.meta,
-                     task_id=f"{self.record.pool_id}.{item}")
+            _publish(
+                self.record.pool_id,
+                entries,
+                [self.lane[0], item],
+                self.meta,
+                task_id=f"{self.record.pool_id}.{item}",
+            )
 
 
 def _run(
@@ -291,8 +330,12 @@ def _run(
         now = time.time()
         for pos, _ in items:
             if pos not in done:
-                recorder.add(pos, {"logs": "", "started": now, "finished": now}, "timeout",
-                             {"ok": False, "value": None, "error": _timeout_error(limit_text)})
+                recorder.add(
+                    pos,
+                    {"logs": "", "started": now, "finished": now},
+                    "timeout",
+                    {"ok": False, "value": None, "error": _timeout_error(limit_text)},
+                )
 
 
 _executors: dict[int, ThreadPoolExecutor] = {}
@@ -339,14 +382,16 @@ def _stored_outcome(pool_id: str, pos: int, attempt: int, out: Any) -> dict[str,
 
 def _history(status: str, stored: dict[str, Any], out: Any, host: str) -> str:
     logs = out.get("logs") or ""
-    return json.dumps({
-        "status": status,
-        "error": stored.get("error"),
-        "logs": logs[-HISTORY_LOG_CHARS:],
-        "started": out.get("started"),
-        "finished": out.get("finished"),
-        "host": host,
-    })
+    return json.dumps(
+        {
+            "status": status,
+            "error": stored.get("error"),
+            "logs": logs[-HISTORY_LOG_CHARS:],
+            "started": out.get("started"),
+            "finished": out.get("finished"),
+            "host": host,
+        }
+    )
 
 
 class EntriesTask(Task):
@@ -381,8 +426,16 @@ class EntriesTask(Task):
                     child_exception_class=type(exc).__name__,
                 ).to_dict()
             attempt_of = dict(zip(params["positions"], params["attempts"]))
-            recorder = _Recorder(record, meta, task_id=task_id, lane=params["lane"],
-                                 redelivered=True, host="", attempt_of=attempt_of, cache_keys={})
+            recorder = _Recorder(
+                record,
+                meta,
+                task_id=task_id,
+                lane=params["lane"],
+                redelivered=True,
+                host="",
+                attempt_of=attempt_of,
+                cache_keys={},
+            )
             states, _, _ = record.read_outcomes(params["positions"])
             now = time.time()
             for pos, state in zip(params["positions"], states):
@@ -391,8 +444,12 @@ class EntriesTask(Task):
                 current, current_attempt, _, _ = parse_state(state)
                 if current_attempt != attempt_of[pos] or current not in ("running", "pending"):
                     continue  # finished (or superseded) before the failure: nothing to redo
-                recorder.add(pos, {"logs": "", "started": None, "finished": now}, status,
-                             {"ok": False, "value": None, "error": error})
+                recorder.add(
+                    pos,
+                    {"logs": "", "started": None, "finished": now},
+                    status,
+                    {"ok": False, "value": None, "error": error},
+                )
             if recorder.ready or recorder.retries:
                 recorder.close()
         except Exception:  # noqa: BLE001 - never mask the original failure
@@ -407,15 +464,29 @@ def _params(args: Any, kwargs: Any) -> dict[str, Any]:
     return values
 
 
-def _split(record: PoolRecord, meta: dict[str, Any], task_id: str, positions: list[int],
-           attempts: list[int], lane: list[Any] | None) -> None:
+def _split(
+    record: PoolRecord,
+    meta: dict[str, Any],
+    task_id: str,
+    positions: list[int],
+    attempts: list[int],
+    lane: list[Any] | None,
+) -> None:
     """Republish a redelivered multi-entry message as one message per entry (ids derived from
     ``task_id``, so a second redelivery republishes the same ones), then let the lane go on."""
     for pos, attempt in zip(positions, attempts):
         _publish(record.pool_id, [(pos, attempt)], None, meta, task_id=f"{task_id}.s{pos}")
     if lane:
-        _Recorder(record, meta, task_id=task_id, lane=lane, redelivered=True, host="",
-                  attempt_of={}, cache_keys={}).close()
+        _Recorder(
+            record,
+            meta,
+            task_id=task_id,
+            lane=lane,
+            redelivered=True,
+            host="",
+            attempt_of={},
+            cache_keys={},
+        ).close()
 
 
 # track_started=False, ignore_result=True: the pool record already marks each entry running
@@ -476,9 +547,16 @@ def run_entries(
             cache_keys[pos] = cache_key
         elif decision == "lost":
             lost.append(pos)
-    recorder = _Recorder(record, meta, task_id=request.id, lane=lane, redelivered=redelivered,
-                         host=host, attempt_of=dict(zip(positions, attempts)),
-                         cache_keys=cache_keys)
+    recorder = _Recorder(
+        record,
+        meta,
+        task_id=request.id,
+        lane=lane,
+        redelivered=redelivered,
+        host=host,
+        attempt_of=dict(zip(positions, attempts)),
+        cache_keys=cache_keys,
+    )
     now = time.time()
     for pos in lost:
         err = UdfWorkerLostError(
@@ -486,8 +564,12 @@ def run_entries(
             "of memory, or the UDF ended the process)",
             child_exception_class="WorkerLostError",
         ).to_dict()
-        recorder.add(pos, {"logs": "", "started": None, "finished": now}, "error",
-                     {"ok": False, "value": None, "error": err})
+        recorder.add(
+            pos,
+            {"logs": "", "started": None, "finished": now},
+            "error",
+            {"ok": False, "value": None, "error": err},
+        )
     if to_run:
         soft = (request.timelimit or (None, None))[1] or float(meta.get("soft_time_limit") or 0)
         _run(meta["udf_obj"], to_run, max(1, int(meta.get("threads") or 1)), recorder, soft)

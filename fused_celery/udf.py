@@ -122,7 +122,11 @@ class Udf(BaseModel):
         return bound
 
     def _check_names(
-        self, bound: Mapping[str, Any], names: list[str], required: set[str], var_kw: bool,
+        self,
+        bound: Mapping[str, Any],
+        names: list[str],
+        required: set[str],
+        var_kw: bool,
         where: str = "",
     ) -> None:
         if not var_kw:
@@ -196,8 +200,13 @@ class Udf(BaseModel):
                 raise error_from_dict(outcome["error"])
             return outcome["value"]
         pool = self.map(
-            [bound], engine=engine or self.engine, instance_type=instance_type,
-            cache_max_age=cache_max_age, cache=cache, max_retry=0, _quiet=True,
+            [bound],
+            engine=engine or self.engine,
+            instance_type=instance_type,
+            cache_max_age=cache_max_age,
+            cache=cache,
+            max_retry=0,
+            _quiet=True,
         )
         return pool.results()[0]
 
@@ -246,9 +255,15 @@ class Udf(BaseModel):
         encoded = _encode_entries(entries, const, set(kwargs))
         age = parse_cache_max_age(cache_max_age)
         spec = PoolSpec(
-            udf=self.wire(), args=entries, encoded=encoded, max_workers=max_workers,
-            batch_size=batch, max_retry=max_retry, cache=cache,
-            cache_max_age=age if age is not None else self.cache_max_age, queue=queue,
+            udf=self.wire(),
+            args=entries,
+            encoded=encoded,
+            max_workers=max_workers,
+            batch_size=batch,
+            max_retry=max_retry,
+            cache=cache,
+            cache_max_age=age if age is not None else self.cache_max_age,
+            queue=queue,
         )
         pool = JobPool(make_engine(kind, spec))
         pool._submit(quiet=_quiet)
@@ -263,8 +278,10 @@ class Udf(BaseModel):
 
 
 def _batch_size(n_processes_per_worker: int | None, worker_concurrency: int | None) -> int:
-    if n_processes_per_worker is not None and worker_concurrency is not None and (
-        n_processes_per_worker != worker_concurrency
+    if (
+        n_processes_per_worker is not None
+        and worker_concurrency is not None
+        and (n_processes_per_worker != worker_concurrency)
     ):
         raise ValueError(
             "n_processes_per_worker and worker_concurrency are the same option; give one"
@@ -292,9 +309,7 @@ def _normalize_arg_list(arg_list: Any) -> list[Any]:
     except ImportError:  # pragma: no cover
         pd = None
     if pd is not None and isinstance(arg_list, pd.DataFrame):
-        rows = [
-            {str(k): _plain(v) for k, v in row.items()} for row in arg_list.to_dict("records")
-        ]
+        rows = [{str(k): _plain(v) for k, v in row.items()} for row in arg_list.to_dict("records")]
     elif pd is not None and isinstance(arg_list, pd.Series):
         rows = [_plain(v) for v in arg_list.tolist()]
     elif isinstance(arg_list, (list, tuple, range)):

@@ -31,9 +31,7 @@ def parse_additional_env(entries: Iterable[str] | Mapping[str, str] | None) -> d
         pairs = []
         for entry in entries:
             if not isinstance(entry, str) or "=" not in entry:
-                raise ValueError(
-                    f"additional_env entry {entry!r} is not of the form KEY=value"
-                )
+                raise ValueError(f"additional_env entry {entry!r} is not of the form KEY=value")
             key, value = entry.split("=", 1)
             pairs.append((key, value))
     env: dict[str, str] = {}

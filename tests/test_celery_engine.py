@@ -21,11 +21,20 @@ from typing import Any
 import pytest
 import redis
 
-from fused_celery import codec, keys
+from fused_celery import codec, keys, record
 from fused_celery.engines import make_engine
 from fused_celery.engines.base import FINISHED, Engine, PoolSpec
 from fused_celery.engines.celery import CeleryEngine, plan_lanes
 from fused_celery.options import options
+from fused_celery.record import (
+    CREATE_KEYS,
+    EVENT_PAYLOAD_MAX_BYTES,
+    STATUSES,
+    PoolEvents,
+    canonical_json,
+    check_reachable,
+    mark_reachable,
+)
 from fused_celery.redis_server import free_port
 from fused_celery.types import BrokerUnavailableError, PoolExpiredError, PoolNotFoundError
 
@@ -115,6 +124,67 @@ def test_unreachable_broker_names_url_and_writes_nothing(fused_options: Any) -> 
     engine = make_engine("celery", spec_for(3))
     with pytest.raises(BrokerUnavailableError, match=dead.replace("/", "/")):
         engine.submit()
+
+
+def test_recent_answer_skips_the_ping_only_when_asked() -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(BrokerUnavailableError, match=str(dead.split(":")[2])):
+        check_reachable(dead, recent=1.0)  # never answered: pinged, and named
+    mark_reachable(dead)
+    check_reachable(dead, recent=1.0)  # answered "just now": trusted without a round trip
+    with pytest.raises(BrokerUnavailableError):
+        check_reachable(dead)  # recent=0 (the default) always pings
+    with pytest.raises(BrokerUnavailableError):
+        check_reachable(dead, recent=1.0)  # the failed ping forgot the answer
+
+
+def test_submits_in_a_row_ping_once(fused_options: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    pings: list[str] = []
+    ping = redis.Redis.ping
+
+    def counted(self: redis.Redis, **kw: Any) -> Any:
+        pings.append("ping")
+        return ping(self, **kw)
+
+    make_engine("celery", spec_for(1)).submit()  # (kombu pings when it opens its channel)
+    monkeypatch.setattr(redis.Redis, "ping", counted)
+    monkeypatch.setattr(record, "_answered", {})  # forget the answers seen so far
+    for _ in range(3):
+        make_engine("celery", spec_for(1)).submit()
+    assert pings == ["ping"], "the first submit pings; the next ones trust its answer"
+
+
+def test_record_layout_at_submit(fused_options: Any, redis_url: str) -> None:
+    """One script writes every key of the record with its TTL (no workers: nothing runs)."""
+    assert sorted(CREATE_KEYS) == sorted(keys.PARTS)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    engine = make_engine("celery", spec_for(7, batch_size=2, max_workers=2))
+    engine.submit()
+    pid, k, ttl = engine.pool_id, keys.pool_keys(engine.pool_id), keys.record_ttl()
+    for part, key in k.items():
+        assert ttl - 10 <= client.ttl(key) <= ttl, part
+    assert client.ttl(keys.tombstone_key(pid)) > ttl
+    assert client.zscore(keys.POOLS_INDEX, pid) == pytest.approx(engine.spec.created_at)
+    assert client.lrange(k["args"], 0, -1) == [canonical_json(e) for e in engine.spec.encoded]
+    assert client.hgetall(k["state"]) == {str(p): "pending|1||" for p in range(7)}
+    assert client.hgetall(k["counts"]) == {s: "7" if s == "pending" else "0" for s in STATUSES}
+    assert client.get(k["version"]) == "0"
+    meta = client.hgetall(k["meta"])
+    assert (meta["n"], meta["batch_size"], meta["lanes"]) == ("7", "2", "2")
+    assert engine.task_ids() == {0: f"{pid}.b0", 1: f"{pid}.b0", 2: f"{pid}.b1", 3: f"{pid}.b1"}
+    assert engine.record.lanes() == {"0": "b0", "1": "b1"}
+    assert client.lrange(k["backlog"], 0, -1) == ["b2", "b3"]
+    for part in (*keys.PLACEHOLDER_HASHES, "tasks"):
+        assert client.hexists(k[part], keys.PLACEHOLDER) == (part != "tasks"), part
+    for part in keys.PLACEHOLDER_SETS:
+        assert client.smembers(k[part]) == {keys.PLACEHOLDER}, part
+
+    uncapped = make_engine("celery", spec_for(3))
+    uncapped.submit()
+    upid = uncapped.pool_id
+    assert uncapped.task_ids() == {0: f"{upid}.b0", 1: f"{upid}.b1", 2: f"{upid}.b2"}
+    assert uncapped.record.lanes() == {}
+    assert not client.exists(keys.pool_key(upid, "backlog"))
 
 
 def test_unknown_pool_id(fused_options: Any) -> None:
@@ -359,6 +429,43 @@ def test_attach_from_another_process(
     assert [s.status for s in engine.states()] == seen["statuses"]
     assert {str(p): v for p, v in values(engine).items()} == seen["values"]
     assert engine.states()[3].attempt == 2, "the retry made elsewhere is visible here"
+
+
+@pytest.mark.parametrize("log_chars", [10, 20_000])
+def test_small_pool_state_comes_with_its_event(
+    fused_options: Any, celery_workers: Any, redis_url: str, tmp_path: Path, log_chars: int
+) -> None:
+    """A waiter of a small pool takes the finished state from the event that woke it (no read),
+    unless it is too large for an event; either way it gets the same outcome, logs and times."""
+    celery_workers(n=1)
+    code = """
+    def f(x, d, n):
+        import pathlib, time
+        while not (pathlib.Path(d) / "go").exists():
+            time.sleep(0.01)
+        print("x" * n)
+        return x * 2
+    """
+    assert PoolEvents.for_url(redis_url).ready(5.0)
+    engine = make_engine(
+        "celery", spec_for(1, udf(code), extra={"d": str(tmp_path), "n": log_chars})
+    )
+    assert isinstance(engine, CeleryEngine)
+    engine.submit()
+    taken: list[Any] = []
+    event_state = engine._event_state
+    engine._event_state = lambda: taken.append(event_state()) or taken[-1]  # type: ignore
+    assert not set(engine.counts()) & FINISHED  # a read, before the entry finishes
+    (tmp_path / "go").touch()
+    engine.wait_for_change(60.0)  # woken by the entry's finish event (its only event)
+    assert engine.counts() == Counter({"success": 1})
+    assert [bool(t) for t in taken] == [False, log_chars < EVENT_PAYLOAD_MAX_BYTES]
+    [state] = engine.states()
+    assert state.status == "success" and state.attempt == 1
+    assert state.started is not None and state.finished is not None
+    assert state.finished >= state.started
+    out = engine.outcomes([0])[0]
+    assert codec.decode(out["value"]) == 0 and out["logs"] == "x" * log_chars + "\n"
 
 
 def test_instance_type_routes_to_its_queue(fused_options: Any, celery_workers: Any) -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -361,3 +362,121 @@ def test_worker_sigkill_mid_ingest_still_finishes(
     resp.wait_for_job(timeout=240)
     assert resp.status == "Done", "\n".join(resp.get_logs()[-6:])
     check_table(str(tmp_path / "out"), src, max_rows_chunk=800)
+
+
+def _bad_input(kind: str, folder: Path) -> tuple[object, dict]:
+    """An input of ``kind`` that cannot be ingested, and the ingest options."""
+    src = points(50)
+    if kind == "corrupt":
+        (folder / "in.parquet").write_bytes(b"PAR1" + os.urandom(200))
+        return str(folder / "in.parquet"), {}
+    if kind == "truncated":
+        src.to_parquet(folder / "full.parquet")
+        data = (folder / "full.parquet").read_bytes()
+        (folder / "in.parquet").write_bytes(data[: len(data) // 2])
+        return str(folder / "in.parquet"), {}
+    if kind == "unsupported":
+        (folder / "in.xyz").write_text("1 2 3\n")
+        return str(folder / "in.xyz"), {}
+    if kind == "empty":
+        src.iloc[:0].to_parquet(folder / "in.parquet")
+        return str(folder / "in.parquet"), {}
+    if kind == "empty-dir":
+        (folder / "d").mkdir()
+        return str(folder / "d"), {}
+    csv = folder / "in.csv"
+    if kind == "lonlat-missing":
+        pd.DataFrame({"x": [1.0], "y": [2.0]}).to_csv(csv, index=False)
+        return str(csv), {"lonlat_cols": ("lon", "lat")}
+    if kind == "non-numeric":
+        pd.DataFrame({"lon": ["1.0", "abc"], "lat": [2.0, 3.0]}).to_csv(csv, index=False)
+        return str(csv), {"lonlat_cols": ("lon", "lat")}
+    if kind == "nan":
+        pd.DataFrame({"lon": [1.0, None], "lat": [2.0, 3.0]}).to_csv(csv, index=False)
+        return str(csv), {"lonlat_cols": ("lon", "lat")}
+    if kind == "not-degrees":
+        gdf = gpd.GeoDataFrame(geometry=gpd.points_from_xy([5e5, 6e5], [4e6, 5e6]))
+        gdf.to_parquet(folder / "in.parquet")
+        return str(folder / "in.parquet"), {}
+    raise AssertionError(kind)
+
+
+BAD_INPUTS = {
+    "corrupt": "in.parquet",
+    "truncated": "in.parquet",
+    "unsupported": "supported",
+    "empty": "no rows",
+    "empty-dir": "no input files",
+    "lonlat-missing": "lon",
+    "non-numeric": "numeric",
+    "nan": "NaN",
+    "not-degrees": "cannot be degrees",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_INPUTS))
+def test_remote_bad_inputs_fail_with_reason(on_shared_cluster, tmp_path, kind):
+    data, kwargs = _bad_input(kind, tmp_path)
+    out = tmp_path / "out"
+    resp = fused.ingest(data, **kwargs).run_remote(output_table=str(out))
+    resp.wait_for_job(timeout=60)
+    assert resp.status == "Failed", "\n".join(resp.get_logs()[-4:])
+    snap = fused.api.job_get_status(resp.job_id)
+    assert snap.status == "Failed"
+    with pytest.raises(JobFailedError) as err:
+        resp.get_results()
+    assert BAD_INPUTS[kind].lower() in str(err.value).lower()
+    assert "Traceback" not in str(err.value)
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
+
+
+def test_bad_options_are_refused_before_any_job():
+    from pydantic import ValidationError
+
+    for bad in (
+        {"subdivide_stop": 0},
+        {"partitioning_maximum_per_chunk": 0},
+        {"partitioning_maximum_per_file": -1},
+        {"partitioning_method": "volume"},
+    ):
+        with pytest.raises(ValidationError):
+            fused.ingest("x.parquet", **bad)
+
+
+def test_remote_repairs_are_reported(on_shared_cluster, tmp_path):
+    """Invalid polygons are made valid, out-of-bounds rows dropped, mixed types kept."""
+    bowtie = shapely.Polygon([(0, 0), (1, 1), (1, 0), (0, 1), (0, 0)])
+    geoms = [bowtie, shapely.Point(5, 5), shapely.LineString([(0, 0), (2, 2)]),
+             shapely.Point(500, 5)]  # fmt: skip
+    gdf = gpd.GeoDataFrame({"uid": range(4)}, geometry=geoms, crs="EPSG:4326")
+    gdf.to_parquet(tmp_path / "in.parquet")
+    resp = fused.ingest(str(tmp_path / "in.parquet")).run_remote(output_table=str(tmp_path / "o"))
+    resp.wait_for_job(timeout=60)
+    assert resp.status == "Done", "\n".join(resp.get_logs()[-4:])
+    report = resp.get_results()["report"]
+    assert report["made_valid"] == 1 and report["dropped_out_of_bounds"] == 1
+    table = open_table(str(tmp_path / "o"))
+    frame = table.get_dataframe()
+    assert sorted(frame["uid"]) == [0, 1, 2]
+    assert shapely.is_valid(frame.geometry.to_numpy()).all()
+    assert {"Point", "LineString"} <= set(frame.geometry.geom_type)
+
+
+def test_points_fast_path_matches_the_general_path(tmp_path):
+    """GeoParquet points skip geometry decoding; the table equals the one made from the same
+    points read through GDAL (the general path), out-of-bounds rows dropped in both."""
+    from fused_celery.partition.local import run_ingest
+
+    src = points(1500, seed=7)
+    src.loc[3, "geometry"] = shapely.Point(200, 0)  # out of bounds: dropped
+    src.to_parquet(tmp_path / "in.parquet")
+    src.to_file(tmp_path / "in.fgb", driver="FlatGeobuf", engine="pyogrio")
+    opts = {"partitioning_maximum_per_chunk": 40}
+    fast = run_ingest(fused.ingest(str(tmp_path / "in.parquet"), **opts), str(tmp_path / "a"))
+    slow = run_ingest(fused.ingest(str(tmp_path / "in.fgb"), **opts), str(tmp_path / "b"))
+    assert fast.num_rows == slow.num_rows == 1499
+    a, b = read_chunk_metadata(fast.url), read_chunk_metadata(slow.url)
+    assert [m.model_dump() for m in a] == [m.model_dump() for m in b]
+    fa = fast.get_dataframe().sort_values("uid")
+    fb = slow.get_dataframe().sort_values("uid")
+    assert shapely.equals(fa.geometry.to_numpy(), fb.geometry.to_numpy()).all()

@@ -5,11 +5,11 @@ in Redis under the keys of :mod:`fused_celery.keys`; it, not Celery's ``PENDING`
 means "unknown id"), is the source of truth for entry statuses. Any process that reaches the same
 Redis can :meth:`CeleryEngine.attach` to a pool by id.
 
-Submission writes the record in one MULTI transaction, then publishes one message per batch of
-``batch_size`` entries (``n_processes_per_worker``, run on that many threads) through a single
-producer whose publishes are pipelined (kombu's ``Producer.batch``: about one round trip per
-1,000 messages). If the broker fails while publishing, the record is deleted, so messages
-already sent find nothing to do.
+Submission writes the record in one Lua script (atomic, one round trip), then publishes one
+message per batch of ``batch_size`` entries (``n_processes_per_worker``, run on that many
+threads) through a single producer whose publishes are pipelined (kombu's ``Producer.batch``:
+about one round trip per 1,000 messages). If the broker fails while publishing, the record is
+deleted, so messages already sent find nothing to do.
 
 ``max_workers`` caps the pool's messages in flight (as the local engine caps its processes, each
 running a batch) with *lanes*, worker-side: submit publishes the first ``max_workers`` batches
@@ -46,13 +46,16 @@ from ..execute import Outcome
 from ..keys import RECORD_VERSION
 from ..options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, options
 from ..record import (
+    SMALL_POOL_ENTRIES,
     PoolEvents,
     PoolRecord,
     batch_positions,
+    batch_task_id,
     canonical_json,
     check_reachable,
     find_lost,
     load_value,
+    mark_reachable,
     mask_url,
     parse_state,
     redis_client,
@@ -70,8 +73,15 @@ LOST_CHECK_SECONDS = 10.0
 
 #: Pools of at most this many entries read their states, outcomes and logs together with the
 #: counts (one round trip instead of three when a waiter sees the pool finished; what a
-#: single call, ``udf(x, engine="remote")``, waits for).
-PREFETCH_MAX_ENTRIES = 8
+#: single call, ``udf(x, engine="remote")``, waits for), or take them from the event that woke
+#: the waiter, which carries them (no round trip; see ``record._FINISH``).
+PREFETCH_MAX_ENTRIES = SMALL_POOL_ENTRIES
+
+#: ``submit`` skips its PING of the broker (and result backend) when Redis there answered
+#: within this many seconds: a burst of small pools (``udf(x, engine="remote")`` in a loop)
+#: pays one round trip less each. If Redis died in that second, writing the record fails with
+#: a :class:`BrokerUnavailableError` naming the URL after the client's retries (~30 s).
+REACHABLE_SECONDS = 1.0
 
 #: A prefetched snapshot serves at most one ``states()`` / ``outcomes()`` call, within this
 #: many seconds of the read.
@@ -127,6 +137,8 @@ class CeleryEngine(Engine):
         self._snapshot: tuple[float, int, dict[str, str], dict[str, str], dict[str, str]] | None
         self._snapshot = None
         self._lanes = plan_lanes(spec.n, spec.batch_size, spec.max_workers)[1]
+        # the pool's event token taken just before the last read (None: none was taken)
+        self._read_token: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -170,21 +182,18 @@ class CeleryEngine(Engine):
         does not answer; then nothing of the pool remains in Redis.
         """
         spec = self.spec
-        check_reachable(options.broker_url, what="broker")
+        check_reachable(options.broker_url, what="broker", recent=REACHABLE_SECONDS)
         if self.record_url != options.broker_url:
-            check_reachable(self.record_url, what="result backend")
+            check_reachable(self.record_url, what="result backend", recent=REACHABLE_SECONDS)
         n, bs = spec.n, max(1, spec.batch_size)
         threads, lanes = plan_lanes(n, bs, spec.max_workers)
         n_batches = math.ceil(n / bs)
         first = range(lanes) if lanes else range(n_batches)
         messages = []
-        task_ids: dict[int, str] = {}
         for b in first:
             positions = batch_positions(b, bs, n)
-            task_id = f"{self.pool_id}.b{b}"
             lane = [b, f"b{b}"] if lanes else None
-            messages.append((task_id, positions, [1] * len(positions), lane))
-            task_ids.update(dict.fromkeys(positions, task_id))
+            messages.append((batch_task_id(self.pool_id, b), positions, [1] * len(positions), lane))
         soft, hard = self._limits
         max_age = spec.cache_max_age if spec.cache_max_age is not None else options.cache_max_age
         caching = bool(spec.cache) and max_age > 0
@@ -210,15 +219,15 @@ class CeleryEngine(Engine):
             self.record.create(
                 meta=meta,
                 encoded_args=[canonical_json(e) for e in spec.encoded],
-                task_ids=task_ids,
+                batch_size=bs,
                 lanes=lanes,
-                backlog=[f"b{b}" for b in range(lanes, n_batches)] if lanes else (),
             )
         except redis.exceptions.ConnectionError as exc:
             raise BrokerUnavailableError(
                 f"the result backend at {mask_url(self.record_url)} failed while the pool was "
                 f"being written ({exc})"
             ) from None
+        mark_reachable(self.record_url)
         try:
             self._publish(messages)
         except Exception as exc:
@@ -229,6 +238,7 @@ class CeleryEngine(Engine):
                 f"{mask_url(options.broker_url)} ({type(exc).__name__}: {exc}); nothing was "
                 "submitted"
             ) from exc
+        mark_reachable(options.broker_url)
 
     def states(self) -> list[EntryState]:
         """Every entry's state, from the record (one round trip; cached while unchanged)."""
@@ -238,12 +248,16 @@ class CeleryEngine(Engine):
             version, raw = snap[1], snap[2]
         else:
             if self._cached is not None:
+                token = self._token()
                 version = record.version()
                 if version is None:
                     raise record.not_found()
                 if version == self._cached[0]:
+                    self._read_token = token
                     return list(self._cached[1])
+            token = self._token()
             version, raw = record.read_states()  # type: ignore[assignment]
+            self._read_token = token
             if version is None:
                 raise record.not_found()
         states = [EntryState() for _ in range(self.spec.n)]
@@ -262,25 +276,63 @@ class CeleryEngine(Engine):
         return list(states)
 
     def counts(self) -> Counter[str]:
-        """Entries per status, from the record's counts hash (one small read, whatever ``n``)."""
+        """Entries per status, from the record's counts hash (one small read, whatever ``n``),
+        or for a small pool from the event that just woke a waiter (see :meth:`_event_state`)."""
         k = self.record.keys
         small = self.spec.n <= PREFETCH_MAX_ENTRIES
-        pipe = self.record.client.pipeline(transaction=False)
-        pipe.get(k["version"])
-        pipe.hgetall(k["counts"])
-        if small:
-            pipe.hgetall(k["state"])
-            pipe.hgetall(k["outcome"])
-            pipe.hgetall(k["logs"])
-        version, raw, *rest = pipe.execute()
-        if version is None or not raw:
-            self._snapshot = None
-            raise self.record.not_found()
-        if small:
-            self._snapshot = (time.monotonic(), int(version), rest[0], rest[1], rest[2])
+        event = self._event_state() if small else None
+        if event is not None:
+            version, raw = event
+        else:
+            pipe = self.record.client.pipeline(transaction=False)
+            pipe.get(k["version"])
+            pipe.hgetall(k["counts"])
+            if small:
+                pipe.hgetall(k["state"])
+                pipe.hgetall(k["outcome"])
+                pipe.hgetall(k["logs"])
+            token = self._token()
+            version, raw, *rest = pipe.execute()
+            self._read_token = token
+            if version is None or not raw:
+                self._snapshot = None
+                raise self.record.not_found()
+            if small:
+                self._snapshot = (time.monotonic(), int(version), rest[0], rest[1], rest[2])
         counts = Counter({status: int(v) for status, v in raw.items() if int(v) > 0})
         self._observe(int(version), counts[PENDING] > 0, sum(counts[s] for s in FINISHED))
         return counts
+
+    def _event_state(self) -> tuple[int, dict[str, str]] | None:
+        """A small pool's ``(version, counts hash)`` from the latest event this process heard,
+        if that event carried the pool's state, came after the last read (an event serves one
+        read) and was heard less than :data:`PREFETCH_SECONDS` ago; also makes it the snapshot
+        that ``states()`` / ``outcomes()`` use, as old as the event. (Entries that only started
+        since do not publish: as with a snapshot, their ``running`` may show a moment late.)"""
+        events = PoolEvents.existing(self.record.url)
+        latest = events.latest(self.pool_id) if events is not None else None
+        if latest is None or latest[0] == self._read_token:
+            return None
+        token, body, heard = latest
+        if time.monotonic() - heard > PREFETCH_SECONDS:
+            return None
+        try:
+            data = json.loads(body)
+            version = int(data["v"])
+            raw, state, outcome, logs = data["c"], data["s"], data["o"], data["l"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        if self._seen is not None and version < self._seen[0]:
+            return None  # a read already saw a newer state
+        self._snapshot = (heard, version, state, outcome, logs)
+        self._read_token = token
+        return version, raw
+
+    def _token(self) -> tuple[int, int] | None:
+        """The pool's event token, if this process already listens to the record's events
+        (taken before a read, it lets :meth:`wait_for_change` skip a read of its own)."""
+        events = PoolEvents.existing(self.record.url)
+        return events.token(self.pool_id) if events is not None else None
 
     def _fresh_snapshot(
         self, *, keep: bool = True
@@ -333,7 +385,10 @@ class CeleryEngine(Engine):
             except Exception as exc:  # noqa: BLE001 - storage unreadable: report it per entry
                 ref = stored.get("ref") or {}
                 found[pos] = {
-                    "ok": False, "value": None, "logs": log or "", "started": started or 0.0,
+                    "ok": False,
+                    "value": None,
+                    "logs": log or "",
+                    "started": started or 0.0,
                     "finished": finished or 0.0,
                     "error": UdfRuntimeError(
                         f"the result stored at {ref.get('url')} could not be read: {exc}",
@@ -368,13 +423,17 @@ class CeleryEngine(Engine):
             if not events.ready(min(1.0, max(0.0, deadline - time.monotonic()))):
                 time.sleep(max(0.0, min(options.poll_interval, deadline - time.monotonic())))
                 return
-            token = events.token(self.pool_id)
-            # Entries that finished since the caller's read (their event may have come before
-            # the token): return at once. Entries that only started do not count, so a waiter
-            # is not woken (and then throttled by the pause above) for them.
-            seen = self._seen[2] if self._seen is not None else None
-            if seen is None or self._finished_now() != seen:
-                return
+            # A token taken just before the caller's read: any entry that finished after that
+            # read has moved it, so waiting on it misses nothing.
+            token = self._read_token
+            if token is None:
+                token = events.token(self.pool_id)
+                # Entries that finished since the caller's read (their event may have come
+                # before the token): return at once. Entries that only started do not count,
+                # so a waiter is not woken (and then throttled by the pause above) for them.
+                seen = self._seen[2] if self._seen is not None else None
+                if seen is None or self._finished_now() != seen:
+                    return
             self._maybe_recover()
             events.wait(self.pool_id, token, max(0.0, deadline - time.monotonic()))
         except (redis.exceptions.RedisError, OSError):
@@ -405,7 +464,9 @@ class CeleryEngine(Engine):
         self._publish(messages)
         logger.warning(
             "pool %s: republished %d lost message(s) (%d entries)",
-            self.pool_id, len(messages), sum(len(m[1]) for m in messages),
+            self.pool_id,
+            len(messages),
+            sum(len(m[1]) for m in messages),
         )
 
     def _lane_of(self, task_id: str) -> list[Any] | None:

@@ -161,8 +161,8 @@ class LocalEngine(Engine):
         self._wake_r, self._wake_w = os.pipe()
         self._keys: list[str | None] = [None] * spec.n
         self._cache = DiskCache(options.cache_dir) if spec.cache else None
-        self._max_age = spec.cache_max_age if spec.cache_max_age is not None else (
-            options.cache_max_age
+        self._max_age = (
+            spec.cache_max_age if spec.cache_max_age is not None else (options.cache_max_age)
         )
         os.set_blocking(self._wake_r, False)
         self._finalizer = weakref.finalize(
@@ -315,9 +315,7 @@ class LocalEngine(Engine):
                 positions = [self._queue.popleft()]
                 if positions[0] not in self._alone:
                     while (
-                        self._queue
-                        and len(positions) < size
-                        and self._queue[0] not in self._alone
+                        self._queue and len(positions) < size and self._queue[0] not in self._alone
                     ):
                         positions.append(self._queue.popleft())
                 for pos in positions:  # pending (queued on the worker) until it runs them
@@ -395,8 +393,18 @@ class LocalEngine(Engine):
             )
             for pos, state in enumerate(self._states):
                 if state.status in (PENDING, RUNNING):
-                    self._record(pos, {"ok": False, "value": None, "error": err.to_dict(),
-                                       "logs": "", "started": now, "finished": now}, ERROR)
+                    self._record(
+                        pos,
+                        {
+                            "ok": False,
+                            "value": None,
+                            "error": err.to_dict(),
+                            "logs": "",
+                            "started": now,
+                            "finished": now,
+                        },
+                        ERROR,
+                    )
         self._notifier.pulse()
 
     def _next_deadline(self) -> float:
@@ -473,8 +481,14 @@ class LocalEngine(Engine):
                             "entry; the UDF may have called os._exit, crashed or run out of memory",
                             child_exception_class="WorkerLostError",
                         )
-                    outcome: Outcome = {"ok": False, "value": None, "error": err.to_dict(),
-                                        "logs": "", "started": now, "finished": now}
+                    outcome: Outcome = {
+                        "ok": False,
+                        "value": None,
+                        "error": err.to_dict(),
+                        "logs": "",
+                        "started": now,
+                        "finished": now,
+                    }
                     self._complete(pos, outcome)
                 else:  # never started: not this entry's fault
                     state = self._states[pos]
@@ -506,4 +520,3 @@ class LocalEngine(Engine):
         state.started = outcome.get("started")
         state.finished = outcome.get("finished")
         self._outcomes[pos] = outcome
-

@@ -101,8 +101,12 @@ def main(rfd: int, wfd: int) -> None:
         _, batch, threads = msg
         sink = _Sink(wconn, send_lock, cache, {pos: key for pos, _, key in batch})
         run_batch(
-            udf, [(pos, enc) for pos, enc, _ in batch], threads=threads,
-            max_log_bytes=max_log, on_done=sink.done, skip=cancelled,
+            udf,
+            [(pos, enc) for pos, enc, _ in batch],
+            threads=threads,
+            max_log_bytes=max_log,
+            on_done=sink.done,
+            skip=cancelled,
         )
     sys.stdout.flush()
     os._exit(0)

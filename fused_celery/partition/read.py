@@ -449,9 +449,23 @@ def _parquet_slices(
     return out
 
 
-def _read_parquet_slice(
+def read_parquet_table(
     sl: InputSlice, config: GeospatialPartitionJobStepConfig
-) -> gpd.GeoDataFrame:
+) -> tuple[pa.Table, dict[str, Any] | None]:
+    """The rows of a Parquet slice as Arrow, undecoded, and the file's GeoParquet ``geo``
+    metadata (None for plain Parquet read through ``lonlat_cols``); errors as in
+    :func:`read_slice`."""
+    if sl.error is not None:
+        raise IngestInputError(sl.error)
+    if sl.format != "parquet":
+        raise ValueError(f"read_parquet_table needs a Parquet slice, got {sl.format!r}")
+    with _reading(sl.url, sl.describe()):
+        return _read_parquet_table(sl, config)
+
+
+def _read_parquet_table(
+    sl: InputSlice, config: GeospatialPartitionJobStepConfig
+) -> tuple[pa.Table, dict[str, Any] | None]:
     import pyarrow as pa
 
     with _parquet_file(sl.url) as pf:
@@ -472,6 +486,13 @@ def _read_parquet_slice(
             schema = pf.schema_arrow
             schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
             table = pa.Table.from_batches(batches, schema=schema)
+    return table, geo
+
+
+def _read_parquet_slice(
+    sl: InputSlice, config: GeospatialPartitionJobStepConfig
+) -> gpd.GeoDataFrame:
+    table, geo = _read_parquet_table(sl, config)
     if geo is None:
         assert config.lonlat_cols is not None
         frame = table.to_pandas().reset_index(drop=True)

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from ..table import TableWriter
+    from .prepare import PrepareReport
     from .read import InputSlice
 
 X, Y, M, ID, CHUNK = "__fc_x", "__fc_y", "__fc_m", "__fc_id", "__fc_chunk"
@@ -183,6 +184,89 @@ def list_input_slices(
 # --- prepare ------------------------------------------------------------------------------------
 
 
+WKB_POINT_SIZE = 21
+"""Bytes of a 2D point in WKB: byte order, type, x, y."""
+
+
+def _points_fast(
+    sl: InputSlice, config: GeospatialPartitionJobStepConfig
+) -> tuple[pa.Table, np.ndarray, np.ndarray, PrepareReport] | None:
+    """Prepare a GeoParquet slice of 2D points in degrees without decoding a geometry: the WKB
+    column is kept as is and x, y are read from its bytes. None when the slice is anything else
+    (other geometries, nulls, empty points, another CRS, ``remove_cols``, non-finite
+    coordinates kept by ``drop_out_of_bounds=False``): the general path prepares it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .prepare import WGS84_BOUNDS, PrepareReport
+    from .read import read_parquet_table
+
+    if sl.format != "parquet" or config.lonlat_cols is not None or config.remove_cols:
+        return None
+    table, geo = read_parquet_table(sl, config)
+    if not geo or len(geo.get("columns", {})) != 1:
+        return None
+    name = geo.get("primary_column")
+    meta = geo["columns"].get(name)
+    if meta is None or str(meta.get("encoding", "WKB")).upper() != "WKB":
+        return None
+    if "crs" in meta and meta["crs"] is None:
+        return None  # an unknown CRS: the general path tells whether it can be degrees
+    if not _is_degrees(meta.get("crs", "OGC:CRS84")):
+        return None
+    col = table.column(name).combine_chunks()
+    large = pa.types.is_large_binary(col.type)
+    if col.null_count or not (pa.types.is_binary(col.type) or large):
+        return None
+    n0 = len(col)
+    if n0 and not (pc.binary_length(col).to_numpy() == WKB_POINT_SIZE).all():
+        return None
+    offsets = np.frombuffer(col.buffers()[1], np.int64 if large else np.int32)
+    begin = int(offsets[col.offset]) if n0 else 0
+    data = np.frombuffer(col.buffers()[2], np.uint8) if n0 else np.empty(0, np.uint8)
+    raw = data[begin : begin + n0 * WKB_POINT_SIZE].reshape(n0, WKB_POINT_SIZE)
+    if n0 and not ((raw[:, 0] == 1).all() and (raw[:, 1:5].view("<u4")[:, 0] == 1).all()):
+        return None
+    xy = raw[:, 5:21].copy().view("<f8")
+    x, y = xy[:, 0].copy(), xy[:, 1].copy()
+    finite = np.isfinite(x) & np.isfinite(y)
+    x0, y0, x1, y1 = WGS84_BOUNDS
+    inside = finite & (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+    report = PrepareReport(input_rows=n0)
+    if not inside.all():
+        if config.drop_out_of_bounds is False:
+            if not finite.all():
+                return None  # the general path names the rows
+        else:
+            keep = np.flatnonzero(inside)
+            table, x, y = table.take(pa.array(keep)), x[keep], y[keep]
+            report.dropped_out_of_bounds = int(n0 - len(keep))
+    drop = [c for c in table.column_names if c == "bbox" and c != name]
+    table = table.drop_columns(drop)
+    for reserved in HELPER_COLUMNS:
+        if reserved in table.column_names:
+            raise IngestInputError(
+                f"the input has a column named {reserved!r}, reserved; rename it"
+            )
+    if large:
+        table = table.set_column(
+            table.column_names.index(name), name, table.column(name).cast(pa.binary())
+        )
+    report.output_rows = len(x)
+    return table.replace_schema_metadata({GEOMETRY_KEY: name.encode()}), x, y, report
+
+
+def _is_degrees(crs: Any) -> bool:
+    """Whether GeoParquet's ``crs`` value is EPSG:4326 or OGC:CRS84."""
+    from pyproj import CRS
+
+    try:
+        c = CRS.from_user_input(crs)
+    except Exception:
+        return False
+    return c.to_epsg() == 4326 or c.to_string() in ("OGC:CRS84", "EPSG:4326")
+
+
 def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str, Any]:
     """Read and prepare one slice; write it and its planning sample to the work folder.
 
@@ -197,24 +281,40 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
 
     config = _config(ctx)
     sl = InputSlice.model_validate(input_slice)
-    raw = read_slice(sl, config)
-    prepared = prepare_frame(
-        raw,
-        partitioning_method=config.partitioning_method,
-        load_columns=config.load_columns,
-        remove_cols=config.remove_cols,
-        explode_geometries=config.explode_geometries,
-        drop_out_of_bounds=config.drop_out_of_bounds,
-        subdivide_method=config.subdivide_method,
-        subdivide_start=config.subdivide_start,
-        subdivide_stop=config.subdivide_stop,
-        allow_empty=True,
-    )
-    n = len(prepared.frame)
+    fast = _points_fast(sl, config)
+    if fast is not None:
+        table, x, y, report = fast
+        n = len(x)
+        zeros, ones = np.zeros(n), np.ones(n)
+        facts = RowFacts(
+            np.column_stack([x, y, x, y]), zeros, zeros, np.ones(n, np.int64),
+            np.zeros(n, np.int8), np.zeros(n, bool),
+        )  # fmt: skip
+        measure = zeros if config.partitioning_method in ("area", "length") else ones
+    else:
+        prepared = prepare_frame(
+            read_slice(sl, config),
+            partitioning_method=config.partitioning_method,
+            load_columns=config.load_columns,
+            remove_cols=config.remove_cols,
+            explode_geometries=config.explode_geometries,
+            drop_out_of_bounds=config.drop_out_of_bounds,
+            subdivide_method=config.subdivide_method,
+            subdivide_start=config.subdivide_start,
+            subdivide_stop=config.subdivide_stop,
+            allow_empty=True,
+        )
+        n, x, y, measure, report = (
+            len(prepared.frame),
+            prepared.x,
+            prepared.y,
+            prepared.measure,
+            prepared.report,
+        )
+        table = _encode(prepared.frame)
+        facts = RowFacts.of(np.asarray(prepared.frame.geometry.array, dtype=object))
     ids = sl.slice_id * ROW_ID_STRIDE + np.arange(n, dtype=np.int64)
-    table = _encode(prepared.frame)
-    facts = RowFacts.of(np.asarray(prepared.frame.geometry.array, dtype=object))
-    helpers = {X: prepared.x, Y: prepared.y, M: prepared.measure, ID: ids}
+    helpers = {X: x, Y: y, M: measure, ID: ids}
     helpers.update({name: facts.bounds[:, i] for i, name in enumerate(BOUNDS)})
     helpers.update(
         {AREA: facts.area, LENGTH: facts.length, NCOORDS: facts.num_coords,
@@ -226,14 +326,12 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
 
     k = max(1, math.ceil(ctx["sample_rows"] / max(1, ctx["n_slices"])))
     pick = evenly_spaced(n, k) if n > k else np.arange(n)
-    w = prepared.measure[pick]
-    total = float(prepared.measure.sum())
+    w = measure[pick]
+    total = float(measure.sum())
     scale = total / float(w.sum()) if len(pick) and float(w.sum()) > 0 else 1.0
-    sample = pa.table(
-        {"x": prepared.x[pick], "y": prepared.y[pick], "w": w * scale, "id": ids[pick]}
-    )
+    sample = pa.table({"x": x[pick], "y": y[pick], "w": w * scale, "id": ids[pick]})
     _write_arrow(_path(ctx, "samples", f"{sl.slice_id}.arrow"), sample)
-    r = prepared.report
+    r = report
     return {
         "slice_id": sl.slice_id,
         "rows": n,
