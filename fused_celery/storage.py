@@ -311,9 +311,10 @@ def open_input_file(url: str) -> pa.NativeFile:
     return _call("open", loc, lambda: loc.filesystem.open_input_file(loc.path))
 
 
-def write_bytes(url: str, data: bytes) -> None:
-    """Write ``data`` to ``url`` atomically, replacing what was there."""
-    with atomic_output(url) as out:
+def write_bytes(url: str, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``url`` atomically, replacing what was there (durable: see
+    :func:`atomic_output`)."""
+    with atomic_output(url, durable=durable) as out:
         out.write(data)
 
 

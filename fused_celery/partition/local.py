@@ -132,13 +132,13 @@ def run_ingest(
         slice_ids = sorted(int(p["slice_id"]) for p in prepared if int(p["rows"]))
         items = [{"slice_id": s} for s in slice_ids]
         scattered = _map("scatter_slice", ctx, items, engine=engine, ignore_errors=ignore)
-        by_file: dict[int, list[int]] = {}
+        by_file: dict[int, list[list[int]]] = {}
         for _, r in scattered:
-            for f in r["files"]:
-                by_file.setdefault(int(f), []).append(int(r["slice_id"]))
+            for f, (batch, _rows) in r["files"].items():
+                by_file.setdefault(int(f), []).append([int(r["slice_id"]), int(batch)])
         maxima = (plan["max_per_file"], plan["max_per_chunk"])
         items = [
-            {"file_index": f, "slice_ids": sorted(by_file[f]), "maxima": maxima}
+            {"file_index": f, "parts": sorted(by_file[f]), "maxima": maxima}
             for f in sorted(by_file)
         ]
         written = [

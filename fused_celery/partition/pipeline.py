@@ -253,7 +253,7 @@ def plan(results: list[dict[str, Any]], ctx: dict[str, Any], queue: str) -> None
 
 @app.task(name=SCATTER, acks_late=True)
 def scatter(ctx: dict[str, Any], slice_id: int) -> dict[str, Any]:
-    """Chord member: route one prepared slice's rows to per-file shards."""
+    """Chord member: route one prepared slice's rows to their files."""
     from .stages import scatter_slice
 
     return _member(ctx["job_id"], "scatter", str(slice_id), lambda: scatter_slice(ctx, slice_id))
@@ -270,10 +270,10 @@ def route(results: list[dict[str, Any]], ctx: dict[str, Any], queue: str) -> Non
     _failed_list(ctx, "scatter", failed)
 
     def work() -> None:
-        by_file: dict[int, list[int]] = {}
+        by_file: dict[int, list[list[int]]] = {}
         for r in ok:
-            for f in r["ok"]["files"]:
-                by_file.setdefault(int(f), []).append(int(r["ok"]["slice_id"]))
+            for f, (batch, _rows) in r["ok"]["files"].items():
+                by_file.setdefault(int(f), []).append([int(r["ok"]["slice_id"]), int(batch)])
         files = sorted(by_file)
         if not record.start_stage("write", len(files)):
             return
@@ -292,7 +292,7 @@ def route(results: list[dict[str, Any]], ctx: dict[str, Any], queue: str) -> Non
 
 @app.task(name=WRITE, acks_late=True)
 def write(
-    ctx: dict[str, Any], file_index: int, slice_ids: list[int], maxima: list[float]
+    ctx: dict[str, Any], file_index: int, parts: list[list[int]], maxima: list[float]
 ) -> dict[str, Any]:
     """Chord member: write one planned file (refined) to staging."""
     from .stages import write_file
@@ -301,7 +301,7 @@ def write(
         ctx["job_id"],
         "write",
         str(file_index),
-        lambda: write_file(ctx, file_index, slice_ids, (float(maxima[0]), float(maxima[1]))),
+        lambda: write_file(ctx, file_index, parts, (float(maxima[0]), float(maxima[1]))),
     )
 
 

@@ -18,7 +18,8 @@ Everything between stages lives under the run's work folder, ``<table>/_staging/
 - ``samples/<slice>.arrow``: an evenly spaced sample of at most ``sample_rows / n_slices``
   rows of the slice (``x, y, w, id``; ``w`` scaled so the sample weighs what the slice weighs);
 - ``plan.npz``: the kd split tree (planned on the pooled samples) and the maxima;
-- ``shards/<file>/<slice>.arrow``: the rows of one slice routed to one file, sorted by chunk.
+- ``scattered/<slice>.arrow``: the slice's rows routed to their files, one record batch per file,
+  sorted by chunk.
 
 A plan made from a sample can leave a chunk or file over its maximum; :func:`write_file` refines
 such chunks with the exact rows (splitting them again with the same rules) and splits a file
@@ -455,8 +456,10 @@ def _load_tree(ctx: dict[str, Any]) -> PartitionTree:
 
 
 def scatter_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, Any]:
-    """Route the rows of one prepared slice to their planned file and chunk and write one shard
-    per file. Returns ``{"slice_id", "files": {file_index: rows}}`` (keys as strings)."""
+    """Route the rows of one prepared slice to their planned file and chunk; write them as one
+    Arrow IPC file of the slice with one record batch per file, rows sorted by chunk.
+
+    Returns ``{"slice_id", "files": {file_index: [batch, rows]}}`` (keys as strings)."""
     import pyarrow as pa
 
     table = _read_arrow(_path(ctx, "prepared", f"{slice_id}.arrow"))
@@ -465,16 +468,39 @@ def scatter_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, Any]:
     )
     table = table.append_column(CHUNK, pa.array(chunk_index, pa.int32()))
     order = np.lexsort((chunk_index, file_index))
-    table = table.take(pa.array(order))
+    table = table.take(pa.array(order)).combine_chunks()
     sorted_files = file_index[order]
-    starts = np.flatnonzero(np.r_[True, sorted_files[1:] != sorted_files[:-1]])
-    stops = np.r_[starts[1:], len(order)]
-    files: dict[str, int] = {}
+    starts = (
+        np.flatnonzero(np.r_[True, sorted_files[1:] != sorted_files[:-1]]) if len(order) else []
+    )
+    stops = np.r_[starts[1:], len(order)] if len(order) else []
+    files: dict[str, list[int]] = {}
+    batches = []
     for a, b in zip(starts, stops):
-        f = int(sorted_files[a])
-        _write_arrow(_path(ctx, "shards", str(f), f"{slice_id}.arrow"), table.slice(a, b - a))
-        files[str(f)] = int(b - a)
+        files[str(int(sorted_files[a]))] = [len(batches), int(b - a)]
+        batches.append(table.slice(a, b - a).to_batches()[0])  # one chunk: combined above
+    _write_batches(_path(ctx, "scattered", f"{slice_id}.arrow"), table.schema, batches)
     return {"slice_id": int(slice_id), "files": files}
+
+
+def _write_batches(url: str, schema: pa.Schema, batches: list[pa.RecordBatch]) -> None:
+    """An Arrow IPC file of ``batches`` (LZ4), not fsynced; batch i is readable alone."""
+    import pyarrow as pa
+
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    with (
+        storage.atomic_output(url, durable=False) as out,
+        pa.ipc.new_file(out, schema, options=options) as writer,
+    ):
+        for batch in batches:
+            writer.write_batch(batch)
+
+
+def _read_batch(url: str, index: int) -> pa.RecordBatch:
+    import pyarrow as pa
+
+    with storage.open_input_file(url) as f:
+        return pa.ipc.open_file(f).get_batch(index)
 
 
 # --- write --------------------------------------------------------------------------------------
@@ -536,10 +562,14 @@ def group_chunks(chunk_measures: np.ndarray, max_per_file: float) -> list[tuple[
 
 
 def write_file(
-    ctx: dict[str, Any], file_index: int, slice_ids: list[int], maxima: tuple[float, float]
+    ctx: dict[str, Any],
+    file_index: int,
+    parts: list[list[int]],
+    maxima: tuple[float, float],
 ) -> dict[str, Any]:
-    """Write planned file ``file_index`` from its shards (of ``slice_ids``), refining chunks and
-    the file with the exact rows. maxima: ``(max_per_file, max_per_chunk)``.
+    """Write planned file ``file_index`` from its scattered parts (``[slice_id, batch]`` pairs,
+    see :func:`scatter_slice`), refining chunks and the file with the exact rows. maxima:
+    ``(max_per_file, max_per_chunk)``.
 
     Returns ``{"file_index", "chunks": [ChunkMetadata dicts]}`` (one output file or more)."""
     import pyarrow as pa
@@ -547,10 +577,9 @@ def write_file(
     from ..table import RowFacts
 
     config = _config(ctx)
-    parts = [
-        _read_arrow(_path(ctx, "shards", str(file_index), f"{s}.arrow")) for s in sorted(slice_ids)
-    ]
-    table = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+    batches = [_read_batch(_path(ctx, "scattered", f"{s}.arrow"), int(b)) for s, b in sorted(parts)]
+    tables = [pa.Table.from_batches([b]) for b in batches]
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     chunk = table.column(CHUNK).to_numpy()
     order = np.argsort(chunk, kind="stable")
     if not (order == np.arange(len(order))).all():
