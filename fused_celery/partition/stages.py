@@ -124,10 +124,10 @@ def _encode(frame: gpd.GeoDataFrame) -> pa.Table:
 
 
 def _write_arrow(url: str, table: pa.Table) -> None:
-    """Scratch data between stages: an Arrow IPC file (LZ4), not fsynced."""
+    """Scratch data between stages: an uncompressed Arrow IPC file, not fsynced."""
     import pyarrow as pa
 
-    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    options = pa.ipc.IpcWriteOptions(compression=None)
     with (
         storage.atomic_output(url, durable=False) as out,
         pa.ipc.new_file(out, table.schema, options=options) as writer,
@@ -484,10 +484,10 @@ def scatter_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, Any]:
 
 
 def _write_batches(url: str, schema: pa.Schema, batches: list[pa.RecordBatch]) -> None:
-    """An Arrow IPC file of ``batches`` (LZ4), not fsynced; batch i is readable alone."""
+    """An uncompressed Arrow IPC file of ``batches``, not fsynced; batch i is readable alone."""
     import pyarrow as pa
 
-    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    options = pa.ipc.IpcWriteOptions(compression=None)
     with (
         storage.atomic_output(url, durable=False) as out,
         pa.ipc.new_file(out, schema, options=options) as writer,
