@@ -74,7 +74,8 @@ class Options(BaseSettings):
         ``AWS_SESSION_TOKEN``, ``~/.aws/credentials``, an instance profile).
     ingest_slice_rows: rows per input slice, i.e. per prepare task of an ingest (default 250,000).
     ingest_sample_rows: centroids an ingest plans from; inputs with at most this many rows are
-        planned exactly (default 1,000,000).
+        planned exactly (default 300,000; chunks a sampled plan leaves over their maximum are
+        split with the exact rows when written).
     job_watchdog_interval: seconds between a job's watchdog checks (default 15).
     worker_preload: modules every worker process imports when it starts, so the first task does
         not pay for them (default pandas, pyarrow, shapely, geopandas; [] for none).
@@ -112,7 +113,7 @@ class Options(BaseSettings):
     aws_secret_access_key: SecretStr | None = None
     aws_session_token: SecretStr | None = None
     ingest_slice_rows: int = Field(default=250_000, ge=1)
-    ingest_sample_rows: int = Field(default=1_000_000, ge=1)
+    ingest_sample_rows: int = Field(default=300_000, ge=1)
     job_watchdog_interval: float = Field(default=15.0, gt=0)
     job_stall_timeout: float | None = Field(default=None, gt=0)
     worker_preload: list[str] = Field(

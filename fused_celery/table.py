@@ -230,6 +230,20 @@ class RowFacts:
             self.type_id[rows], self.has_z[rows],
         )  # fmt: skip
 
+    @classmethod
+    def concat(cls, parts: Sequence[RowFacts]) -> RowFacts:
+        """The facts of the rows of ``parts``, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            np.concatenate([p.bounds for p in parts]),
+            np.concatenate([p.area for p in parts]),
+            np.concatenate([p.length for p in parts]),
+            np.concatenate([p.num_coords for p in parts]),
+            np.concatenate([p.type_id for p in parts]),
+            np.concatenate([p.has_z for p in parts]),
+        )
+
     def geometry_types(self) -> list[str]:
         """GeoParquet ``geometry_types`` of these rows (nulls and empties left out)."""
         keep = (self.type_id >= 0) & ~np.isnan(self.bounds).any(axis=1)
@@ -246,6 +260,35 @@ class RowFacts:
             return (math.nan,) * 4
         return (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()),
                 float(b[:, 3].max()))  # fmt: skip
+
+    def chunks_metadata(self, file_id: str, offsets: Sequence[int]) -> list[ChunkMetadata]:
+        """The metadata of consecutive non-empty chunks, chunk k being rows
+        ``offsets[k]:offsets[k + 1]`` (same values as :meth:`chunk_metadata` of each)."""
+        starts = np.asarray(offsets[:-1], np.int64)
+        if not len(starts):
+            return []
+        b = self.bounds
+        lo = [np.fmin.reduceat(b[:, i], starts) for i in (0, 1)]
+        hi = [np.fmax.reduceat(b[:, i], starts) for i in (2, 3)]
+        area = np.add.reduceat(np.nan_to_num(self.area), starts)
+        length = np.add.reduceat(np.nan_to_num(self.length), starts)
+        coords = np.add.reduceat(self.num_coords, starts)
+        rows = np.diff(np.asarray(offsets, np.int64))
+        return [
+            ChunkMetadata(
+                file_id=str(file_id),
+                chunk_id=k,
+                bbox_minx=float(lo[0][k]),
+                bbox_miny=float(lo[1][k]),
+                bbox_maxx=float(hi[0][k]),
+                bbox_maxy=float(hi[1][k]),
+                sum_area=float(area[k]),
+                sum_length=float(length[k]),
+                num_coords=int(coords[k]),
+                num_rows=int(rows[k]),
+            )  # fmt: skip
+            for k in range(len(starts))
+        ]
 
     def chunk_metadata(self, file_id: str, chunk_id: int) -> ChunkMetadata:
         """The metadata of a chunk made of these rows."""
@@ -1157,7 +1200,9 @@ class TableWriter:
         geo = geo_metadata(columns, geometry)
         table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
         bounds = [(int(a), int(z)) for a, z in zip(chunk_offsets[:-1], chunk_offsets[1:]) if z > a]
-        metas = [facts.take(slice(a, z)).chunk_metadata(fid, i) for i, (a, z) in enumerate(bounds)]
+        metas = facts.chunks_metadata(
+            fid, [a for a, _ in bounds] + [bounds[-1][1]] if bounds else []
+        )
         staged = self.staged_file_url(fid)
         if bounds:
             with (

@@ -750,3 +750,21 @@ def test_files_of_one_table_must_share_a_crs(tmp_path):
         T.write_table(str(tmp_path / "t"), {"0": [chunk], "1": [chunk.to_crs(3857)]})
     with pytest.raises(IncompleteTableError):
         T.open_table(str(tmp_path / "t"))
+
+
+def test_chunks_metadata_equals_per_chunk_metadata():
+    """The vectorised metadata of consecutive chunks equals each chunk's own, nulls included."""
+    from fused_celery.table import RowFacts
+
+    rng = np.random.default_rng(1)
+    mixed = [shapely.box(0, 0, 1, 2), None, shapely.LineString([(0, 0), (3, 4)])] * 5
+    geoms = np.array([shapely.Point(rng.random(2)) for _ in range(50)] + mixed, dtype=object)
+    facts = RowFacts.of(geoms)
+    offsets = [0, 10, 30, 31, 40, len(geoms)]
+    together = facts.chunks_metadata("3", offsets)
+    one_by_one = [
+        facts.take(slice(a, b)).chunk_metadata("3", k)
+        for k, (a, b) in enumerate(zip(offsets[:-1], offsets[1:]))
+    ]
+    assert [m.model_dump() for m in together] == [m.model_dump() for m in one_by_one]
+    assert together[3].num_rows == 9 and together[-1].num_rows == len(geoms) - 40

@@ -44,14 +44,15 @@ if TYPE_CHECKING:
     import geopandas as gpd
     import pyarrow as pa
 
-    from ..table import TableWriter
+    from ..table import RowFacts, TableWriter
     from .prepare import PrepareReport
     from .read import InputSlice
 
 X, Y, M, ID, CHUNK = "__fc_x", "__fc_y", "__fc_m", "__fc_id", "__fc_chunk"
 BOUNDS = ("__fc_minx", "__fc_miny", "__fc_maxx", "__fc_maxy")
 AREA, LENGTH, NCOORDS, TYPE, HAS_Z = "__fc_area", "__fc_len", "__fc_nc", "__fc_type", "__fc_z"
-HELPER_COLUMNS = (X, Y, M, ID, CHUNK, *BOUNDS, AREA, LENGTH, NCOORDS, TYPE, HAS_Z)
+FACT_COLUMNS = (*BOUNDS, AREA, LENGTH, NCOORDS, TYPE, HAS_Z)
+HELPER_COLUMNS = (X, Y, M, ID, CHUNK, *FACT_COLUMNS)
 GEOMETRY_KEY = b"fc:geometry"
 """Schema metadata of work files: the name of the (WKB) geometry column."""
 ROW_ID_STRIDE = 2**32
@@ -286,12 +287,8 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
     if fast is not None:
         table, x, y, report = fast
         n = len(x)
-        zeros, ones = np.zeros(n), np.ones(n)
-        facts = RowFacts(
-            np.column_stack([x, y, x, y]), zeros, zeros, np.ones(n, np.int64),
-            np.zeros(n, np.int8), np.zeros(n, bool),
-        )  # fmt: skip
-        measure = zeros if config.partitioning_method in ("area", "length") else ones
+        facts = None
+        measure = np.zeros(n) if config.partitioning_method in ("area", "length") else np.ones(n)
     else:
         prepared = prepare_frame(
             read_slice(sl, config),
@@ -316,11 +313,12 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
         facts = RowFacts.of(np.asarray(prepared.frame.geometry.array, dtype=object))
     ids = sl.slice_id * ROW_ID_STRIDE + np.arange(n, dtype=np.int64)
     helpers = {X: x, Y: y, M: measure, ID: ids}
-    helpers.update({name: facts.bounds[:, i] for i, name in enumerate(BOUNDS)})
-    helpers.update(
-        {AREA: facts.area, LENGTH: facts.length, NCOORDS: facts.num_coords,
-         TYPE: facts.type_id, HAS_Z: facts.has_z}
-    )  # fmt: skip
+    if facts is not None:  # 2D points need none: their facts follow from x, y
+        helpers.update({name: facts.bounds[:, i] for i, name in enumerate(BOUNDS)})
+        helpers.update(
+            {AREA: facts.area, LENGTH: facts.length, NCOORDS: facts.num_coords,
+             TYPE: facts.type_id, HAS_Z: facts.has_z}
+        )  # fmt: skip
     for name, values in helpers.items():
         table = table.append_column(name, pa.array(values))
     _write_arrow(_path(ctx, "prepared", f"{sl.slice_id}.arrow"), table)
@@ -561,6 +559,28 @@ def group_chunks(chunk_measures: np.ndarray, max_per_file: float) -> list[tuple[
     return runs
 
 
+def _facts(table: pa.Table) -> RowFacts:
+    """The :class:`~fused_celery.table.RowFacts` of a work table: its fact columns, or for 2D
+    points prepared without them, facts from the centroid columns."""
+    from ..table import RowFacts
+
+    if BOUNDS[0] not in table.column_names:
+        x, y = table.column(X).to_numpy(), table.column(Y).to_numpy()
+        n = len(x)
+        return RowFacts(
+            np.column_stack([x, y, x, y]), np.zeros(n), np.zeros(n), np.ones(n, np.int64),
+            np.zeros(n, np.int8), np.zeros(n, bool),
+        )  # fmt: skip
+    return RowFacts(
+        bounds=np.column_stack([table.column(c).to_numpy() for c in BOUNDS]),
+        area=table.column(AREA).to_numpy(),
+        length=table.column(LENGTH).to_numpy(),
+        num_coords=table.column(NCOORDS).to_numpy(),
+        type_id=table.column(TYPE).to_numpy(),
+        has_z=table.column(HAS_Z).to_numpy(zero_copy_only=False),
+    )
+
+
 def write_file(
     ctx: dict[str, Any],
     file_index: int,
@@ -579,12 +599,15 @@ def write_file(
     config = _config(ctx)
     batches = [_read_batch(_path(ctx, "scattered", f"{s}.arrow"), int(b)) for s, b in sorted(parts)]
     tables = [pa.Table.from_batches([b]) for b in batches]
+    part_facts = [_facts(t) for t in tables]
+    tables = [t.drop_columns([c for c in FACT_COLUMNS if c in t.column_names]) for t in tables]
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    facts = RowFacts.concat(part_facts)
     chunk = table.column(CHUNK).to_numpy()
     order = np.argsort(chunk, kind="stable")
     if not (order == np.arange(len(order))).all():
         table = table.take(pa.array(order))
-        chunk = chunk[order]
+        chunk, facts = chunk[order], facts.take(order)
     m = table.column(M).to_numpy()
     per_file, per_chunk = maxima
     chunk = refine_chunks(
@@ -599,19 +622,11 @@ def write_file(
     order = np.argsort(chunk, kind="stable")  # split chunks are in kd order, not row order
     if not (order == np.arange(len(order))).all():
         table = table.take(pa.array(order))
-        chunk, m = chunk[order], m[order]
+        chunk, m, facts = chunk[order], m[order], facts.take(order)
     n_chunks = int(chunk.max()) + 1 if len(chunk) else 0
     chunk_measure = np.bincount(chunk, weights=m, minlength=n_chunks)
     chunk_start = np.searchsorted(chunk, np.arange(n_chunks + 1))
     geometry = (table.schema.metadata or {}).get(GEOMETRY_KEY, b"geometry").decode()
-    facts = RowFacts(
-        bounds=np.column_stack([table.column(c).to_numpy() for c in BOUNDS]),
-        area=table.column(AREA).to_numpy(),
-        length=table.column(LENGTH).to_numpy(),
-        num_coords=table.column(NCOORDS).to_numpy(),
-        type_id=table.column(TYPE).to_numpy(),
-        has_z=table.column(HAS_Z).to_numpy(zero_copy_only=False),
-    )
     table = table.drop_columns([c for c in HELPER_COLUMNS if c in table.column_names])
     writer = _writer(ctx)
     metas: list[dict[str, Any]] = []
