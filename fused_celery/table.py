@@ -292,20 +292,15 @@ class RowFacts:
 
     def chunk_metadata(self, file_id: str, chunk_id: int) -> ChunkMetadata:
         """The metadata of a chunk made of these rows."""
-        bbox = self.bbox()
         n = len(self.type_id)
+        if n:
+            meta = self.chunks_metadata(file_id, [0, n])[0]
+            return meta.model_copy(update={"chunk_id": int(chunk_id)})
+        nan = math.nan
         return ChunkMetadata(
-            file_id=str(file_id),
-            chunk_id=int(chunk_id),
-            bbox_minx=bbox[0],
-            bbox_miny=bbox[1],
-            bbox_maxx=bbox[2],
-            bbox_maxy=bbox[3],
-            sum_area=float(np.nansum(self.area)) if n else 0.0,
-            sum_length=float(np.nansum(self.length)) if n else 0.0,
-            num_coords=int(self.num_coords.sum()) if n else 0,
-            num_rows=n,
-        )
+            file_id=str(file_id), chunk_id=int(chunk_id), bbox_minx=nan, bbox_miny=nan,
+            bbox_maxx=nan, bbox_maxy=nan, sum_area=0.0, sum_length=0.0, num_coords=0, num_rows=0,
+        )  # fmt: skip
 
 
 def compute_chunk_metadata(file_id: str, chunk_id: int, geometries: np.ndarray) -> ChunkMetadata:
