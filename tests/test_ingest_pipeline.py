@@ -206,7 +206,10 @@ def test_remote_ingest_on_cluster(on_shared_cluster, tmp_path, small_slices):
     assert out == ["Done", str(resp.total_tasks), str(resp.total_tasks)]
 
 
-@pytest.mark.parametrize("kind", ["geojson", "gpkg", "shp", "fgb", "csv-lonlat", "frame"])
+@pytest.mark.parametrize(
+    "kind",
+    ["geojson", "gpkg", "shp", "fgb", "csv-lonlat", "csv-wkt", "parquet-lonlat", "list", "frame"],
+)
 def test_remote_ingest_input_kinds(on_shared_cluster, tmp_path, kind):
     src = points(300, seed=2)
     kwargs: dict = {}
@@ -218,6 +221,23 @@ def test_remote_ingest_input_kinds(on_shared_cluster, tmp_path, kind):
         data = str(tmp_path / "in.csv")
         df.to_csv(data, index=False)
         kwargs["lonlat_cols"] = ("lon", "lat")
+    elif kind == "csv-wkt":
+        df = pd.DataFrame({"uid": src["uid"], "v": src["v"], "cat": src["cat"]})
+        df["wkt"] = src.geometry.to_wkt()
+        data = str(tmp_path / "in.csv")
+        df.to_csv(data, index=False)
+        opts = {"GEOM_POSSIBLE_NAMES": "wkt", "KEEP_GEOM_COLUMNS": "NO", "AUTODETECT_TYPE": "YES"}
+        kwargs["gdal_config"] = {"open_options": opts}
+    elif kind == "parquet-lonlat":
+        df = pd.DataFrame({"uid": src["uid"], "v": src["v"], "cat": src["cat"]})
+        df["lon"], df["lat"] = src.geometry.x, src.geometry.y
+        data = str(tmp_path / "in.parquet")
+        df.to_parquet(data)
+        kwargs["lonlat_cols"] = ("lon", "lat")
+    elif kind == "list":
+        src.iloc[:100].to_parquet(tmp_path / "a.parquet")
+        src.iloc[100:].to_file(tmp_path / "b.gpkg", driver="GPKG", engine="pyogrio")
+        data = [str(tmp_path / "a.parquet"), str(tmp_path / "b.gpkg")]
     else:
         driver = {
             "geojson": "GeoJSON",
@@ -229,9 +249,10 @@ def test_remote_ingest_input_kinds(on_shared_cluster, tmp_path, kind):
         src.to_file(data, driver=driver[kind], engine="pyogrio")
     resp = fused.ingest(data, **kwargs).run_remote(output_table=str(tmp_path / "out"))
     resp.wait_for_job(timeout=120)
-    assert resp.status == "Done", (resp.get_logs(), resp.get_status())
+    assert resp.status == "Done", "\n".join(resp.get_logs()[-6:])
     frame = open_table(str(tmp_path / "out")).get_dataframe()
     assert sorted(frame["uid"]) == list(range(300))
+    assert "wkt" not in frame.columns and "geometry" in frame.columns
 
 
 def test_remote_bad_input_fails_job_with_reason_and_no_table(on_shared_cluster, tmp_path):
