@@ -1,4 +1,8 @@
-"""Geospatial partitioning (``fused.ingest``): :mod:`.prepare` (rows → EPSG:4326, repaired,
-measured, centroids), :mod:`.plan` (kd-tree into files and chunks, pure numpy),
-:mod:`.config` (``GeospatialPartitionJobStepConfig``) and :mod:`.local` (single-process ingest).
+"""Geospatial partitioning (``fused.ingest``).
+
+:mod:`.config` (``GeospatialPartitionJobStepConfig``, ``fused.ingest``), :mod:`.read` (inputs in
+slices), :mod:`.prepare` (rows → EPSG:4326, repaired, measured, centroids), :mod:`.plan`
+(kd-tree into files and chunks, pure numpy), :mod:`.stages` (the stages as functions over
+storage), :mod:`.pipeline` (the stages as Celery chords, with a job record and a watchdog) and
+:mod:`.local` (the stages on this machine).
 """
