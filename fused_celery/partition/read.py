@@ -493,6 +493,24 @@ def _read_parquet_slice(
     sl: InputSlice, config: GeospatialPartitionJobStepConfig
 ) -> gpd.GeoDataFrame:
     table, geo = _read_parquet_table(sl, config)
+    return _parquet_frame(table, geo, config)
+
+
+def parquet_frame(
+    sl: InputSlice,
+    table: pa.Table,
+    geo: dict[str, Any] | None,
+    config: GeospatialPartitionJobStepConfig,
+) -> gpd.GeoDataFrame:
+    """What :func:`read_slice` gives for a Parquet slice, from :func:`read_parquet_table`'s
+    result (so a caller that looked at the table does not read it twice)."""
+    with _reading(sl.url, sl.describe()):
+        return _parquet_frame(table, geo, config)
+
+
+def _parquet_frame(
+    table: pa.Table, geo: dict[str, Any] | None, config: GeospatialPartitionJobStepConfig
+) -> gpd.GeoDataFrame:
     if geo is None:
         assert config.lonlat_cols is not None
         frame = table.to_pandas().reset_index(drop=True)

@@ -191,9 +191,10 @@ WKB_POINT_SIZE = 21
 
 
 def _points_fast(
-    sl: InputSlice, config: GeospatialPartitionJobStepConfig
+    table: pa.Table, geo: dict[str, Any] | None, config: GeospatialPartitionJobStepConfig
 ) -> tuple[pa.Table, np.ndarray, np.ndarray, PrepareReport] | None:
-    """Prepare a GeoParquet slice of 2D points in degrees without decoding a geometry: the WKB
+    """Prepare a GeoParquet slice (its ``table`` and ``geo`` metadata, see
+    :func:`.read.read_parquet_table`) of 2D points in degrees without decoding a geometry: the WKB
     column is kept as is and x, y are read from its bytes. None when the slice is anything else
     (other geometries, nulls, empty points, another CRS, ``remove_cols``, non-finite
     coordinates kept by ``drop_out_of_bounds=False``): the general path prepares it."""
@@ -201,11 +202,9 @@ def _points_fast(
     import pyarrow.compute as pc
 
     from .prepare import WGS84_BOUNDS, PrepareReport
-    from .read import read_parquet_table
 
-    if sl.format != "parquet" or config.lonlat_cols is not None or config.remove_cols:
+    if config.lonlat_cols is not None or config.remove_cols:
         return None
-    table, geo = read_parquet_table(sl, config)
     if not geo or len(geo.get("columns", {})) != 1:
         return None
     name = geo.get("primary_column")
@@ -279,11 +278,15 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
 
     from ..table import RowFacts, evenly_spaced
     from .prepare import prepare_frame
-    from .read import InputSlice, read_slice
+    from .read import InputSlice, parquet_frame, read_parquet_table, read_slice
 
     config = _config(ctx)
     sl = InputSlice.model_validate(input_slice)
-    fast = _points_fast(sl, config)
+    fast = raw = None
+    if sl.format == "parquet":  # read once: the points fast path, else a frame from the table
+        table, geo = read_parquet_table(sl, config)
+        fast = _points_fast(table, geo, config)
+        raw = parquet_frame(sl, table, geo, config) if fast is None else None
     if fast is not None:
         table, x, y, report = fast
         n = len(x)
@@ -291,7 +294,7 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
         measure = np.zeros(n) if config.partitioning_method in ("area", "length") else np.ones(n)
     else:
         prepared = prepare_frame(
-            read_slice(sl, config),
+            raw if raw is not None else read_slice(sl, config),
             partitioning_method=config.partitioning_method,
             load_columns=config.load_columns,
             remove_cols=config.remove_cols,
