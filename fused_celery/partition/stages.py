@@ -99,9 +99,46 @@ def _path(ctx: dict[str, Any], *parts: str) -> str:
     return storage.join(ctx["work"], *parts)
 
 
-def _encode(frame: gpd.GeoDataFrame) -> pa.Table:
-    """A prepared frame as Arrow: attributes, then every geometry column as ISO WKB; the active
-    geometry's name in the schema metadata. Reserved helper column names are refused."""
+SOURCE_ROW = "__fc_src"
+"""Column holding each row's position in its slice while it is prepared."""
+
+
+def _original_wkb(
+    table: pa.Table, geo: dict[str, Any] | None, frame: gpd.GeoDataFrame
+) -> pa.Array | None:
+    """The active geometry's WKB as read from GeoParquet (ISO WKB by the spec), when the frame
+    has one geometry column, that one; None otherwise."""
+    import pyarrow as pa
+
+    if not geo or len(geo.get("columns", {})) != 1:
+        return None
+    name = frame.geometry.name
+    meta = geo["columns"].get(name)
+    if (
+        meta is None
+        or str(meta.get("encoding", "WKB")).upper() != "WKB"
+        or len(frame) != len(table)
+    ):
+        return None
+    col = table.column(name).combine_chunks()
+    return col.cast(pa.binary()) if pa.types.is_large_binary(col.type) else col
+
+
+def _geometries_unchanged(report: PrepareReport, config: GeospatialPartitionJobStepConfig) -> bool:
+    """Whether preparation kept every geometry as read (rows may have been dropped)."""
+    return (
+        report.reprojected_from is None
+        and report.made_valid == 0
+        and report.subdivided_rows == 0
+        and report.exploded_rows_added == 0
+        and not config.explode_geometries
+    )
+
+
+def _encode(frame: gpd.GeoDataFrame, wkb: pa.Array | None = None) -> pa.Table:
+    """A prepared frame as Arrow: attributes, then every geometry column as ISO WKB (``wkb``:
+    the active one's, already encoded); the active geometry's name in the schema metadata.
+    Reserved helper column names are refused."""
     import geopandas as gpd
     import pandas as pd
     import pyarrow as pa
@@ -114,9 +151,11 @@ def _encode(frame: gpd.GeoDataFrame) -> pa.Table:
     attrs = pa.Table.from_pandas(pd.DataFrame(frame.drop(columns=geo_cols)), preserve_index=False)
     columns, names = [], []
     for col in frame.columns:
-        if col in geo_cols:
-            wkb = shapely.to_wkb(np.asarray(frame[col].array, dtype=object), flavor="iso")
-            columns.append(pa.array(wkb, type=pa.binary()))
+        if col == frame.geometry.name and wkb is not None:
+            columns.append(wkb)
+        elif col in geo_cols:
+            data = shapely.to_wkb(np.asarray(frame[col].array, dtype=object), flavor="iso")
+            columns.append(pa.array(data, type=pa.binary()))
         else:
             columns.append(attrs.column(str(col)))
         names.append(str(col))
@@ -282,11 +321,15 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
 
     config = _config(ctx)
     sl = InputSlice.model_validate(input_slice)
-    fast = raw = None
+    fast = raw = original = None
     if sl.format == "parquet":  # read once: the points fast path, else a frame from the table
         table, geo = read_parquet_table(sl, config)
         fast = _points_fast(table, geo, config)
-        raw = parquet_frame(sl, table, geo, config) if fast is None else None
+        if fast is None:
+            raw = parquet_frame(sl, table, geo, config)
+            original = _original_wkb(table, geo, raw)
+            if original is not None:  # remember each row's position to reuse its WKB
+                raw[SOURCE_ROW] = np.arange(len(raw))
     if fast is not None:
         table, x, y, report = fast
         n = len(x)
@@ -296,7 +339,11 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
         prepared = prepare_frame(
             raw if raw is not None else read_slice(sl, config),
             partitioning_method=config.partitioning_method,
-            load_columns=config.load_columns,
+            load_columns=(
+                config.load_columns
+                if config.load_columns is None or original is None
+                else [*config.load_columns, SOURCE_ROW]
+            ),
             remove_cols=config.remove_cols,
             explode_geometries=config.explode_geometries,
             drop_out_of_bounds=config.drop_out_of_bounds,
@@ -312,8 +359,13 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
             prepared.measure,
             prepared.report,
         )
-        table = _encode(prepared.frame)
-        facts = RowFacts.of(np.asarray(prepared.frame.geometry.array, dtype=object))
+        frame, wkb = prepared.frame, None
+        if original is not None:
+            if _geometries_unchanged(prepared.report, config):
+                wkb = original.take(pa.array(frame[SOURCE_ROW].to_numpy()))
+            frame = frame.drop(columns=[SOURCE_ROW])
+        table = _encode(frame, wkb)
+        facts = RowFacts.of(np.asarray(frame.geometry.array, dtype=object))
     ids = sl.slice_id * ROW_ID_STRIDE + np.arange(n, dtype=np.int64)
     helpers = {X: x, Y: y, M: measure, ID: ids}
     if facts is not None:  # 2D points need none: their facts follow from x, y
