@@ -501,3 +501,14 @@ def test_points_fast_path_matches_the_general_path(tmp_path):
     fa = fast.get_dataframe().sort_values("uid")
     fb = slow.get_dataframe().sort_values("uid")
     assert shapely.equals(fa.geometry.to_numpy(), fb.geometry.to_numpy()).all()
+
+
+def test_unreachable_broker_at_submit_leaves_nothing(tmp_path, monkeypatch):
+    from fused_celery.types import BrokerUnavailableError
+
+    monkeypatch.setattr(options, "broker_url", "redis://127.0.0.1:1/0")
+    monkeypatch.setattr(options, "result_backend", None)
+    out = tmp_path / "out"
+    with pytest.raises(BrokerUnavailableError, match="127.0.0.1:1"):
+        fused.ingest(points(20)).run_remote(output_table=str(out))
+    assert not out.exists()

@@ -106,8 +106,7 @@ def _member(job_id: str, stage: str, key: str, fn: Callable[[], Any]) -> dict[st
             value = fn()
     except Exception as exc:  # every failure becomes a deterministic value
         message = describe(exc)
-        record.task_failed(task_key, message)
-        record.log(f"{stage} {key} failed: {message}", "ERROR")
+        record.task_failed(task_key, message)  # logged there, at ERROR
         return {"key": key, "error": message}
     record.task_done(task_key)
     return {"key": key, "ok": value}
@@ -405,7 +404,7 @@ def submit_ingest(
     from ..jobs import RunResponse
     from ..record import check_reachable
     from ..table import TableWriter
-    from .stages import materialize_frame, run_context
+    from .stages import discard, materialize_frame, run_context
 
     if instance_type is not None:
         check_instance_type(instance_type)
@@ -418,30 +417,35 @@ def submit_ingest(
     ctx = run_context(
         config, writer, job_id=job_id, n_slices=0, sample_rows=0, slice_rows=slice_rows
     )
-    try:
+    record: JobRecord | None = None
+    try:  # nothing half-submitted: on any error here, no record, no staging, no message
         config = materialize_frame(config, ctx["work"], slice_rows=slice_rows)
+        ctx = run_context(
+            config.model_copy(update={"overwrite": ow, "output": writer.url}),
+            writer,
+            job_id=job_id,
+            n_slices=0,
+            sample_rows=options.ingest_sample_rows,
+            slice_rows=slice_rows,
+        )
+        record = JobRecord.create(
+            job_id=job_id,
+            name=config.name,
+            kind=KIND,
+            instance_type=instance_type,
+            output=writer.url,
+            config={**ctx["config"], **(extra or {})},
+        )
+        record.log(f"submitted: ingest {config.input!r} -> {writer.url} on queue {queue!r}")
+        client = get_app(results=False)
+        client.send_task(START, args=(ctx, queue), queue=queue, task_id=f"{job_id}-start")
     except BaseException:
-        writer.abort()
+        with contextlib.suppress(Exception):
+            discard(ctx)
+        if record is not None:
+            with contextlib.suppress(Exception):
+                record.delete()
         raise
-    ctx = run_context(
-        config.model_copy(update={"overwrite": ow, "output": writer.url}),
-        writer,
-        job_id=job_id,
-        n_slices=0,
-        sample_rows=options.ingest_sample_rows,
-        slice_rows=slice_rows,
-    )
-    record = JobRecord.create(
-        job_id=job_id,
-        name=config.name,
-        kind=KIND,
-        instance_type=instance_type,
-        output=writer.url,
-        config={**ctx["config"], **(extra or {})},
-    )
-    record.log(f"submitted: ingest {config.input!r} -> {writer.url} on queue {queue!r}")
-    client = get_app(results=False)
-    client.send_task(START, args=(ctx, queue), queue=queue, task_id=f"{job_id}-start")
     client.send_task(
         WATCHDOG, args=(ctx, queue), queue=queue, countdown=options.job_watchdog_interval
     )
