@@ -328,8 +328,10 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
         if fast is None:
             raw = parquet_frame(sl, table, geo, config)
             original = _original_wkb(table, geo, raw)
-            if original is not None:  # remember each row's position to reuse its WKB
-                raw[SOURCE_ROW] = np.arange(len(raw))
+            if original is not None and SOURCE_ROW not in raw.columns:
+                raw[SOURCE_ROW] = np.arange(len(raw))  # each row's position, to reuse its WKB
+            else:
+                original = None
     if fast is not None:
         table, x, y, report = fast
         n = len(x)
