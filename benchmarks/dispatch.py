@@ -15,8 +15,9 @@ Then it measures, with the implementations interleaved and every throughput figu
   ``udf.map(range(n), engine="remote", cache=False).results()`` (one message per entry);
 * (b) the same pool with ``n_processes_per_worker=100`` (100 entries per message, 100 threads);
 * (c) single-entry round trips, ``--latency-n`` (500) sequential calls per run: raw
-  ``noop.apply_async((x,)).get()`` against ``udf(x, engine="remote", cache=False)``; median and
-  p95 over all calls of all runs;
+  ``noop.apply_async((x,)).get()`` against ``udf(x, engine="remote", cache=False)``, the two
+  alternating in blocks of ``--latency-block`` (50) calls; median and p95 over all calls of all
+  runs;
 * (d) client memory of a 100,000-entry pool (submit + wait + ``results()``, unbatched), in a
   fresh subprocess: peak RSS over the RSS after imports and one warm-up call (``ru_maxrss``);
   with ``--tracemalloc`` also the ``tracemalloc`` peak, in a second subprocess.
@@ -235,10 +236,10 @@ def run_memory(n: int, trace: bool) -> dict[str, Any]:
 
 
 def table(res: dict[str, Any], n: int, lat_n: int, mem_n: int) -> str:
-    raw, pool, batched = res[RAW], res[POOL], res[BATCHED]
-    lat = res["latency"]
-    mem = res["memory"]
-    eps = {k: n / v["median"] for k, v in ((RAW, raw), (POOL, pool), (BATCHED, batched))}
+    """The results as a Markdown table (rows of the parts that ran)."""
+    lat = res.get("latency")
+    mem = res.get("memory") or {}
+    eps = {k: n / res[k]["median"] for k in (RAW, POOL, BATCHED) if k in res}
     rows = [
         "| measurement | raw Celery | JobPool | JobPool ÷ raw | target | met |",
         "|---|---|---|---|---|---|",
@@ -248,18 +249,22 @@ def table(res: dict[str, Any], n: int, lat_n: int, mem_n: int) -> str:
         mark = "—" if met is None else ("yes" if met else "**no**")
         rows.append(f"| {what} | {r} | {p} | {ratio} | {target} | {mark} |")
 
-    ratio = eps[POOL] / eps[RAW]
-    row(f"(a) {n:,} trivial, unbatched: entries/s", f"{eps[RAW]:,.0f}", f"{eps[POOL]:,.0f}",
-        f"{ratio:.2f}×", "≥ 1.0× raw", ratio >= 1.0)
-    ratio_b = eps[BATCHED] / eps[RAW]
-    row(f"(b) {n:,} trivial, n_processes_per_worker=100: entries/s", f"{eps[RAW]:,.0f}",
-        f"{eps[BATCHED]:,.0f}", f"{ratio_b:.2f}×", "≥ 5,000 entries/s", eps[BATCHED] >= 5000)
-    med_ratio = lat[POOL]["median"] / lat[RAW]["median"]
-    row(f"(c) single entry, {lat_n} sequential: median ms", f"{lat[RAW]['median'] * 1e3:.2f}",
-        f"{lat[POOL]['median'] * 1e3:.2f}", f"{med_ratio:.2f}×", "≤ 1.25× raw", med_ratio <= 1.25)
-    p95_ratio = lat[POOL]["p95"] / lat[RAW]["p95"]
-    row("(c) single entry: p95 ms", f"{lat[RAW]['p95'] * 1e3:.2f}",
-        f"{lat[POOL]['p95'] * 1e3:.2f}", f"{p95_ratio:.2f}×", "—", None)
+    if POOL in eps:
+        ratio = eps[POOL] / eps[RAW]
+        row(f"(a) {n:,} trivial, unbatched: entries/s", f"{eps[RAW]:,.0f}", f"{eps[POOL]:,.0f}",
+            f"{ratio:.2f}×", "≥ 1.0× raw", ratio >= 1.0)
+    if BATCHED in eps:
+        ratio_b = eps[BATCHED] / eps[RAW]
+        row(f"(b) {n:,} trivial, n_processes_per_worker=100: entries/s", f"{eps[RAW]:,.0f}",
+            f"{eps[BATCHED]:,.0f}", f"{ratio_b:.2f}×", "≥ 5,000 entries/s", eps[BATCHED] >= 5000)
+    if lat:
+        med_ratio = lat[POOL]["median"] / lat[RAW]["median"]
+        row(f"(c) single entry, {lat_n} sequential: median ms",
+            f"{lat[RAW]['median'] * 1e3:.2f}", f"{lat[POOL]['median'] * 1e3:.2f}",
+            f"{med_ratio:.2f}×", "≤ 1.25× raw", med_ratio <= 1.25)
+        p95_ratio = lat[POOL]["p95"] / lat[RAW]["p95"]
+        row("(c) single entry: p95 ms", f"{lat[RAW]['p95'] * 1e3:.2f}",
+            f"{lat[POOL]['p95'] * 1e3:.2f}", f"{p95_ratio:.2f}×", "—", None)
     if not mem_n:
         return "\n".join(rows)
     rss = mem.get("rss_delta_mb")
@@ -276,7 +281,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--n", type=int, default=10_000, help="entries of (a) and (b)")
     p.add_argument("--latency-n", type=int, default=500, help="sequential calls per run of (c)")
+    p.add_argument(
+        "--latency-block",
+        type=int,
+        default=50,
+        help="(c) alternates raw and JobPool calls in blocks of this many (default 50), so that "
+        "both sides see the same machine load; --latency-block 500 runs each side's 500 in one go",
+    )
     p.add_argument("--memory-n", type=int, default=100_000, help="entries of (d); 0 skips it")
+    p.add_argument(
+        "--parts", default="abcd",
+        help="measurements to run, e.g. 'c' for latency only (default abcd; (b) needs (a)'s raw "
+        "runs for its ratio, so 'b' runs them too)",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=2, help="pool processes per worker")
@@ -312,13 +329,21 @@ def main(argv: list[str] | None = None) -> int:
     samples: dict[str, list[float]] = {RAW: [], POOL: [], BATCHED: []}
     lat: dict[str, list[float]] = {RAW: [], POOL: []}
     failures: list[str] = []
+    parts = set(opts.parts.lower())
     runs = {RAW: lambda: raw_group(n), POOL: lambda: pool_map(n, None),
             BATCHED: lambda: pool_map(n, 100)}
+    if "a" not in parts:
+        del runs[POOL]
+    if "b" not in parts:
+        del runs[BATCHED]
+    if not parts & {"a", "b"}:
+        del runs[RAW]
+    mem_n = opts.memory_n if "d" in parts else 0
     res: dict[str, Any] = {}
     with Cluster(opts.workers, opts.concurrency):
         raw_group(50), pool_map(50, None), pool_map(200, 100)  # warm-up
         raw_latency(20, 0), pool_latency(20, 0)
-        for rep in range(opts.repeats):
+        for rep in range(opts.repeats if runs or "c" in parts else 0):
             for name, run in runs.items():
                 s = run()
                 if s["rows"] != n or s["checksum"] != expected:
@@ -327,33 +352,42 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:40s} run {rep + 1}: {s['seconds']:7.3f} s "
                       f"({n / s['seconds']:,.0f} entries/s)  load {load()}", flush=True)
             offset = rep * opts.latency_n
-            for name, fn in ((RAW, raw_latency), (POOL, pool_latency)):
-                got = fn(opts.latency_n, offset)
+            got_run: dict[str, list[float]] = {RAW: [], POOL: []}
+            block = max(1, opts.latency_block)
+            for start in range(0, opts.latency_n, block) if "c" in parts else ():
+                size = min(block, opts.latency_n - start)
+                for name, fn in ((RAW, raw_latency), (POOL, pool_latency)):
+                    got_run[name] += fn(size, offset + start)
+            for name, got in got_run.items() if "c" in parts else ():
                 lat[name] += got
                 print(f"  {name + ' latency':40s} run {rep + 1}: median "
                       f"{statistics.median(got) * 1e3:.2f} ms, p95 "
                       f"{percentile(got, 0.95) * 1e3:.2f} ms", flush=True)
         for name, values in samples.items():
-            res[name] = {"median": statistics.median(values), "samples": values}
-        res["latency"] = {
-            name: {"median": statistics.median(v), "p95": percentile(v, 0.95)}
-            for name, v in lat.items()
-        }
+            if values:
+                res[name] = {"median": statistics.median(values), "samples": values}
+        if "c" in parts:
+            res["latency"] = {
+                name: {"median": statistics.median(v), "p95": percentile(v, 0.95)}
+                for name, v in lat.items()
+            }
         mem: dict[str, Any] = {}
-        if opts.memory_n:
+        if mem_n:
             for trace in (False, True) if opts.tracemalloc else (False,):
-                got = run_memory(opts.memory_n, trace)
-                if got["rows"] != opts.memory_n or not got["ok"]:
+                got = run_memory(mem_n, trace)
+                if got["rows"] != mem_n or not got["ok"]:
                     failures.append(f"memory run: WRONG RESULTS {got}")
                 mem.update(got)
-                print(f"  (d) {opts.memory_n:,}-entry pool{' (tracemalloc)' if trace else ''}: "
+                print(f"  (d) {mem_n:,}-entry pool{' (tracemalloc)' if trace else ''}: "
                       f"{got['seconds']:.1f} s, {json.dumps(got)}", flush=True)
         res["memory"] = mem
 
     print()
-    print(table(res, n, opts.latency_n, opts.memory_n))
+    print(table(res, n, opts.latency_n, mem_n))
     print()
     for name, values in samples.items():
+        if not values:
+            continue
         print(f"samples {name}: {', '.join(f'{v:.3f}' for v in values)} s")
     print(f"load average at end (1/5/15 min): {load()}")
     for failure in failures:

@@ -32,7 +32,11 @@ key              type     holds
 ``P:items``      hash     retry item -> JSON list of its positions
 ``P:counts``     hash     status -> number of entries (kept in step with ``state`` by the scripts)
 ``P:version``    string   counter, incremented on every state change
-``P:events``     channel  PUBLISHed (the new version) when entries finish, are cancelled or retried
+``P:events``     channel  PUBLISHed (the new version) when entries finish, are cancelled or retried;
+                          a worker's finish in a small pool (``record.SMALL_POOL_ENTRIES``)
+                          publishes JSON ``{v, c, s, o, l}`` instead: the version and the
+                          ``counts``, ``state``, ``outcome`` and ``logs`` hashes, when that fits
+                          in ``record.EVENT_PAYLOAD_MAX_BYTES``
 ``fc:tomb:<id>`` string   creation time; outlives the record by ``TOMBSTONE_GRACE`` so that
                           reading an expired pool can say "expired"
 ``fc:pools``     zset     pool id -> creation time (listing; trimmed to ``result_expires``)

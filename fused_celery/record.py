@@ -5,12 +5,15 @@ engine (client side) and the task bodies (worker side) both go through :class:`P
 
 Every transition that workers and clients may race on is one Lua script, so it is atomic:
 
+- ``create`` (client, at submit): the whole record, every key with its TTL, in one round trip.
 - ``start`` (worker, before running a message's entries): skip the message if the record is gone
   or it is a duplicate publish; per entry skip it if cancelled, superseded by a newer attempt, or
   already finished; fail it as "worker lost" when the same attempt was delivered too often; serve
   it from the result cache; else mark it ``running`` and return its encoded arguments.
 - ``finish`` (worker): record each entry's final outcome, or move it to its next attempt
-  (automatic retry); then, for pools capped by ``max_workers``, choose the lane's next batch.
+  (automatic retry), and announce it on the pool's events channel (for a small pool, with the
+  record's new state, so that a waiting client needs no read); then, for pools capped by
+  ``max_workers``, choose the lane's next batch.
 - ``cancel`` / ``retry`` (client).
 """
 
@@ -370,29 +373,33 @@ local function next_item(K, j, prev, n, bs, prefix)
 end
 """
 
-# KEYS: state cancelled args begun hosts deliveries version outcome logs tasks counts meta
+# KEYS: state cancelled args begun hosts deliveries version outcome logs tasks counts meta tomb
 # ARGV: task_id redelivered host now max_deliveries channel cache_digest cache_max_age
 #       cache_prefix want_meta, then (pos, attempt) pairs
 # want_meta '1': read the cache settings from meta (not ARGV) and return the meta hash too.
-# Returns 'gone' / 'dup', or {m, <m meta fields and values>, (pos, decision, args, ck)...}.
+# Returns 'unborn' (no record and no tombstone: not written yet), 'gone', 'dup', or {meta JSON
+# object ('' unless want_meta), (pos, decision, args, ck)...} (one JSON string parses much
+# faster in the client than a reply of 2 elements per field).
 _START = (
     _LUA_PARSE
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('EXISTS', KEYS[13]) == 0 then return 'unborn' end
+  return 'gone'
+end
 if redis.call('SADD', KEYS[4], ARGV[1]) == 0 and ARGV[2] ~= '1' then return 'dup' end
 local now = ARGV[4]
 local maxd = tonumber(ARGV[5])
 local digest = ARGV[7]
 local maxage = tonumber(ARGV[8])
-local out = {0}
+local out = {''}
 if ARGV[10] == '1' then
   local m = redis.call('HGETALL', KEYS[12])
   local f = {}
   for i = 1, #m, 2 do f[m[i]] = m[i + 1] end
   digest = (f['cache'] == '1' and f['cache_digest']) or ''
   maxage = tonumber(f['cache_max_age'] or '0') or 0
-  out = {#m}
-  for i = 1, #m do out[#out + 1] = m[i] end
+  out = {cjson.encode(f)}
 end
 local changed, finals = false, false
 for i = 11, #ARGV, 2 do
@@ -648,6 +655,10 @@ return out
 )
 
 
+#: Pools of at most this many entries are created by one Lua script with their arguments inline;
+#: larger ones write their bulk with native commands (see :meth:`PoolRecord.create`).
+CREATE_INLINE_MAX = 1000
+
 #: The record's keys as ``_CREATE`` takes them (every part of :data:`keys.PARTS`, in this order).
 CREATE_KEYS = (
     "meta", "args", "state", "outcome", "logs", "hosts", "tasks", "history", "deliveries",
@@ -656,21 +667,22 @@ CREATE_KEYS = (
 
 # KEYS: CREATE_KEYS (each given the TTL), then the tombstone and the pools index
 # ARGV: ttl tombstone_ttl created trim_before n batch_size lanes pool_id placeholder meta
-#       statuses, then the n encoded arguments. meta: JSON object of the meta fields (string
-#       values); statuses: space-separated, each counted 0 but "pending" (n). Batches 0.. (lanes
-#       of them, or all) get task id <pool_id>.b<k>; a capped pool's lane j starts with b<j> and
-#       the later batches form the backlog.
+#       statuses inline, then (inline) the n encoded arguments. meta: JSON object of the meta
+#       fields (string values); statuses: space-separated, each counted 0 but "pending" (n).
+# inline '1': also write the bulk of the record (args, state, the first messages' task ids
+# <pool_id>.b<k>, backlog); '0': the same MULTI wrote them first (see PoolRecord.create). A
+# capped pool's lane j starts with b<j>.
 _CREATE = """
 local ttl, tomb_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local n, bs, nl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local pool, ph = ARGV[8], ARGV[9]
--- one command per 4,000 values (Lua's unpack has a limit)
+-- one command per 4,000 values at most (Lua's unpack has a limit)
 local function put(cmd, key, list)
   for i = 1, #list, 4000 do
     redis.call(cmd, key, unpack(list, i, math.min(#list, i + 3999)))
   end
 end
-local meta, counts, args = {}, {}, {}
+local meta, counts = {}, {}
 for field, value in pairs(cjson.decode(ARGV[10])) do
   meta[#meta + 1] = field
   meta[#meta + 1] = value
@@ -681,38 +693,39 @@ for status in string.gmatch(ARGV[11], '%S+') do
   counts[#counts + 1] = (status == 'pending') and n or 0
 end
 put('HSET', KEYS[15], counts)
-for i = 12, 11 + n do args[#args + 1] = ARGV[i] end
-put('RPUSH', KEYS[2], args)
-local state = {}
-for p = 0, n - 1 do
-  state[#state + 1] = tostring(p)
-  state[#state + 1] = 'pending|1||'
-end
-put('HSET', KEYS[3], state)
 local nb = math.ceil(n / bs)
-local first = nb
-if nl > 0 then first = math.min(nl, nb) end
-local tasks = {}
-for b = 0, first - 1 do
-  local id = pool .. '.b' .. b
-  for p = b * bs, math.min(n, (b + 1) * bs) - 1 do
-    tasks[#tasks + 1] = tostring(p)
-    tasks[#tasks + 1] = id
+if ARGV[12] == '1' then
+  local args, state, tasks, backlog = {}, {}, {}, {}
+  for p = 0, n - 1 do
+    args[#args + 1] = ARGV[13 + p]
+    state[#state + 1] = tostring(p)
+    state[#state + 1] = 'pending|1||'
+  end
+  put('RPUSH', KEYS[2], args)
+  put('HSET', KEYS[3], state)
+  local first = nb
+  if nl > 0 then first = math.min(nl, nb) end
+  for b = 0, first - 1 do
+    for p = b * bs, math.min(n, (b + 1) * bs) - 1 do
+      tasks[#tasks + 1] = tostring(p)
+      tasks[#tasks + 1] = pool .. '.b' .. b
+    end
+  end
+  put('HSET', KEYS[7], tasks)
+  if nl > 0 then
+    for b = nl, nb - 1 do backlog[#backlog + 1] = 'b' .. b end
+    put('RPUSH', KEYS[13], backlog)
   end
 end
-if #tasks == 0 then tasks = {ph, ''} end
-put('HSET', KEYS[7], tasks)
 for _, i in ipairs({4, 5, 6, 8, 9, 12, 14}) do redis.call('HSET', KEYS[i], ph, '') end
 for _, i in ipairs({10, 11}) do redis.call('SADD', KEYS[i], ph) end
 if nl > 0 then
-  local lanes, backlog = {}, {}
+  local lanes = {}
   for j = 0, nl - 1 do
     lanes[#lanes + 1] = tostring(j)
     lanes[#lanes + 1] = 'b' .. j
   end
   put('HSET', KEYS[12], lanes)
-  for b = nl, nb - 1 do backlog[#backlog + 1] = 'b' .. b end
-  put('RPUSH', KEYS[13], backlog)
 end
 redis.call('SET', KEYS[16], 0)
 for i = 1, #KEYS - 2 do redis.call('EXPIRE', KEYS[i], ttl) end
@@ -765,32 +778,58 @@ class PoolRecord:
     def create(
         self, *, meta: dict[str, Any], encoded_args: Sequence[str], batch_size: int, lanes: int
     ) -> None:
-        """Write the whole record in one Lua script (atomic, one round trip), every key with
-        its TTL, and index the pool.
+        """Write the whole record atomically, every key with its TTL, and index the pool.
 
         meta: fields of ``meta``. encoded_args: canonical JSON per position. batch_size:
         entries per message. lanes: number of ``max_workers`` lanes (0: uncapped). The first
-        messages (one per lane, or every batch) are recorded as task ids
-        ``<pool_id>.b<k>`` (see :func:`batch_task_id`); lane ``j`` starts with batch ``b<j>``
-        and the later batches form the backlog, in order.
+        messages (one per lane, or every batch) are recorded as task ids ``<pool_id>.b<k>``
+        (:func:`batch_task_id`); lane ``j`` starts with batch ``b<j>`` and the later batches
+        form the backlog, in order.
+
+        A pool of at most :data:`CREATE_INLINE_MAX` entries is one Lua script (one round trip:
+        what a single call pays); a larger one is a MULTI of chunked native writes for its bulk
+        (faster in Redis than a loop in Lua, which would block the server longer) followed by
+        the same script for the rest.
         """
         k = self.keys
         ttl = keys.record_ttl()
-        created = repr(float(meta.get("created", time.time())))
+        n, bs = len(encoded_args), max(1, batch_size)
+        inline = n <= CREATE_INLINE_MAX
         args: list[Any] = [
-            ttl, keys.tombstone_ttl(), created, repr(time.time() - ttl), len(encoded_args),
-            max(1, batch_size), lanes, self.pool_id, keys.PLACEHOLDER,
+            ttl, keys.tombstone_ttl(), repr(float(meta.get("created", time.time()))),
+            repr(time.time() - ttl), n, bs, lanes, self.pool_id, keys.PLACEHOLDER,
             json.dumps({f: str(v) for f, v in meta.items()}, ensure_ascii=False),
-            " ".join(STATUSES), *encoded_args,
+            " ".join(STATUSES), "1" if inline else "0",
         ]  # fmt: skip
-        self._scripts.create(
-            keys=[
-                *(k[part] for part in CREATE_KEYS),
-                keys.tombstone_key(self.pool_id),
-                keys.POOLS_INDEX,
-            ],
-            args=args,
-        )
+        script_keys = [
+            *(k[part] for part in CREATE_KEYS),
+            keys.tombstone_key(self.pool_id),
+            keys.POOLS_INDEX,
+        ]
+        if inline:
+            self._scripts.create(keys=script_keys, args=[*args, *encoded_args])
+            return
+        pipe = self.client.pipeline(transaction=True)  # pool ids are fresh: nothing to delete
+        chunk = 2000
+        for start in range(0, n, chunk):
+            pipe.rpush(k["args"], *encoded_args[start : start + chunk])
+            pipe.hset(
+                k["state"],
+                mapping={str(p): "pending|1||" for p in range(start, min(n, start + chunk))},
+            )
+        n_batches = math.ceil(n / bs)
+        tasks = [
+            (str(p), batch_task_id(self.pool_id, b))
+            for b in range(min(lanes, n_batches) if lanes else n_batches)
+            for p in range(b * bs, min(n, (b + 1) * bs))
+        ]
+        for start in range(0, len(tasks), chunk):
+            pipe.hset(k["tasks"], mapping=dict(tasks[start : start + chunk]))
+        backlog = [f"b{b}" for b in range(lanes, n_batches)] if lanes else []
+        for start in range(0, len(backlog), chunk):  # (an empty list is no key: see retry)
+            pipe.rpush(k["backlog"], *backlog[start : start + chunk])
+        self._scripts.create(keys=script_keys, args=args, client=pipe)
+        pipe.execute()
 
     def delete(self) -> None:
         """Remove the record (used when publishing failed: nothing half-submitted remains)."""
@@ -966,7 +1005,8 @@ class PoolRecord:
         fetch_meta: bool = False,
     ) -> tuple[list[tuple[int, str, str, str]], dict[str, str] | None] | str:
         """Begin a message: ``([(position, decision, args JSON, cache key)], meta)``, or
-        ``"gone"`` / ``"dup"`` for the whole message.
+        ``"gone"`` / ``"dup"`` for the whole message, or ``"unborn"`` when the record (and its
+        tombstone) does not exist yet (submit publishes a small pool's messages first).
 
         entries: ``(position, attempt)`` pairs. cache_digest: the UDF's cache digest, or ""
         when caching is off. fetch_meta: read the cache settings from the record's ``meta``
@@ -993,16 +1033,16 @@ class PoolRecord:
             keys=[
                 k["state"], k["cancelled"], k["args"], k["begun"], k["hosts"], k["deliveries"],
                 k["version"], k["outcome"], k["logs"], k["tasks"], k["counts"], k["meta"],
+                keys.tombstone_key(self.pool_id),
             ],
             args=args,
         )  # fmt: skip
         if isinstance(out, str):
             return out
-        m = int(out[0])
-        meta = dict(zip(out[1 : m + 1 : 2], out[2 : m + 2 : 2])) if fetch_meta else None
+        meta = json.loads(out[0]) if fetch_meta else None
         return [
             (int(out[i]), str(out[i + 1]), str(out[i + 2]), str(out[i + 3]))
-            for i in range(m + 1, len(out), 4)
+            for i in range(1, len(out), 4)
         ], meta
 
     def finish(

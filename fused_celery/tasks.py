@@ -8,7 +8,9 @@ message; they are read from the pool record when the entries begin (see :mod:`fu
 A message's life on a worker:
 
 1. ``start`` (one Lua call): skip cancelled / superseded / finished entries and duplicate
-   publishes, serve cache hits, mark the rest ``running`` with this worker's hostname.
+   publishes, serve cache hits, mark the rest ``running`` with this worker's hostname. (A
+   small pool's messages are published before its record is written: a start that finds
+   neither the record nor its tombstone is retried for :data:`RECORD_WAIT_SECONDS`.)
 2. Run the entries with :func:`fused_celery.execute.run_batch`, on ``batch_size`` threads
    (``n_processes_per_worker``). Each finished entry is recorded within
    :data:`FLUSH_SECONDS`, not when the whole batch ends. A soft time limit marks unfinished
@@ -53,6 +55,11 @@ RETRY_BACKOFF_MAX = 60.0
 
 #: Entries of a batch that finished are written at most this long after they finished.
 FLUSH_SECONDS = 0.05
+
+#: Submit publishes a small pool's messages, then writes its record: a worker that takes one
+#: before the record (or its tombstone) exists retries its start for up to this many seconds,
+#: then drops the message (its submit failed: the client raised).
+RECORD_WAIT_SECONDS = 2.0
 
 _META_CACHE_SIZE = 64
 _meta_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -518,16 +525,24 @@ def run_entries(
             _split(record, meta, request.id, positions, attempts, lane)
         return summary
     cache_on = meta is not None and meta.get("cache") == "1"
-    started = record.start(
-        task_id=request.id,
-        redelivered=redelivered,
-        host=host,
-        entries=list(zip(positions, attempts)),
-        cache_digest=meta.get("cache_digest", "") if meta is not None and cache_on else "",
-        cache_max_age=float(meta.get("cache_max_age") or 0) if meta is not None else 0,
-        fetch_meta=meta is None,  # a pool new to this process: its meta comes with the start
-    )
-    if isinstance(started, str):  # "gone" or "dup"
+    deadline = time.monotonic() + RECORD_WAIT_SECONDS
+    delay = 0.001
+    while True:
+        started = record.start(
+            task_id=request.id,
+            redelivered=redelivered,
+            host=host,
+            entries=list(zip(positions, attempts)),
+            cache_digest=meta.get("cache_digest", "") if meta is not None and cache_on else "",
+            cache_max_age=float(meta.get("cache_max_age") or 0) if meta is not None else 0,
+            fetch_meta=meta is None,  # a pool new to this process: its meta comes with the start
+        )
+        # "unborn": submit published this message before writing the record; it is on its way
+        if started != "unborn" or time.monotonic() >= deadline:
+            break
+        time.sleep(delay)
+        delay = min(2 * delay, 0.05)
+    if isinstance(started, str):  # "gone", "dup" (or still "unborn": its submit failed)
         return summary
     begun, fetched = started
     if meta is None:

@@ -154,9 +154,14 @@ def test_submits_in_a_row_ping_once(fused_options: Any, monkeypatch: pytest.Monk
     assert pings == ["ping"], "the first submit pings; the next ones trust its answer"
 
 
-def test_record_layout_at_submit(fused_options: Any, redis_url: str) -> None:
-    """One script writes every key of the record with its TTL (no workers: nothing runs)."""
+@pytest.mark.parametrize("inline", [True, False], ids=["one-script", "multi"])
+def test_record_layout_at_submit(
+    fused_options: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch, inline: bool
+) -> None:
+    """Submit writes every key of the record with its TTL (no workers: nothing runs), the same
+    way for small pools (one script) and large ones (native writes, then the script)."""
     assert sorted(CREATE_KEYS) == sorted(keys.PARTS)
+    monkeypatch.setattr(record, "CREATE_INLINE_MAX", 1000 if inline else 0)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     engine = make_engine("celery", spec_for(7, batch_size=2, max_workers=2))
     engine.submit()
@@ -455,7 +460,7 @@ def test_small_pool_state_comes_with_its_event(
     taken: list[Any] = []
     event_state = engine._event_state
     engine._event_state = lambda: taken.append(event_state()) or taken[-1]  # type: ignore
-    assert not set(engine.counts()) & FINISHED  # a read, before the entry finishes
+    assert engine.counts() == Counter({"pending": 1})  # as submitted: the entry waits for "go"
     (tmp_path / "go").touch()
     engine.wait_for_change(60.0)  # woken by the entry's finish event (its only event)
     assert engine.counts() == Counter({"success": 1})
@@ -466,6 +471,27 @@ def test_small_pool_state_comes_with_its_event(
     assert state.finished >= state.started
     out = engine.outcomes([0])[0]
     assert codec.decode(out["value"]) == 0 and out["logs"] == "x" * log_chars + "\n"
+
+
+def test_small_pool_publishes_before_its_record_and_the_worker_waits_for_it(
+    fused_options: Any, celery_workers: Any
+) -> None:
+    """A small pool's message goes out before its record is written; a worker that takes it
+    first waits for the record (instead of dropping the message as the record of a pool gone)."""
+    celery_workers(n=1)
+    engine = make_engine("celery", spec_for(2))
+    assert isinstance(engine, CeleryEngine)
+    write = engine._write_record
+
+    def late_write(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.5)  # the worker has the message by now
+        write(*args, **kwargs)
+
+    engine._write_record = late_write  # type: ignore[method-assign]
+    engine.submit()
+    wait_finished(engine, timeout=30)
+    assert engine.counts() == Counter({"success": 2})
+    assert values(engine) == {0: 0, 1: 2}
 
 
 def test_instance_type_routes_to_its_queue(fused_options: Any, celery_workers: Any) -> None:

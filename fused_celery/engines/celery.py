@@ -5,11 +5,14 @@ in Redis under the keys of :mod:`fused_celery.keys`; it, not Celery's ``PENDING`
 means "unknown id"), is the source of truth for entry statuses. Any process that reaches the same
 Redis can :meth:`CeleryEngine.attach` to a pool by id.
 
-Submission writes the record in one Lua script (atomic, one round trip), then publishes one
-message per batch of ``batch_size`` entries (``n_processes_per_worker``, run on that many
-threads) through a single producer whose publishes are pipelined (kombu's ``Producer.batch``:
-about one round trip per 1,000 messages). If the broker fails while publishing, the record is
-deleted, so messages already sent find nothing to do.
+Submission writes the record atomically (one Lua script for a small pool: one round trip) and
+publishes one message per batch of ``batch_size`` entries (``n_processes_per_worker``, run on
+that many threads) through a single producer whose publishes are pipelined (kombu's
+``Producer.batch``: about one round trip per 1,000 messages). A large pool writes first, then
+publishes. A small pool (``PREFETCH_MAX_ENTRIES``) publishes first, which takes the write off
+the critical path of a single call: a worker that takes a message before the record exists (no
+record and no tombstone) waits for it (``tasks.RECORD_WAIT_SECONDS``). If either step fails,
+nothing of the pool remains: messages already sent find nothing to do.
 
 ``max_workers`` caps the pool's messages in flight (as the local engine caps its processes, each
 running a batch) with *lanes*, worker-side: submit publishes the first ``max_workers`` batches
@@ -139,6 +142,8 @@ class CeleryEngine(Engine):
         self._lanes = plan_lanes(spec.n, spec.batch_size, spec.max_workers)[1]
         # the pool's event token taken just before the last read (None: none was taken)
         self._read_token: tuple[int, int] | None = None
+        # small pools: (time.monotonic(), event token) taken just before submit wrote the record
+        self._submitted: tuple[float, tuple[int, int]] | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -176,12 +181,16 @@ class CeleryEngine(Engine):
     # ------------------------------------------------------------------ Engine
 
     def submit(self) -> None:
-        """Write the pool record, then publish the first messages (all, or one per lane).
+        """Write the pool record and publish the first messages (all, or one per lane); a
+        small pool publishes first (see the module docstring).
 
         Raises :class:`BrokerUnavailableError` naming the URL when the broker or result backend
-        does not answer; then nothing of the pool remains in Redis.
+        does not answer; then nothing of the pool remains in Redis (messages already published
+        find no record and do nothing).
         """
         spec = self.spec
+        # small pools: the event token before the record exists (see _submitted_state)
+        taken = (time.monotonic(), self._token()) if spec.n <= PREFETCH_MAX_ENTRIES else None
         check_reachable(options.broker_url, what="broker", recent=REACHABLE_SECONDS)
         if self.record_url != options.broker_url:
             check_reachable(self.record_url, what="result backend", recent=REACHABLE_SECONDS)
@@ -215,24 +224,52 @@ class CeleryEngine(Engine):
             "soft_time_limit": soft,
             "time_limit": hard,
         }
+        encoded = [canonical_json(e) for e in spec.encoded]
+        if n <= PREFETCH_MAX_ENTRIES:
+            # A small pool publishes first and writes its record while the worker takes the
+            # message (a worker that finds neither record nor tombstone yet waits for them, see
+            # tasks.RECORD_WAIT_SECONDS): the write is off a single call's critical path. A
+            # large pool's messages take longer to publish than a worker would wait.
+            self._publish_first(messages, written=False)
+            self._write_record(meta, encoded, bs, lanes, published=True)
+        else:
+            self._write_record(meta, encoded, bs, lanes, published=False)
+            self._publish_first(messages, written=True)
+        if taken is not None and taken[1] is not None:
+            self._submitted = (taken[0], taken[1])
+
+    def _write_record(
+        self, meta: dict[str, Any], encoded: list[str], bs: int, lanes: int, *, published: bool
+    ) -> None:
+        """Write the record (see :meth:`PoolRecord.create`); on failure remove any trace of it
+        and raise (:class:`BrokerUnavailableError` for a connection error)."""
         try:
-            self.record.create(
-                meta=meta,
-                encoded_args=[canonical_json(e) for e in spec.encoded],
-                batch_size=bs,
-                lanes=lanes,
-            )
-        except redis.exceptions.ConnectionError as exc:
-            raise BrokerUnavailableError(
-                f"the result backend at {mask_url(self.record_url)} failed while the pool was "
-                f"being written ({exc})"
-            ) from None
-        mark_reachable(self.record_url)
-        try:
-            self._publish(messages)
+            self.record.create(meta=meta, encoded_args=encoded, batch_size=bs, lanes=lanes)
         except Exception as exc:
             with contextlib.suppress(Exception):
                 self.record.delete()
+            if isinstance(exc, redis.exceptions.ConnectionError):
+                raise BrokerUnavailableError(
+                    f"the result backend at {mask_url(self.record_url)} failed while the pool "
+                    f"was being written ({exc})"
+                    + ("; its published messages find no record and do nothing" if published
+                       else "")
+                ) from None
+            raise
+        mark_reachable(self.record_url)
+
+    def _publish_first(
+        self, messages: Sequence[tuple[str, list[int], list[int], Any]], *, written: bool
+    ) -> None:
+        """Publish the pool's first messages; if that fails, delete the record if ``written``
+        (messages already sent then find nothing to do) and raise
+        :class:`BrokerUnavailableError`."""
+        try:
+            self._publish(messages)
+        except Exception as exc:
+            if written:
+                with contextlib.suppress(Exception):
+                    self.record.delete()
             raise BrokerUnavailableError(
                 f"could not publish the pool's tasks to the broker at "
                 f"{mask_url(options.broker_url)} ({type(exc).__name__}: {exc}); nothing was "
@@ -280,7 +317,7 @@ class CeleryEngine(Engine):
         or for a small pool from the event that just woke a waiter (see :meth:`_event_state`)."""
         k = self.record.keys
         small = self.spec.n <= PREFETCH_MAX_ENTRIES
-        event = self._event_state() if small else None
+        event = (self._event_state() or self._submitted_state()) if small else None
         if event is not None:
             version, raw = event
         else:
@@ -328,6 +365,19 @@ class CeleryEngine(Engine):
         self._read_token = token
         return version, raw
 
+    def _submitted_state(self) -> tuple[int, dict[str, str]] | None:
+        """A small pool's ``(version, counts hash)`` as :meth:`submit` wrote it (every entry
+        pending), for the first read within :data:`PREFETCH_SECONDS` of the submit when no
+        event of the pool came since (nothing finished); also makes it the snapshot. This is
+        the read that starts a wait: it costs no round trip."""
+        sub, self._submitted = self._submitted, None
+        if sub is None or time.monotonic() - sub[0] > PREFETCH_SECONDS or self._token() != sub[1]:
+            return None
+        n = self.spec.n
+        self._snapshot = (sub[0], 0, dict.fromkeys(map(str, range(n)), "pending|1||"), {}, {})
+        self._read_token = sub[1]
+        return 0, {"pending": str(n)}
+
     def _token(self) -> tuple[int, int] | None:
         """The pool's event token, if this process already listens to the record's events
         (taken before a read, it lets :meth:`wait_for_change` skip a read of its own)."""
@@ -350,6 +400,7 @@ class CeleryEngine(Engine):
         return snap
 
     def _observe(self, version: int, pending: bool, finished: int) -> None:
+        self._submitted = None  # a read came first: the state as submitted is old news
         if self._seen is None or self._seen[0] != version:
             self._changed_at = time.monotonic()
         self._seen = (version, pending, finished)
