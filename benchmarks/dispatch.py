@@ -251,29 +251,63 @@ def table(res: dict[str, Any], n: int, lat_n: int, mem_n: int) -> str:
 
     if POOL in eps:
         ratio = eps[POOL] / eps[RAW]
-        row(f"(a) {n:,} trivial, unbatched: entries/s", f"{eps[RAW]:,.0f}", f"{eps[POOL]:,.0f}",
-            f"{ratio:.2f}×", "≥ 1.0× raw", ratio >= 1.0)
+        row(
+            f"(a) {n:,} trivial, unbatched: entries/s",
+            f"{eps[RAW]:,.0f}",
+            f"{eps[POOL]:,.0f}",
+            f"{ratio:.2f}×",
+            "≥ 1.0× raw",
+            ratio >= 1.0,
+        )
     if BATCHED in eps:
         ratio_b = eps[BATCHED] / eps[RAW]
-        row(f"(b) {n:,} trivial, n_processes_per_worker=100: entries/s", f"{eps[RAW]:,.0f}",
-            f"{eps[BATCHED]:,.0f}", f"{ratio_b:.2f}×", "≥ 5,000 entries/s", eps[BATCHED] >= 5000)
+        row(
+            f"(b) {n:,} trivial, n_processes_per_worker=100: entries/s",
+            f"{eps[RAW]:,.0f}",
+            f"{eps[BATCHED]:,.0f}",
+            f"{ratio_b:.2f}×",
+            "≥ 5,000 entries/s",
+            eps[BATCHED] >= 5000,
+        )
     if lat:
         med_ratio = lat[POOL]["median"] / lat[RAW]["median"]
-        row(f"(c) single entry, {lat_n} sequential: median ms",
-            f"{lat[RAW]['median'] * 1e3:.2f}", f"{lat[POOL]['median'] * 1e3:.2f}",
-            f"{med_ratio:.2f}×", "≤ 1.25× raw", med_ratio <= 1.25)
+        row(
+            f"(c) single entry, {lat_n} sequential: median ms",
+            f"{lat[RAW]['median'] * 1e3:.2f}",
+            f"{lat[POOL]['median'] * 1e3:.2f}",
+            f"{med_ratio:.2f}×",
+            "≤ 1.25× raw",
+            med_ratio <= 1.25,
+        )
         p95_ratio = lat[POOL]["p95"] / lat[RAW]["p95"]
-        row("(c) single entry: p95 ms", f"{lat[RAW]['p95'] * 1e3:.2f}",
-            f"{lat[POOL]['p95'] * 1e3:.2f}", f"{p95_ratio:.2f}×", "—", None)
+        row(
+            "(c) single entry: p95 ms",
+            f"{lat[RAW]['p95'] * 1e3:.2f}",
+            f"{lat[POOL]['p95'] * 1e3:.2f}",
+            f"{p95_ratio:.2f}×",
+            "—",
+            None,
+        )
     if not mem_n:
         return "\n".join(rows)
     rss = mem.get("rss_delta_mb")
     traced = mem.get("traced_peak_mb")
-    row(f"(d) client memory, {mem_n:,}-entry pool: peak RSS over baseline, MiB", "—",
-        f"{rss:,.0f}" if rss is not None else "n/a", "—", "≤ 500 MB",
-        None if rss is None else rss * 1.048576 <= 500)
-    row("(d) client memory: tracemalloc peak, MiB", "—",
-        f"{traced:,.0f}" if traced is not None else "n/a", "—", "—", None)
+    row(
+        f"(d) client memory, {mem_n:,}-entry pool: peak RSS over baseline, MiB",
+        "—",
+        f"{rss:,.0f}" if rss is not None else "n/a",
+        "—",
+        "≤ 500 MB",
+        None if rss is None else rss * 1.048576 <= 500,
+    )
+    row(
+        "(d) client memory: tracemalloc peak, MiB",
+        "—",
+        f"{traced:,.0f}" if traced is not None else "n/a",
+        "—",
+        "—",
+        None,
+    )
     return "\n".join(rows)
 
 
@@ -290,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--memory-n", type=int, default=100_000, help="entries of (d); 0 skips it")
     p.add_argument(
-        "--parts", default="abcd",
+        "--parts",
+        default="abcd",
         help="measurements to run, e.g. 'c' for latency only (default abcd; (b) needs (a)'s raw "
         "runs for its ratio, so 'b' runs them too)",
     )
@@ -320,8 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     print(f"date: {stamp}")
     print(f"machine: {os.cpu_count()} CPUs, {platform.system()} {platform.release()}")
-    print(f"python: {platform.python_version()}; cluster: {opts.workers} workers × "
-          f"--concurrency {opts.concurrency}, private redis-server on 127.0.0.1")
+    print(
+        f"python: {platform.python_version()}; cluster: {opts.workers} workers × "
+        f"--concurrency {opts.concurrency}, private redis-server on 127.0.0.1"
+    )
     print(f"load average at start (1/5/15 min): {load()}", flush=True)
 
     n = opts.n
@@ -330,8 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     lat: dict[str, list[float]] = {RAW: [], POOL: []}
     failures: list[str] = []
     parts = set(opts.parts.lower())
-    runs = {RAW: lambda: raw_group(n), POOL: lambda: pool_map(n, None),
-            BATCHED: lambda: pool_map(n, 100)}
+    runs = {
+        RAW: lambda: raw_group(n),
+        POOL: lambda: pool_map(n, None),
+        BATCHED: lambda: pool_map(n, 100),
+    }
     if "a" not in parts:
         del runs[POOL]
     if "b" not in parts:
@@ -349,8 +389,11 @@ def main(argv: list[str] | None = None) -> int:
                 if s["rows"] != n or s["checksum"] != expected:
                     failures.append(f"{name} run {rep + 1}: WRONG RESULTS {s}")
                 samples[name].append(s["seconds"])
-                print(f"  {name:40s} run {rep + 1}: {s['seconds']:7.3f} s "
-                      f"({n / s['seconds']:,.0f} entries/s)  load {load()}", flush=True)
+                print(
+                    f"  {name:40s} run {rep + 1}: {s['seconds']:7.3f} s "
+                    f"({n / s['seconds']:,.0f} entries/s)  load {load()}",
+                    flush=True,
+                )
             offset = rep * opts.latency_n
             got_run: dict[str, list[float]] = {RAW: [], POOL: []}
             block = max(1, opts.latency_block)
@@ -360,9 +403,12 @@ def main(argv: list[str] | None = None) -> int:
                     got_run[name] += fn(size, offset + start)
             for name, got in got_run.items() if "c" in parts else ():
                 lat[name] += got
-                print(f"  {name + ' latency':40s} run {rep + 1}: median "
-                      f"{statistics.median(got) * 1e3:.2f} ms, p95 "
-                      f"{percentile(got, 0.95) * 1e3:.2f} ms", flush=True)
+                print(
+                    f"  {name + ' latency':40s} run {rep + 1}: median "
+                    f"{statistics.median(got) * 1e3:.2f} ms, p95 "
+                    f"{percentile(got, 0.95) * 1e3:.2f} ms",
+                    flush=True,
+                )
         for name, values in samples.items():
             if values:
                 res[name] = {"median": statistics.median(values), "samples": values}
@@ -378,8 +424,11 @@ def main(argv: list[str] | None = None) -> int:
                 if got["rows"] != mem_n or not got["ok"]:
                     failures.append(f"memory run: WRONG RESULTS {got}")
                 mem.update(got)
-                print(f"  (d) {mem_n:,}-entry pool{' (tracemalloc)' if trace else ''}: "
-                      f"{got['seconds']:.1f} s, {json.dumps(got)}", flush=True)
+                print(
+                    f"  (d) {mem_n:,}-entry pool{' (tracemalloc)' if trace else ''}: "
+                    f"{got['seconds']:.1f} s, {json.dumps(got)}",
+                    flush=True,
+                )
         res["memory"] = mem
 
     print()
@@ -392,8 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at end (1/5/15 min): {load()}")
     for failure in failures:
         print(f"note: {failure}")
-    (WORK / "dispatch.json").write_text(json.dumps(
-        {"date": stamp, "args": vars(opts), "results": res, "failures": failures}, indent=2))
+    (WORK / "dispatch.json").write_text(
+        json.dumps(
+            {"date": stamp, "args": vars(opts), "results": res, "failures": failures}, indent=2
+        )
+    )
     return 1 if failures else 0
 
 

@@ -228,8 +228,9 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = child_env(server.url, server.url)
     names = [f"shared{i}-{uuid.uuid4().hex[:6]}@127.0.0.1" for i in range(2)]
     procs = [
-        ManagedProcess(name, worker_command(name, concurrency=2), env=env,
-                       log_path=base / f"{name}.log")
+        ManagedProcess(
+            name, worker_command(name, concurrency=2), env=env, log_path=base / f"{name}.log"
+        )
         for name in names
     ]
     try:

@@ -57,9 +57,7 @@ def spec_for(
     """A pool of ``n`` entries ``f(x=i, **extra)``."""
     args = [{"x": i, **(extra or {})} for i in range(n)]
     kw.setdefault("cache", False)
-    return PoolSpec(
-        udf=the_udf, args=args, encoded=[codec.encode_kwargs(a) for a in args], **kw
-    )
+    return PoolSpec(udf=the_udf, args=args, encoded=[codec.encode_kwargs(a) for a in args], **kw)
 
 
 def run_pool(spec: PoolSpec, timeout: float = 120.0) -> CeleryEngine:
@@ -334,9 +332,7 @@ def test_success_is_cached(fused_options: Any, celery_workers: Any) -> None:
     assert "cache" not in third.hosts().values()
 
 
-def test_cancel_keeps_pending_entries_from_running(
-    fused_options: Any, celery_workers: Any
-) -> None:
+def test_cancel_keeps_pending_entries_from_running(fused_options: Any, celery_workers: Any) -> None:
     celery_workers(n=1, concurrency=1)
     slow = udf("def f(x):\n    import time\n    time.sleep(0.1)\n    return x\n")
     engine = make_engine("celery", spec_for(60, slow))
@@ -396,8 +392,7 @@ def test_attach_from_another_process(
             raise ValueError("three")
         return x * 10
     """
-    engine = make_engine("celery", spec_for(12, udf(code), extra={"d": str(tmp_path)},
-                                            max_retry=0))
+    engine = make_engine("celery", spec_for(12, udf(code), extra={"d": str(tmp_path)}, max_retry=0))
     engine.submit()
     script = textwrap.dedent(f"""
         import json, time
@@ -421,10 +416,14 @@ def test_attach_from_another_process(
             "attempt3": e.states()[3].attempt,
         }}))
     """)
-    env = {**os.environ, "FUSED_CELERY_BROKER_URL": redis_url,
-           "FUSED_CELERY_RESULT_BACKEND": redis_url}
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=120)
+    env = {
+        **os.environ,
+        "FUSED_CELERY_BROKER_URL": redis_url,
+        "FUSED_CELERY_RESULT_BACKEND": redis_url,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["statuses"].count("success") == 11
@@ -508,8 +507,9 @@ def test_large_results_go_to_storage(
     fused_options: Any, celery_workers: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / "storage"
-    celery_workers(n=1, env={"FUSED_CELERY_LARGE_RESULT_BYTES": "1000",
-                             "FUSED_CELERY_STORAGE_ROOT": str(root)})
+    celery_workers(
+        n=1, env={"FUSED_CELERY_LARGE_RESULT_BYTES": "1000", "FUSED_CELERY_STORAGE_ROOT": str(root)}
+    )
     big = udf("def f(x):\n    return 'x' * 5000 if x else b'\\x00' * 3000\n")
     engine = run_pool(spec_for(3, big))
     assert engine.counts() == Counter({"success": 3})
@@ -562,9 +562,7 @@ def test_hard_time_limit_is_timeout(
     assert engine.outcomes([0])[0]["error"]["type"] == "UdfTimeoutError"
 
 
-def test_entry_that_kills_its_process_fails_alone(
-    fused_options: Any, celery_workers: Any
-) -> None:
+def test_entry_that_kills_its_process_fails_alone(fused_options: Any, celery_workers: Any) -> None:
     celery_workers(n=1, concurrency=2)
     poison = udf("def f(x):\n    import os\n    if x == 1:\n        os._exit(3)\n    return x\n")
     engine = run_pool(spec_for(4, poison, max_retry=0), timeout=120)
@@ -584,8 +582,10 @@ def test_max_workers_with_batches(fused_options: Any, celery_workers: Any) -> No
 
 def _peak_concurrency(engine: Engine) -> int:
     states = engine.states()
-    events = sorted([(s.started, 1) for s in states] + [(s.finished, -1) for s in states],
-                    key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(s.started, 1) for s in states] + [(s.finished, -1) for s in states],
+        key=lambda e: (e[0], e[1]),
+    )
     level = peak = 0
     for _, delta in events:
         level += delta
@@ -626,11 +626,15 @@ def test_lost_messages_are_republished_by_a_waiting_client(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("max_workers", "batch_size"), [(None, 1), (3, 1), (None, 10)],
+    ("max_workers", "batch_size"),
+    [(None, 1), (3, 1), (None, 10)],
     ids=["uncapped", "lanes", "batched"],
 )
 def test_sigkill_one_of_two_workers(
-    fused_options: Any, celery_workers: Any, tmp_path: Path, max_workers: int | None,
+    fused_options: Any,
+    celery_workers: Any,
+    tmp_path: Path,
+    max_workers: int | None,
     batch_size: int,
 ) -> None:
     runs = tmp_path / "runs"
@@ -721,15 +725,23 @@ def test_redis_restart_mid_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(options, "result_backend", url)
     env = child_env(url, url, FUSED_CELERY_VISIBILITY_TIMEOUT="5")
     procs = [
-        ManagedProcess(f"aof{i}@test", worker_command(f"aof{i}@test", concurrency=2),
-                       env=env, log_path=tmp_path / f"aof{i}.log")
+        ManagedProcess(
+            f"aof{i}@test",
+            worker_command(f"aof{i}@test", concurrency=2),
+            env=env,
+            log_path=tmp_path / f"aof{i}.log",
+        )
         for i in range(2)
     ]
     try:
         for proc in procs:
             proc.start()
-        wait_for_workers(url, [f"aof{i}@test" for i in range(2)], timeout=90,
-                         processes={f"aof{i}@test": p for i, p in enumerate(procs)})
+        wait_for_workers(
+            url,
+            [f"aof{i}@test" for i in range(2)],
+            timeout=90,
+            processes={f"aof{i}@test": p for i, p in enumerate(procs)},
+        )
         slow = udf("def f(x):\n    import time\n    time.sleep(0.02)\n    return x * 2\n")
         engine = make_engine("celery", spec_for(400, slow))
         engine.submit()

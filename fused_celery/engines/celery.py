@@ -252,8 +252,11 @@ class CeleryEngine(Engine):
                 raise BrokerUnavailableError(
                     f"the result backend at {mask_url(self.record_url)} failed while the pool "
                     f"was being written ({exc})"
-                    + ("; its published messages find no record and do nothing" if published
-                       else "")
+                    + (
+                        "; its published messages find no record and do nothing"
+                        if published
+                        else ""
+                    )
                 ) from None
             raise
         mark_reachable(self.record_url)
