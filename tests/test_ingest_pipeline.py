@@ -512,3 +512,17 @@ def test_unreachable_broker_at_submit_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(BrokerUnavailableError, match="127.0.0.1:1"):
         fused.ingest(points(20)).run_remote(output_table=str(out))
     assert not out.exists()
+
+
+def test_write_groups_gather_small_files():
+    scattered = [
+        {"slice_id": 0, "files": {"0": [0, 10], "1": [1, 10], "2": [2, 500]}},
+        {"slice_id": 1, "files": {"1": [0, 5], "3": [1, 30]}},
+    ]
+    groups = stages.write_groups(scattered, min_rows=20)
+    assert groups == [
+        [[0, [[0, 0]]], [1, [[0, 1], [1, 0]]]],  # 10 + 15 rows
+        [[2, [[0, 2]]]],  # 500 rows: alone
+        [[3, [[1, 1]]]],  # the rest
+    ]
+    assert [f for g in stages.write_groups(scattered, 1) for f, _ in g] == [0, 1, 2, 3]

@@ -132,17 +132,11 @@ def run_ingest(
         slice_ids = sorted(int(p["slice_id"]) for p in prepared if int(p["rows"]))
         items = [{"slice_id": s} for s in slice_ids]
         scattered = _map("scatter_slice", ctx, items, engine=engine, ignore_errors=ignore)
-        by_file: dict[int, list[list[int]]] = {}
-        for _, r in scattered:
-            for f, (batch, _rows) in r["files"].items():
-                by_file.setdefault(int(f), []).append([int(r["slice_id"]), int(batch)])
         maxima = (plan["max_per_file"], plan["max_per_chunk"])
-        items = [
-            {"file_index": f, "parts": sorted(by_file[f]), "maxima": maxima}
-            for f in sorted(by_file)
-        ]
+        groups = stages.write_groups([r for _, r in scattered], stages.write_task_rows(ctx))
+        items = [{"files": group, "maxima": maxima} for group in groups]
         written = [
-            v for _, v in _map("write_file", ctx, items, engine=engine, ignore_errors=ignore)
+            v for _, v in _map("write_files", ctx, items, engine=engine, ignore_errors=ignore)
         ]
         if not written:
             raise FusedError("every file of the ingest failed; nothing to commit")

@@ -260,7 +260,9 @@ def scatter(ctx: dict[str, Any], slice_id: int) -> dict[str, Any]:
 
 @app.task(name=ROUTE, acks_late=True, ignore_result=True)
 def route(results: list[dict[str, Any]], ctx: dict[str, Any], queue: str) -> None:
-    """Chord callback: launch one write task per file, with the slices that have rows in it."""
+    """Chord callback: launch the write tasks (a file each, small files grouped)."""
+    from .stages import write_groups, write_task_rows
+
     record = _open(ctx["job_id"])
     checked = _check(record, ctx, "scatter", results)
     if record is None or checked is None:
@@ -269,20 +271,17 @@ def route(results: list[dict[str, Any]], ctx: dict[str, Any], queue: str) -> Non
     _failed_list(ctx, "scatter", failed)
 
     def work() -> None:
-        by_file: dict[int, list[list[int]]] = {}
-        for r in ok:
-            for f, (batch, _rows) in r["ok"]["files"].items():
-                by_file.setdefault(int(f), []).append([int(r["ok"]["slice_id"]), int(batch)])
-        files = sorted(by_file)
-        if not record.start_stage("write", len(files)):
+        groups = write_groups([r["ok"] for r in ok], write_task_rows(ctx))
+        if not record.start_stage("write", len(groups)):
             return
-        record.log(f"write: {len(files)} file(s)")
+        n_files = sum(len(g) for g in groups)
+        record.log(f"write: {n_files} file(s) in {len(groups)} task(s)")
         maxima = (ctx["plan"]["max_per_file"], ctx["plan"]["max_per_chunk"])
         header = [
-            _sig(WRITE, (ctx, f, sorted(by_file[f]), maxima), queue).set(
-                task_id=f"{ctx['job_id']}-write-{f}"
+            _sig(WRITE, (ctx, group, maxima), queue).set(
+                task_id=f"{ctx['job_id']}-write-{group[0][0]}"
             )
-            for f in files
+            for group in groups
         ]
         chord(header)(_sig(COMMIT, (ctx, queue), queue))
 
@@ -290,17 +289,16 @@ def route(results: list[dict[str, Any]], ctx: dict[str, Any], queue: str) -> Non
 
 
 @app.task(name=WRITE, acks_late=True)
-def write(
-    ctx: dict[str, Any], file_index: int, parts: list[list[int]], maxima: list[float]
-) -> dict[str, Any]:
-    """Chord member: write one planned file (refined) to staging."""
-    from .stages import write_file
+def write(ctx: dict[str, Any], files: list[list[Any]], maxima: list[float]) -> dict[str, Any]:
+    """Chord member: write a group of planned files (refined) to staging."""
+    from .stages import write_files
 
+    key = f"{files[0][0]}" if len(files) == 1 else f"{files[0][0]}-{files[-1][0]}"
     return _member(
         ctx["job_id"],
         "write",
-        str(file_index),
-        lambda: write_file(ctx, file_index, parts, (float(maxima[0]), float(maxima[1]))),
+        key,
+        lambda: write_files(ctx, files, (float(maxima[0]), float(maxima[1]))),
     )
 
 

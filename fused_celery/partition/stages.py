@@ -616,6 +616,48 @@ def group_chunks(chunk_measures: np.ndarray, max_per_file: float) -> list[tuple[
     return runs
 
 
+def write_task_rows(ctx: dict[str, Any]) -> int:
+    """Rows a write task takes at least: a quarter of a slice (files smaller than that share a
+    task)."""
+    return max(1, int(ctx["slice_rows"]) // 4)
+
+
+def write_groups(scattered: list[dict[str, Any]], min_rows: int) -> list[list[list[Any]]]:
+    """Write tasks from the results of :func:`scatter_slice`: files in index order, each
+    ``[file_index, parts]`` (``parts``: sorted ``[slice_id, batch]`` pairs), grouped so that a
+    task writes at least ``min_rows`` rows (one file per task when files are that big); small
+    files share a task instead of paying a task each."""
+    parts: dict[int, list[list[int]]] = {}
+    rows: dict[int, int] = {}
+    for r in scattered:
+        for f, (batch, n) in r["files"].items():
+            parts.setdefault(int(f), []).append([int(r["slice_id"]), int(batch)])
+            rows[int(f)] = rows.get(int(f), 0) + int(n)
+    groups: list[list[list[Any]]] = []
+    current: list[list[Any]] = []
+    size = 0
+    for f in sorted(parts):
+        current.append([f, sorted(parts[f])])
+        size += rows[f]
+        if size >= min_rows:
+            groups.append(current)
+            current, size = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
+def write_files(
+    ctx: dict[str, Any], files: list[list[Any]], maxima: tuple[float, float]
+) -> dict[str, Any]:
+    """:func:`write_file` for each ``[file_index, parts]`` of ``files`` (a group of
+    :func:`write_groups`). Returns ``{"files": [file indexes], "chunks": [metadata dicts]}``."""
+    chunks: list[dict[str, Any]] = []
+    for file_index, parts in files:
+        chunks.extend(write_file(ctx, int(file_index), parts, maxima)["chunks"])
+    return {"files": [int(f) for f, _ in files], "chunks": chunks}
+
+
 def _facts(table: pa.Table) -> RowFacts:
     """The :class:`~fused_celery.table.RowFacts` of a work table: its fact columns, or for 2D
     points prepared without them, facts from the centroid columns."""
