@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
 REPO = HERE.parent
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+"""Clock ticks per second of /proc CPU times."""
 
 
 def cpu_count() -> int:
@@ -83,7 +84,7 @@ def busy_seconds() -> float:
     except (OSError, ValueError):
         return 0.0
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / _TICK
+    return (user + nice + system + irq + softirq + steal) / TICK
 
 
 def own_cpu() -> float:

@@ -48,6 +48,8 @@ HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
 sys.path.insert(0, str(HERE))
 
+from _common import load, wait_for_quiet  # noqa: E402
+
 import fused_celery as fused  # noqa: E402
 from fused_celery.options import options as fc_options  # noqa: E402
 
@@ -75,19 +77,6 @@ def rss_mb() -> float:
 def peak_rss_mb() -> float:
     """This process's peak resident set size in MiB (``ru_maxrss`` is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
-
-
-def wait_for_quiet(threshold: float, max_wait: float) -> None:
-    """Sleep until the 1-minute load average drops below ``threshold`` or ``max_wait`` passes."""
-    deadline = time.monotonic() + max_wait
-    while os.getloadavg()[0] >= threshold and time.monotonic() < deadline:
-        print(f"waiting for load < {threshold:g} (now {load()})", flush=True)
-        time.sleep(15)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import datetime
 import json
-import os
 import platform
 import select
 import statistics
@@ -41,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import TICK, busy_seconds, cpu_count, load, machine, own_cpu, wait_for_quiet
 
 import fused_celery as fused
 from fused_celery.options import options as fc_options
@@ -206,13 +206,6 @@ class Reference:
 # ----------------------------------------------------------------------------- setup
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
-
-
 def ensure_reference(python: str | None, spec: str) -> Path:
     """The reference venv's interpreter; creates ``.work/ref-venv`` with ``pip install`` once."""
     if python:
@@ -250,49 +243,12 @@ def _timed(fn: Any, *args: Any) -> float:
     return time.perf_counter() - started
 
 
-def machine() -> str:
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem = "?"
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{kb / 2**20:.0f} GiB"
-    return f"{cpu_count()} CPUs ({model}), {mem} RAM, {platform.system()} {platform.release()}"
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
-
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _busy_seconds() -> float:
-    """CPU seconds all CPUs spent busy since boot (user+nice+system+irq+softirq+steal)."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / _TICK
-
-
 def _proc_cpu(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
-
-
-def _own_cpu() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
 class ForeignLoad:
@@ -304,7 +260,7 @@ class ForeignLoad:
 
     def _snapshot(self) -> tuple[float, float, float]:
         ref = self.reference.cpu_seconds() if self.reference else 0.0
-        return time.perf_counter(), _busy_seconds(), _own_cpu() + ref
+        return time.perf_counter(), busy_seconds(), own_cpu() + ref
 
     def __enter__(self) -> ForeignLoad:
         self.start = self._snapshot()
@@ -324,17 +280,6 @@ def expected_checksum(workload: str, n: int, ppe: list | None) -> int | None:
         return n * (n - 1) // 2
     sums = {s["checksum"] for s in ppe or []}
     return sums.pop() if len(sums) == 1 else None
-
-
-def wait_for_quiet(threshold: float, max_wait: float) -> None:
-    """Sleep until the 1-minute load average drops below ``threshold`` or ``max_wait`` passes."""
-    deadline = time.monotonic() + max_wait
-    while os.getloadavg()[0] >= threshold and time.monotonic() < deadline:
-        print(f"waiting for load < {threshold:g} (now {load()})", flush=True)
-        time.sleep(15)
-
-
-# ----------------------------------------------------------------------------- report
 
 
 def table(workloads: list[str], sizes: dict[str, int], labels: dict[str, str], res: dict) -> str:
