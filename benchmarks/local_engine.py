@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import TICK, busy_seconds, cpu_count, load, machine, own_cpu, wait_for_quiet
+import _common
+from _common import TICK, cpu_count, load, machine, wait_for_quiet
 
 import fused_celery as fused
 from fused_celery.options import options as fc_options
@@ -251,27 +252,16 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-class ForeignLoad:
-    """CPU cores used by *other* processes during a measurement (busy time of the whole machine
-    minus this process, its reaped workers and the reference runner). 0 means a quiet machine."""
+class ForeignLoad(_common.ForeignLoad):
+    """:class:`_common.ForeignLoad` that also counts the reference runner (a process this one
+    does not reap) as ours."""
 
     def __init__(self, reference: Reference | None) -> None:
         self.reference = reference
 
     def _snapshot(self) -> tuple[float, float, float]:
-        ref = self.reference.cpu_seconds() if self.reference else 0.0
-        return time.perf_counter(), busy_seconds(), own_cpu() + ref
-
-    def __enter__(self) -> ForeignLoad:
-        self.start = self._snapshot()
-        self.cores = 0.0
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        end = self._snapshot()
-        wall = max(1e-9, end[0] - self.start[0])
-        foreign = (end[1] - self.start[1]) - (end[2] - self.start[2])
-        self.cores = max(0.0, foreign / wall)
+        wall, busy, own = super()._snapshot()
+        return wall, busy, own + (self.reference.cpu_seconds() if self.reference else 0.0)
 
 
 def expected_checksum(workload: str, n: int, ppe: list | None) -> int | None:
