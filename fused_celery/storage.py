@@ -19,14 +19,13 @@ URL. A missing object is the builtin :class:`FileNotFoundError`.
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, TypeVar
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -319,17 +318,19 @@ def write_bytes(url: str, data: bytes, *, durable: bool = True) -> None:
 
 
 @contextmanager
-def atomic_output(url: str, *, durable: bool = True) -> Iterator[IO[bytes]]:
-    """A writable binary file whose content appears at ``url`` only when the block ends
+def atomic_output(url: str, *, durable: bool = True) -> Iterator[pa.NativeFile]:
+    """A writable Arrow file whose content appears at ``url`` only when the block ends
     without an exception; nothing is written at ``url`` otherwise.
 
-    Local: written to ``.<name>.tmp-<hex>`` in the same folder (parents are created), then
-    renamed over ``url``. S3: buffered in memory, then sent in one request. durable: fsync a
-    local file before the rename (default True; False for scratch data that a crash may lose).
+    A native Arrow stream (not a Python file object), so Parquet and IPC writers write to it
+    without calling back into Python. Local: written to ``.<name>.tmp-<hex>`` in the same
+    folder (parents are created), then renamed over ``url``. S3: buffered in memory, then sent
+    in one request. durable: fsync a local file before the rename (default True; False for
+    scratch data that a crash may lose).
     """
     loc = parse(url)
     if loc.scheme == "s3":
-        buffer = io.BytesIO()
+        buffer = pa.BufferOutputStream()
         yield buffer
         payload = buffer.getvalue()
 
@@ -344,9 +345,8 @@ def atomic_output(url: str, *, durable: bool = True) -> Iterator[IO[bytes]]:
     tmp = os.path.join(folder, f".{name}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
     try:
         os.makedirs(folder, exist_ok=True)
-        with open(tmp, "wb") as out:
+        with pa.OSFile(tmp, "wb") as out:
             yield out
-            out.flush()
             if durable:
                 os.fsync(out.fileno())
         os.replace(tmp, loc.path)

@@ -246,20 +246,20 @@ class RowFacts:
 
     def geometry_types(self) -> list[str]:
         """GeoParquet ``geometry_types`` of these rows (nulls and empties left out)."""
-        keep = (self.type_id >= 0) & ~np.isnan(self.bounds).any(axis=1)
-        codes = np.unique(self.type_id[keep].astype(np.int64) * 2 + self.has_z[keep])
-        pairs = {(int(c) // 2, bool(c % 2)) for c in codes}
+        keep = (self.type_id >= 0) & ~np.isnan(self.bounds[:, 0])  # null/empty: NaN bounds
+        counts = np.bincount(self.type_id[keep].astype(np.int64) * 2 + self.has_z[keep])
+        pairs = {(int(c) // 2, bool(c % 2)) for c in np.flatnonzero(counts)}
         return sorted(
             _GEOMETRY_TYPE_NAMES.get(t, "Unknown") + (" Z" if z else "") for t, z in pairs
         )
 
     def bbox(self) -> tuple[float, float, float, float]:
         """The bbox of the non-null rows (NaNs when there are none)."""
-        b = self.bounds[~np.isnan(self.bounds).any(axis=1)]
+        b = self.bounds  # null/empty rows have NaN bounds, which fmin/fmax skip
         if not len(b):
             return (math.nan,) * 4
-        return (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()),
-                float(b[:, 3].max()))  # fmt: skip
+        return (float(np.fmin.reduce(b[:, 0])), float(np.fmin.reduce(b[:, 1])),
+                float(np.fmax.reduce(b[:, 2])), float(np.fmax.reduce(b[:, 3])))  # fmt: skip
 
     def chunks_metadata(self, file_id: str, offsets: Sequence[int]) -> list[ChunkMetadata]:
         """The metadata of consecutive non-empty chunks, chunk k being rows
@@ -336,7 +336,8 @@ def evenly_spaced(n: int, k: int) -> np.ndarray:
         return np.arange(n)
     if k <= 0:
         return np.arange(0)
-    return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
+    idx = np.linspace(0, n - 1, k).round().astype(np.int64)  # ascending: drop repeats
+    return idx[np.r_[True, idx[1:] != idx[:-1]]]
 
 
 def geometry_types(geometries: np.ndarray) -> list[str]:
@@ -1175,11 +1176,11 @@ class TableWriter:
         if table.num_rows != len(facts.type_id):
             raise ValueError(f"write_arrow_file({fid!r}): facts do not match the rows")
         b = facts.bounds
-        ok = ~np.isnan(b).any(axis=1)
+        null = np.isnan(b[:, 0])  # null and empty geometries: NaN bounds
         covering = pa.StructArray.from_arrays(
             [pa.array(b[:, i], type=pa.float64()) for i in range(4)],
             names=["xmin", "ymin", "xmax", "ymax"],
-            mask=pa.array(~ok, type=pa.bool_()),
+            mask=pa.array(null, type=pa.bool_()) if null.any() else None,
         )
         if COVERING_COLUMN in table.column_names:
             table = table.drop_columns([COVERING_COLUMN])

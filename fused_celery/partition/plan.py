@@ -116,19 +116,30 @@ class PartitionTree:
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         n = len(x)
-        h = row_hash(np.arange(n) if ids is None else ids)
-        node = np.zeros(n, dtype=np.int64)
         if len(self.axis) == 0:
             return np.full(n, -1, np.int64), np.full(n, -1, np.int64)
-        active = np.flatnonzero(self.axis[node] != LEAF)
-        while len(active):
-            nd = node[active]
-            ax = self.axis[nd]
-            coord = np.where(ax == AXIS_X, x[active], np.where(ax == AXIS_Y, y[active], h[active]))
-            go_left = coord < self.value[nd]
-            node[active] = np.where(go_left, self.left[nd], self.right[nd])
-            active = active[self.axis[node[active]] != LEAF]
-        return self.file_index[node], self.chunk_index[node]
+        h: np.ndarray | None = None
+        leaf = np.empty(n, dtype=np.int64)
+        # Depth first, each node partitioning its rows: every row is compared once per level.
+        stack = [(0, np.arange(n))]
+        while stack:
+            node, idx = stack.pop()
+            ax = self.axis[node]
+            if ax == LEAF or not len(idx):
+                leaf[idx] = node
+                continue
+            if ax == AXIS_X:
+                v = x[idx]
+            elif ax == AXIS_Y:
+                v = y[idx]
+            else:
+                if h is None:
+                    h = row_hash(np.arange(n) if ids is None else ids)
+                v = h[idx]
+            go_left = v < self.value[node]
+            stack.append((int(self.right[node]), idx[~go_left]))
+            stack.append((int(self.left[node]), idx[go_left]))
+        return self.file_index[leaf], self.chunk_index[leaf]
 
 
 @dataclass(frozen=True)
@@ -213,7 +224,7 @@ def _split_value(v: np.ndarray, w: np.ndarray, method: str, unit: bool) -> float
     if unit or wsum <= 0:
         k = len(v) // 2
         return float(np.partition(v, k)[k])
-    order = np.argsort(v, kind="stable")
+    order = np.argsort(v)  # ties: any order gives the same value at the crossing
     cum = np.cumsum(w[order])
     pos = int(np.searchsorted(cum, wsum / 2.0, side="right"))
     return float(v[order[min(pos, len(v) - 1)]])

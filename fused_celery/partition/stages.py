@@ -29,7 +29,9 @@ input has at most ``sample_rows`` rows the sample is the data and the plan is ex
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -298,10 +300,16 @@ def _points_fast(
 
 def _is_degrees(crs: Any) -> bool:
     """Whether GeoParquet's ``crs`` value is EPSG:4326 or OGC:CRS84."""
+    return _is_degrees_json(json.dumps(crs, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _is_degrees_json(crs: str) -> bool:
+    """:func:`_is_degrees` of a JSON-encoded value (parsing a CRS costs ~15 ms: cached)."""
     from pyproj import CRS
 
     try:
-        c = CRS.from_user_input(crs)
+        c = CRS.from_user_input(json.loads(crs))
     except Exception:
         return False
     return c.to_epsg() == 4326 or c.to_string() in ("OGC:CRS84", "EPSG:4326")
@@ -522,7 +530,7 @@ def scatter_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, Any]:
         table.column(X).to_numpy(), table.column(Y).to_numpy(), table.column(ID).to_numpy()
     )
     table = table.append_column(CHUNK, pa.array(chunk_index, pa.int32()))
-    order = np.lexsort((chunk_index, file_index))
+    order = _sort_by_chunk(file_index, chunk_index)
     table = table.take(pa.array(order)).combine_chunks()
     sorted_files = file_index[order]
     starts = (
@@ -538,6 +546,18 @@ def scatter_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, Any]:
     return {"slice_id": int(slice_id), "files": files}
 
 
+def _sort_by_chunk(file_index: np.ndarray, chunk_index: np.ndarray) -> np.ndarray:
+    """The stable order of rows by (file, chunk), as a radix sort of one small integer key
+    when the keys fit 16 bits (several times faster than ``np.lexsort``)."""
+    if not len(file_index):
+        return np.zeros(0, np.int64)
+    stride = int(chunk_index.max()) + 1
+    key = file_index * stride + chunk_index
+    top = int(key.max())
+    dtype = np.int16 if top < 2**15 else np.int32 if top < 2**31 else np.int64
+    return np.argsort(key.astype(dtype), kind="stable")
+
+
 def _write_batches(url: str, schema: pa.Schema, batches: list[pa.RecordBatch]) -> None:
     """An uncompressed Arrow IPC file of ``batches``, not fsynced; batch i is readable alone."""
     import pyarrow as pa
@@ -551,11 +571,29 @@ def _write_batches(url: str, schema: pa.Schema, batches: list[pa.RecordBatch]) -
             writer.write_batch(batch)
 
 
-def _read_batch(url: str, index: int) -> pa.RecordBatch:
-    import pyarrow as pa
+class _BatchReader:
+    """Record batches of scattered files, each file opened once (memory-mapped when local)."""
 
-    with storage.open_input_file(url) as f:
-        return pa.ipc.open_file(f).get_batch(index)
+    def __init__(self, ctx: dict[str, Any]) -> None:
+        self._ctx = ctx
+        self._open: dict[int, tuple[Any, Any]] = {}
+
+    def batch(self, slice_id: int, index: int) -> pa.RecordBatch:
+        import pyarrow as pa
+
+        if slice_id not in self._open:
+            url = _path(self._ctx, "scattered", f"{slice_id}.arrow")
+            loc = storage.parse(url)
+            source = (
+                pa.memory_map(loc.path) if loc.scheme == "file" else storage.open_input_file(url)
+            )
+            self._open[slice_id] = (source, pa.ipc.open_file(source))
+        return self._open[slice_id][1].get_batch(index)
+
+    def close(self) -> None:
+        for source, _ in self._open.values():
+            source.close()
+        self._open.clear()
 
 
 # --- write --------------------------------------------------------------------------------------
@@ -653,8 +691,12 @@ def write_files(
     """:func:`write_file` for each ``[file_index, parts]`` of ``files`` (a group of
     :func:`write_groups`). Returns ``{"files": [file indexes], "chunks": [metadata dicts]}``."""
     chunks: list[dict[str, Any]] = []
-    for file_index, parts in files:
-        chunks.extend(write_file(ctx, int(file_index), parts, maxima)["chunks"])
+    reader = _BatchReader(ctx)
+    try:
+        for file_index, parts in files:
+            chunks.extend(write_file(ctx, int(file_index), parts, maxima, reader)["chunks"])
+    finally:
+        reader.close()
     return {"files": [int(f) for f, _ in files], "chunks": chunks}
 
 
@@ -680,33 +722,73 @@ def _facts(table: pa.Table) -> RowFacts:
     )
 
 
+def _merge_by_chunk(tables: list[pa.Table]) -> tuple[pa.Table, RowFacts]:
+    """The rows of ``tables`` (each sorted by chunk) in chunk order, and their facts: zero-copy
+    slices of the parts, chunk by chunk, part by part (stable); fact columns dropped."""
+    import pyarrow as pa
+
+    from ..table import RowFacts
+
+    chunks = [t.column(CHUNK).to_numpy() for t in tables]
+    k = max((int(c[-1]) + 1 for c in chunks if len(c)), default=0)
+    cuts = [np.searchsorted(c, np.arange(k + 1)) for c in chunks]
+    facts = [_facts(t) for t in tables]
+    tables = [t.drop_columns([c for c in FACT_COLUMNS if c in t.column_names]) for t in tables]
+    pieces = [
+        (p, int(cut[c]), int(cut[c + 1]))
+        for c in range(k)
+        for p, cut in enumerate(cuts)
+        if cut[c + 1] > cut[c]
+    ]
+    if len(tables) == 1 or len(pieces) <= 1:
+        table = pa.concat_tables(tables, promote_options="permissive")
+        return table, RowFacts.concat(facts)
+    table = pa.concat_tables(
+        [tables[p].slice(a, b - a) for p, a, b in pieces], promote_options="permissive"
+    )
+    return table, RowFacts.concat([facts[p].take(slice(a, b)) for p, a, b in pieces])
+
+
 def write_file(
     ctx: dict[str, Any],
     file_index: int,
     parts: list[list[int]],
     maxima: tuple[float, float],
+    reader: _BatchReader | None = None,
 ) -> dict[str, Any]:
     """Write planned file ``file_index`` from its scattered parts (``[slice_id, batch]`` pairs,
     see :func:`scatter_slice`), refining chunks and the file with the exact rows. maxima:
-    ``(max_per_file, max_per_chunk)``.
+    ``(max_per_file, max_per_chunk)``. reader: where to read the parts (default: a new one).
 
     Returns ``{"file_index", "chunks": [ChunkMetadata dicts]}`` (one output file or more)."""
     import pyarrow as pa
 
-    from ..table import RowFacts
-
     config = _config(ctx)
-    batches = [_read_batch(_path(ctx, "scattered", f"{s}.arrow"), int(b)) for s, b in sorted(parts)]
-    tables = [pa.Table.from_batches([b]) for b in batches]
-    part_facts = [_facts(t) for t in tables]
-    tables = [t.drop_columns([c for c in FACT_COLUMNS if c in t.column_names]) for t in tables]
-    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    facts = RowFacts.concat(part_facts)
+    own = reader is None
+    reader = reader or _BatchReader(ctx)
+    try:
+        tables = [
+            pa.Table.from_batches([reader.batch(int(s), int(b))]) for s, b in sorted(parts)
+        ]
+        table, facts = _merge_by_chunk(tables)
+        return _write_merged(ctx, config, file_index, table, facts, maxima)
+    finally:
+        if own:
+            reader.close()
+
+
+def _write_merged(
+    ctx: dict[str, Any],
+    config: GeospatialPartitionJobStepConfig,
+    file_index: int,
+    table: pa.Table,
+    facts: RowFacts,
+    maxima: tuple[float, float],
+) -> dict[str, Any]:
+    """:func:`write_file` once its rows are in chunk order."""
+    import pyarrow as pa
+
     chunk = table.column(CHUNK).to_numpy()
-    order = np.argsort(chunk, kind="stable")
-    if not (order == np.arange(len(order))).all():
-        table = table.take(pa.array(order))
-        chunk, facts = chunk[order], facts.take(order)
     m = table.column(M).to_numpy()
     per_file, per_chunk = maxima
     chunk = refine_chunks(
