@@ -65,7 +65,8 @@ def wait_for_quiet(threshold: float, max_wait: float) -> None:
 
 
 def add_load_arguments(parser: argparse.ArgumentParser, max_wait: float = 1800) -> None:
-    """``--wait-for-load LOAD`` and ``--max-wait S`` (use with :func:`wait_for_quiet`)."""
+    """``--wait-for-load LOAD`` and ``--max-wait S`` (use with :func:`wait_for_quiet`), and
+    ``--prefault-gib GIB`` (use with :func:`prefault_memory`)."""
     parser.add_argument(
         "--wait-for-load",
         type=float,
@@ -75,6 +76,33 @@ def add_load_arguments(parser: argparse.ArgumentParser, max_wait: float = 1800) 
     parser.add_argument(
         "--max-wait", type=float, default=max_wait, help="seconds --wait-for-load waits"
     )
+    parser.add_argument(
+        "--prefault-gib",
+        type=float,
+        default=0.0,
+        metavar="GIB",
+        help="first touch GIB GiB of memory once (a VM that backs memory lazily then charges "
+        "no contender for first touches; see README)",
+    )
+
+
+def prefault_memory(gib: float) -> float:
+    """Touch ``gib`` GiB of fresh memory in a child process, then free it; returns the seconds it
+    took. On a VM that backs guest memory lazily (first touch of a page costs the host a fault:
+    ~2.5 s/GiB measured on the 2-CPU VMs) this makes later runs pay the same low price for the
+    memory they allocate, whichever contender runs first."""
+    if gib <= 0:
+        return 0.0
+    code = (
+        "import sys\n"
+        "n = int(float(sys.argv[1]) * 2**30)\n"
+        "b = bytearray(n)\n"
+        "for i in range(0, n, 4096):\n"
+        "    b[i] = 1\n"
+    )
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, str(gib)], check=True)
+    return time.perf_counter() - started
 
 
 def busy_seconds() -> float:

@@ -62,6 +62,7 @@ from _common import (  # noqa: E402
     ensure_venv,
     load,
     machine,
+    prefault_memory,
     wait_for_quiet,
 )
 
@@ -735,6 +736,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if opts.wait_for_load is not None:
         wait_for_quiet(opts.wait_for_load, opts.max_wait)
+    if opts.prefault_gib > 0:
+        took = prefault_memory(opts.prefault_gib)
+        print(f"prefaulted {opts.prefault_gib:g} GiB of memory in {took:.1f} s")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"date: {stamp}")
     print(f"machine: {machine()}")

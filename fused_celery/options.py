@@ -72,7 +72,13 @@ class Options(BaseSettings):
     aws_access_key_id / aws_secret_access_key / aws_session_token: S3 credentials (default None:
         the AWS SDK's default chain, i.e. ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/
         ``AWS_SESSION_TOKEN``, ``~/.aws/credentials``, an instance profile).
-    ingest_slice_rows: rows per input slice, i.e. per prepare task of an ingest (default 250,000).
+    ingest_slice_rows: at most this many rows per input slice, i.e. per prepare task of an
+        ingest (default 1,048,576).
+    ingest_slice_bytes: at most about this many uncompressed bytes per input slice (default
+        64 MiB): exact for Parquet (row-group sizes from the file's metadata), estimated for CSV
+        (from the first block's record length) and GDAL formats (file size / feature count). A
+        slice of small rows (points) is large, one of polygons small, so that preparing one costs
+        about the same and its memory stays bounded.
     ingest_sample_rows: centroids an ingest plans from; inputs with at most this many rows are
         planned exactly (default 300,000; chunks a sampled plan leaves over their maximum are
         split with the exact rows when written).
@@ -112,7 +118,8 @@ class Options(BaseSettings):
     aws_access_key_id: str | None = None
     aws_secret_access_key: SecretStr | None = None
     aws_session_token: SecretStr | None = None
-    ingest_slice_rows: int = Field(default=250_000, ge=1)
+    ingest_slice_rows: int = Field(default=1 << 20, ge=1)
+    ingest_slice_bytes: int = Field(default=64 << 20, ge=1)
     ingest_sample_rows: int = Field(default=300_000, ge=1)
     job_watchdog_interval: float = Field(default=15.0, gt=0)
     job_stall_timeout: float | None = Field(default=None, gt=0)

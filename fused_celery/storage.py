@@ -304,9 +304,14 @@ def read_bytes(url: str) -> bytes:
     return _call("read", loc, read)
 
 
-def open_input_file(url: str) -> pa.NativeFile:
-    """A random-access file at ``url`` (what Parquet readers need); close it after use."""
+def open_input_file(url: str, *, memory_map: bool = False) -> pa.NativeFile:
+    """A random-access file at ``url`` (what Parquet readers need); close it after use.
+
+    memory_map: map a local file into memory instead of reading it (default False); Arrow
+    data read from it then points into the file's pages instead of being copied."""
     loc = parse(url)
+    if memory_map and loc.scheme == "file":
+        return _call("open", loc, lambda: pa.memory_map(loc.path))
     return _call("open", loc, lambda: loc.filesystem.open_input_file(loc.path))
 
 

@@ -246,3 +246,65 @@ def test_existing_output_without_overwrite(tmp_path):
     g2 = polygons(30, seed=1)
     _ingest(GeospatialPartitionJobStepConfig(input=g2, output=url, overwrite=True))
     assert open_table(url).num_rows == 30
+
+
+def _stage_context(config: GeospatialPartitionJobStepConfig, output: str) -> dict:
+    from fused_celery.partition import stages
+    from fused_celery.table import TableWriter
+
+    writer = TableWriter(output, overwrite=False, run_id="r1")
+    slices = stages.list_input_slices(config)
+    return stages.run_context(
+        config.model_copy(update={"output": writer.url}),
+        writer,
+        job_id="r1",
+        n_slices=len(slices),
+        sample_rows=10_000,
+        slice_rows=10_000,
+    ), slices
+
+
+def test_geoparquet_points_are_read_again_instead_of_staged(tmp_path):
+    from fused_celery.partition import stages
+
+    rng = np.random.default_rng(3)
+    n = 600
+    pts = gpd.GeoDataFrame(
+        {"rid": np.arange(n), "v": rng.random(n)},
+        geometry=gpd.points_from_xy(rng.uniform(-20, 20, n), rng.uniform(-10, 10, n)),
+        crs=4326,
+    )
+    src = tmp_path / "pts.parquet"
+    pts.to_parquet(src, row_group_size=250)
+    config = GeospatialPartitionJobStepConfig(
+        input=str(src), partitioning_maximum_per_file=200, partitioning_maximum_per_chunk=50
+    )
+    ctx, slices = _stage_context(config, str(tmp_path / "out"))
+    prepared = [stages.prepare_slice(ctx, s.model_dump(mode="json")) for s in slices]
+    staged = sorted(p.name for p in (Path(ctx["work"]) / "prepared").iterdir())
+    assert staged == [f"{s.slice_id}.reread.json" for s in slices]  # no copy of the rows
+    plan = stages.make_plan(ctx, prepared)
+    scattered = [stages.scatter_slice(ctx, s.slice_id) for s in slices]
+    groups = stages.write_groups(scattered, stages.write_task_rows(scattered))
+    maxima = (plan["max_per_file"], plan["max_per_chunk"])
+    stages.commit(ctx, [stages.write_files(ctx, g, maxima) for g in groups])
+    got = pd.concat(chunk_frames(str(tmp_path / "out")).values(), ignore_index=True)
+    assert sorted(got["rid"]) == list(range(n))
+    mine = got.set_index("rid").sort_index()
+    assert np.allclose(mine["v"], pts["v"])
+    assert shapely.equals(np.asarray(mine.geometry.array), np.asarray(pts.geometry.array)).all()
+
+
+def test_points_input_changed_between_prepare_and_scatter(tmp_path):
+    from fused_celery.partition import stages
+
+    src = tmp_path / "pts.parquet"
+    gpd.GeoDataFrame(geometry=gpd.points_from_xy([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]), crs=4326
+                     ).to_parquet(src)  # fmt: skip
+    ctx, slices = _stage_context(
+        GeospatialPartitionJobStepConfig(input=str(src)), str(tmp_path / "o")
+    )
+    stages.make_plan(ctx, [stages.prepare_slice(ctx, slices[0].model_dump(mode="json"))])
+    gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1, 1)] * 3, crs=4326).to_parquet(src)
+    with pytest.raises(IngestInputError, match="changed while it was ingested"):
+        stages.scatter_slice(ctx, slices[0].slice_id)

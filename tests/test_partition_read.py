@@ -114,6 +114,32 @@ def test_geoparquet_large_row_group_is_cut_in_row_ranges(tmp_path):
     assert_same_rows(got, g)
 
 
+def test_slices_are_cut_by_uncompressed_bytes(tmp_path):
+    g = sample()
+    path = write(g, str(tmp_path / "a.parquet"), row_group_size=100)  # groups of 100, 100, 30
+    meta = pq.ParquetFile(path).metadata
+    per_row = meta.row_group(0).total_byte_size / meta.row_group(0).num_rows
+    whole = list_slices(cfg(path), target_rows=10**6, target_bytes=10**9)
+    assert [(s.start, s.stop) for s in whole] == [(0, 3)]  # small groups gathered
+    budget = int(per_row * 40)  # about 40 rows' bytes: each group is cut in row ranges
+    slices = list_slices(cfg(path), target_rows=10**6, target_bytes=budget)
+    assert len(slices) >= 6 and all(s.num_rows <= 50 for s in slices)
+    assert_same_rows(pd.concat([read_slice(s, cfg(path)) for s in slices], ignore_index=True), g)
+    csv_path = tmp_path / "pts.csv"
+    csv_path.write_text(csv_frame().to_csv(index=False))
+    csv_cfg = cfg(str(csv_path), lonlat_cols=("lon", "lat"))
+    line = len(csv_path.read_text().splitlines()[1]) + 1
+    by_bytes = list_slices(csv_cfg, target_rows=10**6, target_bytes=line * 50)
+    assert len(by_bytes) > 1 and all(s.num_rows <= 60 for s in by_bytes)
+    assert sum(s.num_rows for s in by_bytes) == len(csv_frame())
+    gpkg = write(sample(), str(tmp_path / "a.gpkg"))
+    size = os.path.getsize(gpkg)
+    features = list_slices(cfg(gpkg), target_rows=10**6, target_bytes=size // 4)
+    assert len(features) >= 4 and sum(s.num_rows for s in features) == N
+    with pytest.raises(ValueError, match="target_bytes"):
+        list_slices(cfg(path), target_bytes=0)
+
+
 def test_geoparquet_load_columns_and_whole_read(tmp_path):
     g = sample()
     path = write(g, str(tmp_path / "a.parquet"), row_group_size=64)

@@ -109,6 +109,16 @@ def test_atomic_output_leaves_nothing_when_the_writer_fails(root):
         assert os.listdir(root) == ["x.bin"]  # the temporary file is gone too
 
 
+def test_open_input_file_reads_with_or_without_a_memory_map(root):
+    url = storage.join(root, "m.bin")
+    storage.write_bytes(url, b"0123456789", durable=False)
+    for mapped in (False, True):
+        with storage.open_input_file(url, memory_map=mapped) as f:
+            assert f.size() == 10 and f.read_at(4, 3) == b"3456"
+    with pytest.raises(FileNotFoundError):
+        storage.open_input_file(storage.join(root, "missing"), memory_map=True)
+
+
 def test_local_listing_skips_unfinished_temporary_files(tmp_path):
     (tmp_path / ".x.parquet.tmp-abc").write_bytes(b"partial")
     (tmp_path / "y.parquet").write_bytes(b"whole")

@@ -133,7 +133,8 @@ def run_ingest(
         items = [{"slice_id": s} for s in slice_ids]
         scattered = _map("scatter_slice", ctx, items, engine=engine, ignore_errors=ignore)
         maxima = (plan["max_per_file"], plan["max_per_chunk"])
-        groups = stages.write_groups([r for _, r in scattered], stages.write_task_rows(ctx))
+        done = [r for _, r in scattered]
+        groups = stages.write_groups(done, stages.write_task_rows(done))
         items = [{"files": group, "maxima": maxima} for group in groups]
         written = [
             v for _, v in _map("write_files", ctx, items, engine=engine, ignore_errors=ignore)

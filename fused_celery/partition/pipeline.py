@@ -271,7 +271,8 @@ def route(results: list[dict[str, Any]], ctx: dict[str, Any], queue: str) -> Non
     _failed_list(ctx, "scatter", failed)
 
     def work() -> None:
-        groups = write_groups([r["ok"] for r in ok], write_task_rows(ctx))
+        done = [r["ok"] for r in ok]
+        groups = write_groups(done, write_task_rows(done))
         if not record.start_stage("write", len(groups)):
             return
         n_files = sum(len(g) for g in groups)

@@ -9,24 +9,29 @@ file under it, recursively, sorted, whose name ends with ``config.file_suffix`` 
 starting with ``.`` or ``_`` are skipped, and so are the sidecars of a listed Shapefile).
 What a slice covers, per format:
 
+Every slice holds at most ``target_rows`` rows and about ``target_bytes`` uncompressed bytes.
+
 - ``parquet`` (``.parquet``, ``.geoparquet``, ``.pq``): row groups ``[start, stop)``, consecutive
-  groups gathered up to ``target_rows``. A row group of more than ``target_rows`` rows is cut into
-  equal row ranges ``[row_start, row_stop)`` of that one group (``start``); a task reading such a
-  slice streams the group in batches and decodes the rows before its range too (its memory stays
-  within one batch, but the bytes of the whole group are fetched). The geometry comes from the
+  groups gathered up to ``target_rows`` and ``target_bytes`` (the groups' uncompressed sizes in
+  the file's metadata). A row group over either is cut into equal row ranges ``[row_start,
+  row_stop)`` of that one group (``start``); a task reading such a slice streams the group in
+  batches and decodes the rows before its range too (its memory stays within one batch, but the
+  bytes of the whole group are fetched). The geometry comes from the
   GeoParquet ``geo`` metadata (WKB and GeoArrow encodings; no ``crs`` key means OGC:CRS84), or
   from ``lonlat_cols``. Only the columns needed are read; on S3 only the column chunks of the
   slice's row groups are fetched.
 - ``csv`` (``.csv``): byte ranges ``[start, stop)`` of whole records, ``target_rows`` records
-  each; the first line is the header (``header_bytes`` long) and is read with every slice. Record
-  ends are found by one streaming pass over the file in :func:`list_slices`, honouring RFC 4180
-  quoting (newlines inside quoted fields); blank lines are not counted. A file whose quotes do not
+  each (fewer when the first block's records say that many would pass ``target_bytes``); the
+  first line is the header (``header_bytes`` long) and is read with every slice. Record ends are
+  found by one streaming pass over the file in :func:`list_slices`, honouring RFC 4180 quoting
+  (newlines inside quoted fields); blank lines are not counted. A file whose quotes do not
   balance is one slice (``num_rows`` None). Points come from ``lonlat_cols`` (read with pandas),
   else from GDAL's CSV driver with ``gdal_config.open_options`` (``X_POSSIBLE_NAMES`` /
   ``Y_POSSIBLE_NAMES``, ``GEOM_POSSIBLE_NAMES`` for WKT, ...); a CSV without CRS is EPSG:4326. A
   task reads only its bytes (a ranged read on S3, no download).
 - ``gdal`` (``.geojson``, ``.json``, ``.gpkg``, ``.shp``, ``.fgb``, ``.zip``, ``.gml``, ``.kml``):
-  features ``[start, stop)`` of ``layer`` (``gdal_config.layer``, default the first), read with
+  features ``[start, stop)`` of ``layer`` (``gdal_config.layer``, default the first; as many
+  as ``target_bytes`` of the file's average bytes per feature, at most ``target_rows``), read with
   pyogrio's ``skip_features`` / ``max_features``; the feature count comes from
   ``pyogrio.read_info(force_feature_count=True)``. A FlatGeobuf with a spatial index lists its
   features in index order. GDAL reads local files, so a file on S3 is downloaded once per machine
@@ -157,12 +162,16 @@ class InputSlice(BaseModel):
 
 
 def list_slices(
-    config: GeospatialPartitionJobStepConfig, *, target_rows: int | None = None
+    config: GeospatialPartitionJobStepConfig,
+    *,
+    target_rows: int | None = None,
+    target_bytes: int | None = None,
 ) -> list[InputSlice]:
     """The slices of ``config.input``, in input order (see the module docstring per format).
 
-    target_rows: rows per slice (default ``options.ingest_slice_rows``); parquet slices are whole
-    row groups, so they may hold fewer, or more when a group is not cut.
+    target_rows: rows per slice at most (default ``options.ingest_slice_rows``). target_bytes:
+    uncompressed bytes per slice, about (default ``options.ingest_slice_bytes``). Parquet slices
+    are whole row groups when the groups are within both, so they may hold fewer.
 
     Raises :class:`TypeError` for an in-memory (Geo)DataFrame input (write it to storage first),
     :class:`InputNotFoundError`, :class:`UnsupportedInputError`, :class:`IngestInputError` (no
@@ -181,6 +190,9 @@ def list_slices(
     target = options.ingest_slice_rows if target_rows is None else int(target_rows)
     if target < 1:
         raise ValueError(f"target_rows must be >= 1, got {target_rows}")
+    nbytes = options.ingest_slice_bytes if target_bytes is None else int(target_bytes)
+    if nbytes < 1:
+        raise ValueError(f"target_bytes must be >= 1, got {target_bytes}")
     parts: list[dict[str, Any]] = []
     files = input_files(config)
     for url in files:
@@ -188,11 +200,11 @@ def list_slices(
         try:
             with _reading(url):
                 if fmt == "parquet":
-                    parts.extend(_parquet_slices(url, config, target))
+                    parts.extend(_parquet_slices(url, config, target, nbytes))
                 elif fmt == "csv":
-                    parts.extend(_csv_slices(url, config, target))
+                    parts.extend(_csv_slices(url, config, target, nbytes))
                 else:
-                    parts.extend(_gdal_slices(url, config, target))
+                    parts.extend(_gdal_slices(url, config, target, nbytes))
         except (InputNotFoundError, UnsupportedInputError):
             raise
         except IngestInputError as exc:
@@ -235,7 +247,8 @@ def read_input(config: GeospatialPartitionJobStepConfig) -> gpd.GeoDataFrame:
 
     if isinstance(config.input, pd.DataFrame):
         return ensure_geodataframe(config.input, config.lonlat_cols)
-    frames = [read_slice(sl, config) for sl in list_slices(config, target_rows=_READ_INTO_ALL)]
+    whole = list_slices(config, target_rows=_READ_INTO_ALL, target_bytes=_READ_INTO_ALL)
+    frames = [read_slice(sl, config) for sl in whole]
     if len(frames) == 1:
         return frames[0]
     crs = {f.crs.to_string() if f.crs is not None else None for f in frames}
@@ -416,35 +429,37 @@ def _parquet_plan(
 
 
 def _parquet_slices(
-    url: str, config: GeospatialPartitionJobStepConfig, target: int
+    url: str, config: GeospatialPartitionJobStepConfig, target: int, target_bytes: int
 ) -> list[dict[str, Any]]:
     with _parquet_file(url) as pf:
         _parquet_plan(url, pf, config)
         meta = pf.metadata
-        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+        sizes = [(g.num_rows, max(0, g.total_byte_size)) for g in groups]
     out: list[dict[str, Any]] = []
     base = {"url": url, "format": "parquet"}
-    first, rows = 0, 0
+    first, rows, size = 0, 0, 0
 
     def flush(stop: int) -> None:
         if rows:
             out.append({**base, "start": first, "stop": stop, "num_rows": rows})
 
-    for g, n in enumerate(sizes):
-        if n > target:
+    for g, (n, b) in enumerate(sizes):
+        cap = min(target, max(1, target_bytes * n // b)) if b else target  # rows of this group
+        if n > cap:
             flush(g)
-            parts = -(-n // target)
+            parts = -(-n // cap)
             step = -(-n // parts)
             for r0 in range(0, n, step):
                 r1 = min(n, r0 + step)
                 rows_part = {"num_rows": r1 - r0, "row_start": r0, "row_stop": r1}
                 out.append({**base, "start": g, "stop": g + 1, **rows_part})
-            first, rows = g + 1, 0
-        elif rows + n > target:
+            first, rows, size = g + 1, 0, 0
+        elif rows + n > target or size + b > target_bytes:
             flush(g)
-            first, rows = g, n
+            first, rows, size = g, n, b
         else:
-            rows += n
+            rows, size = rows + n, size + b
     flush(len(sizes))
     return out
 
@@ -461,6 +476,13 @@ def read_parquet_table(
         raise ValueError(f"read_parquet_table needs a Parquet slice, got {sl.format!r}")
     with _reading(sl.url, sl.describe()):
         return _read_parquet_table(sl, config)
+
+
+def parquet_geo(sl: InputSlice) -> dict[str, Any] | None:
+    """The GeoParquet ``geo`` metadata of a Parquet slice's file (None when it has none), from
+    the file's footer alone."""
+    with _reading(sl.url, sl.describe()), _parquet_file(sl.url) as pf:
+        return _parquet_geo(sl.url, pf.schema_arrow)
 
 
 def _read_parquet_table(
@@ -556,10 +578,15 @@ def _geoparquet_frame(table: pa.Table, geo: dict[str, Any]) -> gpd.GeoDataFrame:
 
 
 def _csv_slices(
-    url: str, config: GeospatialPartitionJobStepConfig, target: int
+    url: str, config: GeospatialPartitionJobStepConfig, target: int, target_bytes: int
 ) -> list[dict[str, Any]]:
     with storage.open_input_file(url) as src:
         size = src.size()
+        first = src.read_at(min(size, _CSV_BLOCK), 0)
+        records = first.count(b"\n")
+        if records > 1:  # cap the records per slice by their bytes (the header counts too)
+            target = min(target, max(1, target_bytes * records // len(first)))
+        src.seek(0)
         header_len, ranges = _scan_csv(src, size, target)
         header = src.read_at(header_len, 0) if header_len else b""
     columns = _csv_header(header)
@@ -757,7 +784,7 @@ def _gdal_info(url: str, path: str, config: GeospatialPartitionJobStepConfig) ->
 
 
 def _gdal_slices(
-    url: str, config: GeospatialPartitionJobStepConfig, target: int
+    url: str, config: GeospatialPartitionJobStepConfig, target: int, target_bytes: int
 ) -> list[dict[str, Any]]:
     base: dict[str, Any] = {"url": url, "format": "gdal", "layer": config.gdal_config.layer}
     if storage.parse(url).scheme == "s3":
@@ -777,10 +804,21 @@ def _gdal_slices(
     n = int(info["features"])
     if n < 0:
         raise IngestInputError(f"GDAL cannot count the features of ingest input {url}")
+    file_bytes = _file_bytes(path)
+    if n and file_bytes:
+        target = min(target, max(1, target_bytes * n // file_bytes))
     return [
         {**base, "start": a, "stop": min(n, a + target), "num_rows": min(n, a + target) - a}
         for a in range(0, n, target)
     ]
+
+
+def _file_bytes(path: str) -> int:
+    """Size of a local GDAL input (0 when unknown, e.g. a ``/vsi`` path)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _read_gdal_slice(sl: InputSlice, config: GeospatialPartitionJobStepConfig) -> gpd.GeoDataFrame:

@@ -14,7 +14,9 @@ Everything between stages lives under the run's work folder, ``<table>/_staging/
   WKB in EPSG:4326, plus the columns ``__fc_x``, ``__fc_y`` (centroid), ``__fc_m`` (measure),
   ``__fc_id`` (row id ``slice_id * 2**32 + row``, which seeds the identical-centroid splits) and
   the row's :class:`~fused_celery.table.RowFacts` (bounds, area, length, coordinates, type), so
-  that later stages never decode a geometry;
+  that later stages never decode a geometry; or, for a GeoParquet slice of 2D points in degrees
+  (prepared from its WKB bytes alone), ``prepared/<slice>.reread.json``: the input slice, which
+  scatter reads again instead of a staged copy;
 - ``samples/<slice>.arrow``: an evenly spaced sample of at most ``sample_rows / n_slices``
   rows of the slice (``x, y, w, id``; ``w`` scaled so the sample weighs what the slice weighs);
 - ``plan.npz``: the kd split tree (planned on the pooled samples) and the maxima;
@@ -178,10 +180,11 @@ def _write_arrow(url: str, table: pa.Table) -> None:
 
 
 def _read_arrow(url: str, columns: list[str] | None = None) -> pa.Table:
-    """A file written by :func:`_write_arrow` (only ``columns`` when given)."""
+    """A file written by :func:`_write_arrow` (only ``columns`` when given); local files are
+    memory-mapped, so the table stays valid after the file is closed but reads the mapping."""
     import pyarrow as pa
 
-    with storage.open_input_file(url) as f:
+    with storage.open_input_file(url, memory_map=True) as f:
         table = pa.ipc.open_file(f).read_all()
     return table.select(columns) if columns is not None else table
 
@@ -298,6 +301,59 @@ def _points_fast(
     return table.replace_schema_metadata({GEOMETRY_KEY: name.encode()}), x, y, report
 
 
+REREAD_SUFFIX = ".reread.json"
+"""A prepared slice of 2D points is not staged: ``prepared/<slice>.reread.json`` holds its
+:class:`~.read.InputSlice`, which scatter reads again (cheaper than writing and reading a copy)."""
+
+
+def _may_be_points(sl: InputSlice, config: GeospatialPartitionJobStepConfig) -> bool:
+    """Whether the Parquet slice can take the points fast path, from its metadata alone: one
+    GeoParquet geometry column whose ``geometry_types`` are ``["Point"]`` or not given."""
+    from .read import parquet_geo
+
+    if config.lonlat_cols is not None or config.remove_cols:
+        return False
+    geo = parquet_geo(sl)
+    if not geo or len(geo.get("columns", {})) != 1:
+        return False
+    meta = geo["columns"].get(geo.get("primary_column"))
+    return meta is not None and list(meta.get("geometry_types") or ["Point"]) == ["Point"]
+
+
+def _points_measure(config: GeospatialPartitionJobStepConfig, n: int) -> np.ndarray:
+    """The measure of ``n`` 2D points: 0 for ``area``/``length``, else 1 (a row, a coordinate)."""
+    return np.zeros(n) if config.partitioning_method in ("area", "length") else np.ones(n)
+
+
+def _reread_points(ctx: dict[str, Any], slice_id: int) -> pa.Table | None:
+    """The prepared table of a slice of 2D points that prepare did not stage (see
+    :data:`REREAD_SUFFIX`), read again from the input with the helper columns scatter needs;
+    None when the slice was staged."""
+    import pyarrow as pa
+
+    from .read import InputSlice, read_parquet_table
+
+    try:
+        raw = storage.read_bytes(_path(ctx, "prepared", f"{slice_id}{REREAD_SUFFIX}"))
+    except FileNotFoundError:
+        return None
+    config = _config(ctx)
+    sl = InputSlice.model_validate_json(raw)
+    table, geo = read_parquet_table(sl, config)
+    fast = _points_fast(table, geo, config)
+    if fast is None:
+        raise IngestInputError(
+            f"ingest input {sl.url} changed while it was ingested (slice {slice_id} is no longer "
+            "2D points in degrees); run the ingest again"
+        )
+    table, x, y, _ = fast
+    n = len(x)
+    ids = int(slice_id) * ROW_ID_STRIDE + np.arange(n, dtype=np.int64)
+    for name, values in {X: x, Y: y, M: _points_measure(config, n), ID: ids}.items():
+        table = table.append_column(name, pa.array(values))
+    return table
+
+
 def _is_degrees(crs: Any) -> bool:
     """Whether GeoParquet's ``crs`` value is EPSG:4326 or OGC:CRS84."""
     return _is_degrees_json(json.dumps(crs, sort_keys=True))
@@ -330,21 +386,28 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
     config = _config(ctx)
     sl = InputSlice.model_validate(input_slice)
     fast = raw = original = None
-    if sl.format == "parquet":  # read once: the points fast path, else a frame from the table
-        table, geo = read_parquet_table(sl, config)
-        fast = _points_fast(table, geo, config)
+    if sl.format == "parquet":  # the points fast path, else a frame from the table
+        if _may_be_points(sl, config):  # read the geometry alone first
+            table, geo = read_parquet_table(sl, config.model_copy(update={"load_columns": []}))
+            fast = _points_fast(table, geo, config)
         if fast is None:
+            table, geo = read_parquet_table(sl, config)
             raw = parquet_frame(sl, table, geo, config)
             original = _original_wkb(table, geo, raw)
             if original is not None and SOURCE_ROW not in raw.columns:
                 raw[SOURCE_ROW] = np.arange(len(raw))  # each row's position, to reuse its WKB
             else:
                 original = None
-    if fast is not None:
-        table, x, y, report = fast
+    if fast is not None:  # nothing staged: scatter reads the slice again (see _reread_points)
+        _, x, y, report = fast
         n = len(x)
-        facts = None
-        measure = np.zeros(n) if config.partitioning_method in ("area", "length") else np.ones(n)
+        measure = _points_measure(config, n)
+        ids = sl.slice_id * ROW_ID_STRIDE + np.arange(n, dtype=np.int64)
+        storage.write_bytes(
+            _path(ctx, "prepared", f"{sl.slice_id}{REREAD_SUFFIX}"),
+            sl.model_dump_json().encode(),
+            durable=False,
+        )
     else:
         prepared = prepare_frame(
             raw if raw is not None else read_slice(sl, config),
@@ -376,17 +439,16 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
             frame = frame.drop(columns=[SOURCE_ROW])
         table = _encode(frame, wkb)
         facts = RowFacts.of(np.asarray(frame.geometry.array, dtype=object))
-    ids = sl.slice_id * ROW_ID_STRIDE + np.arange(n, dtype=np.int64)
-    helpers = {X: x, Y: y, M: measure, ID: ids}
-    if facts is not None:  # 2D points need none: their facts follow from x, y
+        ids = sl.slice_id * ROW_ID_STRIDE + np.arange(n, dtype=np.int64)
+        helpers = {X: x, Y: y, M: measure, ID: ids}
         helpers.update({name: facts.bounds[:, i] for i, name in enumerate(BOUNDS)})
         helpers.update(
             {AREA: facts.area, LENGTH: facts.length, NCOORDS: facts.num_coords,
              TYPE: facts.type_id, HAS_Z: facts.has_z}
         )  # fmt: skip
-    for name, values in helpers.items():
-        table = table.append_column(name, pa.array(values))
-    _write_arrow(_path(ctx, "prepared", f"{sl.slice_id}.arrow"), table)
+        for name, values in helpers.items():
+            table = table.append_column(name, pa.array(values))
+        _write_arrow(_path(ctx, "prepared", f"{sl.slice_id}.arrow"), table)
 
     k = max(1, math.ceil(ctx["sample_rows"] / max(1, ctx["n_slices"])))
     pick = evenly_spaced(n, k) if n > k else np.arange(n)
@@ -525,7 +587,9 @@ def scatter_slice(ctx: dict[str, Any], slice_id: int) -> dict[str, Any]:
     Returns ``{"slice_id", "files": {file_index: [batch, rows]}}`` (keys as strings)."""
     import pyarrow as pa
 
-    table = _read_arrow(_path(ctx, "prepared", f"{slice_id}.arrow"))
+    table = _reread_points(ctx, slice_id)
+    if table is None:
+        table = _read_arrow(_path(ctx, "prepared", f"{slice_id}.arrow"))
     file_index, chunk_index = _load_tree(ctx).route(
         table.column(X).to_numpy(), table.column(Y).to_numpy(), table.column(ID).to_numpy()
     )
@@ -583,10 +647,7 @@ class _BatchReader:
 
         if slice_id not in self._open:
             url = _path(self._ctx, "scattered", f"{slice_id}.arrow")
-            loc = storage.parse(url)
-            source = (
-                pa.memory_map(loc.path) if loc.scheme == "file" else storage.open_input_file(url)
-            )
+            source = storage.open_input_file(url, memory_map=True)
             self._open[slice_id] = (source, pa.ipc.open_file(source))
         return self._open[slice_id][1].get_batch(index)
 
@@ -654,10 +715,12 @@ def group_chunks(chunk_measures: np.ndarray, max_per_file: float) -> list[tuple[
     return runs
 
 
-def write_task_rows(ctx: dict[str, Any]) -> int:
-    """Rows a write task takes at least: a quarter of a slice (files smaller than that share a
-    task)."""
-    return max(1, int(ctx["slice_rows"]) // 4)
+def write_task_rows(scattered: list[dict[str, Any]]) -> int:
+    """Rows a write task takes at least, from the results of :func:`scatter_slice`: a quarter of
+    the average slice, so there are about four write tasks per slice (files smaller than that
+    share a task, which reads each slice's scattered file once for all of them)."""
+    rows = sum(int(n) for r in scattered for _, n in r["files"].values())
+    return max(1, rows // (4 * max(1, len(scattered))))
 
 
 def write_groups(scattered: list[dict[str, Any]], min_rows: int) -> list[list[list[Any]]]:
@@ -767,9 +830,7 @@ def write_file(
     own = reader is None
     reader = reader or _BatchReader(ctx)
     try:
-        tables = [
-            pa.Table.from_batches([reader.batch(int(s), int(b))]) for s, b in sorted(parts)
-        ]
+        tables = [pa.Table.from_batches([reader.batch(int(s), int(b))]) for s, b in sorted(parts)]
         table, facts = _merge_by_chunk(tables)
         return _write_merged(ctx, config, file_index, table, facts, maxima)
     finally:
