@@ -246,3 +246,33 @@ def test_five_million_points_in_a_few_seconds():
     elapsed = time.perf_counter() - t
     assert elapsed < 10, elapsed
     assert plan.num_chunks >= 512 and max(c.num_rows for c in plan.chunks) <= n / 512
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    weighted_points(),
+    st.sampled_from([None, "file", "chunk"]),
+    st.booleans(),
+    st.integers(0, 2**31),
+)
+def test_grid_route_equals_the_tree_descent(pts, force_utm, grid_on, seed):
+    """Routing through the grid gives every point the leaf the tree gives it, including points
+    exactly on split lines and points under identical-centroid (hash) splits."""
+    x, y, w = pts
+    plan = plan_partitions(x, y, w + 0.1, max_per_file=2.0, max_per_chunk=0.5, force_utm=force_utm)
+    tree = plan.tree
+    rng = np.random.default_rng(seed)
+    on_lines = tree.value[np.isin(tree.axis, [0, 1])]
+    qx = np.concatenate([x, rng.uniform(-180, 180, 200), on_lines, rng.choice(x, 50)])
+    qy = np.concatenate([y, rng.uniform(-90, 90, 200), rng.choice(y, len(on_lines)),
+                         rng.choice(y, 50)])  # fmt: skip
+    ids = rng.integers(0, 10**9, len(qx))
+    if not grid_on:  # a tree too large for a grid descends
+        tree.__dict__["grid"] = None
+    f, c = tree.route(qx, qy, ids)
+    leaf = tree._descend(qx, qy, ids, np.arange(len(qx)))
+    assert np.array_equal(f, tree.file_index[leaf]) and np.array_equal(c, tree.chunk_index[leaf])
+    assert (f >= 0).all() and (c >= 0).all()
+    # The planned rows route to their planned chunks.
+    f0, c0 = tree.route(x, y)
+    assert np.array_equal(f0, plan.file_index) and np.array_equal(c0, plan.chunk_index)

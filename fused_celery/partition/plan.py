@@ -36,6 +36,7 @@ planned chunks in kd order (spatially close chunks get close ids), plus the spli
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -112,16 +113,36 @@ class PartitionTree:
         self, x: np.ndarray, y: np.ndarray, ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(file_index, chunk_index)`` of points ``x``, ``y`` (row ids ``ids``, default
-        ``0..n-1``, only used by identical-centroid splits), following the splits."""
+        ``0..n-1``, only used by identical-centroid splits), following the splits.
+
+        Through :attr:`grid` when the tree has one: two binary searches and a lookup per point;
+        points in a cell under an identical-centroid split, and every point of a tree without a
+        grid, go down the tree."""
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         n = len(x)
         if len(self.axis) == 0:
             return np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+        grid = self.grid
+        if grid is None:
+            leaf = self._descend(x, y, ids, np.arange(n))
+        else:
+            xs, ys, cells = grid
+            leaf = cells[np.searchsorted(xs, x, side="right"), np.searchsorted(ys, y, side="right")]
+            rest = np.flatnonzero(leaf < 0)
+            if len(rest):
+                leaf = leaf.astype(np.int64)
+                leaf[rest] = self._descend(x, y, ids, rest)
+        return self.file_index[leaf], self.chunk_index[leaf]
+
+    def _descend(
+        self, x: np.ndarray, y: np.ndarray, ids: np.ndarray | None, rows: np.ndarray
+    ) -> np.ndarray:
+        """The leaf of each of ``rows``, depth first, each node partitioning its rows."""
+        n = len(x)
         h: np.ndarray | None = None
         leaf = np.empty(n, dtype=np.int64)
-        # Depth first, each node partitioning its rows: every row is compared once per level.
-        stack = [(0, np.arange(n))]
+        stack = [(0, rows)]
         while stack:
             node, idx = stack.pop()
             ax = self.axis[node]
@@ -139,7 +160,41 @@ class PartitionTree:
             go_left = v < self.value[node]
             stack.append((int(self.right[node]), idx[~go_left]))
             stack.append((int(self.left[node]), idx[go_left]))
-        return self.file_index[leaf], self.chunk_index[leaf]
+        return leaf[rows]
+
+    @functools.cached_property
+    def grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(xs, ys, cells)``: the sorted distinct x and y split values, and the leaf of each
+        grid cell (cell ``(i, j)`` spans ``xs[i - 1] <= x < xs[i]``, ``ys[j - 1] <= y < ys[j]``;
+        every split line is a grid line, so a cell lies in one leaf), -1 where an
+        identical-centroid split decides. None when the grid would exceed
+        :data:`MAX_GRID_CELLS` cells."""
+        xs = np.unique(self.value[self.axis == AXIS_X])
+        ys = np.unique(self.value[self.axis == AXIS_Y])
+        if (len(xs) + 1) * (len(ys) + 1) > MAX_GRID_CELLS:
+            return None
+        cells = np.full((len(xs) + 1, len(ys) + 1), -1, dtype=np.int32)
+        # (node, first and last+1 cell in x, in y)
+        stack = [(0, 0, len(xs) + 1, 0, len(ys) + 1)]
+        while stack:
+            node, x0, x1, y0, y1 = stack.pop()
+            ax = self.axis[node]
+            if ax == LEAF:
+                cells[x0:x1, y0:y1] = node
+            elif ax in (AXIS_X, AXIS_Y):
+                lines = xs if ax == AXIS_X else ys
+                cut = int(np.searchsorted(lines, self.value[node])) + 1  # first cell >= value
+                left, right = int(self.left[node]), int(self.right[node])
+                if ax == AXIS_X:
+                    stack += [(left, x0, min(cut, x1), y0, y1), (right, max(cut, x0), x1, y0, y1)]
+                else:
+                    stack += [(left, x0, x1, y0, min(cut, y1)), (right, x0, x1, max(cut, y0), y1)]
+            # an identical-centroid split: its cells stay -1 (its rows go down the tree)
+        return xs, ys, cells
+
+
+MAX_GRID_CELLS = 4_000_000
+"""Largest routing grid (:attr:`PartitionTree.grid`), 16 MB of int32."""
 
 
 @dataclass(frozen=True)
