@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     import geopandas as gpd
     import pandas as pd
 
+    from ..table import RowFacts
+
 PartitioningMethod = Literal["rows", "area", "length", "coords"]
 PARTITIONING_METHODS: tuple[str, ...] = ("rows", "area", "length", "coords")
 WGS84_BOUNDS = (-180.0, -90.0, 180.0, 90.0)
@@ -60,13 +62,15 @@ class PrepareReport:
 
 @dataclass
 class PreparedFrame:
-    """A prepared input: ``frame`` (EPSG:4326, index 0..n-1), per-row ``x``, ``y`` (centroid)
-    and ``measure`` (for the partitioning method), and the :class:`PrepareReport`."""
+    """A prepared input: ``frame`` (EPSG:4326, index 0..n-1), per-row ``x``, ``y`` (centroid),
+    ``measure`` (for the partitioning method) and ``facts`` (bounds, area, length, coordinates,
+    type: :class:`~fused_celery.table.RowFacts`), and the :class:`PrepareReport`."""
 
     frame: gpd.GeoDataFrame
     x: np.ndarray
     y: np.ndarray
     measure: np.ndarray
+    facts: RowFacts
     report: PrepareReport
 
 
@@ -259,19 +263,17 @@ def _polygonal(geoms: np.ndarray) -> np.ndarray:
     return geoms
 
 
-def row_measures(geoms: np.ndarray, method: str) -> np.ndarray:
-    """Per-row measure for ``method``: ``rows`` 1, ``area`` square degrees, ``length`` degrees,
-    ``coords`` coordinate count (as float64)."""
-    import shapely
-
+def row_measures(facts: RowFacts, method: str) -> np.ndarray:
+    """Per-row measure for ``method`` from the rows' facts: ``rows`` 1, ``area`` square degrees,
+    ``length`` degrees, ``coords`` coordinate count (as float64)."""
     if method == "rows":
-        return np.ones(len(geoms))
+        return np.ones(len(facts.type_id))
     if method == "area":
-        return shapely.area(geoms).astype(np.float64)
+        return np.asarray(facts.area, np.float64)
     if method == "length":
-        return shapely.length(geoms).astype(np.float64)
+        return np.asarray(facts.length, np.float64)
     if method == "coords":
-        return shapely.get_num_coordinates(geoms).astype(np.float64)
+        return np.asarray(facts.num_coords, np.float64)
     raise ValueError(f"partitioning_method must be one of {PARTITIONING_METHODS}, got {method!r}")
 
 
@@ -300,6 +302,8 @@ def prepare_frame(
     """
     import geopandas as gpd
     import shapely
+
+    from ..table import RowFacts
 
     if partitioning_method not in PARTITIONING_METHODS:
         raise ValueError(
@@ -336,11 +340,13 @@ def prepare_frame(
     gdf = _to_wgs84(gdf, report)
 
     geoms = np.asarray(gdf.geometry.array, dtype=object)
+    b = shapely.bounds(geoms)
     # Non-finite coordinates are handled with the bounds below; make_valid cannot take them.
-    invalid = ~shapely.is_valid(geoms) & np.isfinite(shapely.bounds(geoms)).all(axis=1)
+    invalid = ~shapely.is_valid(geoms) & np.isfinite(b).all(axis=1)
     if invalid.any():
         geoms = geoms.copy()
         geoms[invalid] = shapely.make_valid(geoms[invalid])
+        b[invalid] = shapely.bounds(geoms[invalid])
         report.made_valid = int(invalid.sum())
         gdf = gdf.set_geometry(gpd.GeoSeries(geoms, index=gdf.index, crs=gdf.crs))
 
@@ -348,8 +354,8 @@ def prepare_frame(
         before = len(gdf)
         gdf = gdf.explode(index_parts=False, ignore_index=True)
         report.exploded_rows_added = len(gdf) - before
+        b = shapely.bounds(np.asarray(gdf.geometry.array, dtype=object))
 
-    b = shapely.bounds(np.asarray(gdf.geometry.array, dtype=object))
     finite = np.isfinite(b).all(axis=1)
     x0, y0, x1, y1 = WGS84_BOUNDS
     inside = finite & (b[:, 0] >= x0) & (b[:, 1] >= y0) & (b[:, 2] <= x1) & (b[:, 3] <= y1)
@@ -373,18 +379,19 @@ def prepare_frame(
         gdf = gdf.reset_index(drop=True)
 
     geoms = np.asarray(gdf.geometry.array, dtype=object)
-    if len(geoms) and (shapely.get_type_id(geoms) == 0).all():  # points are their centroids
-        x, y = shapely.get_x(geoms), shapely.get_y(geoms)
+    facts = RowFacts.of(geoms)
+    if len(geoms) and (facts.type_id == 0).all():  # points are their centroids
+        x, y = facts.bounds[:, 0], facts.bounds[:, 1]
     else:
         centroids = shapely.centroid(geoms)
         x, y = shapely.get_x(centroids), shapely.get_y(centroids)
-    measure = row_measures(geoms, partitioning_method)
     report.output_rows = len(gdf)
     return PreparedFrame(
         frame=gdf,
         x=np.asarray(x, np.float64),
         y=np.asarray(y, np.float64),
-        measure=measure,
+        measure=row_measures(facts, partitioning_method),
+        facts=facts,
         report=report,
     )
 

@@ -379,7 +379,7 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
     """
     import pyarrow as pa
 
-    from ..table import RowFacts, evenly_spaced
+    from ..table import evenly_spaced
     from .prepare import prepare_frame
     from .read import InputSlice, parquet_frame, read_parquet_table, read_slice
 
@@ -438,7 +438,7 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
                 wkb = original.take(pa.array(frame[SOURCE_ROW].to_numpy()))
             frame = frame.drop(columns=[SOURCE_ROW])
         table = _encode(frame, wkb)
-        facts = RowFacts.of(np.asarray(frame.geometry.array, dtype=object))
+        facts = prepared.facts
         ids = sl.slice_id * ROW_ID_STRIDE + np.arange(n, dtype=np.int64)
         helpers = {X: x, Y: y, M: measure, ID: ids}
         helpers.update({name: facts.bounds[:, i] for i, name in enumerate(BOUNDS)})
