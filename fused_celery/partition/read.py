@@ -7,9 +7,8 @@ a GeoDataFrame; :func:`read_input` reads every slice into one frame (the single-
 Inputs: a path or URL (local path, ``file://``, ``s3://``), a list of them, or a folder (every
 file under it, recursively, sorted, whose name ends with ``config.file_suffix`` when set; names
 starting with ``.`` or ``_`` are skipped, and so are the sidecars of a listed Shapefile).
-What a slice covers, per format:
-
 Every slice holds at most ``target_rows`` rows and about ``target_bytes`` uncompressed bytes.
+What a slice covers, per format:
 
 - ``parquet`` (``.parquet``, ``.geoparquet``, ``.pq``): row groups ``[start, stop)``, consecutive
   groups gathered up to ``target_rows`` and ``target_bytes`` (the groups' uncompressed sizes in
