@@ -311,7 +311,7 @@ def _may_be_points(sl: InputSlice, config: GeospatialPartitionJobStepConfig) -> 
     GeoParquet geometry column whose ``geometry_types`` are ``["Point"]`` or not given."""
     from .read import parquet_geo
 
-    if config.lonlat_cols is not None or config.remove_cols:
+    if config.lonlat_cols is not None or config.remove_cols or sl.error is not None:
         return False
     geo = parquet_geo(sl)
     if not geo or len(geo.get("columns", {})) != 1:
