@@ -320,6 +320,11 @@ def _may_be_points(sl: InputSlice, config: GeospatialPartitionJobStepConfig) -> 
     return meta is not None and list(meta.get("geometry_types") or ["Point"]) == ["Point"]
 
 
+def _row_ids(slice_id: int, n: int) -> np.ndarray:
+    """The row ids of a prepared slice of ``n`` rows (see :data:`ROW_ID_STRIDE`)."""
+    return slice_id * ROW_ID_STRIDE + np.arange(n, dtype=np.int64)
+
+
 def _points_measure(config: GeospatialPartitionJobStepConfig, n: int) -> np.ndarray:
     """The measure of ``n`` 2D points: 0 for ``area``/``length``, else 1 (a row, a coordinate)."""
     return np.zeros(n) if config.partitioning_method in ("area", "length") else np.ones(n)
@@ -348,7 +353,7 @@ def _reread_points(ctx: dict[str, Any], slice_id: int) -> pa.Table | None:
         )
     table, x, y, _ = fast
     n = len(x)
-    ids = int(slice_id) * ROW_ID_STRIDE + np.arange(n, dtype=np.int64)
+    ids = _row_ids(int(slice_id), n)
     for name, values in {X: x, Y: y, M: _points_measure(config, n), ID: ids}.items():
         table = table.append_column(name, pa.array(values))
     return table
@@ -402,7 +407,7 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
         _, x, y, report = fast
         n = len(x)
         measure = _points_measure(config, n)
-        ids = sl.slice_id * ROW_ID_STRIDE + np.arange(n, dtype=np.int64)
+        ids = _row_ids(sl.slice_id, n)
         storage.write_bytes(
             _path(ctx, "prepared", f"{sl.slice_id}{REREAD_SUFFIX}"),
             sl.model_dump_json().encode(),
@@ -439,7 +444,7 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
             frame = frame.drop(columns=[SOURCE_ROW])
         table = _encode(frame, wkb)
         facts = prepared.facts
-        ids = sl.slice_id * ROW_ID_STRIDE + np.arange(n, dtype=np.int64)
+        ids = _row_ids(sl.slice_id, n)
         helpers = {X: x, Y: y, M: measure, ID: ids}
         helpers.update({name: facts.bounds[:, i] for i, name in enumerate(BOUNDS)})
         helpers.update(
