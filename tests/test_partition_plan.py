@@ -38,6 +38,7 @@ def check_plan(plan: PartitionPlan, x: np.ndarray, y: np.ndarray, w: np.ndarray)
     keys = {(c.file_index, c.chunk_index) for c in plan.chunks}
     assert len(keys) == len(plan.chunks)
     assert sum(c.num_rows for c in plan.chunks) == n
+    assert np.bincount(plan.file_index).max() <= n / 64
     assert {c.file_index for c in plan.chunks} == set(range(plan.num_files))
     for f in range(plan.num_files):
         ids = sorted(c.chunk_index for c in plan.chunks if c.file_index == f)
@@ -234,18 +235,16 @@ def test_weighted_split_balances_measure_not_rows():
         check_plan(plan, x, y, w)
 
 
-def test_five_million_points_in_a_few_seconds():
-    import time
-
+def test_five_million_points_plan_within_the_maxima():
+    """At benchmark scale (clustered + uniform points) every chunk and file is within its maximum
+    and every point is in exactly one chunk. (Its speed is measured by benchmarks/ingest.py.)"""
     rng = np.random.default_rng(6)
     n = 5_000_000
     x = np.concatenate([rng.uniform(-120, -70, n // 2), rng.normal(10, 1, n // 2)])
     y = np.concatenate([rng.uniform(25, 50, n // 2), rng.normal(50, 1, n // 2)])
-    t = time.perf_counter()
     plan = plan_partitions(x, y, max_per_file=n / 64, max_per_chunk=n / 512, split_method="median")
-    elapsed = time.perf_counter() - t
-    assert elapsed < 10, elapsed
     assert plan.num_chunks >= 512 and max(c.num_rows for c in plan.chunks) <= n / 512
+    assert sum(c.num_rows for c in plan.chunks) == n
 
 
 @settings(max_examples=60, deadline=None)
