@@ -635,13 +635,15 @@ class Table(BaseModel):
     ) -> pd.DataFrame:
         """One chunk (or a whole file when ``chunk_id`` is None, the whole table when
         ``file_id`` is None); see :func:`get_chunk_from_table`."""
-        return get_chunk_from_table(self.url, file_id, chunk_id, columns=columns)
+        return get_chunk_from_table(
+            self.url, file_id, chunk_id, columns=columns, _metadata=self.chunk_metadata
+        )
 
     def get_dataframe(
         self, file_id: str | int | None = None, chunk_id: int | None = None
     ) -> pd.DataFrame:
         """The whole table (default), one file, or one chunk, as one frame."""
-        return get_chunk_from_table(self.url, file_id, chunk_id)
+        return get_chunk_from_table(self.url, file_id, chunk_id, _metadata=self.chunk_metadata)
 
     def get_dataframe_bbox(
         self,
@@ -882,6 +884,7 @@ def get_chunk_from_table(
     file_id: str | int | None,
     chunk_id: int | None,
     columns: Sequence[str] | None = None,
+    _metadata: Sequence[ChunkMetadata] | None = None,
 ) -> pd.DataFrame:
     """One chunk of the table at ``url``, reading only its row group.
 
@@ -891,7 +894,7 @@ def get_chunk_from_table(
     read). Raises :class:`ChunkNotFoundError` listing what exists.
     """
     url = resolve_table_url(url)
-    chunks = read_chunk_metadata(url)
+    chunks = list(_metadata) if _metadata is not None else read_chunk_metadata(url)
     if file_id is None:
         if chunk_id is not None:
             raise ChunkNotFoundError("chunk_id needs a file_id; pass both, or neither")
