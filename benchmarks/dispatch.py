@@ -5,7 +5,8 @@ Run from the repository root::
     .venv/bin/python benchmarks/dispatch.py
 
 In one run it starts a private ``redis-server`` on loopback and two ``celery worker`` processes
-(``fused_celery.cluster.worker_command``, ``--concurrency 2`` each by default), which also import
+(``fused_celery.cluster.local_cluster.worker_command``, ``--concurrency 2`` each by default), which
+also import
 ``benchmarks/_dispatch_tasks.py`` (``--include``; the raw task ``bench.noop`` returns its
 argument and is registered on the project's app, so both sides run under the same settings).
 Then it measures, with the implementations interleaved and every throughput figure the median of
@@ -106,9 +107,9 @@ class Cluster:
         self.server: Any = None
 
     def __enter__(self) -> Cluster:
-        from fused_celery.cluster import child_env, wait_for_workers, worker_command
-        from fused_celery.processes import ManagedProcess
-        from fused_celery.redis_server import RedisServer
+        from fused_celery.cluster.local_cluster import child_env, wait_for_workers, worker_command
+        from fused_celery.cluster.processes import ManagedProcess
+        from fused_celery.cluster.redis_server import RedisServer
 
         self.server = RedisServer(self.dir / "redis").start()
         self.url = self.server.url
@@ -128,7 +129,7 @@ class Cluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from fused_celery.processes import stop_all
+        from fused_celery.cluster.processes import stop_all
 
         stop_all(self.procs)
         if self.server is not None:

@@ -243,7 +243,7 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     (embedded Redis, ``spec["workers"]`` workers, no Flower) before the clock, and warmed up by
     a 1,000-point ingest (a cluster's steady state: client imports done, pool processes up)."""
     import fused_celery as fused
-    from fused_celery.cluster import LocalCluster
+    from fused_celery.cluster.local_cluster import LocalCluster
 
     fused.options.show.enable_tqdm = False
     if not hasattr(fused, "ingest"):

@@ -10,16 +10,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .options import options
+from fused_celery.options import options
 
 # Bound after the submodule import, so ``fused_celery.udf`` is the decorator, not the module.
-from .udf import Udf, run, udf, udf_from_code  # noqa: E402
+from fused_celery.udf import Udf, run, udf, udf_from_code  # noqa: E402
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "JobPool": ("fused_celery.pool", "JobPool"),
-    "RunResponse": ("fused_celery.jobs", "RunResponse"),
+    "RunResponse": ("fused_celery.jobs.response", "RunResponse"),
     "api": ("fused_celery.api", None),
     "open_table": ("fused_celery.table", "open_table"),
     "get_chunks_metadata": ("fused_celery.table", "get_chunks_metadata"),

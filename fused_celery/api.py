@@ -1,7 +1,7 @@
 """Module-level functions of the Fused API (``fused.api.*``).
 
-The ``job_*`` functions take a job id (str) or a :class:`~fused_celery.jobs.RunResponse` and
-work from any process that reaches the result backend (``options.resolved_result_backend``).
+The ``job_*`` functions take a job id (str) or a :class:`~fused_celery.jobs.response.RunResponse`
+and work from any process that reaches the result backend (``options.resolved_result_backend``).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from .job_record import list_jobs
-from .jobs import RunResponse
-from .pool import JobPool
+from fused_celery.jobs.response import RunResponse
+from fused_celery.pool import JobPool
+from fused_celery.state.job_record import list_jobs
 
 
 def get_pool(pool_id: str) -> JobPool:
@@ -33,7 +33,7 @@ def _job(job: str | RunResponse) -> RunResponse:
 def job_get_status(job: str | RunResponse) -> RunResponse:
     """The job's current status, as a refreshed :class:`RunResponse`.
 
-    Raises :class:`~fused_celery.types.JobNotFoundError` for unknown or expired job ids.
+    Raises :class:`~fused_celery.errors.JobNotFoundError` for unknown or expired job ids.
     """
     return _job(job).get_status()
 

@@ -17,7 +17,7 @@ import base64
 import json
 from typing import Any
 
-from . import storage
+from fused_celery import storage
 
 _BINARY_TAGS = ("np", "gdf", "df", "arrow", "bytes", "geom")
 

@@ -1,7 +1,8 @@
 """The Celery application of fused-celery, configured from :mod:`fused_celery.options`.
 
 Workers run ``celery -A fused_celery.celery_app worker`` with ``FUSED_CELERY_BROKER_URL`` set;
-they find the module-level :data:`app`, which imports :mod:`fused_celery.tasks` when the worker
+they find the module-level :data:`app`, which imports the task modules (:data:`TASK_MODULES`) when
+the worker
 starts. Clients call :func:`get_app`, which rebuilds the app when the options it was built from
 changed (tests and notebooks set ``options.broker_url`` at run time).
 
@@ -32,12 +33,15 @@ from typing import Any
 
 from celery import Celery, signals
 
-from .options import DEFAULT_QUEUE, options
+from fused_celery.options import DEFAULT_QUEUE, options
 
 __all__ = ["app", "get_app", "celery_config", "time_limits", "RUN_ENTRIES", "MISSING_BROKER"]
 
-#: Name of the task that runs the entries of a pool (see :mod:`fused_celery.tasks`).
+#: Name of the task that runs the entries of a pool (see :mod:`fused_celery.engines.celery.tasks`).
 RUN_ENTRIES = "fused_celery.run_entries"
+
+#: Modules that define tasks; a worker imports them when it starts.
+TASK_MODULES = ["fused_celery.engines.celery.tasks", "fused_celery.partition.pipeline"]
 
 
 def _restore_sweep(visibility_timeout: int) -> tuple[int, int]:
@@ -103,7 +107,7 @@ def time_limits() -> tuple[float, float]:
 def _build(config: dict[str, Any], *, include_tasks: bool) -> Celery:
     celery = Celery(
         "fused_celery",
-        include=["fused_celery.tasks", "fused_celery.partition.pipeline"] if include_tasks else [],
+        include=TASK_MODULES if include_tasks else [],
         set_as_current=include_tasks,
     )
     celery.conf.update(config)

@@ -24,8 +24,8 @@ import threading
 import time
 from collections.abc import Sequence
 
+from fused_celery.errors import FusedError
 from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, options
-from fused_celery.types import FusedError
 
 EXIT_ERROR = 2
 
@@ -54,7 +54,7 @@ def _check_queues(queues: Sequence[str]) -> None:
 
 def _wait_for_broker(url: str | None, wait: float) -> str:
     """The configured broker URL once it answers PING (waiting up to ``wait`` s)."""
-    from fused_celery.redis_server import check_redis_url, ping
+    from fused_celery.cluster.redis_server import check_redis_url, ping
 
     if not url:
         raise CliError(
@@ -89,7 +89,7 @@ def _passthrough(extra: Sequence[str]) -> list[str]:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Run a local cluster until Ctrl-C or SIGTERM, then stop everything it started."""
-    from fused_celery.cluster import LocalCluster
+    from fused_celery.cluster.local_cluster import LocalCluster
 
     queues = _queue_list(args.queues)
     _check_queues(queues)
@@ -133,7 +133,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def worker_argv(args: argparse.Namespace) -> list[str]:
     """The ``celery worker`` command line for ``fused-celery worker`` arguments."""
-    from fused_celery.cluster import worker_command
+    from fused_celery.cluster.local_cluster import worker_command
 
     queues = _queue_list(args.queues)
     if args.instance_type:
@@ -162,8 +162,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_flower(args: argparse.Namespace) -> int:
     """Exec Flower on ``--address``:``--port``, with basic auth unless ``--no-auth``."""
-    from fused_celery.cluster import FLOWER_USER, PortInUseError, celery_command
-    from fused_celery.redis_server import port_is_free
+    from fused_celery.cluster.local_cluster import FLOWER_USER, PortInUseError, celery_command
+    from fused_celery.cluster.redis_server import port_is_free
 
     if not port_is_free(args.port, args.address or "0.0.0.0"):
         raise PortInUseError(f"port {args.port} is already in use; pick another with --port")
@@ -181,7 +181,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
 def cmd_redis(args: argparse.Namespace) -> int:
     """Run a private redis-server on loopback in the foreground until Ctrl-C or SIGTERM."""
-    from fused_celery.redis_server import RedisServer
+    from fused_celery.cluster.redis_server import RedisServer
 
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -210,7 +210,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Local cluster → ``udf.map`` over ``--entries`` points → collected DataFrame → shut down."""
     import pandas as pd
 
-    from fused_celery.cluster import LocalCluster
+    from fused_celery.cluster.local_cluster import LocalCluster
 
     if args.entries < 1:
         raise CliError("--entries must be at least 1")

@@ -23,7 +23,7 @@ import json
 import sys
 from typing import Any
 
-from .types import UdfSerializationError
+from fused_celery.errors import UdfSerializationError
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
 

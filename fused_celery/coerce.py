@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from .types import UdfArgumentError
+from fused_celery.errors import UdfArgumentError
 
 
 def _json_text(value: Any) -> Any:

@@ -19,9 +19,9 @@ from collections.abc import Container
 from functools import lru_cache
 from typing import Any, TypedDict
 
-from . import codec
-from .coerce import coerce_arguments
-from .types import UdfRuntimeError, UdfSerializationError
+from fused_celery import codec
+from fused_celery.coerce import coerce_arguments
+from fused_celery.errors import UdfRuntimeError, UdfSerializationError
 
 
 class Outcome(TypedDict, total=False):

@@ -16,9 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-from . import codec
-from .collect import arg_names, build_frame
-from .engines.base import (
+from fused_celery import codec
+from fused_celery.collect import arg_names, build_frame
+from fused_celery.engines.base import (
     CANCELLED,
     FAILED,
     FINISHED,
@@ -29,8 +29,8 @@ from .engines.base import (
     Engine,
     EntryState,
 )
-from .options import options
-from .types import CancelledError, UdfRuntimeError, error_from_dict
+from fused_celery.errors import CancelledError, UdfRuntimeError, error_from_dict
+from fused_celery.options import options
 
 _BAR_FORMAT = "{l_bar}{bar} | {n_fmt}/{total_fmt} | {elapsed}"
 
@@ -92,9 +92,9 @@ class JobPool:
     def attach(cls, pool_id: str) -> JobPool:
         """Reattach to a pool on the cluster by id, from any process that reaches its Redis.
 
-        Raises :class:`~fused_celery.types.PoolNotFoundError` for unknown or expired ids.
+        Raises :class:`~fused_celery.errors.PoolNotFoundError` for unknown or expired ids.
         """
-        from .engines.celery import CeleryEngine
+        from fused_celery.engines.celery.client import CeleryEngine
 
         return cls(CeleryEngine.attach(pool_id))
 

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from .types import UdfDefinitionError
+from fused_celery.errors import UdfDefinitionError
 
 _MAX_CONSTANT_REPR = 10_000
 

@@ -12,7 +12,7 @@ temporary name in the same folder and rename it into place, and send an S3 objec
 (a PUT; objects over the 10 MiB part size go as a multipart upload, which S3 also makes visible
 only when complete). A reader never sees half an object.
 
-Errors are typed (:mod:`fused_celery.types`): an unknown scheme is :class:`UnsupportedURLError`,
+Errors are typed (:mod:`fused_celery.errors`): an unknown scheme is :class:`UnsupportedURLError`,
 a missing bucket :class:`BucketNotFoundError`, other failures :class:`StorageError` naming the
 URL. A missing object is the builtin :class:`FileNotFoundError`.
 """
@@ -30,8 +30,8 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .options import options
-from .types import BucketNotFoundError, StorageError, UnsupportedURLError
+from fused_celery.errors import BucketNotFoundError, StorageError, UnsupportedURLError
+from fused_celery.options import options
 
 SCHEMES: tuple[str, ...] = ("file", "s3")
 """URL schemes fused-celery stores to; a path without a scheme is a local path."""

@@ -44,9 +44,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from . import storage
-from .options import options
-from .types import (
+from fused_celery import storage
+from fused_celery.errors import (
     ChunkNotFoundError,
     ColumnNotFoundError,
     CorruptFileError,
@@ -57,6 +56,7 @@ from .types import (
     TableFormatError,
     TableNotFoundError,
 )
+from fused_celery.options import options
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -418,7 +418,7 @@ def _metadata_key(chunks: Iterable[ChunkMetadata]) -> str:
 
 def _version() -> str:
     try:
-        from . import __version__
+        from fused_celery import __version__
 
         return __version__
     except ImportError:  # pragma: no cover

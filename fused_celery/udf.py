@@ -17,12 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from . import codec
-from .source import capture_source, signature_from_code
-from .types import UdfArgumentError, UdfDefinitionError, UdfSerializationError, error_from_dict
+from fused_celery import codec
+from fused_celery.errors import (
+    UdfArgumentError,
+    UdfDefinitionError,
+    UdfSerializationError,
+    error_from_dict,
+)
+from fused_celery.source import capture_source, signature_from_code
 
 if TYPE_CHECKING:
-    from .pool import JobPool
+    from fused_celery.pool import JobPool
 
 RESERVED_PARAMETERS = frozenset({"arg_list", "engine", "instance_type", "cache_max_age", "cache"})
 _AGE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -184,14 +189,14 @@ class Udf(BaseModel):
         engine: ``"local"`` (in this process), ``"remote"`` or an instance type (one task on
         the cluster); None: the UDF's engine or ``options.resolved_default_engine``.
         cache_max_age / cache: result reuse on the cluster (default: reuse within
-        ``cache_max_age``). Raises :class:`~fused_celery.types.UdfRuntimeError` on failure.
+        ``cache_max_age``). Raises :class:`~fused_celery.errors.UdfRuntimeError` on failure.
         """
-        from .engines import resolve_engine
+        from fused_celery.engines import resolve_engine
 
         kind, _ = resolve_engine(engine or self.engine, instance_type)
         bound = self.bind(args, kwargs)
         if kind == "local":
-            from .execute import run_call
+            from fused_celery.execute import run_call
 
             outcome = run_call(self.wire(), bound, encode_result=False)
             if outcome.get("logs"):
@@ -239,8 +244,8 @@ class Udf(BaseModel):
         cache_max_age / cache: reuse results of identical calls (errors are never cached).
         kwargs: constant keyword arguments merged into every entry.
         """
-        from .engines import PoolSpec, make_engine, resolve_engine
-        from .pool import JobPool
+        from fused_celery.engines import PoolSpec, make_engine, resolve_engine
+        from fused_celery.pool import JobPool
 
         kind, queue = resolve_engine(engine or self.engine, instance_type)
         batch = _batch_size(n_processes_per_worker, worker_concurrency)

@@ -5,7 +5,8 @@ Never in-process Celery, never a stand-in Redis: every test that needs Redis tal
 
 Fixtures:
 
-- ``redis_server`` (session): a :class:`~fused_celery.redis_server.RedisServer` on a free port.
+- ``redis_server`` (session): a :class:`~fused_celery.cluster.redis_server.RedisServer` on a free
+port.
 - ``redis_url`` (function): the server's URL, after ``FLUSHALL`` (every test starts empty).
 - ``fused_options`` (function): points ``fused_celery.options`` (and ``FUSED_CELERY_*`` for
   subprocesses) at ``redis_url``; restores them afterwards.
@@ -27,10 +28,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from fused_celery.cluster import child_env, wait_for_workers, worker_command
+from fused_celery.cluster.local_cluster import child_env, wait_for_workers, worker_command
+from fused_celery.cluster.processes import ManagedProcess, stop_all
+from fused_celery.cluster.redis_server import RedisServer
 from fused_celery.options import DEFAULT_QUEUE, options
-from fused_celery.processes import ManagedProcess, stop_all
-from fused_celery.redis_server import RedisServer
 
 WORKER_START_TIMEOUT = 90.0
 
@@ -200,7 +201,7 @@ def celery_workers(redis_url: str, tmp_path: Path) -> Iterator[WorkerFactory]:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    from fused_celery.redis_server import find_redis_server
+    from fused_celery.cluster.redis_server import find_redis_server
 
     try:
         return f"redis-server: {find_redis_server()}"

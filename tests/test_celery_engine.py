@@ -21,12 +21,16 @@ from typing import Any
 import pytest
 import redis
 
-from fused_celery import codec, keys, record
+from fused_celery import codec
+from fused_celery.cluster.redis_server import free_port
 from fused_celery.engines import make_engine
 from fused_celery.engines.base import FINISHED, Engine, PoolSpec
-from fused_celery.engines.celery import CeleryEngine, plan_lanes
+from fused_celery.engines.celery.client import CeleryEngine, plan_lanes
+from fused_celery.errors import BrokerUnavailableError, PoolExpiredError, PoolNotFoundError
 from fused_celery.options import options
-from fused_celery.record import (
+from fused_celery.state import keys
+from fused_celery.state import pool_record as record
+from fused_celery.state.pool_record import (
     CREATE_KEYS,
     EVENT_PAYLOAD_MAX_BYTES,
     STATUSES,
@@ -35,8 +39,6 @@ from fused_celery.record import (
     check_reachable,
     mark_reachable,
 )
-from fused_celery.redis_server import free_port
-from fused_celery.types import BrokerUnavailableError, PoolExpiredError, PoolNotFoundError
 
 DOUBLE = {
     "name": "f",
@@ -396,7 +398,7 @@ def test_attach_from_another_process(
     engine.submit()
     script = textwrap.dedent(f"""
         import json, time
-        from fused_celery.engines.celery import CeleryEngine
+        from fused_celery.engines.celery.client import CeleryEngine
         from fused_celery.engines.base import FINISHED
         from fused_celery import codec
         e = CeleryEngine.attach({engine.pool_id!r})
@@ -605,8 +607,8 @@ def test_udf_that_cannot_be_decoded(fused_options: Any, celery_workers: Any) -> 
 def test_lost_messages_are_republished_by_a_waiting_client(
     fused_options: Any, celery_workers: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fused_celery.engines import celery as celery_engine
-    from fused_celery.record import find_lost, redis_client
+    from fused_celery.engines.celery import client as celery_engine
+    from fused_celery.state.pool_record import find_lost, redis_client
 
     monkeypatch.setattr(celery_engine, "LOST_CHECK_SECONDS", 0.5)
     engine = make_engine("celery", spec_for(30, max_workers=4))
@@ -674,7 +676,7 @@ class _AofRedis:
     """
 
     def __init__(self, path: Path) -> None:
-        from fused_celery.redis_server import find_redis_server
+        from fused_celery.cluster.redis_server import find_redis_server
 
         self.dir = path
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -716,8 +718,8 @@ class _AofRedis:
 
 @pytest.mark.slow
 def test_redis_restart_mid_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fused_celery.cluster import child_env, wait_for_workers, worker_command
-    from fused_celery.processes import ManagedProcess, stop_all
+    from fused_celery.cluster.local_cluster import child_env, wait_for_workers, worker_command
+    from fused_celery.cluster.processes import ManagedProcess, stop_all
 
     server = _AofRedis(tmp_path / "aof").start()
     url = server.url

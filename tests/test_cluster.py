@@ -20,17 +20,17 @@ import redis
 
 import fused_celery as fused
 from fused_celery.cli import build_parser, worker_argv
-from fused_celery.cluster import LocalCluster, PortInUseError
-from fused_celery.options import options
-from fused_celery.processes import descendants, pid_alive
-from fused_celery.redis_server import (
+from fused_celery.cluster.local_cluster import LocalCluster, PortInUseError
+from fused_celery.cluster.processes import descendants, pid_alive
+from fused_celery.cluster.redis_server import (
     InvalidBrokerUrlError,
     RedisServer,
     check_redis_url,
     free_port,
     ping,
 )
-from fused_celery.types import BrokerUnavailableError
+from fused_celery.errors import BrokerUnavailableError
+from fused_celery.options import options
 
 CLI = [sys.executable, "-m", "fused_celery.cli"]
 
@@ -123,7 +123,7 @@ def test_ping(redis_url: str) -> None:
 
 
 def test_celery_workers_answer_and_restart(celery_workers, redis_url: str) -> None:
-    from fused_celery.cluster import wait_for_workers
+    from fused_celery.cluster.local_cluster import wait_for_workers
 
     first, second = celery_workers(2)
     assert first.pid != second.pid and first.hostname != second.hostname

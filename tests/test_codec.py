@@ -13,7 +13,7 @@ import pytest
 import shapely
 
 from fused_celery import codec
-from fused_celery.types import UdfSerializationError
+from fused_celery.errors import UdfSerializationError
 
 
 def _wire(value):

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from fused_celery import storage
+from fused_celery.errors import IngestInputError, TableExistsError, UnsupportedInputError
 from fused_celery.partition.config import GeospatialPartitionJobStepConfig
 from fused_celery.partition.local import run_ingest
 from fused_celery.table import compute_chunk_metadata, open_table, read_chunk_metadata
-from fused_celery.types import IngestInputError, TableExistsError, UnsupportedInputError
 
 
 def _ingest(config, output=None):

@@ -18,16 +18,16 @@ import shapely
 
 import fused_celery as fused
 from fused_celery import storage
-from fused_celery.jobs import RunResponse
-from fused_celery.options import options
-from fused_celery.partition import stages
-from fused_celery.table import open_table, read_chunk_metadata
-from fused_celery.types import (
+from fused_celery.errors import (
     IngestInputError,
     JobFailedError,
     TableExistsError,
     TableNotFoundError,
 )
+from fused_celery.jobs.response import RunResponse
+from fused_celery.options import options
+from fused_celery.partition import stages
+from fused_celery.table import open_table, read_chunk_metadata
 
 pytest_plugins = ["moto_server"]
 
@@ -312,8 +312,8 @@ def test_remote_cancel_leaves_no_table(on_shared_cluster, tmp_path, monkeypatch)
 
 
 def test_watchdog_fails_a_stalled_job(fused_options, tmp_path, monkeypatch):
-    from fused_celery.job_record import JobRecord
     from fused_celery.partition import pipeline
+    from fused_celery.state.job_record import JobRecord
     from fused_celery.table import TableWriter
 
     writer = TableWriter(str(tmp_path / "out"), run_id="stalled")
@@ -504,7 +504,7 @@ def test_points_fast_path_matches_the_general_path(tmp_path):
 
 
 def test_unreachable_broker_at_submit_leaves_nothing(tmp_path, monkeypatch):
-    from fused_celery.types import BrokerUnavailableError
+    from fused_celery.errors import BrokerUnavailableError
 
     monkeypatch.setattr(options, "broker_url", "redis://127.0.0.1:1/0")
     monkeypatch.setattr(options, "result_backend", None)

@@ -1,4 +1,5 @@
-"""Job records (``fused_celery.job_record``), ``RunResponse`` and ``fused.api.job_*`` (API.md §4).
+"""Job records (``fused_celery.state.job_record``), ``RunResponse`` and ``fused.api.job_*`` (API.md
+§4).
 
 Every test talks to the real private ``redis-server`` of ``conftest.py`` (``fused_options``
 points ``options`` and ``FUSED_CELERY_*`` at it); the pipeline's side is played by threads of
@@ -23,18 +24,19 @@ import pytest
 import redis
 
 import fused_celery as fused
-from fused_celery import api, job_record
-from fused_celery.job_record import TERMINAL, JobRecord, list_jobs
-from fused_celery.jobs import RunResponse
-from fused_celery.keys import JOBS_INDEX, job_keys
-from fused_celery.options import options
-from fused_celery.types import (
+from fused_celery import api
+from fused_celery.errors import (
     BrokerUnavailableError,
     JobCanceledError,
     JobFailedError,
     JobNotFoundError,
     JobTimeoutError,
 )
+from fused_celery.jobs.response import RunResponse
+from fused_celery.options import options
+from fused_celery.state import job_record
+from fused_celery.state.job_record import TERMINAL, JobRecord, list_jobs
+from fused_celery.state.keys import JOBS_INDEX, job_keys
 
 
 @pytest.fixture

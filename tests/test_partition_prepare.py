@@ -12,13 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyproj import CRS
 
+from fused_celery.errors import IngestInputError
 from fused_celery.partition.prepare import (
     check_subdivide,
     ensure_geodataframe,
     frame_from_lonlat,
     prepare_frame,
 )
-from fused_celery.types import IngestInputError
 
 
 def frame(geoms, crs="EPSG:4326", **cols) -> gpd.GeoDataFrame:

@@ -15,10 +15,10 @@ import shapely
 from pydantic import ValidationError
 
 from fused_celery import storage
+from fused_celery.errors import IngestInputError, InputNotFoundError, UnsupportedInputError
 from fused_celery.partition import read
 from fused_celery.partition.config import GeospatialPartitionJobStepConfig
 from fused_celery.partition.read import InputSlice, list_slices, read_input, read_slice
-from fused_celery.types import IngestInputError, InputNotFoundError, UnsupportedInputError
 
 pytest_plugins = ["moto_server"]
 

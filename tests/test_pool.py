@@ -25,9 +25,7 @@ import pytest
 import udfs_sample as s
 
 import fused_celery as fused
-from fused_celery.options import options
-from fused_celery.pool import JobFuture, JobPool
-from fused_celery.types import (
+from fused_celery.errors import (
     CancelledError,
     UdfArgumentError,
     UdfDefinitionError,
@@ -36,6 +34,8 @@ from fused_celery.types import (
     UdfTimeoutError,
     UdfWorkerLostError,
 )
+from fused_celery.options import options
+from fused_celery.pool import JobFuture, JobPool
 
 TAIL_LINE = re.compile(
     r"^\[\d\d:\d\d:\d\d\] Run #(?P<pos>\d+) (?P<status>\w+) \((?P<summary>.*)\) (?P<args>\{.*\})$"

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from fused_celery import storage
+from fused_celery.errors import BucketNotFoundError, StorageError, UnsupportedURLError
 from fused_celery.options import options
-from fused_celery.types import BucketNotFoundError, StorageError, UnsupportedURLError
 
 pytest_plugins = ["moto_server"]
 

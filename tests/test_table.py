@@ -25,8 +25,7 @@ import shapely
 
 from fused_celery import storage
 from fused_celery import table as T
-from fused_celery.options import options
-from fused_celery.types import (
+from fused_celery.errors import (
     BucketNotFoundError,
     ChunkNotFoundError,
     ColumnNotFoundError,
@@ -38,6 +37,7 @@ from fused_celery.types import (
     TableNotFoundError,
     UnsupportedURLError,
 )
+from fused_celery.options import options
 
 pytest_plugins = ["moto_server"]
 

@@ -17,12 +17,12 @@ import udfs_sample as s
 from pydantic import BaseModel, ValidationError
 
 import fused_celery as fused
-from fused_celery.options import options
-from fused_celery.types import (
+from fused_celery.errors import (
     UdfArgumentError,
     UdfDefinitionError,
     UdfRuntimeError,
 )
+from fused_celery.options import options
 from fused_celery.udf import RESERVED_PARAMETERS, Udf, parse_cache_max_age
 
 _UNSHIPPABLE_LOCK = threading.Lock()

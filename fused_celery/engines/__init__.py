@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..options import WHITELISTED_INSTANCE_TYPES
-from .base import Engine, EntryState, PoolSpec
+from fused_celery.engines.base import Engine, EntryState, PoolSpec
+from fused_celery.options import WHITELISTED_INSTANCE_TYPES
 
 __all__ = ["Engine", "EntryState", "PoolSpec", "make_engine", "resolve_engine"]
 
@@ -15,7 +15,7 @@ def resolve_engine(engine: str | None, instance_type: str | None = None) -> tupl
     ``options.resolved_default_engine``. instance_type: a whitelisted instance type (routes to
     its queue; implies the cluster). Raises ``ValueError`` listing the allowed values.
     """
-    from ..options import options
+    from fused_celery.options import options
 
     if instance_type is not None:
         check_instance_type(instance_type)
@@ -46,9 +46,9 @@ def check_instance_type(name: str) -> None:
 def make_engine(kind: str, spec: PoolSpec) -> Engine:
     """Build the engine of ``kind`` (``"local"`` or ``"celery"``) for ``spec``."""
     if kind == "local":
-        from .local import LocalEngine
+        from fused_celery.engines.local import LocalEngine
 
         return LocalEngine(spec)
-    from .celery import CeleryEngine
+    from fused_celery.engines.celery.client import CeleryEngine
 
     return CeleryEngine(spec)

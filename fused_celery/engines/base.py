@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..execute import Outcome
+from fused_celery.execute import Outcome
 
 PENDING, RUNNING, SUCCESS, ERROR, TIMEOUT, CANCELLED = (
     "pending",

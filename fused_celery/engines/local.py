@@ -23,11 +23,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from ..cache import DiskCache, cache_key
-from ..execute import Outcome
-from ..options import cpu_count, options
-from ..types import UdfTimeoutError, UdfWorkerLostError
-from .base import (
+from fused_celery.engines.base import (
     CANCELLED,
     ERROR,
     FAILED,
@@ -40,6 +36,10 @@ from .base import (
     Notifier,
     PoolSpec,
 )
+from fused_celery.errors import UdfTimeoutError, UdfWorkerLostError
+from fused_celery.execute import Outcome
+from fused_celery.options import cpu_count, options
+from fused_celery.result_cache import DiskCache, cache_key
 
 #: Target wall time of one batch of tiny entries (seconds).
 _BATCH_SECONDS = 0.01

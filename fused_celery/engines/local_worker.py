@@ -77,8 +77,8 @@ class _Sink:
 def main(rfd: int, wfd: int) -> None:
     """Serve run requests until told to stop or the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    from ..cache import DiskCache
-    from ..execute import run_batch
+    from fused_celery.execute import run_batch
+    from fused_celery.result_cache import DiskCache
 
     rconn = Connection(rfd, writable=False)
     wconn = Connection(wfd, readable=False)

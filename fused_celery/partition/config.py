@@ -14,7 +14,7 @@ floats (for ``area`` and ``length``).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,12 +27,8 @@ from pydantic import (
     model_validator,
 )
 
-from ..steps import JobStepConfig
-from .prepare import check_subdivide
-
-if TYPE_CHECKING:
-    from ..jobs import RunResponse
-    from ..table import Table
+from fused_celery.jobs.step import JobStepConfig
+from fused_celery.partition.prepare import check_subdivide
 
 
 class GDALOpenConfig(BaseModel):
@@ -147,26 +143,6 @@ class GeospatialPartitionJobStepConfig(JobStepConfig):
         if isinstance(value, pd.DataFrame):
             return f"<{type(value).__name__}: {len(value)} rows>"
         return value
-
-    def _submit(
-        self,
-        output: str | None,
-        *,
-        instance_type: str | None,
-        overwrite: bool | None,
-        extra: dict[str, Any],
-    ) -> RunResponse:
-        from .pipeline import submit_ingest
-
-        assert output is not None
-        return submit_ingest(
-            self, output, instance_type=instance_type, overwrite=overwrite, extra=extra
-        )
-
-    def _run_here(self, output: str | None, *, overwrite: bool | None) -> Table:
-        from .local import run_ingest
-
-        return run_ingest(self, output, overwrite=overwrite)
 
 
 def ingest(

@@ -6,7 +6,7 @@ plan and commit run in this process. A stage of one item runs in this process to
 start). Same stage functions, same results as on the cluster (:mod:`.pipeline`).
 
 An error in a stage raises it here with its own type (e.g.
-:class:`~fused_celery.types.IngestInputError`) after the staging area is removed, unless
+:class:`~fused_celery.errors.IngestInputError`) after the staging area is removed, unless
 ``ignore_chunk_error`` is set: then failed slices or files are left out and the rest is committed.
 """
 
@@ -15,13 +15,13 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ..options import options
-from ..types import FusedError, UdfRuntimeError
-from . import stages
+from fused_celery.errors import FusedError, UdfRuntimeError
+from fused_celery.options import options
+from fused_celery.partition import stages
 
 if TYPE_CHECKING:
-    from ..table import Table
-    from .config import GeospatialPartitionJobStepConfig
+    from fused_celery.partition.config import GeospatialPartitionJobStepConfig
+    from fused_celery.table import Table
 
 STAGE_UDF = """
 def ingest_stage(stage: str, ctx: dict, kwargs: dict):
@@ -33,7 +33,7 @@ def ingest_stage(stage: str, ctx: dict, kwargs: dict):
 
 def _own_error(exc: BaseException) -> BaseException:
     """The error a worker raised, with its own class when it is one of fused-celery's."""
-    from .. import types
+    from fused_celery import errors as types
 
     if isinstance(exc, UdfRuntimeError):
         cls = getattr(types, exc.child_exception_class or "", None)
@@ -64,7 +64,7 @@ def _map(
                 if not ignore_errors:
                     raise
         return out
-    from ..udf import udf_from_code
+    from fused_celery.udf import udf_from_code
 
     fn = udf_from_code(STAGE_UDF)
     pool = fn.map(
@@ -97,10 +97,10 @@ def run_ingest(
     output: default ``config.output`` (one is required). overwrite: default
     ``config.overwrite``. engine: ``"local"`` (worker processes, default) or None (everything in
     this process). An existing table without overwrite is a
-    :class:`~fused_celery.types.TableExistsError` before any reading; on any error no table is
+    :class:`~fused_celery.errors.TableExistsError` before any reading; on any error no table is
     left behind.
     """
-    from ..table import TableWriter, open_table
+    from fused_celery.table import TableWriter, open_table
 
     url = output or config.output
     if not url:

@@ -1,8 +1,8 @@
 """An ingest on the cluster: the stages of :mod:`.stages` as Celery chords, tracked by a job record.
 
 ``submit_ingest`` (client) checks the output, writes an in-memory input to storage, creates the
-job record (:class:`~fused_celery.job_record.JobRecord`) and sends one ``start`` task; from then
-on the job needs no client::
+job record (:class:`~fused_celery.state.job_record.JobRecord`) and sends one ``start`` task; from
+then on the job needs no client::
 
     start ──► chord(prepare × slices) ──► plan ──► chord(scatter × slices) ──► route
           ──► chord(write × files) ──► commit            (+ a watchdog every few seconds)
@@ -36,14 +36,14 @@ from typing import TYPE_CHECKING, Any
 
 from celery import chord
 
-from ..celery_app import app
-from ..job_record import JobRecord
-from ..options import DEFAULT_QUEUE, options
-from ..types import FusedError, JobNotFoundError
+from fused_celery.celery_app import app
+from fused_celery.errors import FusedError, JobNotFoundError
+from fused_celery.options import DEFAULT_QUEUE, options
+from fused_celery.state.job_record import JobRecord
 
 if TYPE_CHECKING:
-    from ..jobs import RunResponse
-    from .config import GeospatialPartitionJobStepConfig
+    from fused_celery.jobs.response import RunResponse
+    from fused_celery.partition.config import GeospatialPartitionJobStepConfig
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _sig(name: str, args: tuple[Any, ...], queue: str) -> Any:
 
 def _end(record: JobRecord, ctx: dict[str, Any], status: str, reason: str) -> None:
     """Discard staging and end the job ``status`` (Failed or Canceled) with ``reason``."""
-    from .stages import discard
+    from fused_celery.partition.stages import discard
 
     try:
         discard(ctx)
@@ -179,8 +179,8 @@ def _failed_list(ctx: dict[str, Any], stage: str, failed: list[dict[str, Any]]) 
 @app.task(name=START, acks_late=True, ignore_result=True)
 def start(ctx: dict[str, Any], queue: str) -> None:
     """List the input's slices and launch the prepare chord."""
-    from .config import GeospatialPartitionJobStepConfig
-    from .stages import list_input_slices
+    from fused_celery.partition.config import GeospatialPartitionJobStepConfig
+    from fused_celery.partition.stages import list_input_slices
 
     record = _open(ctx["job_id"])
     if record is None or record.snapshot(errors=False).terminal:
@@ -210,7 +210,7 @@ def start(ctx: dict[str, Any], queue: str) -> None:
 @app.task(name=PREPARE, acks_late=True)
 def prepare(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str, Any]:
     """Chord member: read and prepare one input slice."""
-    from .stages import prepare_slice
+    from fused_celery.partition.stages import prepare_slice
 
     key = str(input_slice["slice_id"])
     return _member(ctx["job_id"], "prepare", key, lambda: prepare_slice(ctx, input_slice))
@@ -219,7 +219,7 @@ def prepare(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str, Any]:
 @app.task(name=PLAN, acks_late=True, ignore_result=True)
 def plan(results: list[dict[str, Any]], ctx: dict[str, Any], queue: str) -> None:
     """Chord callback: plan from the samples, then launch the scatter chord."""
-    from .stages import make_plan
+    from fused_celery.partition.stages import make_plan
 
     record = _open(ctx["job_id"])
     checked = _check(record, ctx, "prepare", results)
@@ -253,7 +253,7 @@ def plan(results: list[dict[str, Any]], ctx: dict[str, Any], queue: str) -> None
 @app.task(name=SCATTER, acks_late=True)
 def scatter(ctx: dict[str, Any], slice_id: int) -> dict[str, Any]:
     """Chord member: route one prepared slice's rows to their files."""
-    from .stages import scatter_slice
+    from fused_celery.partition.stages import scatter_slice
 
     return _member(ctx["job_id"], "scatter", str(slice_id), lambda: scatter_slice(ctx, slice_id))
 
@@ -261,7 +261,7 @@ def scatter(ctx: dict[str, Any], slice_id: int) -> dict[str, Any]:
 @app.task(name=ROUTE, acks_late=True, ignore_result=True)
 def route(results: list[dict[str, Any]], ctx: dict[str, Any], queue: str) -> None:
     """Chord callback: launch the write tasks (a file each, small files grouped)."""
-    from .stages import write_groups, write_task_rows
+    from fused_celery.partition.stages import write_groups, write_task_rows
 
     record = _open(ctx["job_id"])
     checked = _check(record, ctx, "scatter", results)
@@ -292,7 +292,7 @@ def route(results: list[dict[str, Any]], ctx: dict[str, Any], queue: str) -> Non
 @app.task(name=WRITE, acks_late=True)
 def write(ctx: dict[str, Any], files: list[list[Any]], maxima: list[float]) -> dict[str, Any]:
     """Chord member: write a group of planned files (refined) to staging."""
-    from .stages import write_files
+    from fused_celery.partition.stages import write_files
 
     key = f"{files[0][0]}" if len(files) == 1 else f"{files[0][0]}-{files[-1][0]}"
     return _member(
@@ -306,7 +306,7 @@ def write(ctx: dict[str, Any], files: list[list[Any]], maxima: list[float]) -> d
 @app.task(name=COMMIT, acks_late=True, ignore_result=True)
 def commit(results: list[dict[str, Any]], ctx: dict[str, Any], queue: str) -> None:
     """Chord callback: commit the table and end the job ``Done``."""
-    from . import stages
+    from fused_celery.partition import stages
 
     record = _open(ctx["job_id"])
     checked = _check(record, ctx, "write", results)
@@ -398,12 +398,12 @@ def submit_ingest(
     """
     import uuid
 
-    from ..celery_app import get_app
-    from ..engines import check_instance_type
-    from ..jobs import RunResponse
-    from ..record import check_reachable
-    from ..table import TableWriter
-    from .stages import discard, materialize_frame, run_context
+    from fused_celery.celery_app import get_app
+    from fused_celery.engines import check_instance_type
+    from fused_celery.jobs.response import RunResponse
+    from fused_celery.partition.stages import discard, materialize_frame, run_context
+    from fused_celery.state.pool_record import check_reachable
+    from fused_celery.table import TableWriter
 
     if instance_type is not None:
         check_instance_type(instance_type)

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..types import IngestInputError
+from fused_celery.errors import IngestInputError
 
 if TYPE_CHECKING:
     import geopandas as gpd
     import pandas as pd
 
-    from ..table import RowFacts
+    from fused_celery.table import RowFacts
 
 PartitioningMethod = Literal["rows", "area", "length", "coords"]
 PARTITIONING_METHODS: tuple[str, ...] = ("rows", "area", "length", "coords")
@@ -303,7 +303,7 @@ def prepare_frame(
     import geopandas as gpd
     import shapely
 
-    from ..table import RowFacts
+    from fused_celery.table import RowFacts
 
     if partitioning_method not in PARTITIONING_METHODS:
         raise ValueError(

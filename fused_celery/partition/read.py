@@ -39,10 +39,10 @@ What a slice covers, per format:
   features and by each worker that reads one of its slices. GeoJSON, GML and KML are parsed whole
   by GDAL when opened, so their slices bound the frame's size, not the parsing.
 
-Errors: a missing input is :class:`~fused_celery.types.InputNotFoundError`, an unknown suffix or
-URL scheme :class:`~fused_celery.types.UnsupportedInputError`, anything else wrong with the input
+Errors: a missing input is :class:`~fused_celery.errors.InputNotFoundError`, an unknown suffix or
+URL scheme :class:`~fused_celery.errors.UnsupportedInputError`, anything else wrong with the input
 (no files, no rows, corrupt or truncated, no geometry, missing columns)
-:class:`~fused_celery.types.IngestInputError` naming the file (and the slice).
+:class:`~fused_celery.errors.IngestInputError` naming the file (and the slice).
 """
 
 from __future__ import annotations
@@ -63,17 +63,17 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from .. import storage
-from ..options import options
-from ..types import (
+from fused_celery import storage
+from fused_celery.errors import (
     IngestInputError,
     InputNotFoundError,
     StorageError,
     UnsupportedInputError,
     UnsupportedURLError,
 )
-from .config import GeospatialPartitionJobStepConfig
-from .prepare import ensure_geodataframe, frame_from_lonlat
+from fused_celery.options import options
+from fused_celery.partition.config import GeospatialPartitionJobStepConfig
+from fused_celery.partition.prepare import ensure_geodataframe, frame_from_lonlat
 
 if TYPE_CHECKING:
     import geopandas as gpd

@@ -39,18 +39,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import storage
-from ..types import IngestInputError
-from .config import GeospatialPartitionJobStepConfig
-from .plan import PartitionTree, plan_partitions, resolve_maxima
+from fused_celery import storage
+from fused_celery.errors import IngestInputError
+from fused_celery.partition.config import GeospatialPartitionJobStepConfig
+from fused_celery.partition.plan import PartitionTree, plan_partitions, resolve_maxima
 
 if TYPE_CHECKING:
     import geopandas as gpd
     import pyarrow as pa
 
-    from ..table import RowFacts, TableWriter
-    from .prepare import PrepareReport
-    from .read import InputSlice
+    from fused_celery.partition.prepare import PrepareReport
+    from fused_celery.partition.read import InputSlice
+    from fused_celery.table import RowFacts, TableWriter
 
 X, Y, M, ID, CHUNK = "__fc_x", "__fc_y", "__fc_m", "__fc_id", "__fc_chunk"
 BOUNDS = ("__fc_minx", "__fc_miny", "__fc_maxx", "__fc_maxy")
@@ -94,7 +94,7 @@ def _config(ctx: dict[str, Any]) -> GeospatialPartitionJobStepConfig:
 
 
 def _writer(ctx: dict[str, Any]) -> TableWriter:
-    from ..table import TableWriter
+    from fused_celery.table import TableWriter
 
     return TableWriter.from_dict(ctx["writer"])
 
@@ -200,7 +200,7 @@ def materialize_frame(
     with a path input is returned as is."""
     import pandas as pd
 
-    from .prepare import ensure_geodataframe
+    from fused_celery.partition.prepare import ensure_geodataframe
 
     if not isinstance(config.input, pd.DataFrame):
         return config
@@ -217,7 +217,7 @@ def list_input_slices(
     config: GeospatialPartitionJobStepConfig, *, slice_rows: int | None = None
 ) -> list[InputSlice]:
     """The input's slices (see :func:`.read.list_slices`); empty input is an error."""
-    from .read import list_slices
+    from fused_celery.partition.read import list_slices
 
     slices = list_slices(config, target_rows=slice_rows)
     if not slices:
@@ -245,7 +245,7 @@ def _points_fast(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from .prepare import WGS84_BOUNDS, PrepareReport
+    from fused_celery.partition.prepare import WGS84_BOUNDS, PrepareReport
 
     if config.lonlat_cols is not None or config.remove_cols:
         return None
@@ -309,7 +309,7 @@ REREAD_SUFFIX = ".reread.json"
 def _may_be_points(sl: InputSlice, config: GeospatialPartitionJobStepConfig) -> bool:
     """Whether the Parquet slice can take the points fast path, from its metadata alone: one
     GeoParquet geometry column whose ``geometry_types`` are ``["Point"]`` or not given."""
-    from .read import parquet_geo
+    from fused_celery.partition.read import parquet_geo
 
     if config.lonlat_cols is not None or config.remove_cols or sl.error is not None:
         return False
@@ -336,7 +336,7 @@ def _reread_points(ctx: dict[str, Any], slice_id: int) -> pa.Table | None:
     None when the slice was staged."""
     import pyarrow as pa
 
-    from .read import InputSlice, read_parquet_table
+    from fused_celery.partition.read import InputSlice, read_parquet_table
 
     try:
         raw = storage.read_bytes(_path(ctx, "prepared", f"{slice_id}{REREAD_SUFFIX}"))
@@ -384,9 +384,14 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
     """
     import pyarrow as pa
 
-    from ..table import evenly_spaced
-    from .prepare import prepare_frame
-    from .read import InputSlice, parquet_frame, read_parquet_table, read_slice
+    from fused_celery.partition.prepare import prepare_frame
+    from fused_celery.partition.read import (
+        InputSlice,
+        parquet_frame,
+        read_parquet_table,
+        read_slice,
+    )
+    from fused_celery.table import evenly_spaced
 
     config = _config(ctx)
     sl = InputSlice.model_validate(input_slice)
@@ -771,7 +776,7 @@ def write_files(
 def _facts(table: pa.Table) -> RowFacts:
     """The :class:`~fused_celery.table.RowFacts` of a work table: its fact columns, or for 2D
     points prepared without them, facts from the centroid columns."""
-    from ..table import RowFacts
+    from fused_celery.table import RowFacts
 
     if BOUNDS[0] not in table.column_names:
         x, y = table.column(X).to_numpy(), table.column(Y).to_numpy()
@@ -795,7 +800,7 @@ def _merge_by_chunk(tables: list[pa.Table]) -> tuple[pa.Table, RowFacts]:
     slices of the parts, chunk by chunk, part by part (stable); fact columns dropped."""
     import pyarrow as pa
 
-    from ..table import RowFacts
+    from fused_celery.table import RowFacts
 
     chunks = [t.column(CHUNK).to_numpy() for t in tables]
     k = max((int(c[-1]) + 1 for c in chunks if len(c)), default=0)
@@ -910,7 +915,7 @@ def commit(ctx: dict[str, Any], written: list[dict[str, Any]]) -> dict[str, Any]
 def discard(ctx: dict[str, Any]) -> None:
     """Remove this run's staging (work folder included); when no committed table is there, the
     folder's staging marker too, so a failed or cancelled first run leaves no table behind."""
-    from ..table import SAMPLE_FILE, STAGING_DIR
+    from fused_celery.table import SAMPLE_FILE, STAGING_DIR
 
     writer = _writer(ctx)
     writer.abort()

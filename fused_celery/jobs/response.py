@@ -1,6 +1,7 @@
 """``RunResponse``: follow, wait for, cancel and read the results of a job, from any process.
 
-A ``RunResponse`` is a JSON-serializable view of a job's record (:mod:`fused_celery.job_record`)
+A ``RunResponse`` is a JSON-serializable view of a job's record
+(:mod:`fused_celery.state.job_record`)
 that refreshes itself from Redis: ``RunResponse.from_job_id(job_id)`` (or
 ``fused_celery.api.job_get_status(job_id)``) works in any process that reaches the result
 backend. Statuses: ``Pending``, ``Running``, ``Done``, ``Failed``, ``Canceled``.
@@ -14,16 +15,16 @@ from typing import Any
 
 from pydantic import BaseModel, PrivateAttr
 
-from .job_record import JobRecord, JobSnapshot
-from .options import options
-from .types import JobCanceledError, JobFailedError, JobTimeoutError
+from fused_celery.errors import JobCanceledError, JobFailedError, JobTimeoutError
+from fused_celery.options import options
+from fused_celery.state.job_record import JobRecord, JobSnapshot
 
 _BAR_FORMAT = "{l_bar}{bar} | {n_fmt}/{total_fmt} tasks | {elapsed}"
 
 #: Seconds between polls while ``cancel(wait=True)`` waits.
 CANCEL_POLL_SECONDS = 0.2
 
-#: Task errors quoted in a :class:`~fused_celery.types.JobFailedError` message.
+#: Task errors quoted in a :class:`~fused_celery.errors.JobFailedError` message.
 ERRORS_IN_MESSAGE = 3
 
 
@@ -109,7 +110,7 @@ class RunResponse(BaseModel):
     @classmethod
     def from_job_id(cls, job_id: str, url: str | None = None) -> RunResponse:
         """Reopen a job by id. url: default ``options.resolved_result_backend``. Raises
-        :class:`~fused_celery.types.JobNotFoundError` for unknown or expired ids."""
+        :class:`~fused_celery.errors.JobNotFoundError` for unknown or expired ids."""
         return cls.from_record(JobRecord.open(job_id, url))
 
     def _get_record(self) -> JobRecord:
@@ -150,8 +151,8 @@ class RunResponse(BaseModel):
     def get_results(self) -> dict[str, Any] | None:
         """The job's result (a JSON dict set by its pipeline) once ``Done``; None while it is
         ``Pending`` or ``Running`` (call :meth:`wait_for_job` first). Raises
-        :class:`~fused_celery.types.JobFailedError` (with the reason and the first task errors)
-        for a ``Failed`` job, :class:`~fused_celery.types.JobCanceledError` for a ``Canceled``
+        :class:`~fused_celery.errors.JobFailedError` (with the reason and the first task errors)
+        for a ``Failed`` job, :class:`~fused_celery.errors.JobCanceledError` for a ``Canceled``
         one."""
         snap = self._refresh(errors=True)
         if snap.status == "Failed":
@@ -201,7 +202,7 @@ class RunResponse(BaseModel):
         finished/total tasks (when ``options.show.enable_tqdm``), until the job is finished.
 
         refresh_seconds: seconds between polls (default 1). timeout: seconds (default None: no
-        limit); raises :class:`~fused_celery.types.JobTimeoutError` when reached.
+        limit); raises :class:`~fused_celery.errors.JobTimeoutError` when reached.
         """
         _check_interval(refresh_seconds, "refresh_seconds")
         record = self._get_record()
@@ -232,7 +233,7 @@ class RunResponse(BaseModel):
 
         poll_interval_seconds: seconds between polls, one Redis round trip each (default 1).
         timeout: seconds (default None: no limit); raises
-        :class:`~fused_celery.types.JobTimeoutError` when reached (the job goes on).
+        :class:`~fused_celery.errors.JobTimeoutError` when reached (the job goes on).
         """
         self._wait(poll_interval_seconds, timeout, bar=True)
         return self

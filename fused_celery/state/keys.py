@@ -54,10 +54,10 @@ they are not deleted with the record.
 Jobs
 ----
 
-A job (a multi-stage pipeline such as an ingest, :mod:`fused_celery.job_record`) is a few keys
+A job (a multi-stage pipeline such as an ingest, :mod:`fused_celery.state.job_record`) is a few keys
 under ``fc:job:<job_id>:`` (written ``J:`` below). Clients and workers write them only through
-the Lua scripts of :class:`~fused_celery.job_record.JobRecord`, each of which first checks that
-``J:meta`` still exists (so a late write never recreates part of an expired job).
+the Lua scripts of :class:`~fused_celery.state.job_record.JobRecord`, each of which first checks
+that ``J:meta`` still exists (so a late write never recreates part of an expired job).
 
 ================ =======  =========================================================================
 key              type     holds
@@ -87,7 +87,7 @@ output table lives in storage and is not deleted with the record.
 
 from __future__ import annotations
 
-from .options import options
+from fused_celery.options import options
 
 PREFIX = "fc"
 

@@ -1,6 +1,6 @@
 """A remote pool's record in Redis: creation, atomic state transitions (Lua) and reads.
 
-This module knows Redis and the key layout of :mod:`fused_celery.keys`, not Celery: the Celery
+This module knows Redis and the key layout of :mod:`fused_celery.state.keys`, not Celery: the Celery
 engine (client side) and the task bodies (worker side) both go through :class:`PoolRecord`.
 
 Every transition that workers and clients may race on is one Lua script, so it is atomic:
@@ -34,11 +34,11 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from . import keys
-from .types import BrokerUnavailableError, PoolNotFoundError
+from fused_celery.errors import BrokerUnavailableError, PoolNotFoundError
+from fused_celery.state import keys
 
 #: A worker may begin the same attempt of an entry this many times (redeliveries after a lost
-#: worker) before the attempt is failed as :class:`~fused_celery.types.UdfWorkerLostError`.
+#: worker) before the attempt is failed as :class:`~fused_celery.errors.UdfWorkerLostError`.
 MAX_DELIVERIES = 3
 
 #: Characters of a retried attempt's logs kept in ``history``.
@@ -840,7 +840,7 @@ class PoolRecord:
 
     def not_found(self) -> PoolNotFoundError:
         """The error for a record that does not exist: expired (tombstone) or unknown."""
-        from .types import PoolExpiredError
+        from fused_celery.errors import PoolExpiredError
 
         created = self.client.get(keys.tombstone_key(self.pool_id))
         if created is not None:
@@ -1180,7 +1180,7 @@ def find_lost(
 def load_value(outcome: dict[str, Any]) -> dict[str, Any] | None:
     """The codec envelope of a stored outcome, fetched from storage when it is a reference."""
     if outcome.get("ref"):
-        from . import blobs
+        from fused_celery import blobs
 
         return blobs.load_envelope(outcome["ref"])
     return outcome.get("value")

@@ -2,8 +2,8 @@
 
 Fields ``name``, ``metadata``, ``ignore_chunk_error``; the output (:meth:`set_output`) and the two
 ways to run: :meth:`run_remote` (on the cluster, returns a
-:class:`~fused_celery.jobs.RunResponse`) and :meth:`run_local` (in this process). A step says how
-it runs through :meth:`_submit` and :meth:`_run_here`.
+:class:`~fused_celery.jobs.response.RunResponse`) and :meth:`run_local` (in this process). A step
+runs through the runners registered for its ``type`` (:mod:`fused_celery.jobs.runners`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
+from fused_celery.jobs.runners import runner_for
+
 if TYPE_CHECKING:
-    from .jobs import RunResponse
+    from fused_celery.jobs.response import RunResponse
 
 
 class JobStepConfig(BaseModel):
@@ -92,8 +94,8 @@ class JobStepConfig(BaseModel):
         UDF / output (default False). validate_imports: unused by steps without a UDF (default
         None). overwrite: replace an existing table (default None: the step's ``overwrite``).
         """
-        from .engines import check_instance_type
-        from .worker_env import parse_additional_env
+        from fused_celery.engines import check_instance_type
+        from fused_celery.worker_env import parse_additional_env
 
         if instance_type is not None:
             check_instance_type(instance_type)
@@ -122,7 +124,9 @@ class JobStepConfig(BaseModel):
         overwrite: bool | None,
         extra: dict[str, Any],
     ) -> RunResponse:
-        raise NotImplementedError(f"{type(self).__name__} cannot run on the cluster yet")
+        submit = runner_for(getattr(self, "type", None)).load("submit")
+        return submit(self, output, instance_type=instance_type, overwrite=overwrite, extra=extra)
 
     def _run_here(self, output: str | None, *, overwrite: bool | None) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} cannot run locally yet")
+        run_local = runner_for(getattr(self, "type", None)).load("run_local")
+        return run_local(self, output, overwrite=overwrite)

@@ -1,6 +1,6 @@
 """The Redis record of one job (a multi-stage pipeline such as an ingest): status, progress, logs.
 
-This module knows Redis and the job keys of :mod:`fused_celery.keys` (``fc:job:<id>:*``), not
+This module knows Redis and the job keys of :mod:`fused_celery.state.keys` (``fc:job:<id>:*``), not
 Celery: the client that submits a job, the workers that run its stages, and any process that
 follows it by id (``fused_celery.api.job_*``) all go through :class:`JobRecord`.
 
@@ -10,7 +10,7 @@ Statuses: ``Pending`` (created, no stage started) -> ``Running`` (first ``start_
 Every write is one Lua script, so it is atomic and idempotent where redeliveries need it
 (``start_stage`` per stage name, ``task_done`` per task key, ``finish`` first-wins). Each script
 first checks that the record exists, so a late write never recreates part of an expired job (it
-raises :class:`~fused_celery.types.JobNotFoundError` instead), and renews the TTL
+raises :class:`~fused_celery.errors.JobNotFoundError` instead), and renews the TTL
 (``options.result_expires``) of every key of the job.
 """
 
@@ -26,10 +26,10 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
-from . import keys
-from .options import options
-from .record import check_reachable, mask_url, redis_client
-from .types import BrokerUnavailableError, JobNotFoundError
+from fused_celery.errors import BrokerUnavailableError, JobNotFoundError
+from fused_celery.options import options
+from fused_celery.state import keys
+from fused_celery.state.pool_record import check_reachable, mask_url, redis_client
 
 JOB_STATUSES: tuple[str, ...] = ("Pending", "Running", "Done", "Failed", "Canceled")
 TERMINAL: frozenset[str] = frozenset({"Done", "Failed", "Canceled"})
@@ -380,7 +380,7 @@ class JobRecord:
         characters). name: the job's name (may be None). kind: e.g. ``"ingest"``.
         instance_type / output: shown by ``RunResponse``. config: JSON-able job configuration.
         url: default ``options.resolved_result_backend``. Raises
-        :class:`~fused_celery.types.BrokerUnavailableError` when Redis does not answer, and
+        :class:`~fused_celery.errors.BrokerUnavailableError` when Redis does not answer, and
         ``ValueError`` for an invalid or already used ``job_id``.
         """
         job_id = job_id or uuid.uuid4().hex
@@ -417,8 +417,8 @@ class JobRecord:
         """The record of an existing job, from any process.
 
         url: default ``options.resolved_result_backend``. Raises
-        :class:`~fused_celery.types.JobNotFoundError` when there is no such job, and
-        :class:`~fused_celery.types.BrokerUnavailableError` when Redis does not answer.
+        :class:`~fused_celery.errors.JobNotFoundError` when there is no such job, and
+        :class:`~fused_celery.errors.BrokerUnavailableError` when Redis does not answer.
         """
         if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
             raise JobNotFoundError(f"no job with id {job_id!r}: not a valid job id")
@@ -550,7 +550,7 @@ class JobRecord:
 
     def snapshot(self, *, errors: bool = True) -> JobSnapshot:
         """The job's state in one round trip. errors: include per-task errors (default True).
-        Raises :class:`~fused_celery.types.JobNotFoundError` when the record is gone."""
+        Raises :class:`~fused_celery.errors.JobNotFoundError` when the record is gone."""
         pipe = self.client.pipeline(transaction=True)
         self._queue_snapshot(pipe, errors)
         return self._build_snapshot(pipe.execute(), errors)

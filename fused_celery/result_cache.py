@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .execute import Outcome
+from fused_celery.execute import Outcome
 
 
 def cache_key(udf: dict[str, Any], encoded_kwargs: dict[str, Any]) -> str:

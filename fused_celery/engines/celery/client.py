@@ -1,7 +1,7 @@
 """The Celery engine: every entry of a pool runs in a Celery task on the cluster.
 
 The pool's record (UDF, arguments, per-entry state, outcomes, logs, task ids and attempts) lives
-in Redis under the keys of :mod:`fused_celery.keys`; it, not Celery's ``PENDING`` (which also
+in Redis under the keys of :mod:`fused_celery.state.keys`; it, not Celery's ``PENDING`` (which also
 means "unknown id"), is the source of truth for entry statuses. Any process that reaches the same
 Redis can :meth:`CeleryEngine.attach` to a pool by id.
 
@@ -42,13 +42,23 @@ from typing import Any
 
 import redis
 
-from .. import codec
-from ..cache import cache_key
-from ..celery_app import RUN_ENTRIES, get_app, time_limits
-from ..execute import Outcome
-from ..keys import RECORD_VERSION
-from ..options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, options
-from ..record import (
+from fused_celery import codec
+from fused_celery.celery_app import RUN_ENTRIES, get_app, time_limits
+from fused_celery.engines.base import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    PENDING,
+    Engine,
+    EntryState,
+    PoolSpec,
+)
+from fused_celery.errors import BrokerUnavailableError, UdfRuntimeError
+from fused_celery.execute import Outcome
+from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, options
+from fused_celery.result_cache import cache_key
+from fused_celery.state.keys import RECORD_VERSION
+from fused_celery.state.pool_record import (
     SMALL_POOL_ENTRIES,
     PoolEvents,
     PoolRecord,
@@ -63,8 +73,6 @@ from ..record import (
     parse_state,
     redis_client,
 )
-from ..types import BrokerUnavailableError, UdfRuntimeError
-from .base import CANCELLED, FAILED, FINISHED, PENDING, Engine, EntryState, PoolSpec
 
 _OUTCOME_STATUSES = frozenset({"success", "error", "timeout"})
 
@@ -633,8 +641,8 @@ class CeleryEngine(Engine):
     def attach(cls, pool_id: str) -> CeleryEngine:
         """Rebuild the engine of an existing pool from its Redis record.
 
-        Raises :class:`~fused_celery.types.PoolNotFoundError` for an unknown id and its subclass
-        :class:`~fused_celery.types.PoolExpiredError` for a pool whose record expired.
+        Raises :class:`~fused_celery.errors.PoolNotFoundError` for an unknown id and its subclass
+        :class:`~fused_celery.errors.PoolExpiredError` for a pool whose record expired.
         """
         url = options.resolved_result_backend
         check_reachable(url, what="result backend")

@@ -17,9 +17,9 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
+from fused_celery.cluster.processes import set_pdeathsig
+from fused_celery.errors import BrokerUnavailableError, FusedError
 from fused_celery.options import options
-from fused_celery.processes import set_pdeathsig
-from fused_celery.types import BrokerUnavailableError, FusedError
 
 LOOPBACK = "127.0.0.1"
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")

@@ -21,9 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, cpu_count, options
-from fused_celery.processes import ManagedProcess, stop_all
-from fused_celery.redis_server import (
+from fused_celery.cluster.processes import ManagedProcess, stop_all
+from fused_celery.cluster.redis_server import (
     INSTALL_HINT,
     LOOPBACK,
     RedisServer,
@@ -32,7 +31,8 @@ from fused_celery.redis_server import (
     ping,
     port_is_free,
 )
-from fused_celery.types import BrokerUnavailableError, FusedError
+from fused_celery.errors import BrokerUnavailableError, FusedError
+from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, cpu_count, options
 
 CELERY_APP = "fused_celery.celery_app"
 FLOWER_USER = "admin"

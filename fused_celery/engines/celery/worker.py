@@ -1,9 +1,12 @@
-"""Celery task bodies: thin wrappers that begin, run and record the entries of a pool.
+"""The worker side of the Celery engine: begin, run and record the entries of a pool.
+
+The task definition itself is :mod:`.tasks` (thin); this module is its runtime.
 
 One message of :data:`~fused_celery.celery_app.RUN_ENTRIES` carries
 ``(pool_id, positions, attempts, lane)``: which entries to run, which attempt of each, and for
 pools capped by ``max_workers`` the ``[lane, item]`` it belongs to. Arguments are not in the
-message; they are read from the pool record when the entries begin (see :mod:`fused_celery.record`).
+message; they are read from the pool record when the entries begin (see
+:mod:`fused_celery.state.pool_record`).
 
 A message's life on a worker:
 
@@ -23,7 +26,7 @@ A message's life on a worker:
 Every step is idempotent: with ``acks_late`` a message whose worker died is delivered again and
 the record tells what is left to do. A *redelivered* message of several entries does not run
 them together again: it republishes each as its own message, so an entry that kills its process
-is failed alone (:data:`~fused_celery.record.MAX_DELIVERIES`). The Celery return value is
+is failed alone (:data:`~fused_celery.state.pool_record.MAX_DELIVERIES`). The Celery return value is
 deterministic (``{"pool_id", "positions", "attempts"}``); per-entry results live in the record.
 """
 
@@ -41,11 +44,21 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from . import blobs, codec, execute
-from .celery_app import RUN_ENTRIES, app
-from .options import DEFAULT_QUEUE, options
-from .record import HISTORY_LOG_CHARS, MAX_DELIVERIES, PoolRecord, parse_state
-from .types import UdfRuntimeError, UdfSerializationError, UdfTimeoutError, UdfWorkerLostError
+from fused_celery import blobs, codec, execute
+from fused_celery.celery_app import RUN_ENTRIES, app
+from fused_celery.errors import (
+    UdfRuntimeError,
+    UdfSerializationError,
+    UdfTimeoutError,
+    UdfWorkerLostError,
+)
+from fused_celery.options import DEFAULT_QUEUE, options
+from fused_celery.state.pool_record import (
+    HISTORY_LOG_CHARS,
+    MAX_DELIVERIES,
+    PoolRecord,
+    parse_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -402,7 +415,7 @@ def _history(status: str, stored: dict[str, Any], out: Any, host: str) -> str:
 
 
 class EntriesTask(Task):
-    """Base of :func:`run_entries`: a safety net for failures outside the UDF.
+    """Base of the ``run_entries`` task: a safety net for failures outside the UDF.
 
     When the body raises (a Redis outage longer than the client's retries, a soft time limit
     hit outside user code) or the hard time limit kills the process, the entries of the message
@@ -496,25 +509,21 @@ def _split(
         ).close()
 
 
-# track_started=False, ignore_result=True: the pool record already marks each entry running
-# (with its worker) and holds every outcome, so Celery's STARTED and SUCCESS result writes (a
-# GET, then SETEX + PUBLISH, per task) would be round trips that nothing reads; Flower still sees
-# task-started / task-succeeded events (which carry the return value).
-@app.task(bind=True, base=EntriesTask, name=RUN_ENTRIES, track_started=False, ignore_result=True)
-def run_entries(
-    self: EntriesTask,
+def run_message(
+    request: Any,
     pool_id: str,
     positions: list[int],
     attempts: list[int],
     lane: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Run entries ``positions`` (attempt ``attempts[i]`` each) of pool ``pool_id``.
+    """Run entries ``positions`` (attempt ``attempts[i]`` each) of pool ``pool_id``; the body of
+    the ``run_entries`` task (:mod:`.tasks`).
 
-    lane: ``[lane, item]`` when the pool is capped by ``max_workers`` (default None).
-    Returns ``{"pool_id", "positions", "attempts"}`` (deterministic; results are in the record).
+    request: the Celery task request (id, hostname, delivery info, time limits). lane:
+    ``[lane, item]`` when the pool is capped by ``max_workers`` (default None). Returns
+    ``{"pool_id", "positions", "attempts"}`` (deterministic; results are in the record).
     """
     summary = {"pool_id": pool_id, "positions": positions, "attempts": attempts}
-    request = self.request
     redelivered = bool((request.delivery_info or {}).get("redelivered"))
     host = request.hostname or ""
     record = _record(pool_id)

@@ -1,0 +1,237 @@
+"""Errors raised by fused-celery.
+
+Every error a user sees names the problem and the fix. Errors that happen inside a UDF are
+carried back as :class:`UdfRuntimeError`, which keeps the child's class name, message, the line of
+user code and a traceback trimmed to user frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "FusedError",
+    "UdfDefinitionError",
+    "UdfRuntimeError",
+    "UdfTimeoutError",
+    "UdfSerializationError",
+    "UdfArgumentError",
+    "UdfWorkerLostError",
+    "CancelledError",
+    "PoolNotFoundError",
+    "BrokerUnavailableError",
+    "PoolExpiredError",
+    "StorageError",
+    "UnsupportedURLError",
+    "BucketNotFoundError",
+    "CorruptFileError",
+    "InvalidNameError",
+    "TableNotFoundError",
+    "IncompleteTableError",
+    "TableExistsError",
+    "TableFormatError",
+    "ChunkNotFoundError",
+    "ColumnNotFoundError",
+    "IngestInputError",
+    "UnsupportedInputError",
+    "InputNotFoundError",
+    "JobNotFoundError",
+    "JobFailedError",
+    "JobCanceledError",
+    "JobTimeoutError",
+    "error_from_dict",
+]
+
+
+class FusedError(Exception):
+    """Base class of fused-celery's own errors."""
+
+
+class UdfDefinitionError(FusedError, TypeError):
+    """A function cannot be used as a UDF (lambda, builtin, ``*args``, unreadable source)."""
+
+
+class UdfRuntimeError(FusedError):
+    """The UDF raised an exception while running one entry.
+
+    Attributes: ``child_exception_class`` (name of the original class), ``message``,
+    ``lineno`` (line in the UDF's source, 1-based, or None), ``traceback`` (user frames only).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        child_exception_class: str = "Exception",
+        lineno: int | None = None,
+        traceback: str = "",
+    ) -> None:
+        self.message = message
+        self.child_exception_class = child_exception_class
+        self.lineno = lineno
+        self.traceback = traceback
+        where = f" (UDF line {lineno})" if lineno else ""
+        super().__init__(f"{child_exception_class}: {message}{where}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, used to carry the error across processes."""
+        return {
+            "type": type(self).__name__,
+            "message": self.message,
+            "child_exception_class": self.child_exception_class,
+            "lineno": self.lineno,
+            "traceback": self.traceback,
+        }
+
+    def __reduce__(self):  # keep keyword arguments through pickling
+        return (_rebuild, (type(self).__name__, self.to_dict()))
+
+
+class UdfTimeoutError(UdfRuntimeError):
+    """The entry ran longer than its time limit."""
+
+
+class UdfSerializationError(UdfRuntimeError):
+    """A UDF's result or argument cannot be encoded for the wire."""
+
+
+class UdfArgumentError(UdfRuntimeError, TypeError):
+    """An argument does not fit its parameter (name, value and expected type are in the message)."""
+
+
+class UdfWorkerLostError(UdfRuntimeError):
+    """The process running the entry died (for example ``os._exit`` or a crash)."""
+
+
+class CancelledError(FusedError):
+    """The entry was cancelled before it ran."""
+
+
+class PoolNotFoundError(FusedError, LookupError):
+    """No pool with this id exists in Redis (never created, or expired)."""
+
+
+class BrokerUnavailableError(FusedError, ConnectionError):
+    """The configured broker or result backend does not answer."""
+
+
+_ERRORS = {
+    cls.__name__: cls
+    for cls in (
+        UdfRuntimeError,
+        UdfTimeoutError,
+        UdfSerializationError,
+        UdfWorkerLostError,
+        UdfArgumentError,
+    )
+}
+
+
+def _rebuild(name: str, data: dict[str, Any]) -> UdfRuntimeError:
+    return error_from_dict({**data, "type": name})
+
+
+def error_from_dict(data: dict[str, Any]) -> UdfRuntimeError:
+    """Rebuild a :class:`UdfRuntimeError` (or subclass) from :meth:`UdfRuntimeError.to_dict`."""
+    cls = _ERRORS.get(data.get("type", ""), UdfRuntimeError)
+    return cls(
+        data.get("message", ""),
+        child_exception_class=data.get("child_exception_class", "Exception"),
+        lineno=data.get("lineno"),
+        traceback=data.get("traceback", ""),
+    )
+
+
+class PoolExpiredError(PoolNotFoundError):
+    """The pool existed but its record expired (``result_expires``); its results are gone."""
+
+
+# --- storage and tables ------------------------------------------------------------------------
+
+
+class StorageError(FusedError, OSError):
+    """A storage operation failed (the URL and the cause are in the message)."""
+
+
+class UnsupportedURLError(StorageError, ValueError):
+    """A URL's scheme is not one fused-celery stores to (local path, ``file://``, ``s3://``)."""
+
+
+class BucketNotFoundError(StorageError, FileNotFoundError):
+    """An ``s3://`` URL names a bucket that does not exist at the configured endpoint."""
+
+
+class CorruptFileError(StorageError):
+    """A Parquet file of a table cannot be decoded; the message names the file."""
+
+
+class InvalidNameError(FusedError, ValueError):
+    """A table name, file id or run id is empty, contains ``..`` or a path separator, or other
+    characters outside ``[A-Za-z0-9_.=-]``."""
+
+
+class TableNotFoundError(FusedError, FileNotFoundError):
+    """Nothing is stored at a table URL."""
+
+
+class IncompleteTableError(TableNotFoundError):
+    """A table directory has data but no ``_sample``: its writer has not committed (or crashed).
+
+    It is never read as if it were whole; rerun the job that writes it to complete it. A
+    subclass of :class:`TableNotFoundError`: an incomplete table is not a table.
+    """
+
+
+class TableExistsError(FusedError, FileExistsError):
+    """A writer with ``overwrite=False`` was pointed at an existing table (or a non-empty folder
+    that is not a fused table)."""
+
+
+class TableFormatError(FusedError, ValueError):
+    """A ``_sample`` lacks fused metadata, has another ``fused:format_version``, or its
+    chunk metadata cannot be decoded."""
+
+
+class ChunkNotFoundError(FusedError, LookupError):
+    """A file_id or chunk_id is not in a table; the message lists the ones that exist."""
+
+
+class ColumnNotFoundError(FusedError, LookupError):
+    """Columns asked of a table are not in it; the message lists the columns it has."""
+
+
+# --- ingestion (geospatial partitioning) --------------------------------------------------------
+
+
+class IngestInputError(FusedError, ValueError):
+    """The input of an ingest job cannot be partitioned as given: empty, missing columns,
+    coordinates that are not numbers, no CRS and coordinates that cannot be degrees, a CRS that
+    cannot be reprojected to EPSG:4326, ... The message names the problem and the fix."""
+
+
+class UnsupportedInputError(IngestInputError):
+    """An ingest input is of a kind or format fused-celery cannot read (the message lists the
+    supported ones)."""
+
+
+class InputNotFoundError(IngestInputError, FileNotFoundError):
+    """An ingest input path or URL does not exist (the message names it)."""
+
+
+# --- jobs (job steps run on the cluster or locally) ---------------------------------------------
+
+
+class JobNotFoundError(FusedError, LookupError):
+    """No job record under this id: a typo, or the record expired (``result_expires``)."""
+
+
+class JobFailedError(FusedError, RuntimeError):
+    """A job ended ``Failed``; the message carries the job's reason and its first task errors."""
+
+
+class JobCanceledError(FusedError, RuntimeError):
+    """A job ended ``Canceled`` before producing its output."""
+
+
+class JobTimeoutError(FusedError, TimeoutError):
+    """Waiting for a job took longer than the ``timeout`` given; the job goes on running."""

@@ -1,0 +1,66 @@
+"""The runner registry: which code runs a job step of a given ``type``.
+
+A step model (a pydantic ``JobStepConfig``) never imports the code that runs it: the package
+that defines a step type registers its runners here by dotted name (``"module:function"``), and
+:meth:`JobStepConfig.run_remote` / :meth:`~JobStepConfig.run_local` look them up by the step's
+``type`` and import them on first use. So models stay importable without Celery or the
+stage code, and no import cycle can form between a model and its runner.
+
+A remote runner is called ``submit(step, output, *, instance_type, overwrite, extra)`` and
+returns a :class:`~fused_celery.jobs.response.RunResponse`; a local runner is called
+``run_local(step, output, *, overwrite)`` and returns the step's local result.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Runner", "register", "runner_for"]
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Where the runners of one step type live: ``submit`` and ``run_local`` as
+    ``"package.module:function"`` (either may be None: that way of running is not offered)."""
+
+    step_type: str
+    submit: str | None = None
+    run_local: str | None = None
+
+    def load(self, which: str) -> Callable[..., Any]:
+        """The runner ``which`` ("submit" or "run_local"), imported."""
+        target = getattr(self, which)
+        if target is None:
+            where = "on the cluster" if which == "submit" else "locally"
+            raise NotImplementedError(f"a {self.step_type!r} job step cannot run {where}")
+        module, _, name = target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+_RUNNERS: dict[str, Runner] = {}
+
+
+def register(step_type: str, *, submit: str | None = None, run_local: str | None = None) -> None:
+    """Register the runners of ``step_type`` (dotted ``"module:function"`` names; defaults None).
+    Registering the same names again is allowed; other names for a known type are an error."""
+    runner = Runner(step_type, submit=submit, run_local=run_local)
+    known = _RUNNERS.get(step_type)
+    if known is not None and known != runner:
+        raise ValueError(f"job step type {step_type!r} already has runners: {known}")
+    _RUNNERS[step_type] = runner
+
+
+def runner_for(step_type: str | None) -> Runner:
+    """The registered runners of ``step_type``; a clear error for unknown types."""
+    runner = _RUNNERS.get(step_type or "")
+    if runner is None:
+        known = ", ".join(sorted(_RUNNERS)) or "none"
+        raise NotImplementedError(
+            f"no runner is registered for job step type {step_type!r} (registered: {known}); "
+            "the package that defines the step registers it with "
+            "fused_celery.jobs.runners.register"
+        )
+    return runner
