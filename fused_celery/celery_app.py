@@ -35,7 +35,15 @@ from celery import Celery, signals
 
 from fused_celery.options import DEFAULT_QUEUE, options
 
-__all__ = ["app", "get_app", "celery_config", "time_limits", "RUN_ENTRIES", "MISSING_BROKER"]
+__all__ = [
+    "app",
+    "get_app",
+    "broker_connection_errors",
+    "celery_config",
+    "time_limits",
+    "RUN_ENTRIES",
+    "MISSING_BROKER",
+]
 
 #: Name of the task that runs the entries of a pool (see :mod:`fused_celery.engines.celery.tasks`).
 RUN_ENTRIES = "fused_celery.run_entries"
@@ -170,3 +178,17 @@ def _preload(**_: Any) -> None:
             importlib.import_module(name)
         except ImportError:
             pass
+
+
+def broker_connection_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean the broker or result backend cannot be reached (the builtin
+    ones, redis-py's and kombu's), for callers that turn them into a clear message."""
+    import kombu.exceptions
+    import redis
+
+    return (
+        ConnectionError,
+        TimeoutError,
+        redis.exceptions.ConnectionError,
+        kombu.exceptions.OperationalError,
+    )

@@ -320,23 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _connection_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    try:
-        import redis
-
-        errors.append(redis.exceptions.ConnectionError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import kombu.exceptions
-
-        errors.append(kombu.exceptions.OperationalError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fused-celery`` console script; returns the exit code."""
     parser = build_parser()
@@ -349,8 +332,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FusedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except _connection_errors() as exc:
-        url = options.broker_url or "(no broker URL configured)"
+    except Exception as exc:
+        from fused_celery.celery_app import broker_connection_errors
+        from fused_celery.state.pool_record import mask_url
+
+        if not isinstance(exc, broker_connection_errors()):
+            raise
+        url = mask_url(options.broker_url) if options.broker_url else "(no broker URL configured)"
         print(f"error: cannot reach the broker at {url}: {exc}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fused_celery.execute import Outcome
-
 
 def cache_key(udf: dict[str, Any], encoded_kwargs: dict[str, Any]) -> str:
     """Stable key of one call: UDF code, entrypoint, parameters and encoded arguments."""
@@ -30,7 +28,8 @@ def cache_key(udf: dict[str, Any], encoded_kwargs: dict[str, Any]) -> str:
 
 
 class DiskCache:
-    """Outcomes of successful calls as JSON files under ``root`` (one file per key).
+    """Outcomes of successful calls (:class:`fused_celery.execute.Outcome` dicts) as JSON files
+    under ``root`` (one file per key).
 
     root: directory (created on first write).
     """
@@ -41,7 +40,7 @@ class DiskCache:
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
 
-    def get(self, key: str, max_age: float) -> Outcome | None:
+    def get(self, key: str, max_age: float) -> dict[str, Any] | None:
         """The cached outcome if it is younger than ``max_age`` seconds, else None."""
         path = self._path(key)
         try:
@@ -52,7 +51,7 @@ class DiskCache:
         except (OSError, ValueError):
             return None
 
-    def put(self, key: str, outcome: Outcome) -> None:
+    def put(self, key: str, outcome: dict[str, Any]) -> None:
         """Store a successful outcome atomically (errors are ignored, never stored)."""
         if not outcome.get("ok"):
             return
