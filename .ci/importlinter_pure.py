@@ -41,9 +41,11 @@ class PureContract(Contract):
         missing = sorted(required - present)
         pure = (required | optional) & present
         allowed = set(self.allowed or [])  # type: ignore[arg-type]
-        root = self.session_options["root_packages"][0] if self.session_options.get(
-            "root_packages"
-        ) else self.session_options["root_package"]
+        root = (
+            self.session_options["root_packages"][0]
+            if self.session_options.get("root_packages")
+            else self.session_options["root_package"]
+        )
         illegal = []
         for module in sorted(pure):
             for imported in sorted(graph.find_modules_directly_imported_by(module)):
