@@ -18,7 +18,7 @@
    each piece is a row with the original's attributes;
 8. the measure of each row for ``partitioning_method`` (``rows``: 1, ``area``: area in square
    degrees, ``length``: length in degrees, ``coords``: number of coordinates; the units of
-   :class:`~fused_celery.table.ChunkMetadata`) and its centroid.
+   :class:`~fused_celery.table.facts.ChunkMetadata`) and its centroid.
 
 An input with no rows left is an :class:`IngestInputError`.
 """
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import geopandas as gpd
     import pandas as pd
 
-    from fused_celery.table import RowFacts
+    from fused_celery.table.facts import RowFacts
 
 PartitioningMethod = Literal["rows", "area", "length", "coords"]
 PARTITIONING_METHODS: tuple[str, ...] = ("rows", "area", "length", "coords")
@@ -64,7 +64,7 @@ class PrepareReport:
 class PreparedFrame:
     """A prepared input: ``frame`` (EPSG:4326, index 0..n-1), per-row ``x``, ``y`` (centroid),
     ``measure`` (for the partitioning method) and ``facts`` (bounds, area, length, coordinates,
-    type: :class:`~fused_celery.table.RowFacts`), and the :class:`PrepareReport`."""
+    type: :class:`~fused_celery.table.facts.RowFacts`), and the :class:`PrepareReport`."""
 
     frame: gpd.GeoDataFrame
     x: np.ndarray
@@ -303,7 +303,7 @@ def prepare_frame(
     import geopandas as gpd
     import shapely
 
-    from fused_celery.table import RowFacts
+    from fused_celery.table.facts import RowFacts
 
     if partitioning_method not in PARTITIONING_METHODS:
         raise ValueError(

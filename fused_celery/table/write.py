@@ -1,0 +1,520 @@
+"""Writing tables: :class:`TableWriter` (staged data files, then the commit) and
+:func:`write_table`.
+
+Commit protocol: data files are written under deterministic names in ``_staging/<run_id>/``;
+:meth:`TableWriter.commit` moves them into place and writes ``_sample`` last. A folder without
+``_sample`` is not a table: readers raise :class:`IncompleteTableError`. Rerunning a crashed job
+rewrites the same names, and commit deletes data files it did not list, so rows are never
+duplicated. One writer per table at a time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fused_celery import storage
+from fused_celery.errors import (
+    CorruptFileError,
+    IncompleteTableError,
+    TableExistsError,
+    TableFormatError,
+)
+from fused_celery.table.facts import (
+    ChunkMetadata,
+    RowFacts,
+    compute_chunk_metadata,
+    evenly_spaced,
+    geometry_types,
+)
+from fused_celery.table.format import (
+    COMPRESSION,
+    COVERING_COLUMN,
+    FORMAT_VERSION,
+    KEY_FORMAT_VERSION,
+    KEY_METADATA,
+    SAMPLE_ROWS,
+    SAMPLE_ROWS_PER_FILE,
+    STAGING_DIR,
+    WRITING_MARKER,
+    _conform,
+    _crs_from_json,
+    _crs_json,
+    _file_url,
+    _geo_from_schema,
+    _sample_url,
+    _unify,
+    _wgs84_json,
+    encode_chunk_metadata,
+    frame_to_arrow,
+    geo_metadata,
+    resolve_table_url,
+    validate_name,
+)
+from fused_celery.table.read import Table, _preview, open_table, read_chunk_metadata
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+
+class TableWriter:
+    """Writes one table: data files into a staging area, then a commit that moves them into
+    place and writes ``_sample`` last.
+
+    url: the table (URL, path or name, see :func:`resolve_table_url`). overwrite: replace an
+    existing table, at commit time only (default False: an existing table is an error, raised
+    here before any work). run_id: names this run's staging folder ``_staging/<run_id>``
+    (default ``"default"``; give a job id so reruns of one job share it). check: run
+    :meth:`prepare` now (default True; workers rebuilt with :meth:`from_dict` skip it).
+    sample_rows: rows kept in ``_sample`` (default 1000).
+
+    Usage, on one machine or across Celery tasks::
+
+        writer = TableWriter(url, overwrite=False)          # checks, before any work
+        meta = writer.write_file("0", [chunk0, chunk1])     # any process, any order, idempotent
+        table = writer.commit(meta)                          # once, after every file
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        overwrite: bool = False,
+        run_id: str = "default",
+        check: bool = True,
+        sample_rows: int = SAMPLE_ROWS,
+    ) -> None:
+        self.url = resolve_table_url(url)
+        self.overwrite = bool(overwrite)
+        self.run_id = validate_name(run_id, "run_id")
+        self.sample_rows = int(sample_rows)
+        if check:
+            self.prepare()
+
+    # locations
+    @property
+    def staging_url(self) -> str:
+        """This run's staging folder."""
+        return storage.join(self.url, STAGING_DIR, self.run_id)
+
+    def staged_file_url(self, file_id: str | int) -> str:
+        """Where :meth:`write_file` puts ``file_id`` before commit."""
+        return storage.join(self.staging_url, f"{validate_name(file_id, 'file_id')}.parquet")
+
+    def _sidecar_url(self, file_id: str) -> str:
+        return storage.join(self.staging_url, "_samples", f"{file_id}.parquet")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, to rebuild the writer in a worker with :meth:`from_dict`."""
+        return {
+            "url": self.url,
+            "overwrite": self.overwrite,
+            "run_id": self.run_id,
+            "sample_rows": self.sample_rows,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TableWriter:
+        """The writer described by :meth:`to_dict` (without re-running :meth:`prepare`)."""
+        return cls(**dict(data), check=False)
+
+    # phases
+    def prepare(self) -> None:
+        """Check the target before any work, and mark the folder as a table being written.
+
+        Raises :class:`BucketNotFoundError`, or :class:`TableExistsError` when
+        ``overwrite=False`` and a table (or a non-empty folder that is not an unfinished
+        fused table) is there. An unfinished table from a crashed run is resumed.
+        """
+        storage.check_bucket(self.url)
+        if storage.is_file(self.url):
+            raise TableExistsError(f"{self.url} is a file; a table is a folder. Choose another URL")
+        if not self.overwrite:
+            if storage.is_file(_sample_url(self.url)):
+                raise TableExistsError(
+                    f"table {self.url} already exists; pass overwrite=True to replace it (the "
+                    "old table stays readable until the new one commits) or choose another URL"
+                )
+            entries = storage.list_files(self.url, recursive=True)
+            ours = any(e.startswith(STAGING_DIR + "/") for e in entries)
+            if entries and not ours:
+                raise TableExistsError(
+                    f"{self.url} is not empty ({len(entries)} file(s), e.g. {entries[:3]}) and "
+                    "is not a fused table; choose an empty location or pass overwrite=True"
+                )
+        marker = storage.join(self.url, STAGING_DIR, WRITING_MARKER)
+        storage.write_bytes(marker, json.dumps({"run_id": self.run_id}).encode())
+
+    def write_file(
+        self, file_id: str | int, chunks: Iterable[gpd.GeoDataFrame] | gpd.GeoDataFrame
+    ) -> list[ChunkMetadata]:
+        """Write one data file (one row group per non-empty chunk, in order) to staging.
+
+        Idempotent: the same input gives the same object under the same name. Empty chunks are
+        skipped, so chunk_ids are 0..n-1 over the non-empty ones. All chunks of a file must
+        share a CRS. Returns the chunks' metadata for :meth:`commit`.
+        """
+        import geopandas as gpd
+
+        fid = validate_name(file_id, "file_id")
+        if isinstance(chunks, gpd.GeoDataFrame):
+            chunks = [chunks]
+        converted = [frame_to_arrow(c) for c in chunks]
+        if not converted:
+            raise ValueError(f"write_file({fid!r}) got no chunks; pass at least one GeoDataFrame")
+        crs = {json.dumps(f["crs"], sort_keys=True) for _, f in converted}
+        if len(crs) > 1:
+            raise ValueError(
+                f"the chunks of file {fid!r} have different CRSs; reproject them to one "
+                "(e.g. to_crs(4326)) before writing"
+            )
+        schema = _unify([t for t, _ in converted])
+        primary = converted[0][1]["primary"]
+        nonempty = [(t, f) for t, f in converted if t.num_rows]
+        metas = [compute_chunk_metadata(fid, i, f["wgs84"]) for i, (_, f) in enumerate(nonempty)]
+        facts = [f for _, f in (nonempty or converted)]
+        geo = geo_metadata(_merge_geo_columns(facts), primary)
+        schema = schema.with_metadata({b"geo": json.dumps(geo).encode()})
+        tables = [_conform(t, schema) for t, _ in nonempty]
+        staged = self.staged_file_url(fid)
+        if tables:
+            with (
+                storage.atomic_output(staged) as out,
+                pq.ParquetWriter(out, schema, **writer_options(schema)) as writer,
+            ):
+                for t in tables:
+                    writer.write_table(t, row_group_size=max(1, t.num_rows))
+        else:
+            storage.delete_file(staged)
+        sample = _sample_rows(tables, SAMPLE_ROWS_PER_FILE) if tables else schema.empty_table()
+        storage.write_bytes(self._sidecar_url(fid), _parquet_bytes(sample), durable=False)
+        return metas
+
+    def write_arrow_file(
+        self,
+        file_id: str | int,
+        table: pa.Table,
+        chunk_offsets: Sequence[int],
+        facts: RowFacts,
+        *,
+        geometry: str = "geometry",
+    ) -> list[ChunkMetadata]:
+        """:meth:`write_file` for rows already encoded: ``table`` holds the attributes and the
+        ISO WKB ``geometry`` column in EPSG:4326, rows in chunk order; chunk k is rows
+        ``chunk_offsets[k]:chunk_offsets[k + 1]`` (empty chunks skipped); ``facts`` are the
+        rows' :class:`RowFacts`. No geometry is decoded. Idempotent, like :meth:`write_file`.
+        """
+        fid = validate_name(file_id, "file_id")
+        if geometry not in table.column_names:
+            raise ValueError(f"write_arrow_file({fid!r}): no geometry column {geometry!r}")
+        if table.num_rows != len(facts.type_id):
+            raise ValueError(f"write_arrow_file({fid!r}): facts do not match the rows")
+        b = facts.bounds
+        null = np.isnan(b[:, 0])  # null and empty geometries: NaN bounds
+        covering = pa.StructArray.from_arrays(
+            [pa.array(b[:, i], type=pa.float64()) for i in range(4)],
+            names=["xmin", "ymin", "xmax", "ymax"],
+            mask=pa.array(null, type=pa.bool_()) if null.any() else None,
+        )
+        if COVERING_COLUMN in table.column_names:
+            table = table.drop_columns([COVERING_COLUMN])
+        table = table.append_column(COVERING_COLUMN, covering)
+        bbox = facts.bbox()
+        columns = {
+            geometry: {
+                "geometry_types": facts.geometry_types(),
+                "crs": _wgs84_json(),
+                "bbox": None if math.isnan(bbox[0]) else list(bbox),
+            }
+        }
+        geo = geo_metadata(columns, geometry)
+        table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
+        bounds = [(int(a), int(z)) for a, z in zip(chunk_offsets[:-1], chunk_offsets[1:]) if z > a]
+        metas = facts.chunks_metadata(
+            fid, [a for a, _ in bounds] + [bounds[-1][1]] if bounds else []
+        )
+        staged = self.staged_file_url(fid)
+        if bounds:
+            with (
+                storage.atomic_output(staged) as out,
+                pq.ParquetWriter(out, table.schema, **writer_options(table.schema)) as writer,
+            ):
+                for a, z in bounds:
+                    writer.write_table(table.slice(a, z - a), row_group_size=z - a)
+        else:
+            storage.delete_file(staged)
+        sample = table.take(evenly_spaced(table.num_rows, SAMPLE_ROWS_PER_FILE))
+        storage.write_bytes(self._sidecar_url(fid), _parquet_bytes(sample), durable=False)
+        return metas
+
+    def commit(self, chunks: Iterable[ChunkMetadata | Mapping[str, Any]]) -> Table:
+        """Make the table whole: move the staged files listed in ``chunks`` into place, delete
+        data files not listed, write ``_sample`` last, drop the staging area.
+
+        chunks: every chunk :meth:`write_file` returned, for all files (dicts accepted).
+        Idempotent: a commit that ran before (fully or partly) completes or does nothing.
+        Returns the opened :class:`Table`.
+        """
+        metas = sorted(
+            (c if isinstance(c, ChunkMetadata) else ChunkMetadata(**dict(c)) for c in chunks),
+            key=lambda c: (c.file_id, c.chunk_id),
+        )
+        file_ids = _check_layout(metas)
+        sample_url = _sample_url(self.url)
+        old_exists = storage.is_file(sample_url)
+        if old_exists:
+            try:
+                committed = read_chunk_metadata(self.url)
+            except (TableFormatError, CorruptFileError):
+                committed = None
+            if committed is not None and _metadata_key(committed) == _metadata_key(metas):
+                staged_now = storage.list_files(self.staging_url)
+                if not any(f"{f}.parquet" in staged_now for f in file_ids):
+                    storage.delete_prefix(storage.join(self.url, STAGING_DIR))
+                    return open_table(self.url)
+        staged = set(storage.list_files(self.staging_url, recursive=True))
+        final = set(storage.list_files(self.url))
+        missing = [
+            f
+            for f in file_ids
+            if f"{f}.parquet" not in staged and (old_exists or f"{f}.parquet" not in final)
+        ]
+        if missing:
+            raise IncompleteTableError(
+                f"cannot commit {self.url}: data files of file_ids {_preview(missing)} were "
+                f"never written to {self.staging_url}; write them (write_file) or rerun the job"
+            )
+        sample = self._build_sample(file_ids, staged)
+        # From here the old table (if any) stops being readable until _sample is written.
+        storage.delete_file(sample_url)
+        moves = [f for f in file_ids if f"{f}.parquet" in staged]
+        _parallel(lambda f: storage.move(self.staged_file_url(f), _file_url(self.url, f)), moves)
+        keep = {f"{f}.parquet" for f in file_ids}
+        stale = [n for n in final if n.endswith(".parquet") and n not in keep]
+        _parallel(lambda n: storage.delete_file(storage.join(self.url, n)), stale)
+        kv = {
+            KEY_FORMAT_VERSION: FORMAT_VERSION.encode(),
+            KEY_METADATA: encode_chunk_metadata(metas),
+        }
+        sample = sample.replace_schema_metadata({**(sample.schema.metadata or {}), **kv})
+        storage.write_bytes(sample_url, _parquet_bytes(sample))
+        storage.delete_prefix(storage.join(self.url, STAGING_DIR))
+        return open_table(self.url)
+
+    def abort(self) -> None:
+        """Delete this run's staging folder (the committed table, if any, is untouched)."""
+        storage.delete_prefix(self.staging_url)
+
+    def _build_sample(self, file_ids: Sequence[str], staged: set[str]) -> pa.Table:
+        """``_sample``'s rows: the per-file samples pooled in file order, thinned evenly to
+        ``sample_rows``; the schema comes from them (geometry only when there is none)."""
+        names = [f for f in file_ids if f"_samples/{f}.parquet" in staged]
+        if not names:  # empty table: any sidecar gives the schema
+            names = sorted(
+                n[len("_samples/") : -len(".parquet")] for n in staged if n.startswith("_samples/")
+            )[:1]
+        tables = _parallel(
+            lambda f: pq.read_table(io.BytesIO(storage.read_bytes(self._sidecar_url(f)))), names
+        )
+        if not tables:
+            return _geometry_only_table()
+        geo = _geo_from_schema(tables[0].schema)
+        crss = {_primary_crs_key(t.schema): f for f, t in zip(names, tables)}
+        if len(crss) > 1 and not _same_crs(list(crss)):
+            seen = ", ".join(f"file {f}" for f in list(crss.values())[:3])
+            raise ValueError(
+                f"the files of table {self.url} have different CRSs ({seen}, ...); write every "
+                "file in one CRS (e.g. to_crs(4326)) and rerun"
+            )
+        if len(tables) > 1:
+            schema = _unify(tables)
+            tables = [_conform(t, schema) for t in tables]
+        pooled = pa.concat_tables(tables)
+        pooled = pooled.take(evenly_spaced(pooled.num_rows, self.sample_rows))
+        if geo:
+            geo = _sample_geo(pooled, geo)
+        return pooled.replace_schema_metadata({b"geo": json.dumps(geo).encode()} if geo else None)
+
+
+def _metadata_key(chunks: Iterable[ChunkMetadata]) -> str:
+    return json.dumps([c.model_dump() for c in chunks], sort_keys=True)
+
+
+def _same_crs(keys: Sequence[str]) -> bool:
+    """Whether PROJJSON texts (from :func:`_primary_crs_key`) name one CRS. Texts can differ for
+    one CRS: PROJ versions write EPSG:4326's datum as ``datum`` or ``datum_ensemble``."""
+    crss = [_crs_from_json(json.loads(k)) for k in keys]
+    return all(c == crss[0] or (c is not None and c.equals(crss[0], ignore_axis_order=True))
+               for c in crss)  # fmt: skip
+
+
+def _primary_crs_key(schema: pa.Schema) -> str:
+    geo = _geo_from_schema(schema) or {}
+    col = geo.get("columns", {}).get(geo.get("primary_column"), {})
+    return json.dumps(col.get("crs"), sort_keys=True)
+
+
+def _check_layout(metas: Sequence[ChunkMetadata]) -> list[str]:
+    """The file ids of ``metas``; each file's chunk_ids must be 0..n-1 without repeats."""
+    by_file: dict[str, list[int]] = {}
+    for c in metas:
+        validate_name(c.file_id, "file_id")
+        by_file.setdefault(c.file_id, []).append(c.chunk_id)
+    for fid, ids in by_file.items():
+        if sorted(ids) != list(range(len(ids))):
+            raise ValueError(
+                f"chunk metadata of file {fid!r} has chunk_ids {ids}; expected 0..{len(ids) - 1} "
+                "once each (pass each file's write_file result exactly once)"
+            )
+    return sorted(by_file)
+
+
+def _merge_geo_columns(facts: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for f in facts:
+        for name, info in f["columns"].items():
+            m = merged.setdefault(name, {"geometry_types": set(), "bbox": None, "crs": f["crs"]})
+            m["geometry_types"].update(info["geometry_types"])
+            b = info["bbox"]
+            if b is not None:
+                m["bbox"] = (
+                    list(b)
+                    if m["bbox"] is None
+                    else [
+                        min(m["bbox"][0], b[0]),
+                        min(m["bbox"][1], b[1]),
+                        max(m["bbox"][2], b[2]),
+                        max(m["bbox"][3], b[3]),
+                    ]
+                )
+    for m in merged.values():
+        m["geometry_types"] = sorted(m["geometry_types"])
+    return merged
+
+
+def _sample_geo(table: pa.Table, geo: Mapping[str, Any]) -> dict[str, Any]:
+    """``geo`` recomputed for the rows of ``table`` (types and bbox of the sample)."""
+    import shapely
+
+    columns: dict[str, dict[str, Any]] = {}
+    for name, info in geo.get("columns", {}).items():
+        if name not in table.column_names:
+            continue
+        geoms = shapely.from_wkb(table.column(name).to_numpy(zero_copy_only=False))
+        bounds = shapely.bounds(geoms) if len(geoms) else np.empty((0, 4))
+        ok = ~np.isnan(bounds).any(axis=1)
+        columns[name] = {
+            "geometry_types": geometry_types(geoms),
+            "crs": info.get("crs"),
+            "bbox": [
+                bounds[ok, 0].min(),
+                bounds[ok, 1].min(),
+                bounds[ok, 2].max(),
+                bounds[ok, 3].max(),
+            ]
+            if ok.any()
+            else None,
+        }
+    return geo_metadata(
+        columns,
+        geo.get("primary_column", "geometry"),
+        covering=COVERING_COLUMN in table.column_names,
+    )
+
+
+def _geometry_only_table() -> pa.Table:
+    covering = pa.struct([(k, pa.float64()) for k in ("xmin", "ymin", "xmax", "ymax")])
+    schema = pa.schema([("geometry", pa.binary()), (COVERING_COLUMN, covering)])
+    geo = geo_metadata(
+        {"geometry": {"geometry_types": [], "crs": _crs_json(None), "bbox": None}}, "geometry"
+    )
+    return schema.with_metadata({b"geo": json.dumps(geo).encode()}).empty_table()
+
+
+def _sample_rows(tables: Sequence[pa.Table], k: int) -> pa.Table:
+    pooled = pa.concat_tables(tables)
+    return pooled.take(evenly_spaced(pooled.num_rows, k))
+
+
+def writer_options(schema: pa.Schema) -> dict[str, Any]:
+    """ParquetWriter options of data files: snappy (pyarrow's default, twice as fast as zstd);
+    dictionary encoding for string columns only (WKB and floats gain nothing from it and it
+    doubles the write time); statistics for every column but the WKB geometries (the ``bbox``
+    covering's min/max drive row-group pruning)."""
+    geo = _geo_from_schema(schema) or {}
+    wkb = set(geo.get("columns", {}))
+    strings = [
+        f.name
+        for f in schema
+        if pa.types.is_string(f.type)
+        or pa.types.is_large_string(f.type)
+        or pa.types.is_dictionary(f.type)
+    ]
+    stats = [path for f in schema if f.name not in wkb for path in _leaf_paths(f)]
+    return {"compression": COMPRESSION, "use_dictionary": strings, "write_statistics": stats}
+
+
+def _leaf_paths(field: pa.Field, prefix: str = "") -> list[str]:
+    name = f"{prefix}{field.name}"
+    if pa.types.is_struct(field.type):
+        return [p for i in range(field.type.num_fields)
+                for p in _leaf_paths(field.type.field(i), f"{name}.")]  # fmt: skip
+    return [name]
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression=COMPRESSION)
+    return sink.getvalue()
+
+
+def _parallel(fn: Any, items: Sequence[Any]) -> list[Any]:
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def _as_files(data: Any) -> dict[str, list[gpd.GeoDataFrame]]:
+    import geopandas as gpd
+
+    if isinstance(data, gpd.GeoDataFrame):
+        return {"0": [data]}
+    if isinstance(data, Mapping):
+        return {
+            str(k): ([v] if isinstance(v, gpd.GeoDataFrame) else list(v)) for k, v in data.items()
+        }
+    return {
+        str(i): ([v] if isinstance(v, gpd.GeoDataFrame) else list(v)) for i, v in enumerate(data)
+    }
+
+
+def write_table(
+    url: str,
+    data: gpd.GeoDataFrame
+    | Mapping[str | int, gpd.GeoDataFrame | Sequence[gpd.GeoDataFrame]]
+    | Sequence[gpd.GeoDataFrame | Sequence[gpd.GeoDataFrame]],
+    *,
+    overwrite: bool = False,
+    run_id: str = "default",
+) -> Table:
+    """Write a whole table from this process and commit it.
+
+    data: one GeoDataFrame (file ``"0"``, one chunk); a mapping ``file_id -> chunks`` (a
+    GeoDataFrame or a list, one row group each); or a list of files (ids ``"0"``, ``"1"``, ...).
+    overwrite / run_id: as for :class:`TableWriter`. Returns the opened :class:`Table`.
+    """
+    writer = TableWriter(url, overwrite=overwrite, run_id=run_id)
+    files = _as_files(data)
+    metas: list[ChunkMetadata] = []
+    for fid, chunks in files.items():
+        metas.extend(writer.write_file(fid, chunks))
+    return writer.commit(metas)

@@ -1,0 +1,17 @@
+"""pytest plugin of the table tests (``tests/table/``): the ``root`` fixture, a folder URL for
+tables on local disk and on S3. Load it with ``pytest_plugins = ["moto_server", "table_fixtures"]``
+(``s3`` needs moto_server's ``s3_bucket``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A folder URL for tables: a temp dir, or a prefix in a fresh moto bucket."""
+    if request.param == "local":
+        return str(tmp_path / "tables")
+    return request.getfixturevalue("s3_bucket") + "/tables"
