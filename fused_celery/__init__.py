@@ -14,8 +14,7 @@ from fused_celery.options import options
 
 # Bound after the submodule import, so ``fused_celery.udf`` is the decorator, not the module.
 from fused_celery.udf import Udf, run, udf, udf_from_code  # noqa: E402
-
-__version__ = "0.1.0"
+from fused_celery.version import __version__  # noqa: E402
 
 _LAZY = {
     "JobPool": ("fused_celery.pool", "JobPool"),

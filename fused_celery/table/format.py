@@ -222,12 +222,9 @@ def _decode(kv: Mapping[bytes, bytes], sample_url: str) -> list[ChunkMetadata]:
 
 
 def _version() -> str:
-    try:
-        from fused_celery import __version__
+    from fused_celery.version import __version__
 
-        return __version__
-    except ImportError:  # pragma: no cover
-        return "unknown"
+    return __version__
 
 
 # --- frames <-> Arrow ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from fused_celery.errors import (
 from fused_celery.table.read import get_chunk_from_table, get_chunks_metadata, open_table, read_bbox
 from fused_celery.table.write import TableWriter, write_table
 
-pytest_plugins = ["moto_server", "table_fixtures"]
+pytest_plugins = ["moto_server"]
 
 
 class ReadSpy:

@@ -1,6 +1,6 @@
-"""pytest plugin of the table tests (``tests/table/``): the ``root`` fixture, a folder URL for
-tables on local disk and on S3. Load it with ``pytest_plugins = ["moto_server", "table_fixtures"]``
-(``s3`` needs moto_server's ``s3_bucket``)."""
+"""Fixtures of the table tests (``tests/table/``): ``root``, a folder URL for tables on local
+disk and on S3 (``s3`` needs moto_server's ``s3_bucket``: test modules load
+``pytest_plugins = ["moto_server"]``)."""
 
 from __future__ import annotations
 
