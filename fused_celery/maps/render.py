@@ -270,8 +270,10 @@ def build_map(
         def row_style(feature: dict[str, Any]) -> dict[str, Any]:
             key = feature["properties"].get(by_group) if by_group else None
             fill = color_of.get(key, ROW_COLOR) if key is not None else ROW_COLOR
-            return {"color": "#ffffff" if by_group else ROW_COLOR, "weight": 1, "fill": True,
-                    "fillColor": fill, "fillOpacity": 0.8, "className": ROW_CLASS}  # fmt: skip
+            point = (feature.get("geometry") or {}).get("type") == "Point"
+            return {"color": "#ffffff" if by_group and point else fill, "weight": 1,
+                    "fill": True, "fillColor": fill, "fillOpacity": 0.8 if point else 0.3,
+                    "className": ROW_CLASS}  # fmt: skip
 
         fields = [c for c in shown.columns if c != shown.geometry.name]
         folium.GeoJson(

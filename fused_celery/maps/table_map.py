@@ -11,6 +11,7 @@ to EPSG:4326; rows without a CRS are taken as longitude/latitude.
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from fused_celery.maps.offline import check_offline, inline_assets
@@ -23,10 +24,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_SAMPLE_ROWS = 1000
+_LEADING_NUMBER = re.compile(r"-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?")
 
 
-def _to_wgs84(frame: pd.DataFrame) -> gpd.GeoDataFrame:
-    """``frame`` as a GeoDataFrame in EPSG:4326 (no CRS: taken as lon/lat already)."""
+def _geo_frame(frame: pd.DataFrame) -> gpd.GeoDataFrame:
+    """``frame`` checked to be a GeoDataFrame with a geometry column; no CRS: EPSG:4326."""
     import geopandas as gpd
 
     try:
@@ -37,8 +39,12 @@ def _to_wgs84(frame: pd.DataFrame) -> gpd.GeoDataFrame:
         raise TypeError(
             f"a map needs a GeoDataFrame with an active geometry column, got {type(frame)}"
         )
-    if frame.crs is None:
-        return frame.set_crs("EPSG:4326")
+    return frame.set_crs("EPSG:4326") if frame.crs is None else frame
+
+
+def _to_wgs84(frame: pd.DataFrame) -> gpd.GeoDataFrame:
+    """``frame`` (see :func:`_geo_frame`) reprojected to EPSG:4326 when in another CRS."""
+    frame = _geo_frame(frame)
     return frame if frame.crs.equals("EPSG:4326") else frame.to_crs("EPSG:4326")
 
 
@@ -108,7 +114,7 @@ def show_table(
         subtitle=opened.url,
         groups=groups,
         total_rows=int(chunks["num_rows"].sum()),
-        rows=_spread(_to_wgs84(sample), sample_rows),
+        rows=_to_wgs84(_spread(sample, sample_rows)),
         chunks=chunks,
         group_column="file_id",
         group_label="file",
@@ -117,12 +123,11 @@ def show_table(
 
 
 def _group_order(key: Any) -> tuple[int, float, str]:
-    """Numeric keys (file ids, numbers) in numeric order, then the others by name."""
+    """Keys that start with a number (file ids, ``"250 m"``) in numeric order, then the others
+    by name."""
     text = str(key)
-    try:
-        return (0, float(text), text)
-    except ValueError:
-        return (1, 0.0, text)
+    number = _LEADING_NUMBER.match(text)
+    return (0, float(number.group(0)), text) if number else (1, 0.0, text)
 
 
 def show_frame(
@@ -146,30 +151,28 @@ def show_frame(
     ``name``). name: stem of the default file name (default ``"frame"``). tiles /
     tiles_attribution: as in :func:`show_table`.
     """
-    frame = _to_wgs84(gdf)
+    frame = _geo_frame(gdf)
     has_chunks = {"file_id", "chunk_id"} <= set(frame.columns)
     if color_by is None and has_chunks:
         color_by = "file_id"
     if color_by is not None and color_by not in frame.columns:
         raise KeyError(f"color_by={color_by!r} is not a column; columns: {list(frame.columns)}")
-    chunks = None
-    if has_chunks and color_by == "file_id":
-        chunks = _chunk_boxes(frame)
+    chunks = _chunk_boxes(frame) if has_chunks and color_by == "file_id" else None
+    rows = _to_wgs84(_spread(frame, sample_rows))  # sample first: reproject only what is drawn
     if color_by is None:
         groups = [Group(key="rows", rows=len(frame))]
     else:
-        keys = frame[color_by].astype(str)
-        counts = keys.value_counts(sort=False)
-        chunk_counts = chunks.groupby("file_id").size() if chunks is not None else None  # per file
+        counts = frame[color_by].astype(str).value_counts(sort=False)
+        per_file = chunks.groupby("file_id").size() if chunks is not None else None
         groups = [
             Group(
                 key=k,
                 rows=int(counts[k]),
-                chunks=int(chunk_counts.get(k, 0)) if chunk_counts is not None else None,
+                chunks=int(per_file.get(k, 0)) if per_file is not None else None,
             )
             for k in sorted(counts.index, key=_group_order)
         ]
-        frame = frame.assign(**{color_by: keys})
+        rows = rows.assign(**{color_by: rows[color_by].astype(str)})
     return _render(
         path,
         name,
@@ -177,7 +180,7 @@ def show_frame(
         title=title if title is not None else name,
         groups=groups,
         total_rows=len(frame),
-        rows=_spread(frame, sample_rows),
+        rows=rows,
         chunks=chunks,
         group_column=color_by,
         group_label=color_by or "data",
@@ -186,7 +189,8 @@ def show_frame(
 
 
 def _chunk_boxes(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """One bbox polygon per (file_id, chunk_id) of ``frame`` with its ``num_rows``."""
+    """One bbox polygon per (file_id, chunk_id) of ``frame`` with its ``num_rows``, in
+    EPSG:4326 (a box in another CRS is reprojected, then replaced by its envelope)."""
     import geopandas as gpd
     import shapely
 
@@ -199,4 +203,8 @@ def _chunk_boxes(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     ).reset_index()  # fmt: skip
     agg = agg.dropna(subset=["minx", "miny"])
     boxes = shapely.box(agg["minx"], agg["miny"], agg["maxx"], agg["maxy"])
-    return gpd.GeoDataFrame(agg, geometry=boxes, crs="EPSG:4326")
+    out = gpd.GeoDataFrame(agg, geometry=boxes, crs=frame.crs)
+    if out.crs.equals("EPSG:4326"):
+        return out
+    out = out.to_crs("EPSG:4326")
+    return out.set_geometry(out.geometry.envelope)

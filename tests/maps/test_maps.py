@@ -256,6 +256,11 @@ def test_projected_frame_is_reprojected(tmp_path: Path):
     no_crs = show_frame(paris, tmp_path / "q.html").read_html()  # taken as lon/lat
     bounds = [float(v) for v in _FIT_BOUNDS.search(no_crs).groups()]
     assert bounds == pytest.approx([miny, minx, maxy, maxx], abs=1e-6)
+    chunked = projected.assign(file_id=["0", "1"], chunk_id=[0, 0])
+    html = show_frame(chunked, tmp_path / "r.html").read_html()
+    bounds = [float(v) for v in _FIT_BOUNDS.search(html).groups()]
+    assert bounds == pytest.approx([miny, minx, maxy, maxx], abs=1e-6)
+    assert html.count(f'"className": "{CHUNK_CLASS}"') >= 1
 
 
 def test_frame_with_chunk_columns_draws_chunk_boxes(tmp_path: Path):
@@ -292,5 +297,6 @@ def test_demo_result_map(tmp_path: Path):
     html = made.read_html()
     assert "fused-celery demo: 12 buffered points" in html
     assert network_urls(html) == []
-    for radius in {f"{a['radius_m']:g} m" for a in args}:
-        assert f"<td>{radius}</td>" in html
+    radii = sorted({a["radius_m"] for a in args})
+    positions = [html.index(f"<td>{r:g} m</td>") for r in radii]
+    assert positions == sorted(positions)  # the legend lists radii in numeric order
