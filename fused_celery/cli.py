@@ -6,7 +6,8 @@ Subcommands:
 - ``worker``  one Celery worker with the project's app and settings
 - ``flower``  Flower, the Celery web monitor
 - ``redis``   a private redis-server in the foreground (for Procfile / honcho)
-- ``demo``    bring up a local cluster, run a ``udf.map``, print the result, shut down
+- ``demo``    bring up a local cluster, run a ``udf.map``, print the result and the path of its
+  map, shut down
 
 Settings come from ``fused_celery.options`` (``FUSED_CELERY_*`` environment variables). Errors print
 one ``error: ...`` line and exit with code 2.
@@ -203,7 +204,8 @@ def cmd_redis(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Local cluster → ``udf.map`` over ``--entries`` points → collected DataFrame → shut down."""
+    """Local cluster → ``udf.map`` over ``--entries`` points → collected DataFrame → its map
+    (an HTML file; the path is printed) → shut down."""
     import pandas as pd
 
     from fused_celery.cluster.local_cluster import LocalCluster
@@ -213,7 +215,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with LocalCluster(
         workers=args.workers, flower_port=args.flower_port, auth=not args.no_auth
     ) as cluster:
-        from fused_celery.demo import buffered_point, sample_points
+        from fused_celery.demo import buffered_point, sample_points, write_result_map
 
         arg_list = sample_points(args.entries)
         print(f"\nMapping buffered_point over {len(arg_list)} points on engine='remote' ...")
@@ -226,6 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"\npool.collect() -> DataFrame with {len(df)} rows:\n{df}")
         print(f"\nstatus:\n{pool.status()}")
         print(f"\nFlower (while the cluster runs): {cluster.flower_url}")
+        print(f"Map of the result: {write_result_map(df)}", flush=True)
         if args.keep:
             print("Cluster kept up (--keep). Press Ctrl-C to stop.", flush=True)
             try:

@@ -1,15 +1,22 @@
-"""The UDF and inputs of ``fused-celery demo``: buffer points by a radius in metres.
+"""The UDF, inputs and result map of ``fused-celery demo``: buffer points by a radius in metres.
 
 Each entry takes a longitude/latitude, buffers the point by ``radius_m`` metres in a local
 azimuthal equidistant projection, and returns the buffer's geodesic area and perimeter, its
-centroid and bounding box in WGS84.
+centroid and bounding box in WGS84. :func:`write_result_map` draws the collected result as an
+offline HTML map (points coloured by radius).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 import fused_celery as fused
+from fused_celery.maps import MapFile, show_frame
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+    import pandas as pd
 
 
 @fused.udf
@@ -48,3 +55,32 @@ def sample_points(n: int = 300, seed: int = 0) -> list[dict[str, Any]]:
         {"lon": float(x), "lat": float(y), "radius_m": float(r)}
         for x, y, r in zip(lons, lats, radii, strict=True)
     ]
+
+
+def result_frame(df: pd.DataFrame) -> gpd.GeoDataFrame:
+    """The demo's collected result (one row per entry, the arguments in the index or as
+    columns) as points at each buffer's centroid in EPSG:4326, with a ``radius`` label such as
+    ``"500 m"``; entries without a centroid (failed ones) are left out."""
+    import geopandas as gpd
+
+    flat = df.reset_index()
+    flat = flat.dropna(subset=["centroid_lon", "centroid_lat"])
+    if "radius_m" in flat:
+        flat["radius"] = [f"{float(r):g} m" for r in flat["radius_m"]]
+    geometry = gpd.points_from_xy(flat["centroid_lon"], flat["centroid_lat"])
+    return gpd.GeoDataFrame(flat, geometry=geometry, crs="EPSG:4326")
+
+
+def write_result_map(df: pd.DataFrame, path: str | os.PathLike[str] | None = None) -> MapFile:
+    """Write the map of the demo's result ``df`` (see :func:`result_frame`) and return it.
+
+    path: the HTML file (default ``<storage_root>/maps/demo.html``, see
+    :func:`fused_celery.maps.show_frame`)."""
+    frame = result_frame(df)
+    return show_frame(
+        frame,
+        path,
+        color_by="radius" if "radius" in frame else None,
+        name="demo",
+        title=f"fused-celery demo: {len(frame):,} buffered points",
+    )
