@@ -43,6 +43,8 @@ __all__ = [
     "PortInUseError",
     "ClusterStartError",
     "InvalidBrokerUrlError",
+    "OfflineAssetError",
+    "MapFileExistsError",
     "error_from_dict",
 ]
 
@@ -258,3 +260,15 @@ class ClusterStartError(FusedError, RuntimeError):
 
 class InvalidBrokerUrlError(FusedError, ValueError):
     """A broker URL that is not a Redis URL (usually a typo)."""
+
+
+# --- maps ------------------------------------------------------------------------------------
+
+
+class OfflineAssetError(FusedError, RuntimeError):
+    """A map needs a JavaScript/CSS resource fused-celery does not ship, or its HTML still
+    refers to a network URL."""
+
+
+class MapFileExistsError(FusedError, FileExistsError):
+    """The map's path holds a file fused-celery did not write."""

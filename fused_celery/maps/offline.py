@@ -29,7 +29,7 @@ from importlib import resources
 from branca.element import Element, Figure
 from folium.elements import JSCSSMixin
 
-from fused_celery.errors import FusedError
+from fused_celery.errors import OfflineAssetError
 
 ASSETS: dict[str, str] = {
     "leaflet": "leaflet/leaflet.js",
@@ -61,11 +61,6 @@ _FETCHED = [
     re.compile(rf"""url\(\s*["']?({_NETWORK})""", re.IGNORECASE),
     re.compile(rf"""@import\s+["']({_NETWORK})""", re.IGNORECASE),
 ]
-
-
-class OfflineAssetError(FusedError, RuntimeError):
-    """A map needs a JavaScript/CSS resource fused-celery does not ship, or its HTML still
-    refers to a network URL."""
 
 
 def _asset_path(relpath: str) -> resources.abc.Traversable:

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from fused_celery import storage
-from fused_celery.errors import FusedError
+from fused_celery.errors import MapFileExistsError
 from fused_celery.options import options
 
 MARKER = "<!-- fused-celery map: written by fused-celery, which may overwrite this file -->"
@@ -26,10 +26,6 @@ TEMP_DIR = "fused-celery-maps"
 MAX_SUFFIX = 1000
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
-
-
-class MapFileExistsError(FusedError, FileExistsError):
-    """The map's path holds a file fused-celery did not write."""
 
 
 class MapFile:

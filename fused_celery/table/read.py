@@ -136,6 +136,15 @@ class Table(BaseModel):
             _metadata=self.chunk_metadata,
         )
 
+    def show(self, path: str | None = None, **kwargs: Any) -> Any:
+        """Write an offline HTML map of this table (chunk bboxes coloured by file, a sample of
+        rows, a legend with row counts) and return it: a ``MapFile`` (``.path``; shown inline in
+        Jupyter). path: default a file under the storage root. kwargs: see
+        :func:`fused_celery.maps.table_map.show_table`."""
+        from fused_celery.maps.table_map import show_table
+
+        return show_table(self, path, **kwargs)
+
     def __repr__(self) -> str:
         return (
             f"Table(url={self.url!r}, num_files={self.num_files}, num_chunks={self.num_chunks}, "

@@ -300,3 +300,12 @@ def test_demo_result_map(tmp_path: Path):
     radii = sorted({a["radius_m"] for a in args})
     positions = [html.index(f"<td>{r:g} m</td>") for r in radii]
     assert positions == sorted(positions)  # the legend lists radii in numeric order
+
+
+def test_table_show_writes_the_same_map(table: Table, tmp_path: Path):
+    shown = table.show(tmp_path / "shown.html")
+    assert shown.path == str(tmp_path / "shown.html")
+    html = shown.read_html()
+    total = int(get_chunks_metadata(table.url)["num_rows"].sum())
+    assert html.startswith(MARKER) and "fused-celery-legend" in html
+    assert f"{total:,}" in html and network_urls(html) == []
