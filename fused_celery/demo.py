@@ -23,12 +23,15 @@ if TYPE_CHECKING:
 def buffered_point(lon: float, lat: float, radius_m: float = 1000.0) -> dict:
     """Geodesic area (km²), perimeter (km), centroid and bbox of a ``radius_m`` buffer."""
     import pyproj
-    from shapely.geometry import Point
-    from shapely.ops import transform
+    import shapely
 
     local = pyproj.CRS.from_proj4(f"+proj=aeqd +lat_0={lat} +lon_0={lon} +units=m +ellps=WGS84")
     to_wgs84 = pyproj.Transformer.from_crs(local, "EPSG:4326", always_xy=True)
-    circle = transform(to_wgs84.transform, Point(0.0, 0.0).buffer(radius_m, quad_segs=16))
+    circle = shapely.transform(
+        shapely.Point(0.0, 0.0).buffer(radius_m, quad_segs=16),
+        to_wgs84.transform,
+        interleaved=False,
+    )
     area, perimeter = pyproj.Geod(ellps="WGS84").geometry_area_perimeter(circle)
     minx, miny, maxx, maxy = circle.bounds
     return {
