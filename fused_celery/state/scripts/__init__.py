@@ -6,7 +6,7 @@ Every atomic transition of a record (:mod:`fused_celery.state.pool_record`,
 and ARGV in order, an optional variadic tail of ARGV (groups of named fields) and the shared
 helper files (``_*.lua``) it uses. Python callers pass keys and arguments by name::
 
-    out = scripts.pool_cancel(client, keys=record.script_keys, args={"channel": channel})
+    out = scripts.pool_cancel(client, keys=record.keys, args={"channel": channel})
 
 and the Lua side reads them by name too, from a prologue the registry generates from the same
 declaration and puts before the helpers and the body (nothing in a ``.lua`` file depends on a
