@@ -62,6 +62,7 @@ from fused_celery.state.connection import check_reachable, mark_reachable, mask_
 from fused_celery.state.events import SMALL_POOL_ENTRIES, PoolEvents
 from fused_celery.state.keys import RECORD_VERSION
 from fused_celery.state.pool_record import (
+    INITIAL_STATE,
     PoolRecord,
     batch_positions,
     batch_task_id,
@@ -388,9 +389,9 @@ class CeleryEngine(Engine):
         if sub is None or time.monotonic() - sub[0] > PREFETCH_SECONDS or self._token() != sub[1]:
             return None
         n = self.spec.n
-        self._snapshot = (sub[0], 0, dict.fromkeys(map(str, range(n)), "pending|1||"), {}, {})
+        self._snapshot = (sub[0], 0, dict.fromkeys(map(str, range(n)), INITIAL_STATE), {}, {})
         self._read_token = sub[1]
-        return 0, {"pending": str(n)}
+        return 0, {PENDING: str(n)}
 
     def _token(self) -> tuple[int, int] | None:
         """The pool's event token, if this process already listens to the record's events
