@@ -22,18 +22,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fused_celery.execute import Outcome
+from fused_celery.state import statuses
 
-PENDING, RUNNING, SUCCESS, ERROR, TIMEOUT, CANCELLED = (
-    "pending",
-    "running",
-    "success",
-    "error",
-    "timeout",
-    "cancelled",
-)
-STATUSES: tuple[str, ...] = (PENDING, RUNNING, SUCCESS, ERROR, TIMEOUT, CANCELLED)
-FINISHED: frozenset[str] = frozenset({SUCCESS, ERROR, TIMEOUT, CANCELLED})
-FAILED: frozenset[str] = frozenset({ERROR, TIMEOUT})
+# The entry statuses, declared in fused_celery.state.statuses; re-exported under their old names.
+PENDING = statuses.PENDING
+RUNNING = statuses.RUNNING
+SUCCESS = statuses.SUCCESS
+ERROR = statuses.ERROR
+TIMEOUT = statuses.TIMEOUT
+CANCELLED = statuses.CANCELLED
+STATUSES: tuple[str, ...] = statuses.ENTRY_STATUSES
+FINISHED: frozenset[str] = statuses.ENTRY_FINISHED
+FAILED: frozenset[str] = statuses.ENTRY_FAILED
 
 
 @dataclass

@@ -4,10 +4,12 @@ This module knows Redis and the job keys of :mod:`fused_celery.state.keys` (``fc
 Celery: the client that submits a job, the workers that run its stages, and any process that
 follows it by id (``fused_celery.api.job_*``) all go through :class:`JobRecord`.
 
-Statuses: ``Pending`` (created, no stage started) -> ``Running`` (first ``start_stage``) -> one of
-``Done``, ``Failed``, ``Canceled`` (terminal; the first :meth:`JobRecord.finish` wins).
+Statuses (:mod:`fused_celery.state.statuses`): ``Pending`` (created, no stage started) ->
+``Running`` (first ``start_stage``) -> one of ``Done``, ``Failed``, ``Canceled`` (terminal; the
+first :meth:`JobRecord.finish` wins).
 
-Every write is one Lua script, so it is atomic and idempotent where redeliveries need it
+Every write is one Lua script (``scripts/job_*.lua``, declared in
+:mod:`fused_celery.state.scripts`), so it is atomic and idempotent where redeliveries need it
 (``start_stage`` per stage name, ``task_done`` per task key, ``finish`` first-wins). Each script
 first checks that the record exists, so a late write never recreates part of an expired job (it
 raises :class:`~fused_celery.errors.JobNotFoundError` instead), and renews the TTL
@@ -18,21 +20,22 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 import uuid
 from typing import Any
 
-import redis
 from pydantic import BaseModel, Field
 
 from fused_celery.errors import BrokerUnavailableError, JobNotFoundError
 from fused_celery.options import options
-from fused_celery.state import keys
-from fused_celery.state.pool_record import check_reachable, mask_url, redis_client
+from fused_celery.state import keys, scripts, statuses
+from fused_celery.state.connection import check_reachable, mask_url, redis_client
+from fused_celery.state.scripts import Script
+from fused_celery.state.statuses import JOB_PENDING
 
-JOB_STATUSES: tuple[str, ...] = ("Pending", "Running", "Done", "Failed", "Canceled")
-TERMINAL: frozenset[str] = frozenset({"Done", "Failed", "Canceled"})
+#: Job statuses, and the terminal ones (declared in :mod:`fused_celery.state.statuses`).
+JOB_STATUSES = statuses.JOB_STATUSES
+TERMINAL = statuses.JOB_TERMINAL
 
 #: Log lines kept per job (older ones are dropped).
 MAX_LOG_LINES = 10_000
@@ -74,175 +77,6 @@ RESERVED_FIELDS: frozenset[str] = frozenset(
 )
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
-
-# --------------------------------------------------------------------------- Lua
-# KEYS: meta stages done failed errors logs (keys.JOB_PARTS order). ARGV[1] is always the TTL,
-# ARGV[2] the time (epoch seconds); scripts return -1 when the record does not exist.
-
-_LUA_COMMON = """
-local TERMINAL = {Done = true, Failed = true, Canceled = true}
-local function refresh(ttl)
-  for i = 1, 6 do redis.call('EXPIRE', KEYS[i], ttl) end
-end
-local function append_log(now, level, message)
-  local seq = redis.call('HINCRBY', KEYS[1], 'log_seq', 1)
-  local ts_ms = math.floor(tonumber(now) * 1000)
-  redis.call('RPUSH', KEYS[6], cjson.encode({seq = seq, ts_ms = ts_ms, level = level,
-                                             message = message}))
-  redis.call('LTRIM', KEYS[6], -tonumber(ARGV[3]), -1)
-end
-local function finish(now, status, reason, result)
-  redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now, 'last_progress_at', now)
-  if reason ~= '' then redis.call('HSET', KEYS[1], 'reason', reason) end
-  if result ~= '' then redis.call('HSET', KEYS[1], 'result', result) end
-  local line = 'job ' .. status
-  if reason ~= '' then line = line .. ': ' .. reason end
-  local level = 'INFO'
-  if status == 'Failed' then level = 'ERROR' end
-  append_log(now, level, line)
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-"""
-
-# ARGV: ttl now logcap | fields... (field, value pairs). KEYS[7]: the jobs index.
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[7], ARGV[2], redis.call('HGET', KEYS[1], 'job_id'))
-redis.call('ZREMRANGEBYRANK', KEYS[7], 0, -tonumber(ARGV[3]) - 1)
-return 1
-"""
-
-# ARGV: ttl now logcap stage total
-_START_STAGE = (
-    _LUA_COMMON
-    + """
-local status = redis.call('HGET', KEYS[1], 'status')
-if TERMINAL[status] then return 0 end
-if redis.call('HSETNX', KEYS[2], ARGV[4], ARGV[5]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'total_tasks', ARGV[5])
-redis.call('HSET', KEYS[1], 'stage', ARGV[4], 'last_progress_at', ARGV[2])
-if status == 'Pending' then
-  redis.call('HSET', KEYS[1], 'status', 'Running')
-  redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
-end
-append_log(ARGV[2], 'INFO', 'stage ' .. ARGV[4] .. ': ' .. ARGV[5] .. ' tasks')
-refresh(ARGV[1])
-return 1
-"""
-)
-
-# ARGV: ttl now logcap task_key
-_TASK_DONE = (
-    _LUA_COMMON
-    + """
-local added = redis.call('SADD', KEYS[3], ARGV[4])
-redis.call('HSET', KEYS[1], 'last_progress_at', ARGV[2])
-refresh(ARGV[1])
-return added
-"""
-)
-
-# ARGV: ttl now logcap task_key error max_errors log_line
-_TASK_FAILED = (
-    _LUA_COMMON
-    + """
-redis.call('SADD', KEYS[3], ARGV[4])
-local first = redis.call('SADD', KEYS[4], ARGV[4])
-if redis.call('HEXISTS', KEYS[5], ARGV[4]) == 1
-   or redis.call('HLEN', KEYS[5]) < tonumber(ARGV[6]) then
-  redis.call('HSET', KEYS[5], ARGV[4], ARGV[5])
-end
-redis.call('HSET', KEYS[1], 'last_progress_at', ARGV[2])
-if first == 1 then append_log(ARGV[2], 'ERROR', ARGV[7]) end
-refresh(ARGV[1])
-return first
-"""
-)
-
-# ARGV: ttl now logcap level message
-_LOG = (
-    _LUA_COMMON
-    + """
-append_log(ARGV[2], ARGV[4], ARGV[5])
-refresh(ARGV[1])
-return 1
-"""
-)
-
-# ARGV: ttl now logcap status reason result
-_FINISH = (
-    _LUA_COMMON
-    + """
-if TERMINAL[redis.call('HGET', KEYS[1], 'status')] then return 0 end
-finish(ARGV[2], ARGV[4], ARGV[5], ARGV[6])
-refresh(ARGV[1])
-return 1
-"""
-)
-
-# ARGV: ttl now logcap
-_REQUEST_CANCEL = (
-    _LUA_COMMON
-    + """
-local status = redis.call('HGET', KEYS[1], 'status')
-if TERMINAL[status] then return 0 end
-if redis.call('HSETNX', KEYS[1], 'cancel_requested', '1') == 1 then
-  append_log(ARGV[2], 'WARNING', 'cancel requested')
-end
-if status == 'Pending' then finish(ARGV[2], 'Canceled', 'canceled before it started', '') end
-refresh(ARGV[1])
-return 1
-"""
-)
-
-# ARGV: ttl now logcap | field, value pairs (empty: only the heartbeat)
-_SET_FIELDS = (
-    _LUA_COMMON
-    + """
-if #ARGV == 3 then redis.call('HSET', KEYS[1], 'last_progress_at', ARGV[2]) end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-refresh(ARGV[1])
-return 1
-"""
-)
-
-# KEYS: meta logs ; ARGV: seq. Returns {log_seq, lines after seq...} (read only).
-_LOGS_AFTER = """
-local total = tonumber(redis.call('HGET', KEYS[1], 'log_seq') or '0')
-local k = total - tonumber(ARGV[1])
-local out = {total}
-if k <= 0 then return out end
-for _, line in ipairs(redis.call('LRANGE', KEYS[2], -k, -1)) do out[#out + 1] = line end
-return out
-"""
-
-
-class _Scripts:
-    def __init__(self, client: redis.Redis) -> None:
-        self.create = client.register_script(_CREATE)
-        self.start_stage = client.register_script(_START_STAGE)
-        self.task_done = client.register_script(_TASK_DONE)
-        self.task_failed = client.register_script(_TASK_FAILED)
-        self.log = client.register_script(_LOG)
-        self.finish = client.register_script(_FINISH)
-        self.request_cancel = client.register_script(_REQUEST_CANCEL)
-        self.set_fields = client.register_script(_SET_FIELDS)
-        self.logs_after = client.register_script(_LOGS_AFTER)
-
-
-_scripts: dict[int, _Scripts] = {}
-_scripts_lock = threading.Lock()
-
-
-def _scripts_for(client: redis.Redis) -> _Scripts:
-    with _scripts_lock:
-        found = _scripts.get(id(client))
-        if found is None:
-            found = _scripts[id(client)] = _Scripts(client)
-        return found
-
 
 # --------------------------------------------------------------------------- snapshot
 
@@ -292,7 +126,7 @@ def _snapshot_from(
         job_id=job_id,
         job_name=meta.get("name") or None,
         kind=meta.get("kind") or None,
-        status=meta.get("status", "Pending"),
+        status=meta.get("status", JOB_PENDING),
         total_tasks=int(meta.get("total_tasks") or 0),
         finished_tasks=int(done),
         failed_tasks=int(failed),
@@ -358,7 +192,6 @@ class JobRecord:
         self.client = redis_client(self.url)
         self.keys = keys.job_keys(job_id)
         self._key_list = list(self.keys.values())
-        self._scripts = _scripts_for(self.client)
 
     # ------------------------------------------------------------------ create / open
 
@@ -395,7 +228,7 @@ class JobRecord:
             "job_id": job_id,
             "kind": kind,
             "config": json.dumps(config),
-            "status": "Pending",
+            "status": JOB_PENDING,
             "total_tasks": "0",
             "created_at": repr(now),
             "log_seq": "0",
@@ -404,10 +237,16 @@ class JobRecord:
         for field, value in (("name", name), ("instance_type", instance_type), ("output", output)):
             if value is not None:
                 fields[field] = str(value)
-        argv: list[Any] = [keys.record_ttl(), repr(now), MAX_INDEXED_JOBS]
-        for field, value in fields.items():
-            argv += [field, value]
-        created = record._scripts.create(keys=[*record._key_list, keys.JOBS_INDEX], args=argv)
+        created = scripts.job_create(
+            record.client,
+            keys={"meta": record.keys["meta"], "jobs": keys.JOBS_INDEX},
+            args={
+                "ttl": keys.record_ttl(),
+                "now": repr(now),
+                "max_indexed": MAX_INDEXED_JOBS,
+                "fields": fields.items(),
+            },
+        )
         if not created:
             raise ValueError(f"a job with id {job_id!r} already exists; use another job_id")
         return record
@@ -446,10 +285,10 @@ class JobRecord:
         pipe.zrem(keys.JOBS_INDEX, self.job_id)
         pipe.execute()
 
-    def _run(self, script: Any, *args: Any) -> int:
-        out = script(
-            keys=self._key_list, args=[keys.record_ttl(), repr(time.time()), MAX_LOG_LINES, *args]
-        )
+    def _run(self, script: Script, **args: Any) -> int:
+        """Run a write script (declared with ttl, now, log_cap first; ``args``: the rest)."""
+        args.update(ttl=keys.record_ttl(), now=repr(time.time()), log_cap=MAX_LOG_LINES)
+        out = script(self.client, keys=self.keys, args=args)
         if out == -1:
             raise self.not_found()
         return int(out)
@@ -463,11 +302,11 @@ class JobRecord:
         Returns True when recorded by this call."""
         if total < 0:
             raise ValueError(f"total must be >= 0, not {total}")
-        return bool(self._run(self._scripts.start_stage, stage, int(total)))
+        return bool(self._run(scripts.job_start_stage, stage=stage, total=int(total)))
 
     def task_done(self, task_key: str) -> bool:
         """Mark task ``task_key`` finished (idempotent); True the first time."""
-        return bool(self._run(self._scripts.task_done, task_key))
+        return bool(self._run(scripts.job_task_done, task_key=task_key))
 
     def task_failed(self, task_key: str, error: str) -> bool:
         """Mark task ``task_key`` failed with ``error`` (text capped at ``MAX_ERROR_CHARS``): it
@@ -475,12 +314,24 @@ class JobRecord:
         error = _text(error, MAX_ERROR_CHARS)
         first = error.strip().splitlines()[-1:] or [""]
         line = _text(f"task {task_key} failed: {first[0]}", 600)
-        return bool(self._run(self._scripts.task_failed, task_key, error, MAX_ERRORS, line))
+        return bool(
+            self._run(
+                scripts.job_task_failed,
+                task_key=task_key,
+                error=error,
+                max_errors=MAX_ERRORS,
+                log_line=line,
+            )
+        )
 
     def log(self, message: str, level: str = "INFO") -> None:
         """Append a log line (``message`` capped at ``MAX_LOG_MESSAGE_CHARS``; the newest
         ``MAX_LOG_LINES`` lines are kept). level: default ``"INFO"``."""
-        self._run(self._scripts.log, str(level).upper(), _text(message, MAX_LOG_MESSAGE_CHARS))
+        self._run(
+            scripts.job_log,
+            level=str(level).upper(),
+            message=_text(message, MAX_LOG_MESSAGE_CHARS),
+        )
 
     def finish(
         self, status: str, *, reason: str | None = None, result: dict[str, Any] | None = None
@@ -492,17 +343,19 @@ class JobRecord:
             raise ValueError(f"status must be one of {sorted(TERMINAL)}, not {status!r}")
         reason_text = "" if reason is None else _text(reason, MAX_REASON_CHARS)
         result_text = "" if result is None else json.dumps(result)
-        return bool(self._run(self._scripts.finish, status, reason_text, result_text))
+        return bool(
+            self._run(scripts.job_finish, status=status, reason=reason_text, result=result_text)
+        )
 
     def request_cancel(self) -> bool:
         """Set the durable cancel flag; a ``Pending`` job is finished ``Canceled`` at once (a
         running one is stopped by its pipeline, which checks :attr:`cancel_requested`).
         Returns False when the job was already terminal (then nothing changes)."""
-        return bool(self._run(self._scripts.request_cancel))
+        return bool(self._run(scripts.job_request_cancel))
 
     def touch(self) -> None:
         """Heartbeat: set ``last_progress_at`` to now."""
-        self._run(self._scripts.set_fields)
+        self._run(scripts.job_set_fields, fields=())
 
     def set_fields(self, **fields: str | int | float) -> None:
         """Set small extra ``meta`` fields (e.g. ``stage_deadline``); names the record manages
@@ -512,10 +365,8 @@ class JobRecord:
             raise ValueError(f"fields {reserved} are managed by JobRecord; use another name")
         if not fields:
             return
-        argv: list[Any] = []
-        for field, value in fields.items():
-            argv += [field, repr(value) if isinstance(value, float) else str(value)]
-        self._run(self._scripts.set_fields, *argv)
+        pairs = [(f, repr(v) if isinstance(v, float) else str(v)) for f, v in fields.items()]
+        self._run(scripts.job_set_fields, fields=pairs)
 
     # ------------------------------------------------------------------ reads
 
@@ -565,7 +416,7 @@ class JobRecord:
 
     def logs_after(self, seq: int) -> tuple[int, list[dict[str, Any]]]:
         """``(latest seq, kept lines with seq > seq)`` in one round trip (for tailing)."""
-        out = self._scripts.logs_after(keys=[self.keys["meta"], self.keys["logs"]], args=[seq])
+        out = scripts.job_logs_after(self.client, keys=self.keys, args={"seq": seq})
         return int(out[0]), _parse_logs(out[1:])
 
     def poll(
@@ -575,9 +426,7 @@ class JobRecord:
         :meth:`snapshot` (default False)."""
         pipe = self.client.pipeline(transaction=True)
         self._queue_snapshot(pipe, errors)
-        self._scripts.logs_after(
-            keys=[self.keys["meta"], self.keys["logs"]], args=[seq], client=pipe
-        )
+        scripts.job_logs_after(pipe, keys=self.keys, args={"seq": seq})
         replies = pipe.execute()
         snap = self._build_snapshot(replies[:-1], errors)
         out = replies[-1]

@@ -33,10 +33,10 @@ key              type     holds
 ``P:counts``     hash     status -> number of entries (kept in step with ``state`` by the scripts)
 ``P:version``    string   counter, incremented on every state change
 ``P:events``     channel  PUBLISHed (the new version) when entries finish, are cancelled or retried;
-                          a worker's finish in a small pool (``record.SMALL_POOL_ENTRIES``)
+                          a worker's finish in a small pool (``events.SMALL_POOL_ENTRIES``)
                           publishes JSON ``{v, c, s, o, l}`` instead: the version and the
                           ``counts``, ``state``, ``outcome`` and ``logs`` hashes, when that fits
-                          in ``record.EVENT_PAYLOAD_MAX_BYTES``
+                          in ``events.EVENT_PAYLOAD_MAX_BYTES``
 ``fc:tomb:<id>`` string   creation time; outlives the record by ``TOMBSTONE_GRACE`` so that
                           reading an expired pool can say "expired"
 ``fc:pools``     zset     pool id -> creation time (listing; trimmed to ``result_expires``)
@@ -100,7 +100,7 @@ TOMBSTONE_GRACE = 30 * 24 * 3600
 #: Bumped when the layout changes incompatibly; stored in ``meta.version``.
 RECORD_VERSION = 1
 
-#: Parts of a pool record, in the order the Lua scripts expect them.
+#: Parts of a pool record (the scripts of :mod:`fused_celery.state.scripts` name them).
 PARTS: tuple[str, ...] = (
     "meta",
     "args",
@@ -183,7 +183,7 @@ def tombstone_ttl() -> int:
 #: Index of jobs by creation time (``fused_celery.api.get_jobs``).
 JOBS_INDEX = f"{PREFIX}:jobs"
 
-#: Parts of a job record, in the order the job Lua scripts expect them (``KEYS[1..6]``).
+#: Parts of a job record (the job scripts of :mod:`fused_celery.state.scripts` name them).
 JOB_PARTS: tuple[str, ...] = ("meta", "stages", "done", "failed", "errors", "logs")
 
 

@@ -53,28 +53,23 @@ from fused_celery.engines.base import (
     EntryState,
     PoolSpec,
 )
+from fused_celery.engines.celery.lost import find_lost
 from fused_celery.errors import BrokerUnavailableError, UdfRuntimeError
 from fused_celery.execute import Outcome
 from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, options
 from fused_celery.result_cache import cache_key
+from fused_celery.state.connection import check_reachable, mark_reachable, mask_url, redis_client
+from fused_celery.state.events import SMALL_POOL_ENTRIES, PoolEvents
 from fused_celery.state.keys import RECORD_VERSION
 from fused_celery.state.pool_record import (
-    SMALL_POOL_ENTRIES,
-    PoolEvents,
+    INITIAL_STATE,
     PoolRecord,
     batch_positions,
     batch_task_id,
     canonical_json,
-    check_reachable,
-    find_lost,
-    load_value,
-    mark_reachable,
-    mask_url,
     parse_state,
-    redis_client,
 )
-
-_OUTCOME_STATUSES = frozenset({"success", "error", "timeout"})
+from fused_celery.state.statuses import ENTRY_WITH_OUTCOME as _OUTCOME_STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +80,7 @@ LOST_CHECK_SECONDS = 10.0
 #: Pools of at most this many entries read their states, outcomes and logs together with the
 #: counts (one round trip instead of three when a waiter sees the pool finished; what a
 #: single call, ``udf(x, engine="remote")``, waits for), or take them from the event that woke
-#: the waiter, which carries them (no round trip; see ``record._FINISH``).
+#: the waiter, which carries them (no round trip; see ``state/scripts/pool_finish.lua``).
 PREFETCH_MAX_ENTRIES = SMALL_POOL_ENTRIES
 
 #: ``submit`` skips its PING of the broker (and result backend) when Redis there answered
@@ -97,6 +92,15 @@ REACHABLE_SECONDS = 1.0
 #: A prefetched snapshot serves at most one ``states()`` / ``outcomes()`` call, within this
 #: many seconds of the read.
 PREFETCH_SECONDS = 0.1
+
+
+def load_value(outcome: dict[str, Any]) -> dict[str, Any] | None:
+    """The codec envelope of a stored outcome, fetched from storage when it is a reference."""
+    if outcome.get("ref"):
+        from fused_celery import blobs
+
+        return blobs.load_envelope(outcome["ref"])
+    return outcome.get("value")
 
 
 def _queue_for(spec: PoolSpec) -> str:
@@ -385,9 +389,9 @@ class CeleryEngine(Engine):
         if sub is None or time.monotonic() - sub[0] > PREFETCH_SECONDS or self._token() != sub[1]:
             return None
         n = self.spec.n
-        self._snapshot = (sub[0], 0, dict.fromkeys(map(str, range(n)), "pending|1||"), {}, {})
+        self._snapshot = (sub[0], 0, dict.fromkeys(map(str, range(n)), INITIAL_STATE), {}, {})
         self._read_token = sub[1]
-        return 0, {"pending": str(n)}
+        return 0, {PENDING: str(n)}
 
     def _token(self) -> tuple[int, int] | None:
         """The pool's event token, if this process already listens to the record's events

@@ -28,17 +28,11 @@ from fused_celery.engines.base import FINISHED, Engine, PoolSpec
 from fused_celery.engines.celery.client import CeleryEngine, plan_lanes
 from fused_celery.errors import BrokerUnavailableError, PoolExpiredError, PoolNotFoundError
 from fused_celery.options import options
-from fused_celery.state import keys
+from fused_celery.state import connection, keys, scripts
 from fused_celery.state import pool_record as record
-from fused_celery.state.pool_record import (
-    CREATE_KEYS,
-    EVENT_PAYLOAD_MAX_BYTES,
-    STATUSES,
-    PoolEvents,
-    canonical_json,
-    check_reachable,
-    mark_reachable,
-)
+from fused_celery.state.events import EVENT_PAYLOAD_MAX_BYTES, PoolEvents
+from fused_celery.state.pool_record import canonical_json
+from fused_celery.state.statuses import ENTRY_STATUSES
 
 DOUBLE = {
     "name": "f",
@@ -110,13 +104,6 @@ def test_plan_lanes() -> None:
     assert plan_lanes(3, 1, 8) == (1, 0)
 
 
-def test_key_names_are_documented() -> None:
-    doc = keys.__doc__ or ""
-    for part in keys.PARTS:
-        assert f"``P:{part}``" in doc, part
-    assert keys.pool_key("abc", "state") == "fc:pool:abc:state"
-
-
 def test_unreachable_broker_names_url_and_writes_nothing(fused_options: Any) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     options.broker_url = dead
@@ -124,18 +111,6 @@ def test_unreachable_broker_names_url_and_writes_nothing(fused_options: Any) -> 
     engine = make_engine("celery", spec_for(3))
     with pytest.raises(BrokerUnavailableError, match=dead.replace("/", "/")):
         engine.submit()
-
-
-def test_recent_answer_skips_the_ping_only_when_asked() -> None:
-    dead = f"redis://127.0.0.1:{free_port()}/0"
-    with pytest.raises(BrokerUnavailableError, match=str(dead.split(":")[2])):
-        check_reachable(dead, recent=1.0)  # never answered: pinged, and named
-    mark_reachable(dead)
-    check_reachable(dead, recent=1.0)  # answered "just now": trusted without a round trip
-    with pytest.raises(BrokerUnavailableError):
-        check_reachable(dead)  # recent=0 (the default) always pings
-    with pytest.raises(BrokerUnavailableError):
-        check_reachable(dead, recent=1.0)  # the failed ping forgot the answer
 
 
 def test_submits_in_a_row_ping_once(fused_options: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,7 +123,7 @@ def test_submits_in_a_row_ping_once(fused_options: Any, monkeypatch: pytest.Monk
 
     make_engine("celery", spec_for(1)).submit()  # (kombu pings when it opens its channel)
     monkeypatch.setattr(redis.Redis, "ping", counted)
-    monkeypatch.setattr(record, "_answered", {})  # forget the answers seen so far
+    monkeypatch.setattr(connection, "_answered", {})  # forget the answers seen so far
     for _ in range(3):
         make_engine("celery", spec_for(1)).submit()
     assert pings == ["ping"], "the first submit pings; the next ones trust its answer"
@@ -160,7 +135,7 @@ def test_record_layout_at_submit(
 ) -> None:
     """Submit writes every key of the record with its TTL (no workers: nothing runs), the same
     way for small pools (one script) and large ones (native writes, then the script)."""
-    assert sorted(CREATE_KEYS) == sorted(keys.PARTS)
+    assert scripts.pool_create.keys == (*keys.PARTS, "tomb", "pools")
     monkeypatch.setattr(record, "CREATE_INLINE_MAX", 1000 if inline else 0)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     engine = make_engine("celery", spec_for(7, batch_size=2, max_workers=2))
@@ -172,7 +147,9 @@ def test_record_layout_at_submit(
     assert client.zscore(keys.POOLS_INDEX, pid) == pytest.approx(engine.spec.created_at)
     assert client.lrange(k["args"], 0, -1) == [canonical_json(e) for e in engine.spec.encoded]
     assert client.hgetall(k["state"]) == {str(p): "pending|1||" for p in range(7)}
-    assert client.hgetall(k["counts"]) == {s: "7" if s == "pending" else "0" for s in STATUSES}
+    assert client.hgetall(k["counts"]) == {
+        s: "7" if s == "pending" else "0" for s in ENTRY_STATUSES
+    }
     assert client.get(k["version"]) == "0"
     meta = client.hgetall(k["meta"])
     assert (meta["n"], meta["batch_size"], meta["lanes"]) == ("7", "2", "2")
@@ -608,7 +585,8 @@ def test_lost_messages_are_republished_by_a_waiting_client(
     fused_options: Any, celery_workers: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from fused_celery.engines.celery import client as celery_engine
-    from fused_celery.state.pool_record import find_lost, redis_client
+    from fused_celery.engines.celery.lost import find_lost
+    from fused_celery.state.connection import redis_client
 
     monkeypatch.setattr(celery_engine, "LOST_CHECK_SECONDS", 0.5)
     engine = make_engine("celery", spec_for(30, max_workers=4))

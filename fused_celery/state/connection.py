@@ -1,0 +1,117 @@
+"""Redis connections of the state package: shared clients, reachability checks, URL masking.
+
+:func:`redis_client` is the one constructor of the clients that read and write records (shared
+per URL, retrying through short outages). :func:`check_reachable` PINGs a URL with a separate
+probe client (no retries, short timeouts) so that a dead server is reported at once, naming the
+URL. :func:`mask_url` is how every message names a URL: a password never appears in an error, a
+log line or a thread name.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from fused_celery.errors import BrokerUnavailableError
+
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
+def mask_url(url: str | None) -> str:
+    """``url`` with any password replaced by ``***`` (for error messages)."""
+    if not url:
+        return repr(url)
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+            return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        pass
+    return url
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A shared client for ``url`` that rides out short outages.
+
+    Commands are retried with exponential backoff (about 30 s in all) on connection errors, so a
+    Redis restart does not fail a running pool.
+    """
+    with _clients_lock:
+        client = _clients.get(url)
+        if client is None:
+            client = redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_connect_timeout=5,
+                socket_timeout=60,
+                health_check_interval=30,
+                retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=30),
+                retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+            )
+            _clients[url] = client
+        return client
+
+
+_probes: dict[str, redis.Redis] = {}
+
+#: ``url`` -> ``time.monotonic()`` when Redis there last answered (see :func:`mark_reachable`).
+_answered: dict[str, float] = {}
+
+
+def mark_reachable(url: str | None) -> None:
+    """Remember that Redis at ``url`` just answered a command (see ``check_reachable(recent=)``)."""
+    if url:
+        _answered[url] = time.monotonic()
+
+
+def check_reachable(
+    url: str | None, timeout: float = 2.0, *, what: str = "broker", recent: float = 0.0
+) -> None:
+    """Raise :class:`BrokerUnavailableError` naming ``url`` unless Redis answers PING there.
+
+    timeout: seconds to wait (default 2). what: how to call the server in the message.
+    recent: skip the PING when Redis at ``url`` answered (a PING, or a command reported with
+    :func:`mark_reachable`) within that many seconds (default 0: always PING).
+    The probe client (no retries, short timeouts) is kept, so a check costs one round trip.
+    """
+    if not url:
+        raise BrokerUnavailableError(
+            f"no {what} URL configured: set fused_celery.options.broker_url or "
+            "FUSED_CELERY_BROKER_URL (e.g. redis://127.0.0.1:6379/0)"
+        )
+    if recent > 0 and time.monotonic() - _answered.get(url, -math.inf) < recent:
+        return
+    with _clients_lock:
+        probe = _probes.get(url)
+        if probe is None:
+            try:
+                probe = redis.Redis.from_url(
+                    url,
+                    socket_connect_timeout=timeout,
+                    socket_timeout=timeout,
+                    retry=None,
+                    retry_on_timeout=False,
+                )
+            except ValueError as exc:
+                raise BrokerUnavailableError(
+                    f"{what} URL {mask_url(url)} is malformed: {exc}"
+                ) from None
+            _probes[url] = probe
+    try:
+        probe.ping()
+    except (redis.exceptions.RedisError, OSError) as exc:
+        probe.connection_pool.disconnect()
+        _answered.pop(url, None)
+        raise BrokerUnavailableError(
+            f"the {what} at {mask_url(url)} does not answer ({exc}); start Redis (for example "
+            "`fused-celery up`) or fix FUSED_CELERY_BROKER_URL"
+        ) from None
+    mark_reachable(url)

@@ -1,0 +1,53 @@
+"""Redis connections of the state package: shared clients, reachability, URL masking."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from fused_celery.errors import BrokerUnavailableError
+from fused_celery.state.connection import check_reachable, mark_reachable, mask_url, redis_client
+
+
+def dead_url(password: str = "") -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    auth = f":{password}@" if password else ""
+    return f"redis://{auth}127.0.0.1:{port}/0"
+
+
+def test_mask_url_hides_the_password() -> None:
+    assert mask_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
+    assert mask_url("redis://user:s3cret@host/1") == "redis://user:***@host/1"
+    assert mask_url("redis://host:6379/0") == "redis://host:6379/0"
+    assert mask_url(None) == "None" and mask_url("") == "''"
+
+
+def test_check_reachable(redis_url: str) -> None:
+    check_reachable(redis_url)  # answers
+    with pytest.raises(BrokerUnavailableError, match="no result backend URL configured"):
+        check_reachable(None, what="result backend")
+    url = dead_url("s3cret")
+    with pytest.raises(BrokerUnavailableError, match=r"\*\*\*.*does not answer") as info:
+        check_reachable(url)
+    assert "s3cret" not in str(info.value)
+
+
+def test_recent_answer_skips_the_ping_only_when_asked() -> None:
+    dead = dead_url()
+    with pytest.raises(BrokerUnavailableError, match=str(dead.split(":")[2])):
+        check_reachable(dead, recent=1.0)  # never answered: pinged, and named
+    mark_reachable(dead)
+    check_reachable(dead, recent=1.0)  # answered "just now": trusted without a round trip
+    with pytest.raises(BrokerUnavailableError):
+        check_reachable(dead)  # recent=0 (the default) always pings
+    with pytest.raises(BrokerUnavailableError):
+        check_reachable(dead, recent=1.0)  # the failed ping forgot the answer
+
+
+def test_one_client_per_url(redis_url: str) -> None:
+    client = redis_client(redis_url)
+    assert redis_client(redis_url) is client
+    assert client.ping() and client.get_encoder().decode_responses
