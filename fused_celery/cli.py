@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except Exception as exc:
         from fused_celery.celery_app import broker_connection_errors
-        from fused_celery.state.pool_record import mask_url
+        from fused_celery.state.connection import mask_url
 
         if not isinstance(exc, broker_connection_errors()):
             raise

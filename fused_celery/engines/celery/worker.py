@@ -59,6 +59,7 @@ from fused_celery.state.pool_record import (
     PoolRecord,
     parse_state,
 )
+from fused_celery.state.statuses import ERROR, PENDING, RUNNING, SUCCESS, TIMEOUT
 
 logger = logging.getLogger(__name__)
 
@@ -192,11 +193,11 @@ class _Recorder:
         if status is None:
             err = stored.get("error") or {}
             status = (
-                "success"
+                SUCCESS
                 if stored["ok"]
-                else "timeout"
+                else TIMEOUT
                 if err.get("type") == "UdfTimeoutError"
-                else "error"
+                else ERROR
             )
         row = {
             "pos": pos,
@@ -206,7 +207,7 @@ class _Recorder:
             "started": out.get("started"),
             "finished": out.get("finished"),
         }
-        if status != "success" and attempt <= self.max_retry:
+        if status != SUCCESS and attempt <= self.max_retry:
             self.retries.append(
                 {**row, "mode": "retry", "json": _history(status, stored, out, self.host)}
             )
@@ -353,7 +354,7 @@ def _run(
                 recorder.add(
                     pos,
                     {"logs": "", "started": now, "finished": now},
-                    "timeout",
+                    TIMEOUT,
                     {"ok": False, "value": None, "error": _timeout_error(limit_text)},
                 )
 
@@ -433,14 +434,14 @@ class EntriesTask(Task):
             if meta is None:
                 return
             if isinstance(exc, (TimeLimitExceeded, SoftTimeLimitExceeded)):
-                status = "timeout"
+                status = TIMEOUT
                 error = _timeout_error(
                     "the entry ran longer than the time limit "
                     f"({float(meta.get('time_limit') or 0):g} s) and its process was stopped",
                     type(exc).__name__,
                 )
             else:
-                status = "error"
+                status = ERROR
                 error = UdfRuntimeError(
                     f"the worker failed outside the UDF: {exc!r}",
                     child_exception_class=type(exc).__name__,
@@ -462,7 +463,7 @@ class EntriesTask(Task):
                 if state is None:
                     continue
                 current, current_attempt, _, _ = parse_state(state)
-                if current_attempt != attempt_of[pos] or current not in ("running", "pending"):
+                if current_attempt != attempt_of[pos] or current not in (RUNNING, PENDING):
                     continue  # finished (or superseded) before the failure: nothing to redo
                 recorder.add(
                     pos,
@@ -591,7 +592,7 @@ def run_message(
         recorder.add(
             pos,
             {"logs": "", "started": None, "finished": now},
-            "error",
+            ERROR,
             {"ok": False, "value": None, "error": err},
         )
     if to_run:
