@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fused_celery import codec
+from fused_celery.collect import CONSTANT_ARGS_KEY
 from fused_celery.errors import (
     UdfArgumentError,
     UdfDefinitionError,
@@ -259,8 +260,11 @@ class Udf(BaseModel):
         entries = self.entries(arg_list, kwargs)
         encoded = _encode_entries(entries, const, set(kwargs))
         age = parse_cache_max_age(cache_max_age)
+        wire = self.wire()
+        if kwargs:  # so that collect()/arg_df() index by the per-entry arguments only
+            wire["metadata"] = {**wire["metadata"], CONSTANT_ARGS_KEY: sorted(kwargs)}
         spec = PoolSpec(
-            udf=self.wire(),
+            udf=wire,
             args=entries,
             encoded=encoded,
             max_workers=max_workers,
