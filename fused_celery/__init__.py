@@ -30,6 +30,12 @@ _LAZY = {
         "fused_celery.partition.config",
         "GeospatialPartitionJobStepConfig",
     ),
+    # seed 000 (fused.models.api.job): the names users import
+    "JobStepConfig": ("fused_celery.jobs.step", "JobStepConfig"),
+    "PartitionJobStepConfig": ("fused_celery.partition.config", "PartitionJobStepConfig"),
+    "GDALOpenConfig": ("fused_celery.partition.config", "GDALOpenConfig"),
+    "SYSTEM_PARAMETER_NAMES": ("fused_celery.job_names", "SYSTEM_PARAMETER_NAMES"),
+    "WHITELISTED_INSTANCE_TYPES": ("fused_celery.job_names", "WHITELISTED_INSTANCE_TYPES"),
 }
 
 __all__ = ["options", "__version__", "Udf", "run", "udf", "udf_from_code", *_LAZY]

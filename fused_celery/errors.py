@@ -39,6 +39,7 @@ __all__ = [
     "JobFailedError",
     "JobCanceledError",
     "JobTimeoutError",
+    "InstanceTypeError",
     "CliError",
     "PortInUseError",
     "ClusterStartError",
@@ -241,6 +242,11 @@ class JobCanceledError(FusedError, RuntimeError):
 
 class JobTimeoutError(FusedError, TimeoutError):
     """Waiting for a job took longer than the ``timeout`` given; the job goes on running."""
+
+
+class InstanceTypeError(FusedError, ValueError):
+    """An ``engine`` or ``instance_type`` is not a whitelisted instance type; the message lists
+    the allowed ones."""
 
 
 # --- the command line and the local cluster ----------------------------------------------------
