@@ -123,7 +123,12 @@ class _Capture:
             self.warnings.append(f"{name} (source not readable)")
             return
         tree = ast.parse(source)
-        globals_ = getattr(obj, "__globals__", None) or vars(inspect.getmodule(obj) or builtins)
+        # a decorated helper (e.g. @fused.cache) resolves names in its own module, not in the
+        # decorator's: look through the wrapper
+        target = inspect.unwrap(obj) if callable(obj) else obj
+        globals_ = getattr(target, "__globals__", None) or vars(
+            inspect.getmodule(target) or builtins
+        )
         self.names(_referenced_names(tree), globals_, {name})
         self.helpers[name] = source.rstrip() + "\n"
 
