@@ -1,3 +1,5 @@
+# A UDF file as the Fused catalogue writes them: `fused` is provided by the runtime.
+# ruff: noqa: F821, B006
 @fused.udf
 def udf(bounds: fused.types.Bounds = [-0.113, 51.503, -0.099, 51.513], n: int = 2):
     import shapely
