@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -102,8 +103,8 @@ def _bounds_input(value: Any) -> Any:
         if value.get("type") == "Feature":
             return gpd.GeoDataFrame.from_features([value], crs=GEOJSON_CRS)
         return gpd.GeoDataFrame(geometry=[_to_geometry(value)], crs=GEOJSON_CRS)
-    if hasattr(value, "tolist") and hasattr(value, "ndim"):
-        return value.tolist()
+    if hasattr(value, "tolist") and hasattr(value, "ndim") and not hasattr(value, "total_bounds"):
+        return value.tolist()  # numpy arrays (a GeoSeries has total bounds of its own)
     return value
 
 
@@ -267,13 +268,18 @@ def to_tile_xyz(value: Any) -> Any:
     raise ValueError("expected (x, y, z), bounds [minx, miny, maxx, maxy] or a GeoDataFrame")
 
 
+def _none_passes(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """None is always accepted, as in the SDK (``bounds: fused.types.Bounds = None``)."""
+    return lambda value: None if value is None else convert(value)
+
+
 _PARAMETER_CONVERTERS: dict[Any, Callable[[Any], Any]] = {
-    fused_types.Bounds: to_bounds,
-    fused_types.Bbox: to_bbox,
-    fused_types.Tile: to_tile_gdf,
-    fused_types.TileGDF: to_tile_gdf,
-    fused_types.ViewportGDF: to_viewport_gdf,
-    fused_types.TileXYZ: to_tile_xyz,
+    fused_types.Bounds: _none_passes(to_bounds),
+    fused_types.Bbox: _none_passes(to_bbox),
+    fused_types.Tile: _none_passes(to_tile_gdf),
+    fused_types.TileGDF: _none_passes(to_tile_gdf),
+    fused_types.ViewportGDF: _none_passes(to_viewport_gdf),
+    fused_types.TileXYZ: _none_passes(to_tile_xyz),
 }
 
 # Annotations left as text (``from __future__ import annotations`` where ``fused`` is not a
@@ -282,6 +288,20 @@ _TEXT_ANNOTATIONS: dict[str, Any] = {}
 for _name in ("Bbox", "Bounds", "Tile", "TileGDF", "TileXYZ", "ViewportGDF"):
     for _prefix in ("", "fused.types.", "fused_celery.types.", "types."):
         _TEXT_ANNOTATIONS[_prefix + _name] = getattr(fused_types, _name)
+
+
+def _text_annotation(text: str) -> Any:
+    """A parameter type from annotation text (``"fused.types.Bounds"``, also inside
+    ``Optional[...]`` or ``... | None``); anything else counts as no annotation."""
+    name = text.strip().strip("'\"")
+    optional = re.fullmatch(r"(?:typing\.)?Optional\[(.+)\]", name)
+    if optional:
+        name = optional.group(1)
+    else:
+        parts = [p.strip() for p in name.split("|")]
+        if len(parts) == 2 and "None" in parts:
+            name = parts[0] if parts[1] == "None" else parts[1]
+    return _TEXT_ANNOTATIONS.get(name.strip().strip("'\""), inspect.Parameter.empty)
 
 
 def _special_converter(annotation: Any) -> Callable[[Any], Any] | None:
@@ -357,7 +377,7 @@ def _plan(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
             continue
         annotation = hints.get(param.name, param.annotation)
         if isinstance(annotation, str):  # unresolved text: the SDK's names, else unannotated
-            annotation = _TEXT_ANNOTATIONS.get(annotation.strip(), inspect.Parameter.empty)
+            annotation = _text_annotation(annotation)
         if annotation is inspect.Parameter.empty or annotation is Any:
             validators[param.name] = None
         else:
