@@ -73,9 +73,10 @@ def submit(
     ``options.resolved_default_engine``). instance_type: a whitelisted instance type's queue
     (``"realtime"``, the SDK's default, means none). max_workers / n_processes_per_worker /
     max_retry (default 2) / cache_max_age / cache (default True): as for ``udf.map``.
-    debug_mode: run only the first entry, in this process, and return its result (default
-    False). collect: wait and return ``pool.collect(ignore_exceptions, flatten, drop_index)``
-    (default True); False returns the :class:`~fused_celery.pool.JobPool` at once.
+    debug_mode: run only the first entry, with ``fused.run`` on ``engine``, and return its
+    result (default False). collect: wait and return
+    ``pool.collect(ignore_exceptions, flatten, drop_index)`` (default True); False returns the
+    :class:`~fused_celery.pool.JobPool` at once.
     execution_type: ``"thread_pool"`` or ``"async_loop"``, accepted for compatibility (both run
     the same way here). run_cache_max_age and the SDK's ``cache_reset`` / ``cache_verbose`` /
     ``cache_storage`` keyword arguments steer the SDK's client-side copy of results, which this
@@ -99,7 +100,13 @@ def submit(
                 stacklevel=2,
             )
         first = the_udf.entries(arg_list, kwargs)[0]
-        return the_udf(engine="local", cache_max_age=cache_max_age, cache=cache, **first)
+        return the_udf(
+            engine=engine,
+            instance_type=instance_type,
+            cache_max_age=cache_max_age,
+            cache=cache,
+            **first,
+        )
     pool = the_udf.map(
         arg_list,
         engine=engine,

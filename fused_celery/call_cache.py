@@ -37,6 +37,7 @@ import inspect
 import json
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -185,8 +186,9 @@ def cache_location(func: Callable[..., Any], cache_folder_path: str = "tmp") -> 
 # --------------------------------------------------------------------------- reading and writing
 
 
-def _read(url: str, max_age: float) -> tuple[bool, Any, float]:
-    """``(found, value, age_seconds)`` of a fresh entry at ``url``."""
+def _read(url: str, max_age: float, decode: bool = True) -> tuple[bool, Any, float]:
+    """``(found, value, age_seconds)`` of a fresh entry at ``url`` (value None unless
+    ``decode``). A cache that cannot be read is a miss, with a warning."""
     from fused_celery import storage
 
     try:
@@ -194,16 +196,23 @@ def _read(url: str, max_age: float) -> tuple[bool, Any, float]:
         age = time.time() - float(record["created"])
         if record.get("format") != _FORMAT or age > max_age:
             return False, None, age
-        return True, _unpack(record["value"]), age
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return True, (_unpack(record["value"]) if decode else None), age
+    except FileNotFoundError:
+        return False, None, 0.0
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        warnings.warn(f"@fused.cache: could not read {url} ({exc}); computing", stacklevel=4)
         return False, None, 0.0
 
 
 def _write(url: str, packed: dict[str, Any], name: str) -> None:
+    """Store one entry whole; a cache that cannot be written only costs a recomputation."""
     from fused_celery import storage
 
     record = {"format": _FORMAT, "created": time.time(), "function": name, "value": packed}
-    storage.write_bytes(url, json.dumps(record, separators=(",", ":")).encode(), durable=False)
+    try:
+        storage.write_bytes(url, json.dumps(record, separators=(",", ":")).encode())
+    except OSError as exc:
+        warnings.warn(f"@fused.cache: could not write {url} ({exc})", stacklevel=4)
 
 
 def _age_text(seconds: float) -> str:
@@ -268,7 +277,7 @@ class _Call:
                 "(Geo)DataFrames, Series, pyarrow Tables, shapely geometries, or lists, tuples "
                 "and dicts of these), or drop @fused.cache from this function"
             ) from None
-        if not self.reset and _read(url, self.max_age)[0]:
+        if not self.reset and _read(url, self.max_age, decode=False)[0]:
             return  # a concurrent call stored it meanwhile: keep that one
         _write(url, packed, self.name)
 
