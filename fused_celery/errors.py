@@ -39,6 +39,9 @@ __all__ = [
     "JobFailedError",
     "JobCanceledError",
     "JobTimeoutError",
+    "InstanceTypeError",
+    "CacheValueError",
+    "UdfLoadError",
     "CliError",
     "PortInUseError",
     "ClusterStartError",
@@ -241,6 +244,21 @@ class JobCanceledError(FusedError, RuntimeError):
 
 class JobTimeoutError(FusedError, TimeoutError):
     """Waiting for a job took longer than the ``timeout`` given; the job goes on running."""
+
+
+class CacheValueError(FusedError, TypeError):
+    """``@fused.cache`` was asked to store a return value it cannot encode; the message names
+    the type and lists what can be cached."""
+
+
+class UdfLoadError(FusedError, ValueError):
+    """``fused.load`` cannot make a UDF of what it was given (a URL it cannot reach, a file
+    without a ``@fused.udf`` function, a folder without its ``meta.json``...)."""
+
+
+class InstanceTypeError(FusedError, ValueError):
+    """An ``engine`` or ``instance_type`` is not a whitelisted instance type; the message lists
+    the allowed ones."""
 
 
 # --- the command line and the local cluster ----------------------------------------------------

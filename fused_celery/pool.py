@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from fused_celery import codec
-from fused_celery.collect import arg_names, build_frame
+from fused_celery.collect import arg_names, build_frame, constant_args
 from fused_celery.engines.base import (
     CANCELLED,
     FAILED,
@@ -323,9 +323,19 @@ class JobPool:
         end = max(ends) if ends else start
         return timedelta(seconds=max(0.0, end - start))
 
+    def _arg_keys(self) -> list[str]:
+        """The argument names given per entry (``arg_list``), in order of first appearance:
+        the constant keyword arguments of ``udf.map(..., **kwargs)`` are left out, as in the
+        reference SDK's ``arg_df``, ``logs_df`` and ``collect`` index."""
+        constants = set(constant_args(self._spec.udf))
+        return [k for k in arg_names(self._spec.args) if k not in constants]
+
     def arg_df(self) -> pd.DataFrame:
-        """The arguments as a DataFrame, one row per entry (index: position)."""
-        frame = pd.DataFrame(self._spec.args, columns=arg_names(self._spec.args))
+        """The arguments given per entry as a DataFrame, one row per entry (index: position;
+        constant keyword arguments of ``udf.map`` are not columns, as in the reference SDK)."""
+        keys = self._arg_keys()
+        rows = [{k: a[k] for k in keys if k in a} for a in self._spec.args]
+        frame = pd.DataFrame(rows, columns=keys)
         frame.index.name = "arg_pos"
         return frame
 
@@ -338,15 +348,24 @@ class JobPool:
         exception_column: str | None = None,
         include_exceptions: bool = True,
     ) -> pd.DataFrame:
-        """Arguments plus status, result, time and logs of every entry, as they are now.
+        """The :meth:`arg_df` columns, then status, time, result and logs of every entry as
+        they are now (the reference SDK's column order).
 
-        Each ``*_column`` names its column (None omits it). include_exceptions: show errors in
-        the result column (default True).
+        Each ``*_column`` names its column (None omits it). The time column holds run seconds
+        as floats (NaN while not finished), as in the reference SDK. include_exceptions: show
+        errors in the result column (default True). exception_column: also add a column of
+        errors (default None: none).
         """
         states, values = self._finished_values()
         frame = self.arg_df()
         if status_column:
             frame[status_column] = [s.status for s in states]
+        if time_column:
+            frame[time_column] = pd.Series(
+                [None if t is None else t.total_seconds() for t in self.times()],
+                index=frame.index,
+                dtype=float,
+            )
         if result_column:
             frame[result_column] = pd.Series(
                 [
@@ -359,8 +378,6 @@ class JobPool:
                 index=frame.index,
                 dtype=object,
             )
-        if time_column:
-            frame[time_column] = self.times()
         if logs_column:
             frame[logs_column] = self.logs()
         if exception_column:
@@ -402,6 +419,7 @@ class JobPool:
             [values[p] for p in positions],
             flatten=flatten,
             drop_index=drop_index,
+            keys=self._arg_keys(),
         )
         self.shutdown(wait=True)
         return frame

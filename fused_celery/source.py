@@ -2,8 +2,9 @@
 
 The reference SDK ships only the function body, so a UDF that uses a module-level import or helper
 fails with ``NameError`` on a worker. :func:`capture_source` ships, ahead of the function, the
-imports, literal constants and same-module helper functions/classes the function refers to,
-found from the function's own globals (so it works in scripts, modules and Jupyter alike).
+imports, literal constants, other UDFs and same-module helper functions/classes the function
+refers to, found from the function's own globals (so it works in scripts, modules and Jupyter
+alike).
 """
 
 from __future__ import annotations
@@ -96,6 +97,13 @@ class _Capture:
         if _is_literal(value):
             self.constants[name] = f"{name} = {value!r}"
             return
+        if type(value).__name__ == "Udf" and type(value).__module__ == "fused_celery.udf":
+            # another UDF (e.g. the target of a fused.submit fan-out): shipped as its JSON form
+            self.constants[name] = (
+                f"{name} = __import__('fused_celery').Udf.model_validate_json("
+                f"{value.model_dump_json()!r})"
+            )
+            return
         module = getattr(value, "__module__", None)
         qualname = getattr(value, "__qualname__", None)
         if isinstance(value, (types.FunctionType, type)) and module == self.module:
@@ -123,7 +131,12 @@ class _Capture:
             self.warnings.append(f"{name} (source not readable)")
             return
         tree = ast.parse(source)
-        globals_ = getattr(obj, "__globals__", None) or vars(inspect.getmodule(obj) or builtins)
+        # a decorated helper (e.g. @fused.cache) resolves names in its own module, not in the
+        # decorator's: look through the wrapper
+        target = inspect.unwrap(obj) if callable(obj) else obj
+        globals_ = getattr(target, "__globals__", None) or vars(
+            inspect.getmodule(target) or builtins
+        )
         self.names(_referenced_names(tree), globals_, {name})
         self.helpers[name] = source.rstrip() + "\n"
 

@@ -8,6 +8,7 @@ whose entries run on the local process pool or on the Celery cluster.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import re
 import warnings
@@ -15,9 +16,10 @@ from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from fused_celery import codec
+from fused_celery.collect import CONSTANT_ARGS_KEY
 from fused_celery.errors import (
     UdfArgumentError,
     UdfDefinitionError,
@@ -77,10 +79,27 @@ class Udf(BaseModel):
     headers: list[Any] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    # fused.load(..., import_globals=False) turns off the attributes of __getattr__
+    _import_globals: bool = PrivateAttr(default=True)
+
     @field_validator("cache_max_age", mode="before")
     @classmethod
     def _age(cls, value: Any) -> int | None:
         return parse_cache_max_age(value)
+
+    def __getattr__(self, name: str) -> Any:
+        """The code's top-level names as attributes (the SDK's ``import_globals``): e.g.
+        ``common = fused.load("common/"); common.some_helper(...)``. The code runs once, in
+        this process, the first time such a name is asked for."""
+        code = self.__dict__.get("code")
+        if (
+            code is not None
+            and not name.startswith("_")
+            and name in _top_level_names(code)
+            and self._import_globals
+        ):
+            return _code_namespace(code, self.entrypoint, self.name)[name]
+        return super().__getattr__(name)  # type: ignore[misc]
 
     # ------------------------------------------------------------------ introspection
 
@@ -259,8 +278,11 @@ class Udf(BaseModel):
         entries = self.entries(arg_list, kwargs)
         encoded = _encode_entries(entries, const, set(kwargs))
         age = parse_cache_max_age(cache_max_age)
+        wire = self.wire()
+        if kwargs:  # so that collect()/arg_df() index by the per-entry arguments only
+            wire["metadata"] = {**wire["metadata"], CONSTANT_ARGS_KEY: sorted(kwargs)}
         spec = PoolSpec(
-            udf=self.wire(),
+            udf=wire,
             args=entries,
             encoded=encoded,
             max_workers=max_workers,
@@ -280,6 +302,33 @@ class Udf(BaseModel):
 
     def __repr__(self) -> str:
         return f"<Udf {self.name} ({self.entrypoint})>"
+
+
+@functools.lru_cache(maxsize=64)
+def _top_level_names(code: str) -> frozenset[str]:
+    """Names bound at the top level of ``code`` (defs, classes, assignments, imports)."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.parse(code).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name.split(".")[0]) for a in node.names)
+    return frozenset(names)
+
+
+@functools.lru_cache(maxsize=16)
+def _code_namespace(code: str, entrypoint: str, name: str) -> dict[str, Any]:
+    """The globals of ``code`` run once as a module (the entrypoint's decorator removed)."""
+    from fused_celery.execute import compile_udf
+
+    namespace: dict[str, Any] = {"__name__": f"fused_udf_{name}", "__builtins__": __builtins__}
+    exec(compile_udf(code, entrypoint, name), namespace)
+    return namespace
 
 
 def _batch_size(n_processes_per_worker: int | None, worker_concurrency: int | None) -> int:
@@ -425,7 +474,18 @@ def udf_from_code(code: str, *, entrypoint: str | None = None, name: str | None 
 
 
 def run(udf_: Udf, *args: Any, engine: str | None = None, **kwargs: Any) -> Any:
-    """``fused.run(udf, **kwargs)``: run ``udf`` once, like ``udf(*args, engine=..., **kwargs)``."""
+    """``fused.run(udf, **kwargs)``: run ``udf`` once, like ``udf(*args, engine=..., **kwargs)``.
+
+    udf_: a UDF made with ``@fused.udf``. engine: as for calling the UDF (default None: the
+    UDF's engine or ``options.resolved_default_engine``). kwargs: the UDF's arguments and the
+    call options ``instance_type``, ``cache_max_age``, ``cache``.
+    """
     if not isinstance(udf_, Udf):
         raise TypeError(f"fused.run expects a UDF made with @fused.udf, got {type(udf_).__name__}")
     return udf_(*args, engine=engine, **kwargs)
+
+
+async def run_async(udf_: Udf, *args: Any, engine: str | None = None, **kwargs: Any) -> Any:
+    """``await fused.run_async(udf, **kwargs)``: :func:`run` without blocking the event loop
+    (the call runs in a worker thread); same arguments."""
+    return await asyncio.to_thread(run, udf_, *args, engine=engine, **kwargs)

@@ -13,6 +13,12 @@ from fused_celery.collect import arg_index, arg_names, build_frame, index_value
 ARGS = [{"x": 1, "y": "a"}, {"x": 2, "y": "b"}, {"x": 3, "y": "c"}]
 
 
+def test_keys_choose_the_levels() -> None:
+    args = [{"x": 1, "y": 7}, {"x": 2, "y": 7}]
+    frame = build_frame([0, 1], args, [8, 9], keys=["x"])
+    assert frame.index.name == "x" and frame.index.tolist() == [1, 2]
+
+
 def _frame(values, rows=("r0", "r1")):
     return pd.DataFrame({"v": list(values)}, index=pd.Index(list(rows)[: len(values)], name="row"))
 
@@ -46,16 +52,21 @@ def test_parameter_order_is_first_appearance_and_missing_values_are_none() -> No
 def test_list_and_dict_arguments_are_shown_as_json_text() -> None:
     args = [{"x": [1, 2]}, {"x": {"b": 1, "a": [2]}}, {"x": (3,)}]
     frame = build_frame([0, 1, 2], args, ["p", "q", "r"])
-    assert frame.index.tolist() == ["[1, 2]", '{"a": [2], "b": 1}', "[3]"]
+    # as the reference SDK sends them: JSON text, dict keys in their own order
+    assert frame.index.tolist() == ["[1, 2]", '{"b": 1, "a": [2]}', "[3]"]
 
 
 def test_index_value() -> None:
     assert index_value(None) is None
-    assert index_value(3) == 3 and index_value("s") == "s" and index_value(True) is True
+    assert index_value(3) == 3 and index_value("s") == "s"
+    assert index_value(True) == "true" and index_value(False) == "false"  # JSON, as the SDK
     assert index_value(np.int64(4)) == 4 and type(index_value(np.int64(4))) is int
-    day = datetime.date(2024, 1, 2)
-    assert index_value(day) == day
-    assert index_value({1, 2}) in ("{1, 2}", "{2, 1}")
+    assert index_value(datetime.date(2024, 1, 2)) == "2024-01-02"
+    assert index_value({2, 1}) == "[1, 2]"
+    assert index_value(pd.DataFrame({"a": [1]})) == '[{"a":1}]'
+    import shapely
+
+    assert index_value(shapely.Point(1, 2)) == "POINT (1 2)"
 
 
 def test_failures_dropped_positions_not_renumbered() -> None:
@@ -69,7 +80,7 @@ def test_failures_dropped_positions_not_renumbered() -> None:
     assert by_args["result"].tolist() == [0, 20, 40]
 
 
-def test_drop_index_gives_a_single_arg_pos_level() -> None:
+def test_drop_index_of_values_gives_a_single_arg_pos_level() -> None:
     frame = build_frame([0, 2], ARGS, ["a", "c"], drop_index=True)
     assert not isinstance(frame.index, pd.MultiIndex)
     assert frame.index.name == "arg_pos" and frame.index.tolist() == [0, 2]
@@ -98,9 +109,10 @@ def test_dataframe_results_with_unnamed_and_multi_indexes() -> None:
 
 
 def test_dataframe_results_with_drop_index() -> None:
+    # arg_pos replaces the argument levels; each frame's own index stays (as in the SDK)
     frame = build_frame([1, 2], ARGS, [_frame([1, 2]), _frame([3])], drop_index=True)
-    assert frame.index.name == "arg_pos"
-    assert frame.index.tolist() == [1, 1, 2]
+    assert list(frame.index.names) == ["arg_pos", "row"]
+    assert frame.index.tolist() == [(1, "r0"), (1, "r1"), (2, "r0")]
     assert frame["v"].tolist() == [1, 2, 3]
 
 

@@ -199,7 +199,7 @@ def test_reference_members_as_documented(capsys: pytest.CaptureFixture[str]) -> 
         exception_column=None,
         include_exceptions=True,
     )
-    assert list(logs_df.columns) == ["x", "status", "result", "time", "logs"]
+    assert list(logs_df.columns) == ["x", "status", "time", "result", "logs"]
     results = pool.results(return_exceptions=True)
     assert results[:2] == [10, 20] and isinstance(results[2], Exception)
     assert pool.results_now(return_exceptions=True)[3] == 40

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fused_celery.engines.base import Engine, EntryState, PoolSpec
+from fused_celery.errors import InstanceTypeError
 from fused_celery.options import WHITELISTED_INSTANCE_TYPES
 
 __all__ = ["Engine", "EntryState", "PoolSpec", "make_engine", "resolve_engine"]
@@ -18,7 +19,7 @@ def resolve_engine(engine: str | None, instance_type: str | None = None) -> tupl
     from fused_celery.options import options
 
     if instance_type is not None:
-        check_instance_type(instance_type)
+        check_instance_type(instance_type, what="instance type")
         if engine not in (None, "remote", instance_type):
             raise ValueError(
                 f"instance_type={instance_type!r} runs on the cluster; it cannot be combined "
@@ -35,12 +36,24 @@ def resolve_engine(engine: str | None, instance_type: str | None = None) -> tupl
     return "celery", engine
 
 
-def check_instance_type(name: str) -> None:
+def check_instance_type(name: str, what: str = "engine") -> None:
+    """Raise :class:`~fused_celery.errors.InstanceTypeError` (a ``ValueError``) unless ``name``
+    is a whitelisted instance type.
+
+    what: what the caller was given, for the message: ``"engine"`` (default: an ``engine=``
+    value, which may also be ``'local'`` or ``'remote'``) or ``"instance type"`` (an
+    ``instance_type=`` value, e.g. of a job step).
+    """
     if name not in WHITELISTED_INSTANCE_TYPES:
         allowed = ", ".join(WHITELISTED_INSTANCE_TYPES)
-        raise ValueError(
-            f"unknown engine or instance type {name!r}; use 'local', 'remote' or one of: {allowed}"
-        )
+        if what == "engine":
+            message = (
+                f"unknown engine or instance type {name!r}; use 'local', 'remote' or one of: "
+                f"{allowed}"
+            )
+        else:
+            message = f"unknown {what} {name!r}; use one of: {allowed}"
+        raise InstanceTypeError(message)
 
 
 def make_engine(kind: str, spec: PoolSpec) -> Engine:

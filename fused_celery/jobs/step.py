@@ -98,7 +98,7 @@ class JobStepConfig(BaseModel):
         from fused_celery.worker_env import parse_additional_env
 
         if instance_type is not None:
-            check_instance_type(instance_type)
+            check_instance_type(instance_type, what="instance type")
         if disk_size_gb is not None and (isinstance(disk_size_gb, bool) or disk_size_gb <= 0):
             raise ValueError(f"disk_size_gb must be a positive integer, got {disk_size_gb!r}")
         extra = {

@@ -41,7 +41,32 @@ class GDALOpenConfig(BaseModel):
     layer: StrictStr | None = None
 
 
-class GeospatialPartitionJobStepConfig(JobStepConfig):
+class PartitionJobStepConfig(JobStepConfig):
+    """Base class for partitioner steps (seed 000; not instantiated directly, use
+    :func:`ingest` or :class:`GeospatialPartitionJobStepConfig`): ``input`` (the input file(s)),
+    ``output`` (table URL, None), ``output_metadata`` (None), ``partitioning_maximum_per_file``
+    / ``_per_chunk`` (None: 1/10 and 1/100 of the total of ``partitioning_method``)."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, arbitrary_types_allowed=True
+    )
+
+    input: Any
+    output: StrictStr | None = None
+    output_metadata: StrictStr | None = None
+    partitioning_maximum_per_file: int | float | None = None
+    partitioning_maximum_per_chunk: int | float | None = None
+
+    def __init__(self, **data: Any) -> None:
+        if type(self) is PartitionJobStepConfig:
+            raise TypeError(
+                "PartitionJobStepConfig is a base class; build a step with fused.ingest(...) "
+                "or GeospatialPartitionJobStepConfig(...)"
+            )
+        super().__init__(**data)
+
+
+class GeospatialPartitionJobStepConfig(PartitionJobStepConfig):
     """A geospatial partitioning (ingest) job step.
 
     JobStepConfig fields: ``name`` (None), ``metadata`` (None), ``ignore_chunk_error`` (False).
@@ -63,9 +88,6 @@ class GeospatialPartitionJobStepConfig(JobStepConfig):
 
     type: Literal["partition_geospatial"] = "partition_geospatial"
 
-    input: Any
-    output: StrictStr | None = None
-    output_metadata: StrictStr | None = None
     file_suffix: StrictStr | None = None
     load_columns: list[StrictStr] | None = None
     remove_cols: list[StrictStr] = Field(default_factory=list)
@@ -76,8 +98,6 @@ class GeospatialPartitionJobStepConfig(JobStepConfig):
     overwrite: StrictBool = False
 
     partitioning_method: Literal["rows", "area", "length", "coords"] = "rows"
-    partitioning_maximum_per_file: int | float | None = None
-    partitioning_maximum_per_chunk: int | float | None = None
     partitioning_max_width_ratio: int | float = 2
     partitioning_max_height_ratio: int | float = 2
     partitioning_split_method: Literal["mean", "median"] = "mean"

@@ -66,7 +66,7 @@ def test_async_members(engine: str, capsys: pytest.CaptureFixture[str]) -> None:
         assert "hello 1" in logs[1]
         assert "hello 0" in await pool.first_log_async()
         df = await pool.logs_df_async(logs_column="out", exception_column="exc")
-        assert list(df.columns) == ["x", "status", "result", "time", "out", "exc"]
+        assert list(df.columns) == ["x", "status", "time", "result", "out", "exc"]
         assert await pool.success_async() == {0: 0, 1: 1}
         await pool.tail_async()
         await pool.cancel_async()

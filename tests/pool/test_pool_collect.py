@@ -47,7 +47,8 @@ def test_collect_flattens_dataframes_keeping_their_row_index(engine: str) -> Non
     assert df.index.tolist() == [(1, "r0"), (1, "r1"), (2, "r0"), (2, "r1")]
     assert df["value"].tolist() == [1, 10, 2, 20]
     dropped = pool.collect(drop_index=True)
-    assert dropped.index.name == "arg_pos" and dropped.index.tolist() == [0, 0, 1, 1]
+    assert list(dropped.index.names) == ["arg_pos", "row"]
+    assert dropped.index.tolist() == [(0, "r0"), (0, "r1"), (1, "r0"), (1, "r1")]
     nested = pool.collect(flatten=False)
     assert list(nested.columns) == ["result"] and nested.index.tolist() == [1, 2]
     assert isinstance(nested["result"].iloc[0], pd.DataFrame)
