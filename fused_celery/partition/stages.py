@@ -344,7 +344,9 @@ def _reread_points(ctx: dict[str, Any], slice_id: int) -> pa.Table | None:
         return None
     config = _config(ctx)
     sl = InputSlice.model_validate_json(raw)
-    table, geo = read_parquet_table(sl, config)
+    table, geo = read_parquet_table(
+        sl, lonlat_cols=config.lonlat_cols, load_columns=config.load_columns
+    )
     fast = _points_fast(table, geo, config)
     if fast is None:
         raise IngestInputError(
@@ -398,11 +400,13 @@ def prepare_slice(ctx: dict[str, Any], input_slice: dict[str, Any]) -> dict[str,
     fast = raw = original = None
     if sl.format == "parquet":  # the points fast path, else a frame from the table
         if _may_be_points(sl, config):  # read the geometry alone first
-            table, geo = read_parquet_table(sl, config.model_copy(update={"load_columns": []}))
+            table, geo = read_parquet_table(sl, lonlat_cols=config.lonlat_cols, load_columns=[])
             fast = _points_fast(table, geo, config)
         if fast is None:
-            table, geo = read_parquet_table(sl, config)
-            raw = parquet_frame(sl, table, geo, config)
+            table, geo = read_parquet_table(
+                sl, lonlat_cols=config.lonlat_cols, load_columns=config.load_columns
+            )
+            raw = parquet_frame(sl, table, geo, lonlat_cols=config.lonlat_cols)
             original = _original_wkb(table, geo, raw)
             if original is not None and SOURCE_ROW not in raw.columns:
                 raw[SOURCE_ROW] = np.arange(len(raw))  # each row's position, to reuse its WKB
