@@ -43,7 +43,7 @@ from typing import Any
 
 from celery import chord
 
-from fused_celery.celery_app import app
+from fused_celery.celery_app import app, get_app
 from fused_celery.errors import JobNotFoundError
 from fused_celery.jobs.stages import (
     FailedItem,
@@ -113,7 +113,9 @@ def _load(
 
 
 def _sig(name: str, args: tuple[Any, ...], queue: str) -> Any:
-    return app.signature(name, args=args, queue=queue, immutable=False)
+    """A signature of task ``name`` on the app of the current options (on a worker: :data:`app`
+    itself; a task body called in another process publishes to that process's broker)."""
+    return get_app().signature(name, args=args, queue=queue, immutable=False)
 
 
 def _end(
@@ -123,7 +125,7 @@ def _end(
     try:
         seq.discard(run)
     except Exception as exc:  # still end the job; say what was left
-        reason = f"{reason} (and its staging could not be removed: {error_text(exc)})"
+        reason = f"{reason} (and discarding the run failed: {error_text(exc)})"
     record.finish(status, reason=reason)  # the record logs the end with its reason
 
 
@@ -364,8 +366,6 @@ def submit(
     message: a first log line (default None). On any error nothing is left half-submitted: the
     record is deleted, the run discarded and the error raised.
     """
-    from fused_celery.celery_app import get_app
-
     target = sequence_target(run.kind)
     seq = load_sequence(target)
     data = run.model_dump(mode="json")

@@ -1,4 +1,4 @@
-"""Single-process ingest (fused_celery.partition.local) and its config model."""
+"""Single-process ingest (fused_celery.partition.runners.run_ingest) and its config model."""
 
 from __future__ import annotations
 
