@@ -49,7 +49,7 @@ __all__ = [
 RUN_ENTRIES = "fused_celery.run_entries"
 
 #: Modules that define tasks; a worker imports them when it starts.
-TASK_MODULES = ["fused_celery.engines.celery.tasks", "fused_celery.partition.pipeline"]
+TASK_MODULES = ["fused_celery.engines.celery.tasks", "fused_celery.jobs.celery_driver"]
 
 
 def _restore_sweep(visibility_timeout: int) -> tuple[int, int]:

@@ -8,7 +8,9 @@ stage code, and no import cycle can form between a model and its runner.
 
 A remote runner is called ``submit(step, output, *, instance_type, overwrite, extra)`` and
 returns a :class:`~fused_celery.jobs.response.RunResponse`; a local runner is called
-``run_local(step, output, *, overwrite)`` and returns the step's local result.
+``run_local(step, output, *, overwrite)`` and returns the step's local result. A step that runs
+as fan-out stages also names its declared :class:`~fused_celery.jobs.stages.StageSequence`
+(``stages``), which the drivers find from a run's ``kind`` (the step type).
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ __all__ = ["Runner", "register", "runner_for"]
 @dataclass(frozen=True)
 class Runner:
     """Where the runners of one step type live: ``submit`` and ``run_local`` as
-    ``"package.module:function"`` (either may be None: that way of running is not offered)."""
+    ``"package.module:function"`` (either may be None: that way of running is not offered), and
+    ``stages``, the ``"package.module:NAME"`` of its stage sequence (None: it has none)."""
 
     step_type: str
     submit: str | None = None
     run_local: str | None = None
+    stages: str | None = None
 
     def load(self, which: str) -> Callable[..., Any]:
-        """The runner ``which`` ("submit" or "run_local"), imported."""
+        """The runner ``which`` ("submit", "run_local" or "stages"), imported."""
         target = getattr(self, which)
         if target is None:
+            if which == "stages":
+                raise NotImplementedError(f"job step type {self.step_type!r} has no stages")
             where = "on the cluster" if which == "submit" else "locally"
             raise NotImplementedError(f"a {self.step_type!r} job step cannot run {where}")
         module, _, name = target.partition(":")
@@ -43,10 +49,17 @@ class Runner:
 _RUNNERS: dict[str, Runner] = {}
 
 
-def register(step_type: str, *, submit: str | None = None, run_local: str | None = None) -> None:
-    """Register the runners of ``step_type`` (dotted ``"module:function"`` names; defaults None).
-    Registering the same names again is allowed; other names for a known type are an error."""
-    runner = Runner(step_type, submit=submit, run_local=run_local)
+def register(
+    step_type: str,
+    *,
+    submit: str | None = None,
+    run_local: str | None = None,
+    stages: str | None = None,
+) -> None:
+    """Register the runners of ``step_type`` (dotted ``"module:function"`` names) and its stage
+    sequence (``"module:NAME"``); defaults None. Registering the same names again is allowed;
+    other names for a known type are an error."""
+    runner = Runner(step_type, submit=submit, run_local=run_local, stages=stages)
     known = _RUNNERS.get(step_type)
     if known is not None and known != runner:
         raise ValueError(f"job step type {step_type!r} already has runners: {known}")

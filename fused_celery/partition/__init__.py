@@ -1,16 +1,19 @@
 """Geospatial partitioning (``fused.ingest``).
 
 :mod:`.config` (``GeospatialPartitionJobStepConfig``, ``fused.ingest``), :mod:`.read` (inputs in
-slices), :mod:`.prepare` (rows → EPSG:4326, repaired, measured, centroids), :mod:`.plan`
-(kd-tree into files and chunks, pure numpy), :mod:`.stages` (the stages as functions over
-storage), :mod:`.pipeline` (the stages as Celery chords, with a job record and a watchdog) and
-:mod:`.local` (the stages on this machine).
+slices, one module per format family), :mod:`.prepare` (rows → EPSG:4326, repaired, measured,
+centroids), :mod:`.plan` (kd-tree into files and chunks, pure numpy), :mod:`.run` (``IngestRun``,
+what every message carries), :mod:`.workfiles` (what stages leave for the next ones), one module
+per stage (:mod:`.stage_prepare`, :mod:`.stage_plan`, :mod:`.stage_scatter`, :mod:`.stage_write`,
+:mod:`.stage_commit`), :mod:`.sequence` (the stages declared once, run by the drivers of
+:mod:`fused_celery.jobs`) and :mod:`.runners` (``submit_ingest``, ``run_ingest``).
 """
 
 from fused_celery.jobs.runners import register
 
 register(
     "partition_geospatial",
-    submit="fused_celery.partition.pipeline:submit_ingest",
-    run_local="fused_celery.partition.local:run_ingest",
+    submit="fused_celery.partition.runners:submit_ingest",
+    run_local="fused_celery.partition.runners:run_ingest",
+    stages="fused_celery.partition.sequence:INGEST",
 )

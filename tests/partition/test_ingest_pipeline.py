@@ -26,7 +26,7 @@ from fused_celery.errors import (
 )
 from fused_celery.jobs.response import RunResponse
 from fused_celery.options import options
-from fused_celery.partition import stages
+from fused_celery.partition import stage_write
 from fused_celery.table import open_table, read_chunk_metadata
 
 pytest_plugins = ["moto_server"]
@@ -86,7 +86,7 @@ def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("engine", [None, "local"])
 def test_local_ingest_sampled_plan_is_refined_to_the_maxima(tmp_path, small_slices, engine):
-    from fused_celery.partition.local import run_ingest
+    from fused_celery.partition.runners import run_ingest
 
     src = points(3000)
     path = tmp_path / "in.parquet"
@@ -159,13 +159,15 @@ def test_refine_and_group_chunks():
     n = 500
     x, y = rng.uniform(0, 10, n), rng.uniform(0, 10, n)
     chunk = np.sort(rng.integers(0, 3, n))
-    out = stages.refine_chunks(x, y, np.ones(n), np.arange(n), chunk, max_per_chunk=50, options={})
+    out = stage_write.refine_chunks(
+        x, y, np.ones(n), np.arange(n), chunk, max_per_chunk=50, options={}
+    )
     counts = np.bincount(out)
     assert counts.max() <= 50 and counts.sum() == n
     for old in range(3):  # the old chunks' order is kept
         assert out[chunk == old].max() < out[chunk == old + 1].min() if old < 2 else True
-    assert stages.group_chunks(np.array([3, 3, 3, 5, 1]), 6) == [(0, 2), (2, 3), (3, 5)]
-    assert stages.group_chunks(np.array([9.0]), 6) == [(0, 1)]
+    assert stage_write.group_chunks(np.array([3, 3, 3, 5, 1]), 6) == [(0, 2), (2, 3), (3, 5)]
+    assert stage_write.group_chunks(np.array([9.0]), 6) == [(0, 1)]
 
 
 # --- cluster ------------------------------------------------------------------------------------
@@ -312,27 +314,28 @@ def test_remote_cancel_leaves_no_table(on_shared_cluster, tmp_path, monkeypatch)
 
 
 def test_watchdog_fails_a_stalled_job(fused_options, tmp_path, monkeypatch):
-    from fused_celery.partition import pipeline
+    from fused_celery.jobs import celery_driver
+    from fused_celery.partition.run import IngestRun
     from fused_celery.state.job_record import JobRecord
     from fused_celery.table import TableWriter
 
     writer = TableWriter(str(tmp_path / "out"), run_id="stalled")
-    ctx = stages.run_context(
+    run = IngestRun.create(
         fused.ingest(str(tmp_path / "x.parquet")),
         writer,
         job_id="stalled",
-        n_slices=1,
-        sample_rows=10,
         slice_rows=10,
-    )
-    storage.write_bytes(storage.join(ctx["work"], "samples", "0.parquet"), b"x")
+        sample_rows=10,
+    ).model_copy(update={"n_slices": 1})
+    storage.write_bytes(storage.join(run.work, "samples", "0.parquet"), b"x")
     record = JobRecord.create(
         job_id="stalled", name=None, kind="test", instance_type=None, output=None, config={}
     )
     record.start_stage("prepare", 3)
     monkeypatch.setattr(options, "job_stall_timeout", 0.2)
     time.sleep(0.3)
-    pipeline.watchdog(ctx, "fused")  # a plain call of the task's function
+    target = "fused_celery.partition.sequence:INGEST"
+    celery_driver.watchdog(target, run.model_dump(mode="json"), "fused")  # the task's function
     snap = record.snapshot()
     assert snap.status == "Failed"
     assert "no progress" in snap.reason and "prepare" in snap.reason
@@ -486,7 +489,7 @@ def test_remote_repairs_are_reported(on_shared_cluster, tmp_path):
 def test_points_fast_path_matches_the_general_path(tmp_path):
     """GeoParquet points skip geometry decoding; the table equals the one made from the same
     points read through GDAL (the general path), out-of-bounds rows dropped in both."""
-    from fused_celery.partition.local import run_ingest
+    from fused_celery.partition.runners import run_ingest
 
     src = points(1500, seed=7)
     src.loc[3, "geometry"] = shapely.Point(200, 0)  # out of bounds: dropped
@@ -519,10 +522,10 @@ def test_write_groups_gather_small_files():
         {"slice_id": 0, "files": {"0": [0, 10], "1": [1, 10], "2": [2, 500]}},
         {"slice_id": 1, "files": {"1": [0, 5], "3": [1, 30]}},
     ]
-    groups = stages.write_groups(scattered, min_rows=20)
+    groups = stage_write.write_groups(scattered, min_rows=20)
     assert groups == [
         [[0, [[0, 0]]], [1, [[0, 1], [1, 0]]]],  # 10 + 15 rows
         [[2, [[0, 2]]]],  # 500 rows: alone
         [[3, [[1, 1]]]],  # the rest
     ]
-    assert [f for g in stages.write_groups(scattered, 1) for f, _ in g] == [0, 1, 2, 3]
+    assert [f for g in stage_write.write_groups(scattered, 1) for f, _ in g] == [0, 1, 2, 3]

@@ -16,9 +16,8 @@ from pydantic import ValidationError
 
 from fused_celery import storage
 from fused_celery.errors import IngestInputError, InputNotFoundError, UnsupportedInputError
-from fused_celery.partition import read
 from fused_celery.partition.config import GeospatialPartitionJobStepConfig
-from fused_celery.partition.read import InputSlice, list_slices, read_input, read_slice
+from fused_celery.partition.read import InputSlice, list_slices, read_input, read_slice, remote
 
 pytest_plugins = ["moto_server"]
 
@@ -309,7 +308,7 @@ def test_read_input_in_memory_frame_and_mixed_crs(tmp_path):
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch) -> str:
     folder = str(tmp_path / "input-cache")
-    monkeypatch.setattr(read, "INPUT_CACHE_DIR", folder)
+    monkeypatch.setattr(remote, "INPUT_CACHE_DIR", folder)
     return folder
 
 
@@ -338,8 +337,8 @@ def test_s3_geopackage_is_downloaded_once(tmp_path, s3_bucket, cache_dir, monkey
     g = sample()
     upload(write(g, str(tmp_path / "a.gpkg")), f"{s3_bucket}/a.gpkg")
     downloads: list[str] = []
-    real = read._download
-    monkeypatch.setattr(read, "_download", lambda u, d, s: (downloads.append(u), real(u, d, s)))
+    real = remote._download
+    monkeypatch.setattr(remote, "_download", lambda u, d, s: (downloads.append(u), real(u, d, s)))
     slices, got = read_all(cfg(f"{s3_bucket}/a.gpkg"), target_rows=100)
     assert len(slices) == 3 and slices[0].size == os.path.getsize(tmp_path / "a.gpkg")
     assert downloads == [f"{s3_bucket}/a.gpkg"]

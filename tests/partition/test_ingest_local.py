@@ -1,4 +1,4 @@
-"""Single-process ingest (fused_celery.partition.local) and its config model."""
+"""Single-process ingest (fused_celery.partition.runners.run_ingest) and its config model."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from fused_celery import storage
 from fused_celery.errors import IngestInputError, TableExistsError, UnsupportedInputError
 from fused_celery.partition.config import GeospatialPartitionJobStepConfig
-from fused_celery.partition.local import run_ingest
+from fused_celery.partition.runners import run_ingest
 from fused_celery.table import compute_chunk_metadata, open_table, read_chunk_metadata
 
 
@@ -248,24 +248,29 @@ def test_existing_output_without_overwrite(tmp_path):
     assert open_table(url).num_rows == 30
 
 
-def _stage_context(config: GeospatialPartitionJobStepConfig, output: str) -> dict:
-    from fused_celery.partition import stages
+def _stage_run(config: GeospatialPartitionJobStepConfig, output: str) -> tuple:
+    from fused_celery.partition.run import IngestRun
+    from fused_celery.partition.stage_prepare import list_input_slices
     from fused_celery.table import TableWriter
 
     writer = TableWriter(output, overwrite=False, run_id="r1")
-    slices = stages.list_input_slices(config)
-    return stages.run_context(
+    slices = list_input_slices(config)
+    run = IngestRun.create(
         config.model_copy(update={"output": writer.url}),
         writer,
         job_id="r1",
-        n_slices=len(slices),
-        sample_rows=10_000,
         slice_rows=10_000,
-    ), slices
+        sample_rows=10_000,
+    )
+    return run.model_copy(update={"n_slices": len(slices)}), slices
 
 
 def test_geoparquet_points_are_read_again_instead_of_staged(tmp_path):
-    from fused_celery.partition import stages
+    from fused_celery.partition.stage_commit import commit
+    from fused_celery.partition.stage_plan import plan_from_samples
+    from fused_celery.partition.stage_prepare import prepare_slice
+    from fused_celery.partition.stage_scatter import scatter_slice
+    from fused_celery.partition.stage_write import write_files, write_groups, write_task_rows
 
     rng = np.random.default_rng(3)
     n = 600
@@ -279,15 +284,14 @@ def test_geoparquet_points_are_read_again_instead_of_staged(tmp_path):
     config = GeospatialPartitionJobStepConfig(
         input=str(src), partitioning_maximum_per_file=200, partitioning_maximum_per_chunk=50
     )
-    ctx, slices = _stage_context(config, str(tmp_path / "out"))
-    prepared = [stages.prepare_slice(ctx, s.model_dump(mode="json")) for s in slices]
-    staged = sorted(p.name for p in (Path(ctx["work"]) / "prepared").iterdir())
+    run, slices = _stage_run(config, str(tmp_path / "out"))
+    prepared = [prepare_slice(run, s.model_dump(mode="json")) for s in slices]
+    staged = sorted(p.name for p in (Path(run.work) / "prepared").iterdir())
     assert staged == [f"{s.slice_id}.reread.json" for s in slices]  # no copy of the rows
-    plan = stages.make_plan(ctx, prepared)
-    scattered = [stages.scatter_slice(ctx, s.slice_id) for s in slices]
-    groups = stages.write_groups(scattered, stages.write_task_rows(scattered))
-    maxima = (plan["max_per_file"], plan["max_per_chunk"])
-    stages.commit(ctx, [stages.write_files(ctx, g, maxima) for g in groups])
+    run = plan_from_samples(run, prepared, [])
+    scattered = [scatter_slice(run, s.slice_id) for s in slices]
+    groups = write_groups(scattered, write_task_rows(scattered))
+    commit(run, [write_files(run, g) for g in groups])
     got = pd.concat(chunk_frames(str(tmp_path / "out")).values(), ignore_index=True)
     assert sorted(got["rid"]) == list(range(n))
     mine = got.set_index("rid").sort_index()
@@ -296,15 +300,15 @@ def test_geoparquet_points_are_read_again_instead_of_staged(tmp_path):
 
 
 def test_points_input_changed_between_prepare_and_scatter(tmp_path):
-    from fused_celery.partition import stages
+    from fused_celery.partition.stage_plan import plan_from_samples
+    from fused_celery.partition.stage_prepare import prepare_slice
+    from fused_celery.partition.stage_scatter import scatter_slice
 
     src = tmp_path / "pts.parquet"
     gpd.GeoDataFrame(geometry=gpd.points_from_xy([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]), crs=4326
                      ).to_parquet(src)  # fmt: skip
-    ctx, slices = _stage_context(
-        GeospatialPartitionJobStepConfig(input=str(src)), str(tmp_path / "o")
-    )
-    stages.make_plan(ctx, [stages.prepare_slice(ctx, slices[0].model_dump(mode="json"))])
+    run, slices = _stage_run(GeospatialPartitionJobStepConfig(input=str(src)), str(tmp_path / "o"))
+    run = plan_from_samples(run, [prepare_slice(run, slices[0].model_dump(mode="json"))], [])
     gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1, 1)] * 3, crs=4326).to_parquet(src)
     with pytest.raises(IngestInputError, match="changed while it was ingested"):
-        stages.scatter_slice(ctx, slices[0].slice_id)
+        scatter_slice(run, slices[0].slice_id)

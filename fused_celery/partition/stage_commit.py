@@ -1,0 +1,61 @@
+"""The end of an ingest: the commit (the collect of write: the table made whole from the written
+files, its staging area removed), the job's result, and the discard of a failed or cancelled run."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fused_celery import storage
+from fused_celery.jobs.stages import FailedItem
+from fused_celery.partition.run import IngestRun, TableSummary
+
+if TYPE_CHECKING:
+    from fused_celery.table import TableWriter
+
+
+def commit(run: IngestRun, written: list[dict[str, Any]]) -> TableSummary:
+    """Commit the table from the ``written`` files (results of
+    :func:`~.stage_write.write_files`); removes the staging area."""
+    chunks = [c for w in written for c in w["chunks"]]
+    table = run.table_writer().commit(chunks)
+    return TableSummary(
+        output=table.url,
+        num_files=table.num_files,
+        num_chunks=table.num_chunks,
+        num_rows=table.num_rows,
+    )
+
+
+def commit_table(
+    run: IngestRun, written: list[dict[str, Any]], failed: list[FailedItem]
+) -> IngestRun:
+    """The collect of write: :func:`commit`; the run with its ``table``. failed: the write
+    tasks left out (already in ``run.failed``)."""
+    del failed
+    return run.model_copy(update={"table": commit(run, written)})
+
+
+def ingest_result(run: IngestRun) -> tuple[dict[str, Any], str]:
+    """The Done job's result (``output``, ``num_files``, ``num_chunks``, ``num_rows``,
+    ``report``) and its last log line."""
+    t = run.table
+    assert t is not None, "ingest_result needs a committed run"
+    line = (
+        f"done: {t.num_rows} rows in {t.num_files} file(s), {t.num_chunks} chunk(s) at {t.output}"
+    )
+    return {**t.model_dump(mode="json"), "report": dict(run.report)}, line
+
+
+def discard(run: IngestRun) -> None:
+    """Remove this run's staging (work folder included); when no committed table is there, the
+    folder's staging marker too, so a failed or cancelled first run leaves no table behind."""
+    discard_staging(run.table_writer())
+
+
+def discard_staging(writer: TableWriter) -> None:
+    """:func:`discard` for the run of ``writer`` (before its run object exists)."""
+    from fused_celery.table import SAMPLE_FILE, STAGING_DIR
+
+    writer.abort()
+    if not storage.is_file(storage.join(writer.url, SAMPLE_FILE)):
+        storage.delete_prefix(storage.join(writer.url, STAGING_DIR))

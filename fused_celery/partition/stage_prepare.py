@@ -1,0 +1,377 @@
+"""The prepare stage of an ingest: the input listed in slices (the fan-out), then each slice read,
+prepared (:func:`~.prepare.prepare_frame`: EPSG:4326, repaired, measured, centroids) and written
+to the work folder with its planning sample (the member, :func:`prepare_slice`).
+
+GeoParquet slices of 2D points in degrees take a fast path: x, y are read from the WKB bytes and
+nothing is staged; scatter reads the slice again (:func:`reread_points`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import numpy as np
+
+from fused_celery import storage
+from fused_celery.errors import IngestInputError
+from fused_celery.partition.config import GeospatialPartitionJobStepConfig
+from fused_celery.partition.read import (
+    InputSlice,
+    list_slices,
+    parquet_frame,
+    parquet_geo,
+    read_parquet_table,
+    read_slice,
+)
+from fused_celery.partition.run import IngestRun
+from fused_celery.partition.workfiles import (
+    AREA,
+    BOUNDS,
+    GEOMETRY_KEY,
+    HAS_Z,
+    HELPER_COLUMNS,
+    ID,
+    LENGTH,
+    NCOORDS,
+    TYPE,
+    M,
+    X,
+    Y,
+    encode_frame,
+    prepared_url,
+    reread_url,
+    row_ids,
+    sample_url,
+    write_arrow,
+)
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+    import pyarrow as pa
+
+    from fused_celery.partition.prepare import PrepareReport
+
+SOURCE_ROW = "__fc_src"
+"""Column holding each row's position in its slice while it is prepared."""
+
+
+class PreparedSlice(TypedDict):
+    """What :func:`prepare_slice` returns: slice_id, rows and measure after preparation, and
+    report (``input_rows``, ``dropped_null_geometries``, ``made_valid``,
+    ``dropped_out_of_bounds``, ``subdivided_rows``, ``exploded_rows_added``,
+    ``reprojected_from``: the slice's CRS when it was reprojected, else None)."""
+
+    slice_id: int
+    rows: int
+    measure: float
+    report: dict[str, Any]
+
+
+# --- the fan-out --------------------------------------------------------------------------------
+
+
+def list_input_slices(
+    config: GeospatialPartitionJobStepConfig, *, slice_rows: int | None = None
+) -> list[InputSlice]:
+    """The input's slices (see :func:`.read.list_slices`); slice_rows: rows per slice at most
+    (default None: ``options.ingest_slice_rows``). Empty input is an error."""
+    slices = list_slices(config, target_rows=slice_rows)
+    if not slices:
+        raise IngestInputError(
+            f"the input {config.input!r} has no rows; there is nothing to ingest"
+        )
+    return slices
+
+
+def prepare_items(run: IngestRun) -> tuple[IngestRun, list[dict[str, Any]]]:
+    """The prepare fan-out: one item per input slice (its JSON); the run with ``n_slices``."""
+    slices = list_input_slices(run.config, slice_rows=run.slice_rows)
+    items = [s.model_dump(mode="json") for s in slices]
+    return run.model_copy(update={"n_slices": len(slices)}), items
+
+
+def slice_key(item: dict[str, Any]) -> str:
+    """A prepare item's key: its slice id."""
+    return str(item["slice_id"])
+
+
+def describe_prepare(run: IngestRun, items: Sequence[Any]) -> str:
+    """The log line when prepare starts."""
+    return f"prepare: {len(items)} slice(s) of {run.config.input!r}"
+
+
+# --- the member ---------------------------------------------------------------------------------
+
+
+def _original_wkb(
+    table: pa.Table, geo: dict[str, Any] | None, frame: gpd.GeoDataFrame
+) -> pa.Array | None:
+    """The active geometry's WKB as read from GeoParquet (ISO WKB by the spec), when the frame
+    has one geometry column, that one; None otherwise."""
+    import pyarrow as pa
+
+    if not geo or len(geo.get("columns", {})) != 1:
+        return None
+    name = frame.geometry.name
+    meta = geo["columns"].get(name)
+    if (
+        meta is None
+        or str(meta.get("encoding", "WKB")).upper() != "WKB"
+        or len(frame) != len(table)
+    ):
+        return None
+    col = table.column(name).combine_chunks()
+    return col.cast(pa.binary()) if pa.types.is_large_binary(col.type) else col
+
+
+def _geometries_unchanged(report: PrepareReport, config: GeospatialPartitionJobStepConfig) -> bool:
+    """Whether preparation kept every geometry as read (rows may have been dropped)."""
+    return (
+        report.reprojected_from is None
+        and report.made_valid == 0
+        and report.subdivided_rows == 0
+        and report.exploded_rows_added == 0
+        and not config.explode_geometries
+    )
+
+
+WKB_POINT_SIZE = 21
+"""Bytes of a 2D point in WKB: byte order, type, x, y."""
+
+
+def _points_fast(
+    table: pa.Table, geo: dict[str, Any] | None, config: GeospatialPartitionJobStepConfig
+) -> tuple[pa.Table, np.ndarray, np.ndarray, PrepareReport] | None:
+    """Prepare a GeoParquet slice (its ``table`` and ``geo`` metadata, see
+    :func:`.read.read_parquet_table`) of 2D points in degrees without decoding a geometry: the WKB
+    column is kept as is and x, y are read from its bytes. None when the slice is anything else
+    (other geometries, nulls, empty points, another CRS, ``remove_cols``, non-finite
+    coordinates kept by ``drop_out_of_bounds=False``): the general path prepares it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from fused_celery.partition.prepare import WGS84_BOUNDS, PrepareReport
+
+    if config.lonlat_cols is not None or config.remove_cols:
+        return None
+    if not geo or len(geo.get("columns", {})) != 1:
+        return None
+    name = geo.get("primary_column")
+    meta = geo["columns"].get(name)
+    if meta is None or str(meta.get("encoding", "WKB")).upper() != "WKB":
+        return None
+    if "crs" in meta and meta["crs"] is None:
+        return None  # an unknown CRS: the general path tells whether it can be degrees
+    if not _is_degrees(meta.get("crs", "OGC:CRS84")):
+        return None
+    col = table.column(name).combine_chunks()
+    large = pa.types.is_large_binary(col.type)
+    if col.null_count or not (pa.types.is_binary(col.type) or large):
+        return None
+    n0 = len(col)
+    if n0 and not (pc.binary_length(col).to_numpy() == WKB_POINT_SIZE).all():
+        return None
+    offsets = np.frombuffer(col.buffers()[1], np.int64 if large else np.int32)
+    begin = int(offsets[col.offset]) if n0 else 0
+    data = np.frombuffer(col.buffers()[2], np.uint8) if n0 else np.empty(0, np.uint8)
+    raw = data[begin : begin + n0 * WKB_POINT_SIZE].reshape(n0, WKB_POINT_SIZE)
+    if n0 and not ((raw[:, 0] == 1).all() and (raw[:, 1:5].view("<u4")[:, 0] == 1).all()):
+        return None
+    xy = raw[:, 5:21].copy().view("<f8")
+    x, y = xy[:, 0].copy(), xy[:, 1].copy()
+    finite = np.isfinite(x) & np.isfinite(y)
+    x0, y0, x1, y1 = WGS84_BOUNDS
+    inside = finite & (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+    report = PrepareReport(input_rows=n0)
+    if not inside.all():
+        if config.drop_out_of_bounds is False:
+            if not finite.all():
+                return None  # the general path names the rows
+        else:
+            keep = np.flatnonzero(inside)
+            table, x, y = table.take(pa.array(keep)), x[keep], y[keep]
+            report.dropped_out_of_bounds = int(n0 - len(keep))
+    drop = [c for c in table.column_names if c == "bbox" and c != name]
+    table = table.drop_columns(drop)
+    for reserved in HELPER_COLUMNS:
+        if reserved in table.column_names:
+            raise IngestInputError(
+                f"the input has a column named {reserved!r}, reserved; rename it"
+            )
+    if large:
+        table = table.set_column(
+            table.column_names.index(name), name, table.column(name).cast(pa.binary())
+        )
+    report.output_rows = len(x)
+    return table.replace_schema_metadata({GEOMETRY_KEY: name.encode()}), x, y, report
+
+
+def _may_be_points(sl: InputSlice, config: GeospatialPartitionJobStepConfig) -> bool:
+    """Whether the Parquet slice can take the points fast path, from its metadata alone: one
+    GeoParquet geometry column whose ``geometry_types`` are ``["Point"]`` or not given."""
+    if config.lonlat_cols is not None or config.remove_cols or sl.error is not None:
+        return False
+    geo = parquet_geo(sl)
+    if not geo or len(geo.get("columns", {})) != 1:
+        return False
+    meta = geo["columns"].get(geo.get("primary_column"))
+    return meta is not None and list(meta.get("geometry_types") or ["Point"]) == ["Point"]
+
+
+def points_measure(config: GeospatialPartitionJobStepConfig, n: int) -> np.ndarray:
+    """The measure of ``n`` 2D points: 0 for ``area``/``length``, else 1 (a row, a coordinate)."""
+    return np.zeros(n) if config.partitioning_method in ("area", "length") else np.ones(n)
+
+
+def reread_points(run: IngestRun, slice_id: int) -> pa.Table | None:
+    """The prepared table of a slice of 2D points that prepare did not stage (see
+    :data:`~.workfiles.REREAD_SUFFIX`), read again from the input with the helper columns
+    scatter needs; None when the slice was staged."""
+    import pyarrow as pa
+
+    try:
+        raw = storage.read_bytes(reread_url(run.work, slice_id))
+    except FileNotFoundError:
+        return None
+    config = run.config
+    sl = InputSlice.model_validate_json(raw)
+    table, geo = read_parquet_table(
+        sl, lonlat_cols=config.lonlat_cols, load_columns=config.load_columns
+    )
+    fast = _points_fast(table, geo, config)
+    if fast is None:
+        raise IngestInputError(
+            f"ingest input {sl.url} changed while it was ingested (slice {slice_id} is no longer "
+            "2D points in degrees); run the ingest again"
+        )
+    table, x, y, _ = fast
+    n = len(x)
+    ids = row_ids(int(slice_id), n)
+    for name, values in {X: x, Y: y, M: points_measure(config, n), ID: ids}.items():
+        table = table.append_column(name, pa.array(values))
+    return table
+
+
+def _is_degrees(crs: Any) -> bool:
+    """Whether GeoParquet's ``crs`` value is EPSG:4326 or OGC:CRS84."""
+    return _is_degrees_json(json.dumps(crs, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _is_degrees_json(crs: str) -> bool:
+    """:func:`_is_degrees` of a JSON-encoded value (parsing a CRS costs ~15 ms: cached)."""
+    from pyproj import CRS
+
+    try:
+        c = CRS.from_user_input(json.loads(crs))
+    except Exception:
+        return False
+    return c.to_epsg() == 4326 or c.to_string() in ("OGC:CRS84", "EPSG:4326")
+
+
+def prepare_slice(run: IngestRun, input_slice: dict[str, Any]) -> PreparedSlice:
+    """The prepare member: read and prepare one slice (``input_slice``: an
+    :class:`~.read.InputSlice` as JSON); write it and its planning sample to the work folder.
+
+    Returns the slice's :class:`PreparedSlice` (rows and total measure after preparation; the
+    report's counts of dropped, repaired and added rows).
+    """
+    import pyarrow as pa
+
+    from fused_celery.partition.prepare import prepare_frame
+    from fused_celery.table import evenly_spaced
+
+    config = run.config
+    sl = InputSlice.model_validate(input_slice)
+    fast = raw = original = None
+    if sl.format == "parquet":  # the points fast path, else a frame from the table
+        if _may_be_points(sl, config):  # read the geometry alone first
+            table, geo = read_parquet_table(sl, lonlat_cols=config.lonlat_cols, load_columns=[])
+            fast = _points_fast(table, geo, config)
+        if fast is None:
+            table, geo = read_parquet_table(
+                sl, lonlat_cols=config.lonlat_cols, load_columns=config.load_columns
+            )
+            raw = parquet_frame(sl, table, geo, lonlat_cols=config.lonlat_cols)
+            original = _original_wkb(table, geo, raw)
+            if original is not None and SOURCE_ROW not in raw.columns:
+                raw[SOURCE_ROW] = np.arange(len(raw))  # each row's position, to reuse its WKB
+            else:
+                original = None
+    if fast is not None:  # nothing staged: scatter reads the slice again (reread_points)
+        _, x, y, report = fast
+        n = len(x)
+        measure = points_measure(config, n)
+        ids = row_ids(sl.slice_id, n)
+        storage.write_bytes(
+            reread_url(run.work, sl.slice_id),
+            sl.model_dump_json().encode(),
+            durable=False,
+        )
+    else:
+        prepared = prepare_frame(
+            raw if raw is not None else read_slice(sl, config),
+            partitioning_method=config.partitioning_method,
+            load_columns=(
+                config.load_columns
+                if config.load_columns is None or original is None
+                else [*config.load_columns, SOURCE_ROW]
+            ),
+            remove_cols=config.remove_cols,
+            explode_geometries=config.explode_geometries,
+            drop_out_of_bounds=config.drop_out_of_bounds,
+            subdivide_method=config.subdivide_method,
+            subdivide_start=config.subdivide_start,
+            subdivide_stop=config.subdivide_stop,
+            allow_empty=True,
+        )
+        n, x, y, measure, report = (
+            len(prepared.frame),
+            prepared.x,
+            prepared.y,
+            prepared.measure,
+            prepared.report,
+        )
+        frame, wkb = prepared.frame, None
+        if original is not None:
+            if _geometries_unchanged(prepared.report, config):
+                wkb = original.take(pa.array(frame[SOURCE_ROW].to_numpy()))
+            frame = frame.drop(columns=[SOURCE_ROW])
+        table = encode_frame(frame, wkb)
+        facts = prepared.facts
+        ids = row_ids(sl.slice_id, n)
+        helpers = {X: x, Y: y, M: measure, ID: ids}
+        helpers.update({name: facts.bounds[:, i] for i, name in enumerate(BOUNDS)})
+        helpers.update(
+            {AREA: facts.area, LENGTH: facts.length, NCOORDS: facts.num_coords,
+             TYPE: facts.type_id, HAS_Z: facts.has_z}
+        )  # fmt: skip
+        for name, values in helpers.items():
+            table = table.append_column(name, pa.array(values))
+        write_arrow(prepared_url(run.work, sl.slice_id), table)
+
+    k = run.samples_per_slice
+    pick = evenly_spaced(n, k) if n > k else np.arange(n)
+    w = measure[pick]
+    total = float(measure.sum())
+    scale = total / float(w.sum()) if len(pick) and float(w.sum()) > 0 else 1.0
+    sample = pa.table({"x": x[pick], "y": y[pick], "w": w * scale, "id": ids[pick]})
+    write_arrow(sample_url(run.work, sl.slice_id), sample)
+    r = report
+    return {
+        "slice_id": sl.slice_id,
+        "rows": n,
+        "measure": total,
+        "report": {
+            "input_rows": r.input_rows,
+            "dropped_null_geometries": r.dropped_null_geometries,
+            "made_valid": r.made_valid,
+            "dropped_out_of_bounds": r.dropped_out_of_bounds,
+            "subdivided_rows": r.subdivided_rows,
+            "exploded_rows_added": r.exploded_rows_added,
+            "reprojected_from": r.reprojected_from,
+        },
+    }
