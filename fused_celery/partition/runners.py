@@ -86,7 +86,7 @@ def submit_ingest(
     from fused_celery.engines import check_instance_type
     from fused_celery.jobs import celery_driver
     from fused_celery.jobs.response import RunResponse
-    from fused_celery.state.pool_record import check_reachable
+    from fused_celery.state.connection import check_reachable
     from fused_celery.table import TableWriter
 
     if instance_type is not None:

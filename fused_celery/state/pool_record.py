@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fused_celery.errors import PoolExpiredError, PoolNotFoundError
-from fused_celery.state import connection, keys, scripts
+from fused_celery.state import keys, scripts
 from fused_celery.state.connection import mask_url, redis_client
 from fused_celery.state.events import EVENT_PAYLOAD_MAX_BYTES, SMALL_POOL_ENTRIES
 from fused_celery.state.statuses import PENDING
@@ -42,9 +42,6 @@ MAX_DELIVERIES = 3
 
 #: Characters of a retried attempt's logs kept in ``history``.
 HISTORY_LOG_CHARS = 4096
-
-#: Kept for fused_celery.partition until it imports state.connection.
-check_reachable = connection.check_reachable
 
 #: The state of an entry as submitted (``P:state`` value).
 INITIAL_STATE = f"{PENDING}|1||"
