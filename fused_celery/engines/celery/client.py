@@ -11,7 +11,7 @@ that many threads) through a single producer whose publishes are pipelined (komb
 ``Producer.batch``: about one round trip per 1,000 messages). A large pool writes first, then
 publishes. A small pool (``PREFETCH_MAX_ENTRIES``) publishes first, which takes the write off
 the critical path of a single call: a worker that takes a message before the record exists (no
-record and no tombstone) waits for it (``tasks.RECORD_WAIT_SECONDS``). If either step fails,
+record and no tombstone) waits for it (``worker.RECORD_WAIT_SECONDS``). If either step fails,
 nothing of the pool remains: messages already sent find nothing to do.
 
 ``max_workers`` caps the pool's messages in flight (as the local engine caps its processes, each
@@ -25,6 +25,9 @@ backlog and hands them to idle lanes.
 
 Time limits: every message carries the submitting process's ``task_soft_time_limit`` /
 ``task_time_limit`` (see :func:`~fused_celery.celery_app.time_limits`).
+
+One concept, hence one module over 600 lines: the client side of the engine interface
+(:class:`~fused_celery.engines.base.Engine`) for a pool on the cluster.
 """
 
 from __future__ import annotations
