@@ -58,6 +58,7 @@ from fused_celery.jobs.stages import (
 )
 from fused_celery.options import options
 from fused_celery.state.job_record import JobRecord
+from fused_celery.state.statuses import JOB_CANCELED, JOB_DONE, JOB_FAILED
 
 __all__ = ["COLLECT", "MEMBER", "START", "WATCHDOG", "heartbeat", "submit"]
 
@@ -108,7 +109,7 @@ def _load(
         return seq, seq.load_run(data)
     except Exception as exc:
         logger.exception("job %s: cannot load %s", record.job_id, target)
-        record.finish("Failed", reason=f"cannot load stage sequence {target}: {error_text(exc)}")
+        record.finish(JOB_FAILED, reason=f"cannot load stage sequence {target}: {error_text(exc)}")
         return None
 
 
@@ -138,7 +139,7 @@ def _guarded(
             fn()
     except Exception as exc:
         logger.exception("job %s: %s failed", record.job_id, what)
-        _end(record, seq, run, "Failed", f"{what}: {error_text(exc)}")
+        _end(record, seq, run, JOB_FAILED, f"{what}: {error_text(exc)}")
 
 
 def _launch(
@@ -189,7 +190,7 @@ def _check(
     if snap.terminal:
         return None
     if snap.cancel_requested:
-        _end(record, seq, run, "Canceled", f"cancelled during {stage.name}")
+        _end(record, seq, run, JOB_CANCELED, f"cancelled during {stage.name}")
         return None
     outcomes = [MemberOutcome.model_validate(r) for r in results]
     ok = [o.value for o in outcomes if o.status == "ok"]
@@ -204,7 +205,7 @@ def _check(
             record,
             seq,
             run,
-            "Failed",
+            JOB_FAILED,
             f"{stage.name}: {len(failed)} of {len(outcomes)} task(s) failed; {stage.name} "
             f"{first.key}: {first.error}",
         )
@@ -216,7 +217,7 @@ def _done(record: JobRecord, seq: StageSequence[Any], run: StageRun) -> None:
     """End the job ``Done`` with the sequence's result (plus ``failed``: the members left out)."""
     result, line = seq.result(run)
     result = {**result, "failed": [f.model_dump(mode="json") for f in run.failed]}
-    if record.finish("Done", result=result):
+    if record.finish(JOB_DONE, result=result):
         left_out = f"; {len(run.failed)} task(s) failed and left out" if run.failed else ""
         record.log(line + left_out)
 
@@ -235,7 +236,7 @@ def start_job(target: str, data: dict[str, Any], queue: str) -> None:
         return
     seq, run = loaded
     if record.cancel_requested:
-        _end(record, seq, run, "Canceled", "cancelled before it started")
+        _end(record, seq, run, JOB_CANCELED, "cancelled before it started")
         return
 
     def work() -> None:
@@ -328,7 +329,7 @@ def watchdog(target: str, data: dict[str, Any], queue: str) -> None:
     idle = now - last
     interval = float(options.job_watchdog_interval)
     if snap.cancel_requested and idle > 2 * interval:
-        _end(record, seq, run, "Canceled", "cancelled")
+        _end(record, seq, run, JOB_CANCELED, "cancelled")
         return
     stall = options.resolved_job_stall_timeout
     if idle > stall:
@@ -336,7 +337,7 @@ def watchdog(target: str, data: dict[str, Any], queue: str) -> None:
             record,
             seq,
             run,
-            "Failed",
+            JOB_FAILED,
             f"stage {snap.stage or 'start'} made no progress for {idle:.0f} s "
             f"({snap.finished_tasks} of {snap.total_tasks} task(s) finished): a task may have "
             f"exceeded task_time_limit ({options.task_time_limit:.0f} s) or no worker serves "

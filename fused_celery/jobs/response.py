@@ -18,6 +18,7 @@ from pydantic import BaseModel, PrivateAttr
 from fused_celery.errors import JobCanceledError, JobFailedError, JobTimeoutError
 from fused_celery.options import options
 from fused_celery.state.job_record import JobRecord, JobSnapshot
+from fused_celery.state.statuses import JOB_CANCELED, JOB_DONE, JOB_FAILED, JOB_PENDING
 
 _BAR_FORMAT = "{l_bar}{bar} | {n_fmt}/{total_fmt} tasks | {elapsed}"
 
@@ -78,8 +79,8 @@ class RunResponse(BaseModel):
 
     job_id: str
     job_name: str | None = None
-    status: str = "Pending"
-    job_status: str = "Pending"
+    status: str = JOB_PENDING
+    job_status: str = JOB_PENDING
     total_tasks: int = 0
     finished_tasks: int = 0
     instance_type: str | None = None
@@ -155,15 +156,15 @@ class RunResponse(BaseModel):
         for a ``Failed`` job, :class:`~fused_celery.errors.JobCanceledError` for a ``Canceled``
         one."""
         snap = self._refresh(errors=True)
-        if snap.status == "Failed":
+        if snap.status == JOB_FAILED:
             raise self._failed_error(snap)
-        if snap.status == "Canceled":
+        if snap.status == JOB_CANCELED:
             raise JobCanceledError(
                 f"job {self.job_id} ({self.job_name or 'unnamed'}) was canceled"
                 + (f": {snap.reason}" if snap.reason else "")
                 + "; run it again to produce its output"
             )
-        if snap.status != "Done":
+        if snap.status != JOB_DONE:
             return None
         return snap.result
 
