@@ -11,14 +11,12 @@ only when ``fused`` is not installed.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import compat_collect_scenarios as sc
 import pytest
+from compat_reference import run_reference
 
 import fused_celery as fused
 
@@ -30,18 +28,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """What the reference SDK's local engine returns for every scenario."""
     pytest.importorskip("fused")
     out = tmp_path_factory.mktemp("reference") / "reference.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSED_")}
-    env["COMPAT_FUSED"] = "fused"
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "compat_collect_scenarios.py"), str(out)],
-        cwd=HERE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, f"reference run failed:\n{proc.stdout[-3000:]}\n{proc.stderr}"
-    return json.loads(out.read_text())
+    return run_reference("compat_collect_scenarios.py", out, COMPAT_FUSED="fused")
 
 
 def _ours(name: str, engine: str) -> dict[str, Any]:

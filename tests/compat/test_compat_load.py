@@ -4,16 +4,13 @@ run on both engines and against the reference SDK's local engine."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from compat_load_reference import CASES, FOLDER
+from compat_reference import run_reference
 
 import fused_celery as fused
 from fused_celery.errors import UdfLoadError
@@ -26,17 +23,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The catalogue-style folder run by the reference SDK's local engine (subprocess)."""
     pytest.importorskip("fused")
     out = tmp_path_factory.mktemp("reference-load") / "out.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSED_")}
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "compat_load_reference.py"), str(out)],
-        cwd=HERE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, f"reference run failed:\n{proc.stdout[-3000:]}\n{proc.stderr}"
-    return json.loads(out.read_text())
+    return run_reference("compat_load_reference.py", out)
 
 
 def test_folder_loads_like_the_reference(reference: dict) -> None:
