@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from fused_celery import codec
-from fused_celery.collect import CONSTANT_ARGS_KEY
 from fused_celery.errors import (
     UdfArgumentError,
     UdfDefinitionError,
@@ -280,6 +279,8 @@ class Udf(BaseModel):
         age = parse_cache_max_age(cache_max_age)
         wire = self.wire()
         if kwargs:  # so that collect()/arg_df() index by the per-entry arguments only
+            from fused_celery.collect import CONSTANT_ARGS_KEY  # pandas: not at import time
+
             wire["metadata"] = {**wire["metadata"], CONSTANT_ARGS_KEY: sorted(kwargs)}
         spec = PoolSpec(
             udf=wire,

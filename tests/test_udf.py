@@ -655,3 +655,18 @@ def test_reserved_parameter_warning_with_decorator_options() -> None:
     reserved = [r for r in record if "reserved" in str(r.message)]
     assert len(reserved) == 1 and "['cache']" in str(reserved[0].message)
     assert reserved[0].filename == __file__
+
+
+def test_importing_the_package_loads_no_dataframe_library() -> None:
+    """Worker processes import ``fused_celery`` first; pandas/geopandas/pyarrow come with the
+    first pool or table, not at import (the local engine's worker start depends on it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fused_celery\n"
+        "heavy = ('pandas', 'geopandas', 'pyarrow', 'celery')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
