@@ -132,7 +132,7 @@ def _result(run: JobRun) -> tuple[dict[str, Any], str]:
 def _discard(run: JobRun) -> None:
     """Discard the step that stopped and the steps after it (their staging); committed tables
     of earlier steps stay. On the cluster, log which."""
-    current = len(run.results)
+    current = min(len(run.results), len(run.targets) - 1)
     errors = []
     for k in range(current, len(run.targets)):
         try:

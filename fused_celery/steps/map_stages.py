@@ -234,16 +234,18 @@ def map_member(run: MapRun, item: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ``ignore_chunk_error`` a failed chunk is returned as ``{"file_id", "chunk_id", "error"}``
     (left out by the collect) unless every chunk of the task failed."""
     out: list[dict[str, Any]] = []
+    first: Exception | None = None
     for meta in item:
         try:
             out.append(map_chunk(run, meta))
         except Exception as exc:
             if not run.ignore_errors or len(item) == 1:
                 raise
+            first = first or exc
             out.append({"file_id": meta["file_id"], "chunk_id": meta["chunk_id"],
                         "error": error_text(exc)})  # fmt: skip
-    if out and all("error" in o for o in out):
-        raise StepOutputError(out[0]["error"])
+    if first is not None and all("error" in o for o in out):
+        raise first  # the whole task failed: the driver counts it
     return out
 
 

@@ -324,3 +324,23 @@ def test_small_chunks_are_batched(table):
     two = step.model_copy(update={"chunks_per_task": 2})
     _, items = map_items(run.model_copy(update={"config": two}))
     assert [len(i) for i in items] == [2] * (n // 2) + ([1] if n % 2 else [])
+
+
+@fused.udf
+def always_fails(gdf):
+    raise RuntimeError("every chunk fails")
+
+
+@pytest.mark.parametrize("per_task", [None, 1])
+def test_every_chunk_failing_fails_even_with_ignore_chunk_error(tmp_path, table, per_task):
+    out = tmp_path / "out"
+    step = fused.map(
+        table,
+        udf=always_fails,
+        output_table=str(out),
+        ignore_chunk_error=True,
+        chunks_per_task=per_task,
+    )
+    with pytest.raises(UdfRuntimeError, match="every chunk fails"):
+        run_step(step)
+    assert_no_table(out)
