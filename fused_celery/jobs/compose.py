@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 KIND = "job"
 _SEPARATOR = "|"
+#: Job id -> the line saying where a local job stopped (taken by ``JobConfig.run_local``).
+STOPPED: dict[str, str] = {}
 
 
 class JobRun(StageRun):
@@ -153,6 +155,7 @@ def _discard(run: JobRun) -> None:
             JobRecord.open(run.job_id).log(line, level="WARNING")
     else:
         logger.warning("job %s: %s", run.job_id, line)
+        STOPPED[run.job_id] = line
     if errors:
         raise RuntimeError("; ".join(errors))
 

@@ -231,11 +231,10 @@ class JobConfig(BaseModel):
         try:
             done = run_stages(run, engine=engine, target=target)
         except Exception as exc:
-            kept = [f"step {k + 1}: {o}" for k, o in enumerate(run.outputs) if o]
-            exc.add_note(
-                f"job {self.name or run.job_id}: a step failed; its output was not committed. "
-                f"Committed outputs of earlier steps stay; check: {', '.join(kept) or 'none'}"
-            )
+            from fused_celery.jobs.compose import STOPPED
+
+            line = STOPPED.pop(run.job_id, "a step failed; its output was not committed")
+            exc.add_note(f"job {self.name or run.job_id}: {line}")
             raise
         result, _ = load_sequence(target).result(done)
         return {**result, "failed": [f.model_dump(mode="json") for f in done.failed]}

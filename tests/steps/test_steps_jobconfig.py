@@ -140,7 +140,9 @@ def test_failed_step_stops_the_job_and_leaves_no_partial_table(tmp_path):
     job = three_steps(tmp_path, make_points(300), last_udf=fail_file_1)
     with pytest.raises(UdfRuntimeError, match="step three breaks") as info:
         job.run_local(engine=None)
-    assert any("Committed outputs of earlier steps stay" in n for n in info.value.__notes__)
+    notes = "\n".join(info.value.__notes__)
+    assert "job stopped in step 3/3" in notes and "tables committed by earlier steps stay" in notes
+    assert str(tmp_path / "t2") in notes
     assert open_table(str(tmp_path / "t1")).num_rows == 300
     assert open_table(str(tmp_path / "t2")).num_rows == 300
     assert_no_table(tmp_path / "t3")
@@ -271,3 +273,18 @@ def test_remote_refusals_before_submit(on_shared_cluster, tmp_path, table):
     with pytest.raises(StepInputError, match="no previous step"):
         JobConfig(steps=[fused.map(None, udf=scale, output_table=str(tmp_path / "p"))]).run_remote()
     assert len(list_jobs(n=1000)) == before + 1
+
+
+@fused.udf
+def crs_by_file(gdf, metadata=None):
+    return gdf.to_crs(3857) if metadata["file_id"] == "1" else gdf
+
+
+def test_remote_crs_mismatch_fails_naming_two_chunks(on_shared_cluster, tmp_path, table):
+    out = tmp_path / "out"
+    resp = fused.map(table, udf=crs_by_file, output_table=str(out), chunks_per_task=1)
+    resp = resp.run_remote().wait_for_job(timeout=120)
+    assert resp.status == "Failed"
+    with pytest.raises(JobFailedError, match=r"chunks 0/0 and 1/0 have different CRSs"):
+        resp.get_results()
+    assert_no_table(out)
