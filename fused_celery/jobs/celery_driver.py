@@ -370,6 +370,7 @@ def submit(
     """
     target = target or sequence_target(run.kind)
     seq = load_sequence(target)
+    run = run.model_copy(update={"remote": True})
     data = run.model_dump(mode="json")
     record: JobRecord | None = None
     try:

@@ -45,8 +45,7 @@ class JobRun(StageRun):
     """A job of several steps. targets: each step's sequence (``"module:NAME"``). runs: each
     step's run, JSON. labels: each step's name in logs. outputs: each step's output table
     (None: none). step: the step running (0-based). results / lines: the finished steps'
-    results and last log lines. remote: run by the Celery driver (then discard logs to the job
-    record)."""
+    results and last log lines. Each step's run is given this run's ``remote``."""
 
     kind: Literal["job"] = KIND
     targets: tuple[str, ...]
@@ -56,11 +55,11 @@ class JobRun(StageRun):
     step: int = 0
     results: tuple[dict[str, Any], ...] = ()
     lines: tuple[str, ...] = ()
-    remote: bool = False
 
     def inner(self, k: int) -> StageRun:
         """Step ``k``'s own run."""
-        return load_sequence(self.targets[k]).load_run(self.runs[k])
+        run = load_sequence(self.targets[k]).load_run(self.runs[k])
+        return run if run.remote == self.remote else run.model_copy(update={"remote": self.remote})
 
     def with_inner(self, k: int, inner: StageRun, **update: Any) -> JobRun:
         """This run with step ``k``'s run replaced by ``inner`` (and ``update``)."""

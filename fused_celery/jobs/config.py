@@ -110,7 +110,7 @@ class JobConfig(BaseModel):
             out.append(step)
         return out
 
-    def _plan(self, job_id: str, *, overwrite: bool | None, remote: bool, **kwargs: Any) -> JobRun:
+    def _plan(self, job_id: str, *, overwrite: bool | None, **kwargs: Any) -> JobRun:
         """The job's run: each step's run made by its ``make_run`` (a step without input bound
         to the previous step's output). On any error the runs made so far are discarded."""
         runs: list[StageRun] = []
@@ -153,7 +153,6 @@ class JobConfig(BaseModel):
             runs=tuple(r.model_dump(mode="json") for r in runs),
             labels=labels,
             outputs=tuple(outputs),
-            remote=remote,
         )
 
     # --- running ----------------------------------------------------------------------------
@@ -200,7 +199,7 @@ class JobConfig(BaseModel):
         }
         queue = instance_type or DEFAULT_QUEUE
         check_reachable(options.broker_url)
-        run = self._plan(uuid.uuid4().hex, overwrite=overwrite, remote=True, **kwargs)
+        run = self._plan(uuid.uuid4().hex, overwrite=overwrite, **kwargs)
         record = celery_driver.submit(
             run,
             queue=queue,
@@ -226,7 +225,7 @@ class JobConfig(BaseModel):
         earlier tables stay); its output is not committed."""
         from fused_celery.jobs.local_driver import run_stages
 
-        run = self._plan(uuid.uuid4().hex, overwrite=overwrite, remote=False, **kwargs)
+        run = self._plan(uuid.uuid4().hex, overwrite=overwrite, **kwargs)
         target = composed_target(run.targets)
         try:
             done = run_stages(run, engine=engine, target=target)

@@ -1,9 +1,10 @@
 """What the UDF steps share: the ``udf`` field (coerced from a :class:`~fused_celery.udf.Udf`,
-its JSON dict or its code), ``set_udf``, calling the UDF through :mod:`fused_celery.execute`, and
-removing a failed run's staging from an output table."""
+its JSON dict or its code), ``set_udf``, calling the UDF through :mod:`fused_celery.execute`
+(its output in the job's log), and removing a failed run's staging from an output table."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from fused_celery import storage
@@ -11,7 +12,11 @@ from fused_celery.errors import StepUdfError, error_from_dict
 from fused_celery.udf import Udf
 
 if TYPE_CHECKING:
+    from fused_celery.jobs.stages import StageRun
     from fused_celery.table import TableWriter
+
+#: Characters of one UDF call's captured output kept in the job's log.
+JOB_LOG_CHARS = 2000
 
 
 def coerce_udf(value: Any) -> Any:
@@ -58,16 +63,38 @@ def require_udf(step: Any) -> Udf:
     return step.udf
 
 
-def call_udf(udf: Udf | dict[str, Any], kwargs: dict[str, Any], *, where: str) -> Any:
-    """The value of one UDF call in this process, through :func:`fused_celery.execute.run_call`
-    (captured output printed, so it reaches the worker's log); the UDF's error is raised as a
-    typed :class:`~fused_celery.errors.UdfRuntimeError` whose message starts with ``where``."""
+def job_log(run: StageRun, message: str, level: str = "INFO") -> None:
+    """Append ``message`` to the job's log when ``run`` runs on the cluster (a job record
+    exists); on this machine, nothing. Never raises: a log line is not worth a task."""
+    if not run.remote:
+        return
+    with contextlib.suppress(Exception):
+        from fused_celery.state.job_record import JobRecord
+
+        JobRecord.open(run.job_id).log(message, level=level)
+
+
+def call_udf(
+    udf: Udf | dict[str, Any],
+    kwargs: dict[str, Any],
+    *,
+    where: str,
+    run: StageRun | None = None,
+) -> Any:
+    """The value of one UDF call in this process, through :func:`fused_celery.execute.run_call`;
+    the UDF's error is raised as a typed :class:`~fused_celery.errors.UdfRuntimeError` whose
+    message starts with ``where``. Its captured output is printed (the worker's log) and, for a
+    ``run`` on the cluster, added to the job's log (the last :data:`JOB_LOG_CHARS` characters,
+    prefixed with ``where``; default None: not)."""
     from fused_celery.execute import run_call
 
     wire = udf.wire() if isinstance(udf, Udf) else udf
     outcome = run_call(wire, kwargs, encode_result=False)
-    if outcome.get("logs"):
-        print(outcome["logs"], end="", flush=True)
+    logs = outcome.get("logs") or ""
+    if logs:
+        print(logs, end="", flush=True)
+        if run is not None:
+            job_log(run, f"{where}: {logs.rstrip()[-JOB_LOG_CHARS:]}")
     if not outcome["ok"]:
         error = dict(outcome["error"] or {})
         error["message"] = f"{where}: {error.get('message', '')}"

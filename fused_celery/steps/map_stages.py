@@ -213,7 +213,7 @@ def map_chunk(run: MapRun, meta: dict[str, Any]) -> dict[str, Any]:
     udf = require_udf(run.config)
     where = f"chunk {meta['file_id']}/{meta['chunk_id']}"
     frame = read_chunk(run.config.input, meta)
-    value = call_udf(udf, chunk_kwargs(udf, frame, meta), where=where)
+    value = call_udf(udf, chunk_kwargs(udf, frame, meta), where=where, run=run)
     out = output_frame(value, frame.crs, where=where)
     info = {"file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "rows": 0}
     if out is None:

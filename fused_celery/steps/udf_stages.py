@@ -44,7 +44,7 @@ def udf_member(run: UdfRun, position: int) -> dict[str, Any]:
     present = inputs is not None
     value = inputs[position] if present else None
     where = f"input {position}" if present else "the call"
-    out = call_udf(udf, input_kwargs(udf, value, present=present), where=where)
+    out = call_udf(udf, input_kwargs(udf, value, present=present), where=where, run=run)
     return {"i": int(position), "value": codec.encode(out)}
 
 

@@ -30,6 +30,7 @@ from fused_celery.table import open_table, read_chunk_metadata
 
 @fused.udf
 def scale(gdf, k: float = 2.0):
+    print(f"scaling {len(gdf)} rows by {k}")
     out = gdf.copy()
     out["v"] = out["v"] * k
     return out
@@ -236,6 +237,9 @@ def test_remote_map_step(on_shared_cluster, tmp_path, table, points):
     resp.wait_for_job(timeout=120)
     assert resp.status == "Done", resp.get_logs()[-5:]
     assert resp.get_results()["num_rows"] == len(points)
+    first = read_chunk_metadata(table)[0]
+    line = f"chunk {first.file_id}/{first.chunk_id}: scaling {first.num_rows} rows by 2.0"
+    assert any(line in entry for entry in resp.get_logs())  # the UDF's output, in the job's log
     assert step.open_output().num_chunks == len(read_chunk_metadata(table))
     frame = step.open_output().get_dataframe().sort_values("uid")
     assert np.allclose(frame["v"], points["v"] * 2)

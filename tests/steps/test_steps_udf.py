@@ -22,6 +22,7 @@ def square(x: int, offset: int = 0):
 
 @fused.udf
 def hello(name: str = "world"):
+    print("saying hello")
     return f"hello {name}"
 
 
@@ -89,6 +90,7 @@ def test_run_remote_outputs_in_input_order(on_shared_cluster):
     assert resp.job_name == "squares" and resp.total_tasks == 6  # 5 calls + the collect
     once = UdfJobStepConfig(udf=hello).run_remote().wait_for_job(timeout=60)
     assert once.get_results() == ["hello world"]
+    assert any("the call: saying hello" in line for line in once.get_logs())
     frames = UdfJobStepConfig(udf=frame_of, input=[2, 3]).run_remote().wait_for_job(timeout=60)
     out = frames.get_results()
     assert [len(f) for f in out] == [2, 3] and isinstance(out[0], pd.DataFrame)
