@@ -74,8 +74,9 @@ class MapJobStepConfig(JobStepConfig):
     udf: the UDF (default None: :meth:`set_udf`). input: the table's URL (default None: the
     previous step's output in a ``JobConfig``). output: the output table's URL (default None).
     overwrite: replace an existing output table (default False). chunks_per_task: chunks one
-    task runs (default None: consecutive chunks of at least ``options``-independent
-    :data:`~fused_celery.steps.map_stages.TASK_ROWS` rows together, one chunk when bigger).
+    task runs (default None: consecutive chunks share a task until it has
+    :data:`~fused_celery.steps.map_stages.TASK_ROWS` rows, so a big chunk runs alone and small
+    ones are batched, at most :data:`~fused_celery.steps.map_stages.MAX_CHUNKS_PER_TASK`).
     name, metadata, ignore_chunk_error: as :class:`~fused_celery.jobs.step.JobStepConfig`.
     """
 

@@ -81,15 +81,19 @@ def chunk_metadata_dict(meta: ChunkMetadata) -> dict[str, Any]:
     }
 
 
-def read_chunk(url: str, meta: dict[str, Any]) -> gpd.GeoDataFrame:
+def read_chunk(
+    url: str, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None = None
+) -> gpd.GeoDataFrame:
     """Chunk ``meta`` (a :func:`chunk_metadata_dict`) of table ``url``, as a GeoDataFrame; a
-    read error is a :class:`StepInputError` naming the chunk."""
+    read error is a :class:`StepInputError` naming the chunk. chunks: the table's chunk
+    metadata (default None: read from its ``_sample``)."""
     from fused_celery.table import get_chunk_from_table, read_chunk_metadata
 
     fid, cid = meta["file_id"], meta["chunk_id"]
     try:
-        chunks = [c for c in read_chunk_metadata(url) if c.file_id == fid and c.chunk_id == cid]
-        return get_chunk_from_table(url, fid, cid, _metadata=chunks or None)
+        found = read_chunk_metadata(url) if chunks is None else chunks
+        mine = [c for c in found if c.file_id == fid and c.chunk_id == cid]
+        return get_chunk_from_table(url, fid, cid, _metadata=mine or None)
     except Exception as exc:
         raise StepInputError(
             f"cannot read chunk {fid}/{cid} of table {url}: {error_text(exc)}; check the table "
@@ -207,12 +211,14 @@ def describe_map(run: MapRun, items: Sequence[list[dict[str, Any]]]) -> str:
     return f"map: UDF {udf} on {n} chunk(s) of {run.config.input} in {len(items)} task(s)"
 
 
-def map_chunk(run: MapRun, meta: dict[str, Any]) -> dict[str, Any]:
+def map_chunk(
+    run: MapRun, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None = None
+) -> dict[str, Any]:
     """Run the UDF on one chunk and stage its output; returns its ``rows``, ``crs`` (PROJJSON
-    text or None), ``geometry`` (column name) and ``schema``."""
+    text or None), ``geometry`` (column name) and ``schema``. chunks: as :func:`read_chunk`."""
     udf = require_udf(run.config)
     where = f"chunk {meta['file_id']}/{meta['chunk_id']}"
-    frame = read_chunk(run.config.input, meta)
+    frame = read_chunk(run.config.input, meta, chunks)
     value = call_udf(udf, chunk_kwargs(udf, frame, meta), where=where, run=run)
     out = output_frame(value, frame.crs, where=where)
     info = {"file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "rows": 0}
@@ -233,11 +239,17 @@ def map_member(run: MapRun, item: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The map member: :func:`map_chunk` for each chunk of ``item``. Under
     ``ignore_chunk_error`` a failed chunk is returned as ``{"file_id", "chunk_id", "error"}``
     (left out by the collect) unless every chunk of the task failed."""
+    from fused_celery.table import read_chunk_metadata
+
     out: list[dict[str, Any]] = []
     first: Exception | None = None
+    try:
+        chunks = read_chunk_metadata(run.config.input) if len(item) > 1 else None
+    except Exception:  # each chunk's read says what is wrong
+        chunks = None
     for meta in item:
         try:
-            out.append(map_chunk(run, meta))
+            out.append(map_chunk(run, meta, chunks))
         except Exception as exc:
             if not run.ignore_errors or len(item) == 1:
                 raise

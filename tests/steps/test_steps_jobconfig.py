@@ -292,3 +292,25 @@ def test_remote_crs_mismatch_fails_naming_two_chunks(on_shared_cluster, tmp_path
     with pytest.raises(JobFailedError, match=r"chunks 0/0 and 1/0 have different CRSs"):
         resp.get_results()
     assert_no_table(out)
+
+
+@fused.udf
+def slow(gdf):
+    import time
+
+    time.sleep(1.0)
+    return gdf
+
+
+def test_remote_cancel_leaves_no_table(on_shared_cluster, tmp_path, table):
+    import time
+
+    out = tmp_path / "out"
+    resp = fused.map(table, udf=slow, output_table=str(out), chunks_per_task=1).run_remote()
+    deadline = time.monotonic() + 60
+    while resp.get_status().finished_tasks < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert resp.status == "Running"
+    resp.cancel(wait=True, timeout=60)
+    assert resp.status == "Canceled", resp.get_logs()[-5:]
+    assert_no_table(out)
