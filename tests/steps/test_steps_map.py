@@ -344,3 +344,20 @@ def test_every_chunk_failing_fails_even_with_ignore_chunk_error(tmp_path, table,
     with pytest.raises(UdfRuntimeError, match="every chunk fails"):
         run_step(step)
     assert_no_table(out)
+
+
+def test_a_redelivered_member_returns_the_same_value_and_object(tmp_path, table):
+    """Members return values that depend only on their inputs (a Redis chord counts a
+    redelivered member once) and overwrite the same staged object."""
+    from fused_celery.steps.map_runners import make_map_run
+    from fused_celery.steps.map_stages import map_member, part_url
+
+    step = fused.map(table, udf=double, output_table=str(tmp_path / "out"), chunks_per_task=2)
+    run = make_map_run(step, None, job_id="j1")
+    _, items = map_items(run)
+    first = map_member(run, items[0])
+    part = Path(part_url(run.work, items[0][0]["file_id"], items[0][0]["chunk_id"]))
+    size = part.stat().st_size
+    assert json.dumps(map_member(run, items[0])) == json.dumps(first)
+    assert part.stat().st_size == size and len(list(part.parent.iterdir())) == 2
+    assert [i["rows"] for i in first] == [m["num_rows"] for m in items[0]]
