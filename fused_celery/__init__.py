@@ -2,7 +2,8 @@
 
 ``import fused_celery as fused`` and keep your Fused code: ``@fused.udf``, ``udf.map``,
 ``fused.run`` / ``fused.run_async``, ``fused.submit``, ``@fused.cache``, ``fused.load``,
-``fused.types``, ``fused.options``, ``fused.JobPool.attach(pool_id)``. The pool and API modules
+``fused.types``, ``fused.options``, ``fused.JobPool.attach(pool_id)``; job steps
+``fused.ingest``, ``fused.map`` and ``fused.JobConfig``. The pool and API modules
 (which need pandas) are imported on first use, so that worker processes start fast.
 """
 
@@ -37,7 +38,11 @@ _LAZY = {
         "fused_celery.partition.config",
         "GeospatialPartitionJobStepConfig",
     ),
+    "map": ("fused_celery.steps.map", "map_table"),
     # seed 000 (fused.models.api.job): the names users import
+    "JobConfig": ("fused_celery.jobs.config", "JobConfig"),
+    "UdfJobStepConfig": ("fused_celery.steps.udf", "UdfJobStepConfig"),
+    "MapJobStepConfig": ("fused_celery.steps.map", "MapJobStepConfig"),
     "JobStepConfig": ("fused_celery.jobs.step", "JobStepConfig"),
     "PartitionJobStepConfig": ("fused_celery.partition.config", "PartitionJobStepConfig"),
     "GDALOpenConfig": ("fused_celery.partition.config", "GDALOpenConfig"),

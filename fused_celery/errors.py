@@ -36,6 +36,10 @@ __all__ = [
     "UnsupportedInputError",
     "InputNotFoundError",
     "JobNotFoundError",
+    "StepInputError",
+    "StepUdfError",
+    "StepOutputError",
+    "StepSchemaError",
     "JobFailedError",
     "JobCanceledError",
     "JobTimeoutError",
@@ -228,6 +232,27 @@ class InputNotFoundError(IngestInputError, FileNotFoundError):
 
 
 # --- jobs (job steps run on the cluster or locally) ---------------------------------------------
+
+
+class StepInputError(FusedError, ValueError):
+    """A job step's input cannot be used: a map step without input and no previous step, an
+    input that is not a committed table, an empty table, a chunk that cannot be read. The message
+    names the step or chunk and the fix."""
+
+
+class StepUdfError(FusedError, TypeError):
+    """A job step's UDF does not fit the step: none set, or a map UDF whose signature takes no
+    frame (its first parameter receives the chunk)."""
+
+
+class StepOutputError(FusedError, TypeError):
+    """A map UDF returned something that is not a frame (GeoDataFrame, DataFrame, Arrow table
+    or None); the message names the chunk and the type."""
+
+
+class StepSchemaError(FusedError, ValueError):
+    """The outputs of two chunks of a map step cannot go in one table (different CRSs, geometry
+    columns or column types that do not unify); the message names the two chunks."""
 
 
 class JobNotFoundError(FusedError, LookupError):

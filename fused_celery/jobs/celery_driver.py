@@ -359,16 +359,19 @@ def submit(
     output: str | None = None,
     config: dict[str, Any] | None = None,
     message: str | None = None,
+    target: str | None = None,
 ) -> JobRecord:
     """Create the job record of ``run`` and send its start task and watchdog to ``queue``;
     returns the record.
 
     name / instance_type / output / config: the record's fields (defaults None, None, None, {}).
-    message: a first log line (default None). On any error nothing is left half-submitted: the
-    record is deleted, the run discarded and the error raised.
+    message: a first log line (default None). target: the sequence's ``"module:NAME"`` (default
+    None: the one registered for ``run.kind``; a composed job passes its own). On any error
+    nothing is left half-submitted: the record is deleted, the run discarded and the error raised.
     """
-    target = sequence_target(run.kind)
+    target = target or sequence_target(run.kind)
     seq = load_sequence(target)
+    run = run.model_copy(update={"remote": True})
     data = run.model_dump(mode="json")
     record: JobRecord | None = None
     try:

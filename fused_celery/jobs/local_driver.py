@@ -114,14 +114,16 @@ def _map(
     return ok, failed, first
 
 
-def run_stages(run: R, *, engine: str | None = "local") -> R:
+def run_stages(run: R, *, engine: str | None = "local", target: str | None = None) -> R:
     """Run the stage sequence registered for ``run.kind`` from ``run``; returns the run the last
     collect returned (``sequence.result(run)`` gives the job's result).
 
-    engine: ``"local"`` (worker processes, default) or None (everything in this process). On any
-    error the sequence's ``discard`` runs and the error is raised (see the module docstring).
+    engine: ``"local"`` (worker processes, default) or None (everything in this process).
+    target: the sequence's ``"module:NAME"`` (default None: the one registered for ``run.kind``).
+    On any error the sequence's ``discard`` runs and the error is raised (see the module
+    docstring).
     """
-    target = sequence_target(run.kind)
+    target = target or sequence_target(run.kind)
     seq = load_sequence(target)
     try:
         for stage in seq.stages:

@@ -10,7 +10,9 @@ A remote runner is called ``submit(step, output, *, instance_type, overwrite, ex
 returns a :class:`~fused_celery.jobs.response.RunResponse`; a local runner is called
 ``run_local(step, output, *, overwrite)`` and returns the step's local result. A step that runs
 as fan-out stages also names its declared :class:`~fused_celery.jobs.stages.StageSequence`
-(``stages``), which the drivers find from a run's ``kind`` (the step type).
+(``stages``), which the drivers find from a run's ``kind`` (the step type), and may name
+``make_run(step, output, *, job_id, overwrite) -> StageRun`` (the run of the step as one step of
+a multi-step job, :mod:`fused_celery.jobs.config`).
 """
 
 from __future__ import annotations
@@ -20,26 +22,36 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Runner", "register", "runner_for"]
+__all__ = ["Runner", "register", "registered_types", "runner_for"]
 
 
 @dataclass(frozen=True)
 class Runner:
     """Where the runners of one step type live: ``submit`` and ``run_local`` as
     ``"package.module:function"`` (either may be None: that way of running is not offered), and
-    ``stages``, the ``"package.module:NAME"`` of its stage sequence (None: it has none)."""
+    ``stages``, the ``"package.module:NAME"`` of its stage sequence (None: it has none), and
+    ``make_run``, the function building its run inside a multi-step job (None: it cannot be one
+    step of a ``JobConfig``), and ``model``, the ``"module:Class"`` of its step model (a
+    ``JobConfig`` read from JSON builds its steps by ``type``)."""
 
     step_type: str
     submit: str | None = None
     run_local: str | None = None
     stages: str | None = None
+    make_run: str | None = None
+    model: str | None = None
 
     def load(self, which: str) -> Callable[..., Any]:
-        """The runner ``which`` ("submit", "run_local" or "stages"), imported."""
+        """The runner ``which`` ("submit", "run_local", "stages", "make_run" or "model"),
+        imported."""
         target = getattr(self, which)
         if target is None:
             if which == "stages":
                 raise NotImplementedError(f"job step type {self.step_type!r} has no stages")
+            if which == "make_run":
+                raise NotImplementedError(
+                    f"a {self.step_type!r} job step cannot be one step of a JobConfig"
+                )
             where = "on the cluster" if which == "submit" else "locally"
             raise NotImplementedError(f"a {self.step_type!r} job step cannot run {where}")
         module, _, name = target.partition(":")
@@ -55,15 +67,29 @@ def register(
     submit: str | None = None,
     run_local: str | None = None,
     stages: str | None = None,
+    make_run: str | None = None,
+    model: str | None = None,
 ) -> None:
-    """Register the runners of ``step_type`` (dotted ``"module:function"`` names) and its stage
-    sequence (``"module:NAME"``); defaults None. Registering the same names again is allowed;
-    other names for a known type are an error."""
-    runner = Runner(step_type, submit=submit, run_local=run_local, stages=stages)
+    """Register the runners of ``step_type`` (dotted ``"module:function"`` names), its stage
+    sequence (``"module:NAME"``), its ``make_run`` and its ``model``; defaults None.
+    Registering the same names again is allowed; other names for a known type are an error."""
+    runner = Runner(
+        step_type,
+        submit=submit,
+        run_local=run_local,
+        stages=stages,
+        make_run=make_run,
+        model=model,
+    )
     known = _RUNNERS.get(step_type)
     if known is not None and known != runner:
         raise ValueError(f"job step type {step_type!r} already has runners: {known}")
     _RUNNERS[step_type] = runner
+
+
+def registered_types() -> list[str]:
+    """The step types registered so far, sorted."""
+    return sorted(_RUNNERS)
 
 
 def runner_for(step_type: str | None) -> Runner:

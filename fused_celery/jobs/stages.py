@@ -69,7 +69,9 @@ class StageRun(BaseModel):
     kind: the step type; the drivers find the sequence by it. job_id: the job's id (the job
     record's, and the stem of every task id). ignore_errors: leave failed members out and list
     them in ``failed`` instead of failing the job (default False). failed: the members left out
-    so far (default none). Keep it small: no rows, no per-item lists that grow with the input.
+    so far (default none). remote: run by the Celery driver, so a job record exists to log to
+    (set by its ``submit``; default False). Keep it small: no rows, no per-item lists that grow
+    with the input.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -78,6 +80,7 @@ class StageRun(BaseModel):
     job_id: str
     ignore_errors: bool = False
     failed: tuple[FailedItem, ...] = ()
+    remote: bool = False
 
 
 R = TypeVar("R", bound=StageRun)

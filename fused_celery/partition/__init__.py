@@ -16,4 +16,6 @@ register(
     submit="fused_celery.partition.runners:submit_ingest",
     run_local="fused_celery.partition.runners:run_ingest",
     stages="fused_celery.partition.sequence:INGEST",
+    make_run="fused_celery.partition.runners:make_ingest_run",
+    model="fused_celery.partition.config:GeospatialPartitionJobStepConfig",
 )

@@ -67,6 +67,29 @@ def new_run(
         raise
 
 
+def make_ingest_run(
+    config: GeospatialPartitionJobStepConfig,
+    output: str | None,
+    *,
+    job_id: str,
+    overwrite: bool | None = None,
+    check_input: bool = True,
+) -> IngestRun:
+    """The run of ``config`` as job ``job_id`` writing table ``output`` (default
+    ``config.output``), as one step of a ``JobConfig``. overwrite: default ``config.overwrite``.
+    check_input: unused (an ingest reads its input in its first stage). An existing table
+    without overwrite is raised here."""
+    from fused_celery.table import TableWriter
+
+    del check_input
+    url = output or config.output
+    if not url:
+        raise ValueError("an ingest needs an output table: pass output= or set config.output")
+    ow = config.overwrite if overwrite is None else bool(overwrite)
+    writer = TableWriter(url, overwrite=ow, run_id=job_id)
+    return new_run(config, writer, job_id=job_id, overwrite=ow)
+
+
 def submit_ingest(
     config: GeospatialPartitionJobStepConfig,
     output: str,

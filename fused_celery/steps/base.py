@@ -1,0 +1,113 @@
+"""What the UDF steps share: the ``udf`` field (coerced from a :class:`~fused_celery.udf.Udf`,
+its JSON dict or its code), ``set_udf``, calling the UDF through :mod:`fused_celery.execute`
+(its output in the job's log), and removing a failed run's staging from an output table."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from fused_celery import storage
+from fused_celery.errors import StepUdfError, error_from_dict
+from fused_celery.udf import Udf
+
+if TYPE_CHECKING:
+    from fused_celery.jobs.stages import StageRun
+    from fused_celery.table import TableWriter
+
+#: Characters of one UDF call's captured output kept in the job's log.
+JOB_LOG_CHARS = 2000
+
+
+def coerce_udf(value: Any) -> Any:
+    """A :class:`Udf` from a Udf, its JSON dict (``Udf.model_dump()``), its code (a string
+    holding a ``def``) or a path/URL for :func:`fused_celery.load`; None stays None."""
+    if value is None or isinstance(value, Udf):
+        return value
+    if isinstance(value, dict):
+        return Udf.model_validate(value)
+    if isinstance(value, str):
+        if "def " in value:
+            from fused_celery.udf import udf_from_code
+
+            return udf_from_code(value)
+        from fused_celery.udf_loader import load
+
+        return load(value)
+    raise StepUdfError(
+        f"a job step's udf must be a @fused.udf function, its JSON dict or its code, not "
+        f"{type(value).__name__}"
+    )
+
+
+def with_udf(
+    udf: Any, parameters: dict[str, Any] | None = None, replace_parameters: bool = False
+) -> Udf:
+    """``udf`` coerced (:func:`coerce_udf`) with ``parameters`` set (default None: unchanged);
+    replace_parameters: drop the parameters not in ``parameters`` (default False: merge)."""
+    found = coerce_udf(udf)
+    if found is None:
+        raise StepUdfError("set_udf needs a UDF; got None")
+    if parameters is not None:
+        merged = dict(parameters) if replace_parameters else {**found.parameters, **parameters}
+        found = found.model_copy(update={"parameters": merged})
+    return found
+
+
+def require_udf(step: Any) -> Udf:
+    """The step's UDF, or a :class:`StepUdfError` saying how to set one."""
+    if step.udf is None:
+        raise StepUdfError(
+            f"job step {step.name or step.type!r} has no UDF; call set_udf(udf) or pass udf=..."
+        )
+    return step.udf
+
+
+def job_log(run: StageRun, message: str, level: str = "INFO") -> None:
+    """Append ``message`` to the job's log when ``run`` runs on the cluster (a job record
+    exists); on this machine, nothing. Never raises: a log line is not worth a task."""
+    if not run.remote:
+        return
+    with contextlib.suppress(Exception):
+        from fused_celery.state.job_record import JobRecord
+
+        JobRecord.open(run.job_id).log(message, level=level)
+
+
+def call_udf(
+    udf: Udf | dict[str, Any],
+    kwargs: dict[str, Any],
+    *,
+    where: str,
+    run: StageRun | None = None,
+) -> Any:
+    """The value of one UDF call in this process, through :func:`fused_celery.execute.run_call`;
+    the UDF's error is raised as a typed :class:`~fused_celery.errors.UdfRuntimeError` whose
+    message starts with ``where``. Its captured output is printed (the worker's log) and, for a
+    ``run`` on the cluster, added to the job's log (the last :data:`JOB_LOG_CHARS` characters,
+    prefixed with ``where``; default None: not)."""
+    from fused_celery.execute import run_call
+
+    wire = udf.wire() if isinstance(udf, Udf) else udf
+    outcome = run_call(wire, kwargs, encode_result=False)
+    logs = outcome.get("logs") or ""
+    if logs:
+        print(logs, end="", flush=True)
+        if run is not None:
+            job_log(run, f"{where}: {logs.rstrip()[-JOB_LOG_CHARS:]}")
+    if not outcome["ok"]:
+        error = dict(outcome["error"] or {})
+        error["message"] = f"{where}: {error.get('message', '')}"
+        raise error_from_dict(error)
+    return outcome.get("value")
+
+
+def discard_writer(writer: TableWriter) -> None:
+    """Remove a run's staging from its output table; when no committed table is there, the
+    folder's staging marker too, so a failed first run leaves no table behind (a committed
+    table from an earlier run is untouched)."""
+    from fused_celery.table import SAMPLE_FILE, STAGING_DIR
+
+    writer.abort()
+    if not storage.is_file(storage.join(writer.url, SAMPLE_FILE)):
+        storage.delete_prefix(storage.join(writer.url, STAGING_DIR))

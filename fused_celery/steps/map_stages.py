@@ -1,0 +1,431 @@
+"""The map step as stages (:data:`MAP_STEP`), run by the drivers of :mod:`fused_celery.jobs`::
+
+    map × chunk batches ─► route (check CRS/schema, group by file) ─► write × files ─► commit
+
+A ``map`` member reads its chunks (one row group each), runs the UDF through
+:mod:`fused_celery.execute` and writes each output chunk to ``<staging>/_work/parts/<file>/<chunk>
+.parquet`` (deterministic names: a redelivered member overwrites the same object); it returns
+only row counts, CRS and schema. ``route`` checks that the chunks' outputs fit one table.
+A ``write`` member assembles one output file from its chunks' parts (one row group per chunk,
+chunk metadata recomputed from the rows) in the table writer's staging; ``commit`` (the last
+collect, once) moves the files into place, ``_sample`` last. On failure the staging is removed:
+no partial table. The runners are in :mod:`fused_celery.steps.map_runners`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from fused_celery import storage
+from fused_celery.errors import StepInputError, StepOutputError, StepSchemaError
+from fused_celery.jobs.stages import FailedItem, Stage, StageRun, StageSequence, error_text
+from fused_celery.steps.base import call_udf, discard_writer, require_udf
+from fused_celery.steps.map import MapJobStepConfig, chunk_kwargs
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+    import pyarrow as pa
+
+    from fused_celery.table import ChunkMetadata, TableWriter
+
+KIND = "map"
+#: Rows a map task takes at least when ``chunks_per_task`` is None (small chunks share a task).
+TASK_ROWS = 20_000
+#: Chunks a map task takes at most when ``chunks_per_task`` is None.
+MAX_CHUNKS_PER_TASK = 64
+
+
+class TableSummary(BaseModel):
+    """The committed output table: its URL and its files, chunks and rows."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    output: str
+    num_files: int
+    num_chunks: int
+    num_rows: int
+
+
+class MapRun(StageRun):
+    """One map step, small and JSON-able. config: the step (input and output URLs set).
+    writer: the output's ``TableWriter.to_dict()``. work: the work folder. Filled in on the way:
+    crs (the outputs' CRS, PROJJSON text), write_tasks (route) and table (commit)."""
+
+    kind: Literal["map"] = KIND
+    config: MapJobStepConfig
+    writer: dict[str, Any]
+    work: str
+    crs: str | None = None
+    write_tasks: int = 0
+    table: TableSummary | None = None
+
+    def table_writer(self) -> TableWriter:
+        """The run's table writer (rebuilt without checking the target again)."""
+        from fused_celery.table import TableWriter
+
+        return TableWriter.from_dict(self.writer)
+
+
+def chunk_metadata_dict(meta: ChunkMetadata) -> dict[str, Any]:
+    """What the UDF's ``metadata`` parameter receives: file_id, chunk_id, bbox, num_rows."""
+    return {
+        "file_id": meta.file_id,
+        "chunk_id": int(meta.chunk_id),
+        "bbox": [meta.bbox_minx, meta.bbox_miny, meta.bbox_maxx, meta.bbox_maxy],
+        "num_rows": int(meta.num_rows),
+    }
+
+
+def read_chunk(
+    url: str, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None = None
+) -> gpd.GeoDataFrame:
+    """Chunk ``meta`` (a :func:`chunk_metadata_dict`) of table ``url``, as a GeoDataFrame; a
+    read error is a :class:`StepInputError` naming the chunk. chunks: the table's chunk
+    metadata (default None: read from its ``_sample``)."""
+    from fused_celery.table import get_chunk_from_table, read_chunk_metadata
+
+    fid, cid = meta["file_id"], meta["chunk_id"]
+    try:
+        found = read_chunk_metadata(url) if chunks is None else chunks
+        mine = [c for c in found if c.file_id == fid and c.chunk_id == cid]
+        return get_chunk_from_table(url, fid, cid, _metadata=mine or None)
+    except Exception as exc:
+        raise StepInputError(
+            f"cannot read chunk {fid}/{cid} of table {url}: {error_text(exc)}; check the table "
+            "(rewrite it, or pass ignore_chunk_error=True to leave the chunk out)"
+        ) from exc
+
+
+def output_frame(value: Any, crs: Any, *, where: str) -> gpd.GeoDataFrame | None:
+    """A map UDF's output as the GeoDataFrame the table stores: a GeoDataFrame as is (no CRS:
+    the input's ``crs``); a DataFrame or Arrow table with a geometry column made one, without
+    one given a null ``geometry`` in ``crs``; None stays None (no rows). Anything else is a
+    :class:`StepOutputError` naming ``where`` and the type."""
+    import geopandas as gpd
+    import pandas as pd
+    import pyarrow as pa
+
+    if value is None:
+        return None
+    if isinstance(value, pa.Table):
+        from fused_celery.table.format import _geo_from_schema, arrow_to_frame
+
+        value = arrow_to_frame(value, _geo_from_schema(value.schema))
+    if isinstance(value, gpd.GeoDataFrame):
+        try:
+            value.geometry  # noqa: B018 - raises without an active geometry
+        except AttributeError:
+            value = pd.DataFrame(value)
+        else:
+            return value if value.crs is not None or crs is None else value.set_crs(crs)
+    if isinstance(value, pd.DataFrame):
+        geoms = [c for c in value.columns if isinstance(value[c].dtype, gpd.array.GeometryDtype)]
+        if geoms:
+            frame = gpd.GeoDataFrame(value, geometry=geoms[0])
+            return frame if frame.crs is not None or crs is None else frame.set_crs(crs)
+        return gpd.GeoDataFrame(
+            value.reset_index(drop=True),
+            geometry=gpd.GeoSeries([None] * len(value), crs=crs),
+        )
+    raise StepOutputError(
+        f"{where}: the UDF returned a {type(value).__module__}.{type(value).__name__}; a map UDF "
+        "returns a GeoDataFrame, a DataFrame, a pyarrow Table or None"
+    )
+
+
+def _schema_text(frame: gpd.GeoDataFrame) -> str:
+    """The frame's column types as base64 Arrow schema (geometries as binary)."""
+    import geopandas as gpd
+    import pandas as pd
+    import pyarrow as pa
+
+    geo = [c for c in frame.columns if isinstance(frame[c].dtype, gpd.array.GeometryDtype)]
+    plain = pd.DataFrame(frame.drop(columns=geo))
+    schema = pa.Schema.from_pandas(plain, preserve_index=False).remove_metadata()
+    for c in geo:
+        schema = schema.append(pa.field(str(c), pa.binary()))
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+def _schema(text: str) -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+
+
+def part_url(work: str, file_id: str, chunk_id: int) -> str:
+    """Where the output of chunk ``file_id/chunk_id`` is staged."""
+    return storage.join(work, "parts", str(file_id), f"{int(chunk_id)}.parquet")
+
+
+# --- stage map --------------------------------------------------------------------------------
+
+
+def map_items(run: MapRun) -> tuple[MapRun, list[list[dict[str, Any]]]]:
+    """The map fan-out: the input's chunks in (file, chunk) order, grouped by
+    ``chunks_per_task`` (or by :data:`TASK_ROWS`). An input that is not a table or is empty is a
+    :class:`StepInputError`."""
+    from fused_celery.table import read_chunk_metadata
+
+    url = run.config.input
+    try:
+        chunks = read_chunk_metadata(url)
+    except Exception as exc:
+        raise StepInputError(
+            f"the map step's input {url} is not a table: {error_text(exc)}"
+        ) from exc
+    if not chunks:
+        raise StepInputError(f"the map step's input table {url} is empty (no chunks)")
+    metas = [chunk_metadata_dict(c) for c in sorted(chunks, key=lambda c: (c.file_id, c.chunk_id))]
+    per = run.config.chunks_per_task
+    items: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    rows = 0
+    for m in metas:
+        current.append(m)
+        rows += m["num_rows"]
+        full = len(current) >= per if per else rows >= TASK_ROWS
+        if full or len(current) >= (per or MAX_CHUNKS_PER_TASK):
+            items.append(current)
+            current, rows = [], 0
+    if current:
+        items.append(current)
+    return run, items
+
+
+def map_key(item: list[dict[str, Any]]) -> str:
+    """A map task's key: its first chunk, ``<file>.<chunk>`` (+ ``+<n>`` more)."""
+    first = f"{item[0]['file_id']}.{item[0]['chunk_id']}"
+    return first if len(item) == 1 else f"{first}+{len(item) - 1}"
+
+
+def describe_map(run: MapRun, items: Sequence[list[dict[str, Any]]]) -> str:
+    """The log line when map starts."""
+    n = sum(len(i) for i in items)
+    udf = run.config.udf.name if run.config.udf else "?"
+    return f"map: UDF {udf} on {n} chunk(s) of {run.config.input} in {len(items)} task(s)"
+
+
+def map_chunk(
+    run: MapRun, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None = None
+) -> dict[str, Any]:
+    """Run the UDF on one chunk and stage its output; returns its ``rows``, ``crs`` (PROJJSON
+    text or None), ``geometry`` (column name) and ``schema``. chunks: as :func:`read_chunk`."""
+    udf = require_udf(run.config)
+    where = f"chunk {meta['file_id']}/{meta['chunk_id']}"
+    frame = read_chunk(run.config.input, meta, chunks)
+    value = call_udf(udf, chunk_kwargs(udf, frame, meta), where=where, run=run)
+    out = output_frame(value, frame.crs, where=where)
+    info = {"file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "rows": 0}
+    if out is None:
+        return info
+    with storage.atomic_output(part_url(run.work, meta["file_id"], meta["chunk_id"])) as f:
+        out.to_parquet(f, index=False)
+    return {
+        **info,
+        "rows": len(out),
+        "crs": out.crs.to_json() if out.crs is not None and len(out) else None,
+        "geometry": out.geometry.name,
+        "schema": _schema_text(out),
+    }
+
+
+def map_member(run: MapRun, item: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The map member: :func:`map_chunk` for each chunk of ``item``. Under
+    ``ignore_chunk_error`` a failed chunk is returned as ``{"file_id", "chunk_id", "error"}``
+    (left out by the collect) unless every chunk of the task failed."""
+    from fused_celery.table import read_chunk_metadata
+
+    out: list[dict[str, Any]] = []
+    first: Exception | None = None
+    try:
+        chunks = read_chunk_metadata(run.config.input) if len(item) > 1 else None
+    except Exception:  # each chunk's read says what is wrong
+        chunks = None
+    for meta in item:
+        try:
+            out.append(map_chunk(run, meta, chunks))
+        except Exception as exc:
+            if not run.ignore_errors or len(item) == 1:
+                raise
+            first = first or exc
+            out.append({"file_id": meta["file_id"], "chunk_id": meta["chunk_id"],
+                        "error": error_text(exc)})  # fmt: skip
+    if first is not None and all("error" in o for o in out):
+        raise first  # the whole task failed: the driver counts it
+    return out
+
+
+def _same_crs(a: str, b: str) -> bool:
+    from pyproj import CRS
+
+    ca, cb = CRS.from_json(a), CRS.from_json(b)
+    return ca == cb or ca.equals(cb, ignore_axis_order=True)
+
+
+def check_outputs(infos: list[dict[str, Any]]) -> str | None:
+    """The outputs' common CRS (PROJJSON text, None when no chunk has rows); a
+    :class:`StepSchemaError` naming two chunks whose CRS, geometry column or column types do
+    not fit one table (types unify where safe: int with float, null with anything)."""
+    import pyarrow as pa
+
+    crs, crs_owner, geometry, geometry_owner = None, "", None, ""
+    schema: pa.Schema | None = None
+    owner: dict[str, str] = {}
+    for info in infos:
+        if "schema" not in info:
+            continue
+        name = f"{info['file_id']}/{info['chunk_id']}"
+        if info.get("crs") is not None:
+            if crs is None:
+                crs, crs_owner = info["crs"], name
+            elif not _same_crs(crs, info["crs"]):
+                raise StepSchemaError(
+                    f"the outputs of chunks {crs_owner} and {name} have different CRSs; return "
+                    "one CRS from the UDF (e.g. gdf.to_crs(4326))"
+                )
+        if geometry is None:
+            geometry, geometry_owner = info["geometry"], name
+        elif info["geometry"] != geometry:
+            raise StepSchemaError(
+                f"the outputs of chunks {geometry_owner} and {name} have different geometry "
+                f"columns ({geometry!r} and {info['geometry']!r}); use one name"
+            )
+        this = _schema(info["schema"])
+        if schema is None:
+            schema = this
+        else:
+            try:
+                schema = pa.unify_schemas([schema, this], promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                known = set(schema.names)
+                bad = next(
+                    (f for f in this if f.name in known and f.type != schema.field(f.name).type),
+                    None,
+                )
+                column = bad.name if bad is not None else "?"
+                raise StepSchemaError(
+                    f"column {column!r} of the outputs of chunks {owner.get(column, '?')} and "
+                    f"{name} has types that do not unify ({exc}); return one type from the UDF"
+                ) from None
+        for f in this:
+            owner.setdefault(f.name, name)
+    return crs
+
+
+def route(run: MapRun, ok: list[list[dict[str, Any]]], failed: list[FailedItem]) -> MapRun:
+    """The collect of map: the outputs checked (:func:`check_outputs`), chunks left out under
+    ``ignore_chunk_error`` listed, and one write task per input file (its chunks with output,
+    in order) written to ``route.json``."""
+    infos = [i for batch in ok for i in batch]
+    left_out = [
+        FailedItem(stage="map", key=f"{i['file_id']}.{i['chunk_id']}", error=i["error"])
+        for i in infos
+        if "error" in i
+    ]
+    infos = [i for i in infos if "error" not in i]
+    crs = check_outputs(infos)
+    files: dict[str, list[int]] = {}
+    for i in sorted(infos, key=lambda i: (i["file_id"], i["chunk_id"])):
+        if "schema" in i:
+            files.setdefault(i["file_id"], []).append(int(i["chunk_id"]))
+    groups = [[fid, cids] for fid, cids in files.items()]
+    storage.write_bytes(storage.join(run.work, "route.json"), json.dumps(groups).encode())
+    del failed
+    return run.model_copy(
+        update={"crs": crs, "write_tasks": len(groups), "failed": (*run.failed, *left_out)}
+    )
+
+
+# --- stage write ------------------------------------------------------------------------------
+
+
+def write_items(run: MapRun) -> tuple[MapRun, list[list[Any]]]:
+    """The write fan-out: one ``[file_id, chunk_ids]`` per output file."""
+    return run, json.loads(storage.read_bytes(storage.join(run.work, "route.json")))
+
+
+def describe_write(run: MapRun, items: Sequence[list[Any]]) -> str:
+    """The log line when write starts."""
+    return f"write: {len(items)} file(s) to {run.config.output}"
+
+
+def write_output_file(run: MapRun, item: list[Any]) -> list[dict[str, Any]]:
+    """The write member: output file ``item[0]`` from its chunks' parts ``item[1]`` (in order),
+    written to the table writer's staging; returns its chunks' metadata."""
+    import geopandas as gpd
+    from pyproj import CRS
+
+    fid, chunk_ids = str(item[0]), [int(c) for c in item[1]]
+    crs = CRS.from_json(run.crs) if run.crs else None
+    frames = []
+    for cid in chunk_ids:
+        with storage.open_input_file(part_url(run.work, fid, cid)) as f:
+            frame = gpd.read_parquet(f)
+        if not len(frame) or crs is not None:
+            frame = frame.set_crs(crs, allow_override=True)
+        frames.append(frame)
+    metas = run.table_writer().write_file(fid, frames)
+    return [m.model_dump(mode="json") for m in metas]
+
+
+def commit(run: MapRun, written: list[list[dict[str, Any]]], failed: list[FailedItem]) -> MapRun:
+    """The collect of write (once): the table committed, ``_sample`` last; the run with its
+    ``table``."""
+    del failed
+    table = run.table_writer().commit([m for file in written for m in file])
+    summary = TableSummary(
+        output=table.url,
+        num_files=table.num_files,
+        num_chunks=table.num_chunks,
+        num_rows=table.num_rows,
+    )
+    return run.model_copy(update={"table": summary})
+
+
+def map_result(run: MapRun) -> tuple[dict[str, Any], str]:
+    """The Done step's result (``output, num_files, num_chunks, num_rows``) and log line."""
+    t = run.table
+    assert t is not None, "map_result needs a committed run"
+    line = (
+        f"done: {t.num_rows} rows in {t.num_files} file(s), {t.num_chunks} chunk(s) at {t.output}"
+    )
+    return t.model_dump(mode="json"), line
+
+
+def map_discard(run: MapRun) -> None:
+    """Remove the run's staging (parts included); no partial table is left."""
+    discard_writer(run.table_writer())
+
+
+MAP_STEP: StageSequence[MapRun] = StageSequence(
+    kind=KIND,
+    run_type=MapRun,
+    stages=(
+        Stage(
+            "map",
+            items=map_items,
+            member=map_member,
+            collect=route,
+            key=map_key,
+            collect_name="route",
+            describe=describe_map,
+        ),
+        Stage(
+            "write",
+            items=write_items,
+            member=write_output_file,
+            collect=commit,
+            key=lambda item: str(item[0]),
+            collect_name="commit",
+            describe=describe_write,
+        ),
+    ),
+    result=map_result,
+    discard=map_discard,
+)
