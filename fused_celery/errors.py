@@ -57,7 +57,15 @@ class FusedError(Exception):
 
 
 class UdfDefinitionError(FusedError, TypeError):
-    """A function cannot be used as a UDF (lambda, builtin, ``*args``, unreadable source)."""
+    """A function cannot be used as a UDF (lambda, builtin, ``*args``, unreadable source), or a
+    UDF's code does not parse.
+
+    Attribute ``lineno``: the line of the UDF's code at fault (1-based), or None.
+    """
+
+    def __init__(self, message: str, lineno: int | None = None) -> None:
+        super().__init__(message)
+        self.lineno = lineno
 
 
 class UdfRuntimeError(FusedError):
