@@ -29,6 +29,8 @@ __all__ = [
     "TableNotFoundError",
     "IncompleteTableError",
     "TableExistsError",
+    "UnsafeOverwriteError",
+    "UnsafeLocationError",
     "TableFormatError",
     "ChunkNotFoundError",
     "ColumnNotFoundError",
@@ -202,6 +204,17 @@ class IncompleteTableError(TableNotFoundError):
 class TableExistsError(FusedError, FileExistsError):
     """A writer with ``overwrite=False`` was pointed at an existing table (or a non-empty folder
     that is not a fused table)."""
+
+
+class UnsafeOverwriteError(TableExistsError):
+    """``overwrite=True`` was pointed at something that is not a table fused-celery committed (a
+    user's folder, a table written by another tool); nothing was deleted. The message names what
+    is there."""
+
+
+class UnsafeLocationError(FusedError, ValueError):
+    """A table location that is never a table: the filesystem root, a home directory, a parent
+    of the current directory, or a bucket root (paths resolved: ``~``, ``..``, symlinks)."""
 
 
 class TableFormatError(FusedError, ValueError):
