@@ -71,6 +71,14 @@ def _wait_for_broker(url: str | None, wait: float) -> str:
     return url
 
 
+def _check_signing() -> None:
+    """Raise :class:`SigningConfigError` now (one line, exit 2) rather than in the process that
+    replaces this one, when message signing is configured in part or with unusable files."""
+    from fused_celery.celery_app import serializer_config
+
+    serializer_config()
+
+
 def _exec(argv: list[str]) -> None:
     """Replace this process with ``argv`` (signals then reach Celery directly)."""
     sys.stdout.flush()
@@ -153,6 +161,7 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Exec a Celery worker serving the requested queues (SIGTERM: warm shutdown)."""
     argv = worker_argv(args)
+    _check_signing()
     _wait_for_broker(options.broker_url, args.wait_for_broker)
     _exec(argv)
     return 0  # pragma: no cover
@@ -171,6 +180,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
     if not port_is_free(args.port, args.address or "0.0.0.0"):
         raise PortInUseError(f"port {args.port} is already in use; pick another with --port")
+    _check_signing()
     _wait_for_broker(options.broker_url, args.wait_for_broker)
     flower_args = [f"--port={args.port}", f"--address={args.address}"]
     if args.no_auth:

@@ -48,6 +48,7 @@ __all__ = [
     "PortInUseError",
     "ClusterStartError",
     "InvalidBrokerUrlError",
+    "SigningConfigError",
     "OfflineAssetError",
     "MapFileExistsError",
     "error_from_dict",
@@ -299,6 +300,11 @@ class ClusterStartError(FusedError, RuntimeError):
 
 class InvalidBrokerUrlError(FusedError, ValueError):
     """A broker URL that is not a Redis URL (usually a typo)."""
+
+
+class SigningConfigError(FusedError, ValueError):
+    """Message signing is configured only in part (``security_key``, ``security_certificate``
+    and ``security_cert_store`` go together), or a key or certificate file cannot be used."""
 
 
 # --- maps ------------------------------------------------------------------------------------

@@ -112,6 +112,15 @@ class Options(BaseSettings):
     job_stall_timeout: seconds without progress (no task finished, no heartbeat) after which the
         watchdog fails a job (default None: ``visibility_timeout`` + 300, so that a task
         redelivered after its worker died is waited for).
+    security_key / security_certificate / security_cert_store: message signing (Celery's
+        ``auth`` serializer): the PEM private key (RSA) of this process, its PEM certificate,
+        and the certificates whose signatures are trusted (a folder, or a glob such as
+        ``/etc/fused/certs/*.pem``). Default None: no signing, plain JSON messages. All three or
+        none; every client, worker and Flower of a cluster needs them. Then task messages,
+        control messages and task results are signed, and a worker refuses (logs, and fails the
+        entries of) any message not signed by a certificate of its store.
+    security_key_password: the private key's passphrase (default None: not encrypted).
+    security_digest: the signature's digest (default ``sha256``).
 
     ``repr(options)`` shows URLs with their passwords masked and secrets as ``**********``.
     """
@@ -153,12 +162,24 @@ class Options(BaseSettings):
         default_factory=lambda: ["pandas", "pyarrow.parquet", "shapely", "geopandas"]
     )
 
+    security_key: str | None = None
+    security_certificate: str | None = None
+    security_cert_store: str | None = None
+    security_key_password: SecretStr | None = None
+    security_digest: str = "sha256"
+
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """Fields for ``repr``/``str``, URLs with their passwords masked (:func:`mask_url`)."""
         for name, value in super().__repr_args__():
             if isinstance(value, str) and "://" in value:
                 value = mask_url(value)
             yield name, value
+
+    @property
+    def signing(self) -> bool:
+        """True when message signing is configured (any of ``security_key``,
+        ``security_certificate``, ``security_cert_store``; all three are then required)."""
+        return bool(self.security_key or self.security_certificate or self.security_cert_store)
 
     @field_validator("visibility_timeout")
     @classmethod

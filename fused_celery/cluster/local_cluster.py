@@ -132,19 +132,11 @@ def child_env(broker_url: str, result_backend: str | None = None, **extra: str) 
 
 
 def _control_app(broker_url: str):  # -> celery.Celery
-    """A Celery app on ``broker_url`` for remote control (ping), sharing the project's transport
-    options (key prefix, visibility timeout) when the project's app can be imported."""
-    from celery import Celery
+    """A Celery app on ``broker_url`` for remote control (ping), with the project's transport
+    options (key prefix, visibility timeout) and serializers (signed pings when signing is on)."""
+    from fused_celery.celery_app import control_app
 
-    ctl = Celery("fused-celery-control", broker=broker_url, set_as_current=False)
-    try:
-        from fused_celery.celery_app import app as project_app
-
-        ctl.conf.broker_transport_options = dict(project_app.conf.broker_transport_options or {})
-        ctl.conf.control_exchange = project_app.conf.control_exchange
-    except Exception:
-        pass
-    return ctl
+    return control_app(broker_url)
 
 
 def wait_for_workers(
@@ -365,6 +357,9 @@ class LocalCluster:
         return self
 
     def _start(self) -> None:
+        from fused_celery.celery_app import serializer_config
+
+        serializer_config()  # signing configured in part: say so before starting anything
         self.broker_url = self._resolve_broker()
         self._saved = (
             options.broker_url,
