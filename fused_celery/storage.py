@@ -19,6 +19,7 @@ URL. A missing object is the builtin :class:`FileNotFoundError`.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import uuid
@@ -418,16 +419,19 @@ def delete_prefix(url: str) -> None:
 
 
 def _home_directories() -> set[str]:
-    """Resolved home directories: ``~`` (``$HOME``) and every account's in the password
-    database (where there is one)."""
-    homes = {os.path.expanduser("~")}
+    """Resolved home directories: ``~`` (``$HOME``, read each time) and every account's in the
+    password database (read once per process)."""
+    return {os.path.realpath(os.path.expanduser("~")), *_account_homes()}
+
+
+@functools.lru_cache(maxsize=1)
+def _account_homes() -> frozenset[str]:
     try:
         import pwd
 
-        homes.update(p.pw_dir for p in pwd.getpwall() if p.pw_dir)
+        return frozenset(os.path.realpath(p.pw_dir) for p in pwd.getpwall() if p.pw_dir)
     except (ImportError, OSError):  # pragma: no cover - not POSIX
-        pass
-    return {os.path.realpath(h) for h in homes}
+        return frozenset()
 
 
 def protected_reason(url: str | os.PathLike[str]) -> str | None:

@@ -122,10 +122,20 @@ def worker_command(
 
 
 def child_env(broker_url: str, result_backend: str | None = None, **extra: str) -> dict[str, str]:
-    """This process's environment with ``FUSED_CELERY_BROKER_URL`` (and result backend) set."""
+    """This process's environment with ``FUSED_CELERY_BROKER_URL`` (and result backend) set,
+    and this process's message-signing options (``FUSED_CELERY_SECURITY_*``, when set in code),
+    so that the workers it starts sign and verify as it does. ``extra`` goes last."""
     env = dict(os.environ)
     env["FUSED_CELERY_BROKER_URL"] = broker_url
     env["FUSED_CELERY_RESULT_BACKEND"] = result_backend or broker_url
+    for field in ("security_key", "security_certificate", "security_cert_store"):
+        value = getattr(options, field)
+        if value:
+            env[f"FUSED_CELERY_{field.upper()}"] = value
+    if options.security_key_password is not None:
+        env["FUSED_CELERY_SECURITY_KEY_PASSWORD"] = options.security_key_password.get_secret_value()
+    if options.signing:
+        env["FUSED_CELERY_SECURITY_DIGEST"] = options.security_digest
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(extra)
     return env

@@ -221,3 +221,14 @@ def test_json_only_when_signing_is_off(monkeypatch):
 def test_key_password_is_secret(pki):
     fresh = Options(security_key_password="hunter2-pass", **pki["cluster"])
     assert "hunter2-pass" not in repr(fresh)
+
+
+def test_workers_started_from_code_sign_like_their_parent(pki, monkeypatch):
+    from fused_celery.cluster.local_cluster import child_env
+
+    use(pki["cluster"], monkeypatch)
+    monkeypatch.setattr(options, "security_key_password", "pass-phrase")
+    env = child_env("redis://127.0.0.1:1/0")
+    for field in SECURITY_FIELDS:
+        assert env[f"FUSED_CELERY_{field.upper()}"] == pki["cluster"][field]
+    assert env["FUSED_CELERY_SECURITY_KEY_PASSWORD"] == "pass-phrase"
