@@ -9,6 +9,11 @@ changed (tests and notebooks set ``options.broker_url`` at run time).
 Settings and why (see ARCHITECTURE.md, "Reliability choices"):
 
 - JSON only (``task_serializer``, ``result_serializer``, ``accept_content``); pickle is refused.
+  With message signing configured (``options.security_key`` / ``security_certificate`` /
+  ``security_cert_store``), Celery's ``auth`` serializer instead: JSON signed with the key, and
+  only messages and results signed by a certificate of the store are accepted (control messages
+  too; events stay JSON). A worker that refuses a message logs it and fails its pool entries
+  (``worker_consumer``, :mod:`fused_celery.engines.celery.refused`).
 - ``task_acks_late`` + ``task_reject_on_worker_lost`` + prefetch
   ``options.worker_prefetch_multiplier`` (default 1): a task whose worker dies is delivered
   again, so every task body is idempotent.
@@ -28,11 +33,15 @@ Importing this module is cheap: Celery and options only (no pandas, no task bodi
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import os
 import threading
 from typing import Any
 
 from celery import Celery, signals
 
+from fused_celery.errors import SigningConfigError
 from fused_celery.options import DEFAULT_QUEUE, options
 
 __all__ = [
@@ -40,6 +49,7 @@ __all__ = [
     "get_app",
     "broker_connection_errors",
     "celery_config",
+    "control_app",
     "time_limits",
     "RUN_ENTRIES",
     "MISSING_BROKER",
@@ -50,6 +60,11 @@ RUN_ENTRIES = "fused_celery.run_entries"
 
 #: Modules that define tasks; a worker imports them when it starts.
 TASK_MODULES = ["fused_celery.engines.celery.tasks", "fused_celery.jobs.celery_driver"]
+
+#: The worker's consumer: Celery's, plus a report of refused (unsigned, wrongly signed) messages.
+WORKER_CONSUMER = "fused_celery.engines.celery.refused:RefusingConsumer"
+
+_SECURITY_FIELDS = ("security_key", "security_certificate", "security_cert_store")
 
 
 def _restore_sweep(visibility_timeout: int) -> tuple[int, int]:
@@ -73,10 +88,8 @@ def celery_config() -> dict[str, Any]:
     return {
         "broker_url": options.broker_url,
         "result_backend": options.resolved_result_backend,
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
+        **serializer_config(),
+        "worker_consumer": WORKER_CONSUMER,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": int(options.worker_prefetch_multiplier),
@@ -99,6 +112,61 @@ def celery_config() -> dict[str, Any]:
     }
 
 
+def serializer_config() -> dict[str, Any]:
+    """The serializer settings: JSON only, or, with signing configured, the ``auth`` serializer
+    for tasks, control messages and results (events stay JSON) and the ``security_*`` settings.
+
+    Raises :class:`SigningConfigError` when signing is configured in part, or a key, certificate
+    or certificate store names nothing usable."""
+    if not options.signing:
+        return {
+            "task_serializer": "json",
+            "result_serializer": "json",
+            "accept_content": ["json"],
+            "result_accept_content": ["json"],
+        }
+    missing = [f for f in _SECURITY_FIELDS if not getattr(options, f)]
+    if missing:
+        raise SigningConfigError(
+            f"message signing needs security_key, security_certificate and security_cert_store; "
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set (set "
+            f"{', '.join('FUSED_CELERY_' + f.upper() for f in missing)}, or unset the others to "
+            "turn signing off)"
+        )
+    for field in ("security_key", "security_certificate"):
+        path = getattr(options, field)
+        if not os.path.isfile(path):
+            raise SigningConfigError(f"{field} {path!r} is not a file; give the path of a PEM file")
+    store = options.security_cert_store
+    pattern = os.path.join(store, "*") if os.path.isdir(store) else store
+    if not glob.glob(pattern):
+        raise SigningConfigError(
+            f"security_cert_store {store!r} holds no certificate: give a folder or a glob of the "
+            "PEM certificates whose signatures are trusted (this process's certificate included)"
+        )
+    return {
+        "task_serializer": "auth",
+        "result_serializer": "auth",
+        "accept_content": ["auth"],
+        "result_accept_content": ["auth"],
+        "event_serializer": "json",
+        "security_key": options.security_key,
+        "security_certificate": options.security_certificate,
+        "security_cert_store": options.security_cert_store,
+        "security_digest": options.security_digest,
+    }
+
+
+def _key_password() -> str | None:
+    secret = options.security_key_password
+    return secret.get_secret_value() if secret is not None else None
+
+
+def _secret_fingerprint() -> str:
+    """Changes when the key's passphrase changes (it is kept out of the Celery config)."""
+    return hashlib.sha256((_key_password() or "").encode()).hexdigest()
+
+
 def time_limits() -> tuple[float, float]:
     """``(soft, hard)`` time limits in seconds for a pool's tasks, from the current options.
 
@@ -119,14 +187,43 @@ def _build(config: dict[str, Any], *, include_tasks: bool) -> Celery:
         set_as_current=include_tasks,
     )
     celery.conf.update(config)
+    _setup_serializers(celery, config)
     return celery
+
+
+def _setup_serializers(celery: Celery, config: dict[str, Any]) -> None:
+    """Register the signing serializer (process-wide in kombu) when ``config`` signs, else make
+    JSON kombu's default again. Decoders other than JSON and ``auth`` stay disabled."""
+    from kombu.serialization import registry
+
+    if config.get("task_serializer") != "auth":
+        registry._set_default_serializer("json")
+        return
+    try:
+        celery.setup_security(
+            allowed_serializers=["application/json", "application/data"],
+            key=config["security_key"],
+            key_password=_key_password(),
+            cert=config["security_certificate"],
+            store=config["security_cert_store"],
+            digest=config["security_digest"],
+            serializer="json",
+        )
+    except Exception as exc:  # an unreadable key, a wrong passphrase, an expired certificate
+        raise SigningConfigError(
+            f"message signing cannot be set up from security_key {config['security_key']!r}, "
+            f"security_certificate {config['security_certificate']!r} and security_cert_store "
+            f"{config['security_cert_store']!r}: {exc}"
+        ) from None
 
 
 #: The application workers run (``celery -A fused_celery.celery_app worker``).
 app: Celery = _build(celery_config(), include_tasks=True)
 
 _lock = threading.Lock()
-_clients: dict[bool, tuple[dict[str, Any], Celery]] = {True: (celery_config(), app)}
+_clients: dict[bool, tuple[dict[str, Any], Celery]] = {
+    True: ({**celery_config(), "_key": _secret_fingerprint()}, app)
+}
 
 
 def get_app(*, results: bool = True) -> Celery:
@@ -146,9 +243,18 @@ def get_app(*, results: bool = True) -> Celery:
         config = {**config, "result_backend": None, "task_send_sent_event": False}
     with _lock:
         found = _clients.get(results)
-        if found is None or found[0] != config:
-            found = _clients[results] = (config, _build(config, include_tasks=False))
+        key = {**config, "_key": _secret_fingerprint()}
+        if found is None or found[0] != key:
+            found = _clients[results] = (key, _build(config, include_tasks=False))
         return found[1]
+
+
+def control_app(broker_url: str) -> Celery:
+    """An app on ``broker_url`` for remote control (``ping``, ``revoke``) and nothing else,
+    with the project's transport and serializer settings (signed control messages when signing
+    is configured: a signing worker refuses unsigned ones). Close it after use."""
+    config = {**celery_config(), "broker_url": broker_url, "result_backend": None}
+    return _build(config, include_tasks=False)
 
 
 @signals.celeryd_init.connect

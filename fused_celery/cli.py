@@ -10,7 +10,8 @@ Subcommands:
   map, shut down
 
 Settings come from ``fused_celery.options`` (``FUSED_CELERY_*`` environment variables). Errors print
-one ``error: ...`` line and exit with code 2.
+one ``error: ...`` line and exit with code 2. Nothing printed carries a password: URLs are masked
+and generated passwords go to files of mode 0600 whose paths are printed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from collections.abc import Sequence
 
 from fused_celery.errors import CliError, FusedError
-from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, options
+from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, mask_url, options
 
 EXIT_ERROR = 2
 
@@ -63,11 +64,19 @@ def _wait_for_broker(url: str | None, wait: float) -> str:
     while not ping(url, timeout=1.0):
         if time.monotonic() >= deadline:
             raise CliError(
-                f"no Redis answers at {url} (FUSED_CELERY_BROKER_URL) after {wait:.0f} s; start "
-                "Redis there, fix the URL, or run `fused-celery up`"
+                f"no Redis answers at {mask_url(url)} (FUSED_CELERY_BROKER_URL) after "
+                f"{wait:.0f} s; start Redis there, fix the URL, or run `fused-celery up`"
             )
         time.sleep(0.5)
     return url
+
+
+def _check_signing() -> None:
+    """Raise :class:`SigningConfigError` now (one line, exit 2) rather than in the process that
+    replaces this one, when message signing is configured in part or with unusable files."""
+    from fused_celery.celery_app import serializer_config
+
+    serializer_config()
 
 
 def _exec(argv: list[str]) -> None:
@@ -152,27 +161,40 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Exec a Celery worker serving the requested queues (SIGTERM: warm shutdown)."""
     argv = worker_argv(args)
+    _check_signing()
     _wait_for_broker(options.broker_url, args.wait_for_broker)
     _exec(argv)
     return 0  # pragma: no cover
 
 
 def cmd_flower(args: argparse.Namespace) -> int:
-    """Exec Flower on ``--address``:``--port``, with basic auth unless ``--no-auth``."""
-    from fused_celery.cluster.local_cluster import FLOWER_USER, PortInUseError, celery_command
+    """Exec Flower on ``--address``:``--port``, with basic auth unless ``--no-auth``.
+
+    The credentials reach Flower by environment (``FLOWER_BASIC_AUTH``), never on its command
+    line: ``--basic-auth``, else ``FLOWER_BASIC_AUTH`` as set, else a generated password written
+    to ``<cluster_dir>/flower.env`` (0600), whose path is printed. ``/metrics`` needs them too.
+    """
+    from fused_celery.cluster.credentials import flower_line, write_private
+    from fused_celery.cluster.local_cluster import FLOWER_USER, PortInUseError, flower_command
     from fused_celery.cluster.redis_server import port_is_free
 
     if not port_is_free(args.port, args.address or "0.0.0.0"):
         raise PortInUseError(f"port {args.port} is already in use; pick another with --port")
+    _check_signing()
     _wait_for_broker(options.broker_url, args.wait_for_broker)
-    flower_args = ["flower", f"--port={args.port}", f"--address={args.address}"]
-    if args.basic_auth:
-        flower_args.append(f"--basic-auth={args.basic_auth}")
-    elif not args.no_auth:
-        password = secrets.token_urlsafe(12)
-        print(f"Flower: user {FLOWER_USER}, password {password}", flush=True)
-        flower_args.append(f"--basic-auth={FLOWER_USER}:{password}")
-    _exec(celery_command(*flower_args, *_passthrough(args.celery_args)))
+    flower_args = [f"--port={args.port}", f"--address={args.address}"]
+    if args.no_auth:
+        os.environ.pop("FLOWER_BASIC_AUTH", None)
+    elif args.basic_auth:
+        os.environ["FLOWER_BASIC_AUTH"] = args.basic_auth
+    elif not os.environ.get("FLOWER_BASIC_AUTH"):
+        password = secrets.token_urlsafe(18)
+        url = f"http://{args.address}:{args.port}"
+        path = os.path.join(options.cluster_dir, "flower.env")
+        write_private(path, flower_line(url, FLOWER_USER, password))
+        print(f"Flower: {url} user {FLOWER_USER}; password in {path} (mode 0600)", flush=True)
+        os.environ["FLOWER_BASIC_AUTH"] = f"{FLOWER_USER}:{password}"
+    _exec(flower_command(*flower_args, *_passthrough(args.celery_args)))
     return 0  # pragma: no cover
 
 
@@ -189,7 +211,7 @@ def cmd_redis(args: argparse.Namespace) -> int:
     )
     try:
         server.start()
-        print(f"Redis: {server.url} (data in {server.dir}); Ctrl-C stops it", flush=True)
+        print(f"Redis: {mask_url(server.url)} (data in {server.dir}); Ctrl-C stops it", flush=True)
         while not stop.wait(1.0):
             if not server.running():
                 raise CliError(f"redis-server exited; see {server.log_path}")
@@ -296,7 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     flower.add_argument("--port", type=int, default=5555, help="port (default 5555)")
     flower.add_argument("--address", default="127.0.0.1", help="address (default 127.0.0.1)")
     flower.add_argument("--no-auth", action="store_true", help="no password")
-    flower.add_argument("--basic-auth", help="user:password (default: generated and printed)")
+    flower.add_argument(
+        "--basic-auth",
+        help="user:password (default: FLOWER_BASIC_AUTH, else generated into "
+        "<cluster_dir>/flower.env, mode 0600)",
+    )
     flower.add_argument("--wait-for-broker", type=float, default=30.0, metavar="SECONDS")
     flower.add_argument("celery_args", nargs=argparse.REMAINDER, help="-- then flower options")
     flower.set_defaults(func=cmd_flower)
@@ -333,7 +359,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except Exception as exc:
         from fused_celery.celery_app import broker_connection_errors
-        from fused_celery.state.connection import mask_url
 
         if not isinstance(exc, broker_connection_errors()):
             raise

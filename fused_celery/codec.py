@@ -68,9 +68,14 @@ def _loaded(module: str) -> Any:
     return sys.modules.get(module)
 
 
-def encode(value: Any) -> dict[str, Any]:
+#: what -> (how the error names the value, the verb of its fix)
+_WORDING = {"result": ("a result", "return"), "argument": ("a value", "pass")}
+
+
+def encode(value: Any, *, what: str = "result") -> dict[str, Any]:
     """Encode ``value`` into a JSON-able envelope.
 
+    what: ``"result"`` (default) or ``"argument"``: how the error names the value and its fix.
     Raises :class:`UdfSerializationError` naming the type when the value cannot travel.
     """
     if isinstance(value, _JSON_SCALARS):
@@ -108,7 +113,7 @@ def encode(value: Any) -> dict[str, Any]:
 
             return {"df": _b64(_ipc_bytes(pa.Table.from_pandas(value)))}
         if isinstance(value, pd.Series):
-            return encode(value.to_frame())
+            return encode(value.to_frame(), what=what)
     pa = _loaded("pyarrow")
     if pa is not None and isinstance(value, pa.Table):
         return {"arrow": _b64(_ipc_bytes(value))}
@@ -121,9 +126,10 @@ def encode(value: Any) -> dict[str, Any]:
             return {"j": json.loads(json.dumps(value, default=_json_default))}
         except TypeError:
             pass
+    noun, verb = _WORDING.get(what, ("a value", "use"))
     raise UdfSerializationError(
-        f"a result of type {type(value).__module__}.{type(value).__qualname__} cannot be "
-        "encoded; return None, a JSON-able value, a numpy array, bytes, a (Geo)DataFrame, "
+        f"{noun} of type {type(value).__module__}.{type(value).__qualname__} cannot be "
+        f"encoded; {verb} None, a JSON-able value, a numpy array, bytes, a (Geo)DataFrame, "
         "a pyarrow Table or a shapely geometry",
         child_exception_class="TypeError",
     )
@@ -167,7 +173,7 @@ def encode_kwargs(kwargs: dict[str, Any], *, what: str = "argument") -> dict[str
     out = {}
     for key, value in kwargs.items():
         try:
-            out[key] = encode(value)
+            out[key] = encode(value, what="argument")
         except UdfSerializationError as err:
             raise UdfSerializationError(
                 f"{what} {key!r} cannot be sent to a worker: {err.message}",

@@ -29,6 +29,8 @@ __all__ = [
     "TableNotFoundError",
     "IncompleteTableError",
     "TableExistsError",
+    "UnsafeOverwriteError",
+    "UnsafeLocationError",
     "TableFormatError",
     "ChunkNotFoundError",
     "ColumnNotFoundError",
@@ -50,6 +52,7 @@ __all__ = [
     "PortInUseError",
     "ClusterStartError",
     "InvalidBrokerUrlError",
+    "SigningConfigError",
     "OfflineAssetError",
     "MapFileExistsError",
     "error_from_dict",
@@ -61,7 +64,15 @@ class FusedError(Exception):
 
 
 class UdfDefinitionError(FusedError, TypeError):
-    """A function cannot be used as a UDF (lambda, builtin, ``*args``, unreadable source)."""
+    """A function cannot be used as a UDF (lambda, builtin, ``*args``, unreadable source), or a
+    UDF's code does not parse.
+
+    Attribute ``lineno``: the line of the UDF's code at fault (1-based), or None.
+    """
+
+    def __init__(self, message: str, lineno: int | None = None) -> None:
+        super().__init__(message)
+        self.lineno = lineno
 
 
 class UdfRuntimeError(FusedError):
@@ -200,6 +211,17 @@ class TableExistsError(FusedError, FileExistsError):
     that is not a fused table)."""
 
 
+class UnsafeOverwriteError(TableExistsError):
+    """``overwrite=True`` was pointed at something that is not a table fused-celery committed (a
+    user's folder, a table written by another tool); nothing was deleted. The message names what
+    is there."""
+
+
+class UnsafeLocationError(FusedError, ValueError):
+    """A table location that is never a table: the filesystem root, a home directory, a parent
+    of the current directory, or a bucket root (paths resolved: ``~``, ``..``, symlinks)."""
+
+
 class TableFormatError(FusedError, ValueError):
     """A ``_sample`` lacks fused metadata, has another ``fused:format_version``, or its
     chunk metadata cannot be decoded."""
@@ -303,6 +325,11 @@ class ClusterStartError(FusedError, RuntimeError):
 
 class InvalidBrokerUrlError(FusedError, ValueError):
     """A broker URL that is not a Redis URL (usually a typo)."""
+
+
+class SigningConfigError(FusedError, ValueError):
+    """Message signing is configured only in part (``security_key``, ``security_certificate``
+    and ``security_cert_store`` go together), or a key or certificate file cannot be used."""
 
 
 # --- maps ------------------------------------------------------------------------------------

@@ -9,8 +9,11 @@ for settings.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +32,27 @@ WHITELISTED_INSTANCE_TYPES: tuple[str, ...] = (
 
 #: The queue served by workers that were not given an instance type.
 DEFAULT_QUEUE = "fused"
+
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:password|passwd|pass|secret|token)=)[^&#]*")
+
+
+def mask_url(url: str | None) -> str:
+    """``url`` with any password replaced by ``***``: the one in ``user:password@`` and any
+    ``password=`` (``secret=``, ``token=``) query parameter. How every message, log line and
+    ``repr`` names a URL. None or empty gives its ``repr``."""
+    if not url:
+        return repr(url)
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return _SECRET_QUERY.sub(r"\1***", text.split("@", 1)[-1])
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    return _SECRET_QUERY.sub(r"\1***", urlunsplit(parts._replace(netloc=netloc)))
 
 
 class ShowOptions(BaseModel):
@@ -88,6 +112,17 @@ class Options(BaseSettings):
     job_stall_timeout: seconds without progress (no task finished, no heartbeat) after which the
         watchdog fails a job (default None: ``visibility_timeout`` + 300, so that a task
         redelivered after its worker died is waited for).
+    security_key / security_certificate / security_cert_store: message signing (Celery's
+        ``auth`` serializer): the PEM private key (RSA) of this process, its PEM certificate,
+        and the certificates whose signatures are trusted (a folder, or a glob such as
+        ``/etc/fused/certs/*.pem``). Default None: no signing, plain JSON messages. All three or
+        none; every client, worker and Flower of a cluster needs them. Then task messages,
+        control messages and task results are signed, and a worker refuses (logs, and fails the
+        entries of) any message not signed by a certificate of its store.
+    security_key_password: the private key's passphrase (default None: not encrypted).
+    security_digest: the signature's digest (default ``sha256``).
+
+    ``repr(options)`` shows URLs with their passwords masked and secrets as ``**********``.
     """
 
     model_config = SettingsConfigDict(
@@ -126,6 +161,25 @@ class Options(BaseSettings):
     worker_preload: list[str] = Field(
         default_factory=lambda: ["pandas", "pyarrow.parquet", "shapely", "geopandas"]
     )
+
+    security_key: str | None = None
+    security_certificate: str | None = None
+    security_cert_store: str | None = None
+    security_key_password: SecretStr | None = None
+    security_digest: str = "sha256"
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Fields for ``repr``/``str``, URLs with their passwords masked (:func:`mask_url`)."""
+        for name, value in super().__repr_args__():
+            if isinstance(value, str) and "://" in value:
+                value = mask_url(value)
+            yield name, value
+
+    @property
+    def signing(self) -> bool:
+        """True when message signing is configured (any of ``security_key``,
+        ``security_certificate``, ``security_cert_store``; all three are then required)."""
+        return bool(self.security_key or self.security_certificate or self.security_cert_store)
 
     @field_validator("visibility_timeout")
     @classmethod

@@ -54,6 +54,24 @@ def _is_literal(value: Any) -> bool:
         return False
 
 
+def check_syntax(code: str, what: str = "the UDF code") -> ast.Module:
+    """``code`` parsed, or :class:`UdfDefinitionError` naming the line of its syntax error (with
+    the line's text) instead of a raw ``SyntaxError``. what: how the message names the code."""
+    try:
+        return ast.parse(code)
+    except SyntaxError as exc:
+        line = exc.lineno
+        text = (exc.text or "").rstrip("\n")
+        if not text and line and 0 < line <= len(code.splitlines()):
+            text = code.splitlines()[line - 1]
+        shown = f":\n    {text.strip()}" if text.strip() else ""
+        raise UdfDefinitionError(
+            f"{what} has a syntax error at line {line}: {exc.msg}{shown}\n"
+            "Fix the code (it must be valid Python for this interpreter) and define the UDF again",
+            lineno=line,
+        ) from None
+
+
 def _read_source(obj: Any, what: str) -> str:
     try:
         return textwrap.dedent(inspect.getsource(obj))

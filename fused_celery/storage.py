@@ -19,6 +19,7 @@ URL. A missing object is the builtin :class:`FileNotFoundError`.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import uuid
@@ -395,13 +396,13 @@ def delete_file(url: str, *, missing_ok: bool = True) -> None:
 def delete_prefix(url: str) -> None:
     """Delete the folder ``url`` and everything under it (every key with that prefix on S3).
 
-    Refuses a filesystem root or a whole bucket. Nothing to delete is not an error.
+    Refuses the locations :func:`protected_reason` names (a filesystem root, a home directory, a
+    parent of the current directory, a whole bucket). Nothing to delete is not an error.
     """
     loc = parse(url)
-    if loc.scheme == "s3" and "/" not in loc.path:
-        raise StorageError(f"refusing to delete the whole bucket {loc.url}; name a prefix in it")
-    if loc.scheme == "file" and os.path.dirname(loc.path) == loc.path:
-        raise StorageError(f"refusing to delete the filesystem root {loc.url}")
+    reason = protected_reason(loc.url)
+    if reason:
+        raise StorageError(f"refusing to delete {loc.url}: it is {reason}; name a folder in it")
     fs = loc.filesystem
 
     def delete() -> None:
@@ -412,3 +413,80 @@ def delete_prefix(url: str) -> None:
             fs.delete_dir(loc.path)
 
     _call("delete", loc, delete)
+
+
+# --- protected locations and folders a writer created -------------------------------------------
+
+
+def _home_directories() -> set[str]:
+    """Resolved home directories: ``~`` (``$HOME``, read each time) and every account's in the
+    password database (read once per process)."""
+    return {os.path.realpath(os.path.expanduser("~")), *_account_homes()}
+
+
+@functools.lru_cache(maxsize=1)
+def _account_homes() -> frozenset[str]:
+    try:
+        import pwd
+
+        return frozenset(os.path.realpath(p.pw_dir) for p in pwd.getpwall() if p.pw_dir)
+    except (ImportError, OSError):  # pragma: no cover - not POSIX
+        return frozenset()
+
+
+def protected_reason(url: str | os.PathLike[str]) -> str | None:
+    """Why ``url`` must never be written as a table or deleted as a folder, or None.
+
+    Local paths are resolved first (``~``, ``..``, symlinks, :func:`os.path.realpath`); refused
+    are the filesystem root, a home directory (``$HOME`` and every account's), and the current
+    directory's parents (not the current directory itself). On S3: the root of a bucket.
+    """
+    loc = parse(url)
+    if loc.scheme == "s3":
+        return (
+            f"the root of bucket {loc.bucket!r} (the whole bucket)" if "/" not in loc.path else None
+        )
+    real = os.path.realpath(loc.path)
+    if os.path.dirname(real) == real:
+        return "the filesystem root"
+    if real in _home_directories():
+        return "a home directory"
+    try:
+        cwd = os.path.realpath(os.getcwd())
+    except OSError:  # the current directory was deleted
+        return None
+    if real != cwd and cwd.startswith(real.rstrip(os.sep) + os.sep):
+        return "a parent of the current directory"
+    return None
+
+
+def missing_folders(url: str) -> list[str]:
+    """The local folders that would have to be created for ``url`` to exist: ``url`` and its
+    absent ancestors, outermost first (``[]`` when ``url`` exists, and always on S3, which has
+    no folders)."""
+    loc = parse(url)
+    if loc.scheme != "file":
+        return []
+    missing: list[str] = []
+    path = loc.path
+    while not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing[::-1]
+
+
+def remove_empty_folders(urls: list[str]) -> None:
+    """Remove each local folder in ``urls`` that is empty, innermost first (``urls`` as
+    :func:`missing_folders` gives them). A folder that holds anything stays; S3 URLs are
+    skipped (an S3 prefix without objects does not exist)."""
+    for url in reversed(urls):
+        loc = parse(url)
+        if loc.scheme != "file" or protected_reason(loc.url):
+            continue
+        try:
+            os.rmdir(loc.path)
+        except OSError:  # not empty, already gone, or not ours to remove
+            pass

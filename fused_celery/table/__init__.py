@@ -30,6 +30,7 @@ _EXPORTS = {
     "GEOPARQUET_VERSION": "format",
     "KEY_FORMAT_VERSION": "format",
     "KEY_METADATA": "format",
+    "KEY_WRITER": "format",
     "METADATA_SCHEMA": "format",
     "SAMPLE_FILE": "format",
     "SAMPLE_ROWS": "format",

@@ -6,7 +6,8 @@ A table is a folder (local path or ``s3://bucket/prefix``)::
     <table>/0.parquet      data files, one per file_id; each chunk is one Parquet row group
     <table>/1.parquet
     <table>/_sample        the commit: a few rows, and the metadata of every chunk
-    <table>/_staging/      only while a writer works: staged data files and per-file samples
+    <table>/_staging/      only while a writer works: staged data files and per-file samples,
+                           and ``_writing`` (JSON naming fused-celery and the run)
 
 Data files are GeoParquet 1.1: ``geo`` key-value metadata (version, primary column, WKB
 encoding, geometry types, CRS as PROJJSON, bbox) and a ``bbox`` covering column
@@ -14,7 +15,9 @@ encoding, geometry types, CRS as PROJJSON, bbox) and a ``bbox`` covering column
 ``_sample`` is a GeoParquet file of up to 1000 rows whose key-value metadata holds
 ``fused:format_version = "5"`` and ``fused:_metadata``: base64 of a Parquet table with one row per
 chunk (``file_id, chunk_id, bbox_minx, bbox_miny, bbox_maxx, bbox_maxy, sum_area, sum_length,
-num_coords, num_rows``, bboxes and measures in EPSG:4326). This is the reference SDK's layout, so
+num_coords, num_rows``, bboxes and measures in EPSG:4326), and ``fused-celery:writer`` (JSON
+``{"name": "fused-celery", "version": ...}``: the mark of a table this project committed, the only
+kind ``overwrite=True`` replaces). This is the reference SDK's layout, so
 ``fused.get_chunks_metadata`` / ``fused.get_chunk_from_table`` open these tables, and DuckDB,
 GDAL and geopandas read the data files as plain GeoParquet.
 """
@@ -53,6 +56,10 @@ COVERING_COLUMN = "bbox"
 GEOPARQUET_VERSION = "1.1.0"
 KEY_FORMAT_VERSION = b"fused:format_version"
 KEY_METADATA = b"fused:_metadata"
+KEY_WRITER = b"fused-celery:writer"
+"""``_sample`` key naming the writer: JSON ``{"name": "fused-celery", "version": ...}``. Only a
+table whose ``_sample`` carries it is replaced by ``overwrite=True`` (the ``fused:*`` keys are the
+reference SDK's layout, written by other tools too)."""
 SAMPLE_ROWS = 1000
 """Rows kept in ``_sample`` (at most), spread evenly over the table."""
 SAMPLE_ROWS_PER_FILE = 100
@@ -209,6 +216,24 @@ def _check_format(kv: Mapping[bytes, bytes], sample_url: str) -> None:
             f"fused-celery reads version {FORMAT_VERSION} only. Rewrite the table with "
             "fused-celery (rerun the job that made it) to convert it"
         )
+
+
+def written_by_us(kv: Mapping[bytes, bytes]) -> bool:
+    """Whether ``_sample`` key-value metadata ``kv`` names fused-celery as its writer
+    (:data:`KEY_WRITER` holding ``{"name": "fused-celery", ...}``)."""
+    raw = kv.get(KEY_WRITER)
+    if not raw:
+        return False
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and value.get("name") == "fused-celery"
+
+
+def writer_marker(run_id: str) -> bytes:
+    """Content of ``_staging/_writing``: names fused-celery and the run writing the table."""
+    return json.dumps({"writer": "fused-celery", "run_id": run_id}).encode()
 
 
 def _decode(kv: Mapping[bytes, bytes], sample_url: str) -> list[ChunkMetadata]:

@@ -6,6 +6,13 @@ Commit protocol: data files are written under deterministic names in ``_staging/
 ``_sample`` is not a table: readers raise :class:`IncompleteTableError`. Rerunning a crashed job
 rewrites the same names, and commit deletes data files it did not list, so rows are never
 duplicated. One writer per table at a time.
+
+Safety: a writer replaces (``overwrite=True``) only a table fused-celery committed (its
+``_sample`` carries :data:`~fused_celery.table.format.KEY_WRITER`), an unfinished one of ours
+(``_staging/_writing`` names fused-celery), or an empty/absent folder; it never writes to a
+filesystem root, a home directory, a parent of the current directory or a bucket root
+(:func:`fused_celery.storage.protected_reason`). A run that fails or is cancelled calls
+:meth:`TableWriter.discard`, which leaves the location as it was before the run.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -27,6 +35,8 @@ from fused_celery.errors import (
     IncompleteTableError,
     TableExistsError,
     TableFormatError,
+    UnsafeLocationError,
+    UnsafeOverwriteError,
 )
 from fused_celery.table.facts import (
     ChunkMetadata,
@@ -41,6 +51,7 @@ from fused_celery.table.format import (
     FORMAT_VERSION,
     KEY_FORMAT_VERSION,
     KEY_METADATA,
+    KEY_WRITER,
     SAMPLE_ROWS,
     SAMPLE_ROWS_PER_FILE,
     STAGING_DIR,
@@ -58,6 +69,8 @@ from fused_celery.table.format import (
     geo_metadata,
     resolve_table_url,
     validate_name,
+    writer_marker,
+    written_by_us,
 )
 from fused_celery.table.read import Table, _preview, open_table, read_chunk_metadata
 
@@ -70,17 +83,22 @@ class TableWriter:
     place and writes ``_sample`` last.
 
     url: the table (URL, path or name, see :func:`resolve_table_url`). overwrite: replace an
-    existing table, at commit time only (default False: an existing table is an error, raised
-    here before any work). run_id: names this run's staging folder ``_staging/<run_id>``
-    (default ``"default"``; give a job id so reruns of one job share it). check: run
-    :meth:`prepare` now (default True; workers rebuilt with :meth:`from_dict` skip it).
-    sample_rows: rows kept in ``_sample`` (default 1000).
+    existing table fused-celery committed, at commit time only (default False: an existing
+    table is an error, raised here before any work; anything that is not our table nor an empty
+    folder is refused either way). run_id: names this run's staging folder
+    ``_staging/<run_id>`` (default ``"default"``; give a job id so reruns of one job share it).
+    check: run :meth:`prepare` now (default True; workers rebuilt with :meth:`from_dict` skip
+    it). sample_rows: rows kept in ``_sample`` (default 1000). created / marker_created: what
+    :meth:`prepare` created (folders, the ``_staging/_writing`` marker), for :meth:`discard`;
+    set by :meth:`prepare` and carried by :meth:`to_dict` (default: nothing).
 
     Usage, on one machine or across Celery tasks::
 
         writer = TableWriter(url, overwrite=False)          # checks, before any work
         meta = writer.write_file("0", [chunk0, chunk1])     # any process, any order, idempotent
         table = writer.commit(meta)                          # once, after every file
+        # or, when the run fails or is cancelled (any process):
+        writer.discard()                                     # the location as it was before
     """
 
     def __init__(
@@ -91,11 +109,15 @@ class TableWriter:
         run_id: str = "default",
         check: bool = True,
         sample_rows: int = SAMPLE_ROWS,
+        created: Sequence[str] = (),
+        marker_created: bool = False,
     ) -> None:
         self.url = resolve_table_url(url)
         self.overwrite = bool(overwrite)
         self.run_id = validate_name(run_id, "run_id")
         self.sample_rows = int(sample_rows)
+        self.created = [storage.normalize(c) for c in created]
+        self.marker_created = bool(marker_created)
         if check:
             self.prepare()
 
@@ -112,6 +134,10 @@ class TableWriter:
     def _sidecar_url(self, file_id: str) -> str:
         return storage.join(self.staging_url, "_samples", f"{file_id}.parquet")
 
+    @property
+    def _marker_url(self) -> str:
+        return storage.join(self.url, STAGING_DIR, WRITING_MARKER)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, to rebuild the writer in a worker with :meth:`from_dict`."""
         return {
@@ -119,6 +145,8 @@ class TableWriter:
             "overwrite": self.overwrite,
             "run_id": self.run_id,
             "sample_rows": self.sample_rows,
+            "created": list(self.created),
+            "marker_created": self.marker_created,
         }
 
     @classmethod
@@ -130,28 +158,63 @@ class TableWriter:
     def prepare(self) -> None:
         """Check the target before any work, and mark the folder as a table being written.
 
-        Raises :class:`BucketNotFoundError`, or :class:`TableExistsError` when
-        ``overwrite=False`` and a table (or a non-empty folder that is not an unfinished
-        fused table) is there. An unfinished table from a crashed run is resumed.
+        Raises :class:`BucketNotFoundError`; :class:`UnsafeLocationError` for a filesystem root,
+        a home directory, a parent of the current directory or a bucket root (paths resolved);
+        :class:`TableExistsError` when ``overwrite=False`` and a table is there;
+        :class:`UnsafeOverwriteError` (a :class:`TableExistsError`) when ``overwrite=True`` and
+        what is there is neither a table fused-celery committed nor empty; with either flag a
+        non-empty folder that is not one of our tables (committed or unfinished) is refused.
+        An unfinished table of ours (a crashed run) is resumed. Nothing is written when it
+        raises. Records the folders and the marker it creates, for :meth:`discard`.
         """
         storage.check_bucket(self.url)
+        reason = storage.protected_reason(self.url)
+        if reason:
+            raise UnsafeLocationError(
+                f"{self.url} is {reason}, which is never a table: a table is a folder of its "
+                f"own; choose a new or empty folder, e.g. {storage.join(self.url, 'tables', 'x')}"
+            )
         if storage.is_file(self.url):
             raise TableExistsError(f"{self.url} is a file; a table is a folder. Choose another URL")
-        if not self.overwrite:
-            if storage.is_file(_sample_url(self.url)):
+        marker = self._marker_url
+        if storage.is_file(_sample_url(self.url)):
+            if not _sample_is_ours(self.url):
+                if self.overwrite:
+                    raise UnsafeOverwriteError(
+                        f"{self.url} holds a table that fused-celery did not write (its _sample "
+                        f"has no {KEY_WRITER.decode()} key: another tool, or fused-celery before "
+                        "it recorded one); overwrite=True replaces only tables fused-celery "
+                        "committed. Delete it yourself if it may go, or choose another URL"
+                    )
+                raise TableExistsError(
+                    f"{self.url} holds a table written by another tool; choose another URL"
+                )
+            if not self.overwrite:
                 raise TableExistsError(
                     f"table {self.url} already exists; pass overwrite=True to replace it (the "
                     "old table stays readable until the new one commits) or choose another URL"
                 )
+        else:
             entries = storage.list_files(self.url, recursive=True)
-            ours = any(e.startswith(STAGING_DIR + "/") for e in entries)
-            if entries and not ours:
+            if entries and not _marker_is_ours(marker):
+                shown = sorted(entries, key=lambda e: ("/" in e, not e.endswith(".parquet"), e))
+                what = f"{len(entries)} file(s), e.g. {shown[:5]}"
+                if self.overwrite:
+                    raise UnsafeOverwriteError(
+                        f"{self.url} is not a table written by fused-celery ({what}); "
+                        "overwrite=True replaces only a table fused-celery committed or an empty "
+                        "folder, and deletes nothing else. Move these files away, or choose "
+                        "another URL (a new or empty folder)"
+                    )
                 raise TableExistsError(
-                    f"{self.url} is not empty ({len(entries)} file(s), e.g. {entries[:3]}) and "
-                    "is not a fused table; choose an empty location or pass overwrite=True"
+                    f"{self.url} is not empty ({what}) and is not a fused table; choose another "
+                    "URL (a new or empty folder)"
                 )
-        marker = storage.join(self.url, STAGING_DIR, WRITING_MARKER)
-        storage.write_bytes(marker, json.dumps({"run_id": self.run_id}).encode())
+        self.created = storage.missing_folders(storage.join(self.url, STAGING_DIR))
+        self.marker_created = not storage.is_file(marker)
+        if self.marker_created or not _marker_is_ours(marker):
+            storage.write_bytes(marker, writer_marker(self.run_id))
+            self.marker_created = True
 
     def write_file(
         self, file_id: str | int, chunks: Iterable[gpd.GeoDataFrame] | gpd.GeoDataFrame
@@ -270,6 +333,12 @@ class TableWriter:
         file_ids = _check_layout(metas)
         sample_url = _sample_url(self.url)
         old_exists = storage.is_file(sample_url)
+        if old_exists and not _sample_is_ours(self.url):
+            raise UnsafeOverwriteError(
+                f"cannot commit {self.url}: its _sample is now a table fused-celery did not write "
+                f"(no {KEY_WRITER.decode()} key), so it is left as it is; discard this run "
+                "(TableWriter.discard) and choose another URL"
+            )
         if old_exists:
             try:
                 committed = read_chunk_metadata(self.url)
@@ -292,26 +361,53 @@ class TableWriter:
                 f"cannot commit {self.url}: data files of file_ids {_preview(missing)} were "
                 f"never written to {self.staging_url}; write them (write_file) or rerun the job"
             )
+        keep = {f"{f}.parquet" for f in file_ids}
+        stale = [n for n in final if n.endswith(".parquet") and n not in keep]
+        if stale and not old_exists and not _marker_is_ours(self._marker_url):
+            raise UnsafeOverwriteError(
+                f"cannot commit {self.url}: it holds files this writer did not stage "
+                f"({_preview(stale)}) and is no longer marked as a table being written by "
+                "fused-celery, so nothing is deleted; rerun the job into a new or empty folder"
+            )
         sample = self._build_sample(file_ids, staged)
         # From here the old table (if any) stops being readable until _sample is written.
         storage.delete_file(sample_url)
         moves = [f for f in file_ids if f"{f}.parquet" in staged]
         _parallel(lambda f: storage.move(self.staged_file_url(f), _file_url(self.url, f)), moves)
-        keep = {f"{f}.parquet" for f in file_ids}
-        stale = [n for n in final if n.endswith(".parquet") and n not in keep]
         _parallel(lambda n: storage.delete_file(storage.join(self.url, n)), stale)
         kv = {
             KEY_FORMAT_VERSION: FORMAT_VERSION.encode(),
             KEY_METADATA: encode_chunk_metadata(metas),
+            KEY_WRITER: writer_key(),
         }
         sample = sample.replace_schema_metadata({**(sample.schema.metadata or {}), **kv})
         storage.write_bytes(sample_url, _parquet_bytes(sample))
         storage.delete_prefix(storage.join(self.url, STAGING_DIR))
         return open_table(self.url)
 
-    def abort(self) -> None:
-        """Delete this run's staging folder (the committed table, if any, is untouched)."""
+    def discard(self) -> None:
+        """Undo this run, for a run that failed or was cancelled: leave the location as it was
+        before :meth:`prepare`. Call it from any process (a writer rebuilt with
+        :meth:`from_dict` knows what :meth:`prepare` created).
+
+        Deletes this run's staging folder (``_staging/<run_id>``, work files included); the
+        ``_staging/_writing`` marker when this run wrote it (and it still names this run); then
+        each folder this run created (the table folder, its parents, ``_staging``) when it is
+        empty, innermost first. A committed table (old or new) and anything this run did not
+        create stay untouched. Idempotent.
+        """
         storage.delete_prefix(self.staging_url)
+        if self.marker_created and _marker_run_id(self._marker_url) == self.run_id:
+            storage.delete_file(self._marker_url)
+        own = [storage.join(self.url, STAGING_DIR), self.url]
+        allowed = [
+            c for c in self.created if c in own or _is_parent(c, self.url)
+        ]  # never a folder elsewhere, whatever a forged dict says
+        storage.remove_empty_folders(allowed)
+
+    def abort(self) -> None:
+        """The same as :meth:`discard` (the earlier name)."""
+        self.discard()
 
     def _build_sample(self, file_ids: Sequence[str], staged: set[str]) -> pa.Table:
         """``_sample``'s rows: the per-file samples pooled in file order, thinned evenly to
@@ -342,6 +438,48 @@ class TableWriter:
         if geo:
             geo = _sample_geo(pooled, geo)
         return pooled.replace_schema_metadata({b"geo": json.dumps(geo).encode()} if geo else None)
+
+
+def writer_key() -> bytes:
+    """The value of :data:`KEY_WRITER` written into ``_sample``."""
+    from fused_celery.version import __version__
+
+    return json.dumps({"name": "fused-celery", "version": __version__}).encode()
+
+
+def _sample_is_ours(url: str) -> bool:
+    """Whether the ``_sample`` of ``url`` was written by fused-celery (carries KEY_WRITER)."""
+    try:
+        with storage.open_input_file(_sample_url(url)) as f:
+            kv = pq.ParquetFile(f).schema_arrow.metadata or {}
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+    return written_by_us(kv)
+
+
+def _marker_run_id(marker_url: str) -> str | None:
+    try:
+        data = json.loads(storage.read_bytes(marker_url))
+    except (OSError, ValueError):
+        return None
+    return data.get("run_id") if isinstance(data, dict) else None
+
+
+def _marker_is_ours(marker_url: str) -> bool:
+    """Whether the ``_staging/_writing`` marker at ``marker_url`` was written by fused-celery:
+    ``{"writer": "fused-celery", "run_id": ...}``, or ``{"run_id": ...}`` (earlier versions)."""
+    try:
+        data = json.loads(storage.read_bytes(marker_url))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
+        return False
+    return data.get("writer") == "fused-celery" or set(data) == {"run_id"}
+
+
+def _is_parent(folder: str, url: str) -> bool:
+    sep = "/" if folder.startswith("s3://") else os.sep
+    return url.startswith(folder.rstrip(sep) + sep)
 
 
 def _metadata_key(chunks: Iterable[ChunkMetadata]) -> str:

@@ -479,6 +479,58 @@ class EntriesTask(Task):
             logger.exception("fused-celery: could not record the failure of task %s", task_id)
 
 
+def fail_refused(task_id: str, args: Any, kwargs: Any, reason: str) -> list[int]:
+    """Fail the entries of a ``run_entries`` message this worker refused (unsigned, or signed by
+    an untrusted certificate): each one still ``pending``/``running`` at the message's attempt
+    becomes a final ``error`` carrying ``reason``. Never retried, and a capped pool's lane is not
+    continued: the worker would sign work nobody it trusts asked for. ``args``/``kwargs`` come
+    from the refused message (not trusted: they only say which entries to fail). Waits up to
+    :data:`RECORD_WAIT_SECONDS` for a record that is not written yet (a small pool publishes
+    first). Returns the positions failed."""
+    params = _params(args, kwargs)
+    record = _record(str(params["pool_id"]))
+    meta = _pool_meta(record)
+    deadline = time.monotonic() + RECORD_WAIT_SECONDS  # a small pool's record comes after
+    while meta is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        meta = _pool_meta(record)
+    if meta is None:
+        return []
+    positions = [int(p) for p in params["positions"]]
+    attempt_of = dict(zip(positions, (int(a) for a in params["attempts"])))
+    recorder = _Recorder(
+        record,
+        meta,
+        task_id=task_id,
+        lane=None,
+        redelivered=True,
+        host="",
+        attempt_of=attempt_of,
+        cache_keys={},
+    )
+    recorder.max_retry = -1  # final at once
+    error = UdfRuntimeError(reason, child_exception_class="MessageRefused").to_dict()
+    states, _, _ = record.read_outcomes(positions)
+    now = time.time()
+    failed = []
+    for pos, state in zip(positions, states):
+        if state is None:
+            continue
+        current, current_attempt, _, _ = parse_state(state)
+        if current_attempt != attempt_of.get(pos) or current not in (RUNNING, PENDING):
+            continue
+        recorder.add(
+            pos,
+            {"logs": "", "started": None, "finished": now},
+            ERROR,
+            {"ok": False, "value": None, "error": error},
+        )
+        failed.append(pos)
+    if recorder.ready:
+        recorder.close()
+    return failed
+
+
 def _params(args: Any, kwargs: Any) -> dict[str, Any]:
     names = ("pool_id", "positions", "attempts", "lane")
     values = dict(zip(names, args or ()))
