@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fused_celery import storage
 from fused_celery.jobs.stages import FailedItem
 from fused_celery.partition.run import IngestRun, TableSummary
 
@@ -47,15 +46,12 @@ def ingest_result(run: IngestRun) -> tuple[dict[str, Any], str]:
 
 
 def discard(run: IngestRun) -> None:
-    """Remove this run's staging (work folder included); when no committed table is there, the
-    folder's staging marker too, so a failed or cancelled first run leaves no table behind."""
+    """Leave the output location as it was before the run (``TableWriter.discard``: this run's
+    staging and marker, and the folders it created; a committed table and other runs' staging
+    stay)."""
     discard_staging(run.table_writer())
 
 
 def discard_staging(writer: TableWriter) -> None:
     """:func:`discard` for the run of ``writer`` (before its run object exists)."""
-    from fused_celery.table import SAMPLE_FILE, STAGING_DIR
-
-    writer.abort()
-    if not storage.is_file(storage.join(writer.url, SAMPLE_FILE)):
-        storage.delete_prefix(storage.join(writer.url, STAGING_DIR))
+    writer.discard()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from fused_celery import storage
 from fused_celery.errors import StepUdfError, error_from_dict
 from fused_celery.udf import Udf
 
@@ -103,11 +102,6 @@ def call_udf(
 
 
 def discard_writer(writer: TableWriter) -> None:
-    """Remove a run's staging from its output table; when no committed table is there, the
-    folder's staging marker too, so a failed first run leaves no table behind (a committed
-    table from an earlier run is untouched)."""
-    from fused_celery.table import SAMPLE_FILE, STAGING_DIR
-
-    writer.abort()
-    if not storage.is_file(storage.join(writer.url, SAMPLE_FILE)):
-        storage.delete_prefix(storage.join(writer.url, STAGING_DIR))
+    """Leave a failed run's output location as it was (``TableWriter.discard``: its staging and
+    marker, and the folders it created; a committed table from an earlier run is untouched)."""
+    writer.discard()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_points
 from pydantic import ValidationError
+from steps_tables import make_points
 
 import fused_celery as fused
 from fused_celery.errors import (

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import shapely
-from conftest import ingest_table, make_points
+from steps_tables import ingest_table, make_points
 
 import fused_celery as fused
 from fused_celery.errors import (
