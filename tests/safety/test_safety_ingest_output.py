@@ -58,12 +58,12 @@ def test_failed_local_overwrite_keeps_the_old_table(tmp_path):
 
 
 def test_interrupted_local_ingest_leaves_no_output_folder(tmp_path, monkeypatch):
-    from fused_celery.partition import stages
+    from fused_celery.partition import stage_plan
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C in the middle of the run
 
-    monkeypatch.setattr(stages, "make_plan", interrupted)
+    monkeypatch.setattr(stage_plan, "make_plan", interrupted)
     out = tmp_path / "new" / "out"
     with pytest.raises(KeyboardInterrupt):
         fused.ingest(points(300)).run_local(str(out))
