@@ -32,10 +32,12 @@ Inputs are cached in ``benchmarks/.work/map-data/`` by size, layout and seed; ra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -220,10 +222,28 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
         resp.wait_for_job(poll_interval_seconds=0.1, timeout=spec["timeout"])
         seconds = time.perf_counter() - started
         status = str(resp.status)
+        stages = stage_seconds(resp.get_logs())
     finally:
         cluster.stop()
     got = summarize(table_files(spec["out"])) if status == "Done" else {}
-    return {"seconds": seconds, "setup_seconds": setup, "status": status, **got}
+    return {"seconds": seconds, "setup_seconds": setup, "status": status, "stages": stages, **got}
+
+
+def stage_seconds(logs: list[str]) -> dict[str, float]:
+    """Seconds from each ``stage NAME: N tasks`` line of the job's log to the next stage line
+    (the last one to ``job Done``)."""
+    marks: list[tuple[str, datetime.datetime]] = []
+    for line in logs:
+        stamp, _, text = line.partition(" INFO ")
+        found = re.match(r"stage (\w+):", text)
+        name = found.group(1) if found else ("end" if text.startswith("job ") else None)
+        if name:
+            with contextlib.suppress(ValueError):
+                marks.append((name, datetime.datetime.fromisoformat(stamp)))
+    return {
+        a[0]: round((b[1] - a[1]).total_seconds(), 2)
+        for a, b in zip(marks, marks[1:], strict=False)
+    }
 
 
 def run_ours_local(spec: dict[str, Any]) -> dict[str, Any]:
@@ -460,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {name:10s} run {rep + 1}: {got['seconds']:7.2f} s "
                 f"(setup {got.get('setup_seconds', 0):.1f} s, child {got['wall_seconds']:.1f} s)"
                 f"  rows {got.get('rows_out', 0):,}  peak RSS {mib(got['peak_rss'])} MiB"
-                f"  other processes {got['foreign_cores']:.2f} cores  load {load()}",
+                f"  other processes {got['foreign_cores']:.2f} cores  load {load()}"
+                + (f"  stages {got['stages']}" if got.get("stages") else ""),
                 flush=True,
             )
 
