@@ -260,3 +260,131 @@ def ensure_venv(venv: Path, packages: Sequence[str], check: str, log: Path) -> P
     if done.returncode != 0 or subprocess.run(probe, capture_output=True).returncode != 0:
         raise RuntimeError(f"pip install {' '.join(packages)} into {venv} failed; see {log}")
     return py
+
+
+# ----------------------------------------------------------------------------- child processes
+
+
+def kill_tree(child: subprocess.Popen) -> None:
+    """Kill ``child`` and every process it started (by pid), then reap ``child``."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]
+    except psutil.Error:
+        procs = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    child.kill()
+    child.communicate()
+
+
+def run_child(script: Path, python: Path, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run ``python script --child <spec as JSON>`` in a fresh child process; returns the JSON
+    object of its last stdout line plus the peak RSS of every process of the tree
+    (:class:`TreeMemory`: this process, the child and their descendants) and the CPU used by
+    other processes meanwhile (:class:`ForeignLoad`)."""
+    import json
+
+    cmd = [str(python), str(script), "--child", json.dumps(spec)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with ForeignLoad() as foreign, TreeMemory() as memory:
+        started = time.perf_counter()
+        child = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        try:
+            stdout, stderr = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_tree(child)
+            raise RuntimeError(f"{spec['kind']} child timed out after {timeout:.0f} s") from None
+        wall = time.perf_counter() - started
+    if child.returncode != 0:
+        tail = (stderr or stdout).strip()[-3000:]
+        raise RuntimeError(f"{spec['kind']} child failed ({child.returncode}):\n{tail}")
+    answer = json.loads(stdout.strip().splitlines()[-1])
+    answer.update(
+        wall_seconds=wall,
+        peak_rss=memory.peak,
+        peak_process=memory.peak_label,
+        peak_rss_tree_sum=memory.peak_sum,
+        top_processes=[[b, label] for b, label in memory.top(6)],
+        rss_samples=memory.samples,
+        foreign_cores=foreign.cores,
+    )
+    return answer
+
+
+def describe(label: str) -> str:
+    """A short name for a process label of :class:`TreeMemory` (``pid exe args``)."""
+    import re
+
+    fork = " (pool process)" if label.endswith(" [fork]") else ""
+    args = label.split(" ")[1:]
+    text = " ".join(args)
+    if "--child" in args:
+        kind = re.search(r'"kind": "([^"]+)"', text)
+        return f"benchmark child ({kind.group(1) if kind else '?'})"
+    if "celery" in args and "worker" in args:
+        host = args[args.index("--hostname") + 1] if "--hostname" in args else "?"
+        return f"celery worker {host}{fork}"
+    if "local_worker" in text:
+        return "fused_celery local-engine worker"
+    if "multiprocessing.spawn" in text or "multiprocessing.forkserver" in text:
+        return "dask worker (spawned process)"
+    return text[:60] + fork
+
+
+def mib(b: float) -> str:
+    """Bytes as MiB, ``1,234``."""
+    return f"{b / 2**20:,.0f}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def mark(met: bool | None) -> str:
+    return "—" if met is None else ("yes" if met else "**no**")
+
+
+# ----------------------------------------------------------------------------- our cluster
+
+
+def start_ours(workers: int, cluster_dir: str | Path) -> Any:
+    """fused_celery's ``LocalCluster`` as the benchmarks run it, started: embedded Redis on
+    loopback, ``workers`` Celery workers (pool processes: CPUs ÷ workers each), no Flower;
+    ``.stop()`` it when done. tqdm bars off."""
+    import fused_celery as fused
+    from fused_celery.cluster.local_cluster import LocalCluster
+
+    fused.options.show.enable_tqdm = False
+    return LocalCluster(
+        workers=workers,
+        flower_port=None,
+        verbose=False,
+        embedded=True,
+        cluster_dir=str(cluster_dir),
+    ).start()
+
+
+def warm_up_ingest(folder: Path) -> str:
+    """One small ingest (1,000 points) on the running cluster, untimed: client imports done,
+    pool processes up. Returns the URL of the table it wrote (``folder / "warm-up"``)."""
+    import geopandas as gpd
+    import numpy as np
+
+    import fused_celery as fused
+
+    rng = np.random.default_rng(0)
+    src = folder / "warm-up.parquet"
+    xy = rng.uniform(-50, 50, (1000, 2))
+    gpd.GeoDataFrame(geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]), crs=4326).to_parquet(src)
+    out = str(folder / "warm-up")
+    job = fused.ingest(str(src), output=out, overwrite=True)
+    resp = job.run_remote()
+    resp.wait_for_job(poll_interval_seconds=0.1, timeout=300)
+    if resp.status != "Done":
+        raise SystemExit(f"warm-up ingest ended {resp.status}: {resp.get_logs()[-3:]}")
+    return out

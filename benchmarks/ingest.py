@@ -34,13 +34,11 @@ Celery workers and their pool processes, dask scheduler and workers) is sampled 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import math
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -56,15 +54,20 @@ sys.path.insert(0, str(HERE))
 from _common import (  # noqa: E402
     REPO,
     WORK,
-    ForeignLoad,
-    TreeMemory,
     add_load_arguments,
+    describe,
     ensure_venv,
+    fmt_ratio,
     load,
     machine,
+    mark,
+    mib,
     prefault_memory,
+    start_ours,
     wait_for_quiet,
+    warm_up_ingest,
 )
+from _common import run_child as _run_child  # noqa: E402
 
 DATA = WORK / "ingest-data"
 OUT = WORK / "ingest-out"
@@ -222,42 +225,18 @@ def generate(kind: str, n: int, seed: int, path: Path) -> dict[str, Any]:
 # work; checks run after the clock stops. Each returns a dict with at least ``seconds``.
 
 
-def _warm_up(fused: Any, folder: Path) -> None:
-    """One small ingest on the cluster, untimed."""
-    import geopandas as gpd
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    src = folder / "warm-up.parquet"
-    xy = rng.uniform(-50, 50, (1000, 2))
-    gpd.GeoDataFrame(geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]), crs=4326).to_parquet(src)
-    job = fused.ingest(str(src), output=str(folder / "warm-up"), overwrite=True)
-    resp = job.run_remote()
-    resp.wait_for_job(poll_interval_seconds=0.1, timeout=300)
-    if resp.status != "Done":
-        raise SystemExit(f"warm-up ingest ended {resp.status}: {resp.get_logs()[-3:]}")
-
-
 def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """``fused.ingest(...).run_remote()`` + ``wait_for_job`` on a ``LocalCluster`` started
     (embedded Redis, ``spec["workers"]`` workers, no Flower) before the clock, and warmed up by
     a 1,000-point ingest (a cluster's steady state: client imports done, pool processes up)."""
     import fused_celery as fused
-    from fused_celery.cluster.local_cluster import LocalCluster
 
-    fused.options.show.enable_tqdm = False
     if not hasattr(fused, "ingest"):
         raise SystemExit(NOT_LANDED)
     t0 = time.perf_counter()
-    cluster = LocalCluster(
-        workers=spec["workers"],
-        flower_port=None,
-        verbose=False,
-        embedded=True,
-        cluster_dir=spec["cluster_dir"],
-    ).start()
+    cluster = start_ours(spec["workers"], spec["cluster_dir"])
     try:
-        _warm_up(fused, Path(spec["cluster_dir"]))
+        warm_up_ingest(Path(spec["cluster_dir"]))
         setup = time.perf_counter() - t0
         started = time.perf_counter()
         job = fused.ingest(
@@ -479,51 +458,10 @@ CHILDREN = {
 # ----------------------------------------------------------------------------- parent
 
 
-def kill_tree(child: subprocess.Popen) -> None:
-    """Kill ``child`` and every process it started (by pid), then reap ``child``."""
-    import psutil
-
-    try:
-        procs = [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]
-    except psutil.Error:
-        procs = []
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    child.kill()
-    child.communicate()
-
-
 def run_child(python: Path, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run ``spec`` in a fresh child process of ``python``; returns its JSON answer plus the
-    peak RSS of every process of the tree and the CPU used by other processes meanwhile."""
-    cmd = [str(python), str(Path(__file__)), "--child", json.dumps(spec)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with ForeignLoad() as foreign, TreeMemory() as memory:
-        started = time.perf_counter()
-        child = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
-        try:
-            stdout, stderr = child.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_tree(child)
-            raise RuntimeError(f"{spec['kind']} child timed out after {timeout:.0f} s") from None
-        wall = time.perf_counter() - started
-    if child.returncode != 0:
-        tail = (stderr or stdout).strip()[-3000:]
-        raise RuntimeError(f"{spec['kind']} child failed ({child.returncode}):\n{tail}")
-    answer = json.loads(stdout.strip().splitlines()[-1])
-    answer.update(
-        wall_seconds=wall,
-        peak_rss=memory.peak,
-        peak_process=memory.peak_label,
-        peak_rss_tree_sum=memory.peak_sum,
-        top_processes=[[b, label] for b, label in memory.top(6)],
-        rss_samples=memory.samples,
-        foreign_cores=foreign.cores,
-    )
-    return answer
+    """Run ``spec`` in a fresh child process of ``python`` running this file (see
+    :func:`_common.run_child`)."""
+    return _run_child(Path(__file__), python, spec, timeout)
 
 
 def ensure_data(kind: str, n: int, seed: int, timeout: float) -> dict[str, Any]:
@@ -538,34 +476,6 @@ def ensure_data(kind: str, n: int, seed: int, timeout: float) -> dict[str, Any]:
     info = run_child(Path(sys.executable), spec, timeout)
     print(f"  {info['seconds']:.1f} s, {info['bytes'] / 2**20:,.0f} MiB", flush=True)
     return json.loads(meta.read_text())
-
-
-def describe(label: str) -> str:
-    """A short name for a process label of :class:`TreeMemory` (``pid exe args``)."""
-    fork = " (pool process)" if label.endswith(" [fork]") else ""
-    args = label.split(" ")[1:]
-    text = " ".join(args)
-    if "--child" in args:
-        kind = re.search(r'"kind": "([^"]+)"', text)
-        return f"benchmark child ({kind.group(1) if kind else '?'})"
-    if "celery" in args and "worker" in args:
-        host = args[args.index("--hostname") + 1] if "--hostname" in args else "?"
-        return f"celery worker {host}{fork}"
-    if "multiprocessing.spawn" in text or "multiprocessing.forkserver" in text:
-        return "dask worker (spawned process)"
-    return text[:60] + fork
-
-
-def mib(b: float) -> str:
-    return f"{b / 2**20:,.0f}"
-
-
-def fmt_ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}×"
-
-
-def mark(met: bool | None) -> str:
-    return "—" if met is None else ("yes" if met else "**no**")
 
 
 def tables(res: dict[str, Any], sizes: dict[str, int]) -> str:
