@@ -182,21 +182,19 @@ class JobConfig(BaseModel):
         parameters, given to each step whose UDF takes them. Bad steps, inputs or existing
         outputs are raised here, before anything is submitted.
         """
-        from fused_celery.engines import check_instance_type
         from fused_celery.jobs import celery_driver
         from fused_celery.jobs.response import RunResponse
+        from fused_celery.jobs.step import fleet_options
         from fused_celery.state.connection import check_reachable
-        from fused_celery.worker_env import parse_additional_env
 
         del ignore_no_udf, ignore_no_output, validate_imports
-        if instance_type is not None:
-            check_instance_type(instance_type, what="instance type")
-        extra = {
-            "region": region,
-            "disk_size_gb": disk_size_gb,
-            "additional_env": parse_additional_env(additional_env),
-            "image_name": image_name,
-        }
+        extra = fleet_options(
+            instance_type,
+            region=region,
+            disk_size_gb=disk_size_gb,
+            additional_env=additional_env,
+            image_name=image_name,
+        )
         queue = instance_type or DEFAULT_QUEUE
         check_reachable(options.broker_url)
         run = self._plan(uuid.uuid4().hex, overwrite=overwrite, **kwargs)
@@ -233,7 +231,8 @@ class JobConfig(BaseModel):
             from fused_celery.jobs.compose import STOPPED
 
             line = STOPPED.pop(run.job_id, "a step failed; its output was not committed")
-            exc.add_note(f"job {self.name or run.job_id}: {line}")
+            if hasattr(exc, "add_note"):  # Python >= 3.11
+                exc.add_note(f"job {self.name or run.job_id}: {line}")
             raise
         result, _ = load_sequence(target).result(done)
         return {**result, "failed": [f.model_dump(mode="json") for f in done.failed]}

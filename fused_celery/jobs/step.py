@@ -18,6 +18,33 @@ if TYPE_CHECKING:
     from fused_celery.jobs.response import RunResponse
 
 
+def fleet_options(
+    instance_type: str | None,
+    *,
+    region: str | None = None,
+    disk_size_gb: int | None = None,
+    additional_env: list[str] | dict[str, str] | None = None,
+    image_name: str | None = None,
+) -> dict[str, Any]:
+    """The worker-fleet options of a ``run_remote`` (of a step or a whole job), checked: a
+    whitelisted ``instance_type`` (default None), ``disk_size_gb`` a positive integer,
+    ``additional_env`` ``KEY=value`` strings; returns ``region``, ``disk_size_gb``,
+    ``additional_env`` (parsed) and ``image_name`` for the job record (all default None)."""
+    from fused_celery.engines import check_instance_type
+    from fused_celery.worker_env import parse_additional_env
+
+    if instance_type is not None:
+        check_instance_type(instance_type, what="instance type")
+    if disk_size_gb is not None and (isinstance(disk_size_gb, bool) or disk_size_gb <= 0):
+        raise ValueError(f"disk_size_gb must be a positive integer, got {disk_size_gb!r}")
+    return {
+        "region": region,
+        "disk_size_gb": disk_size_gb,
+        "additional_env": parse_additional_env(additional_env),
+        "image_name": image_name,
+    }
+
+
 class JobStepConfig(BaseModel):
     """A job step. name: default None. metadata: default None. ignore_chunk_error: finish the job
     and list failed slices instead of failing it (default False)."""
@@ -94,19 +121,13 @@ class JobStepConfig(BaseModel):
         UDF / output (default False). validate_imports: unused by steps without a UDF (default
         None). overwrite: replace an existing table (default None: the step's ``overwrite``).
         """
-        from fused_celery.engines import check_instance_type
-        from fused_celery.worker_env import parse_additional_env
-
-        if instance_type is not None:
-            check_instance_type(instance_type, what="instance type")
-        if disk_size_gb is not None and (isinstance(disk_size_gb, bool) or disk_size_gb <= 0):
-            raise ValueError(f"disk_size_gb must be a positive integer, got {disk_size_gb!r}")
-        extra = {
-            "region": region,
-            "disk_size_gb": disk_size_gb,
-            "additional_env": parse_additional_env(additional_env),
-            "image_name": image_name,
-        }
+        extra = fleet_options(
+            instance_type,
+            region=region,
+            disk_size_gb=disk_size_gb,
+            additional_env=additional_env,
+            image_name=image_name,
+        )
         del ignore_no_udf, validate_imports
         output = self._output(output_table, ignore_no_output)
         return self._submit(output, instance_type=instance_type, overwrite=overwrite, extra=extra)

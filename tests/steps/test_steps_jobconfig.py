@@ -276,6 +276,11 @@ def test_remote_refusals_before_submit(on_shared_cluster, tmp_path, table):
         fused.map(table, udf=scale, output_table=str(tmp_path / "o")).run_remote()
     with pytest.raises(StepInputError, match="no previous step"):
         JobConfig(steps=[fused.map(None, udf=scale, output_table=str(tmp_path / "p"))]).run_remote()
+    job = JobConfig(steps=[fused.map(table, udf=scale, output_table=str(tmp_path / "q"))])
+    with pytest.raises(ValueError, match="disk_size_gb must be a positive integer"):
+        job.run_remote(disk_size_gb=0)
+    with pytest.raises(ValueError, match="KEY=value"):
+        job.run_remote(additional_env=["not a pair"])
     assert len(list_jobs(n=1000)) == before + 1
 
 
