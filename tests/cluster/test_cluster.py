@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import base64
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from cli_process import CLI, start_until
 
 import fused_celery as fused
 from fused_celery.cli import build_parser, worker_argv
@@ -31,8 +30,6 @@ from fused_celery.cluster.redis_server import (
 )
 from fused_celery.errors import BrokerUnavailableError
 from fused_celery.options import options
-
-CLI = [sys.executable, "-m", "fused_celery.cli"]
 
 
 def _wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
@@ -185,37 +182,17 @@ def test_local_cluster_flower_port_taken(tmp_path: Path) -> None:
 # -- fused-celery up ----------------------------------------------------------------------------
 
 
-def _read_lines(stream, sink: queue.Queue[str]) -> None:
-    for line in stream:
-        sink.put(line)
-    sink.put("")
-
-
 def test_up_prints_urls_serves_flower_and_ctrl_c_leaves_nothing(
     tmp_path: Path, clean_env: dict[str, str]
 ) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [*CLI, "up", "--workers", "1", "--no-auth", "--flower-port", str(port)],
+    proc, output = start_until(
+        ["up", "--workers", "1", "--no-auth", "--flower-port", str(port)],
         cwd=tmp_path,
         env=clean_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        marker="Cluster up",
     )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
-    output: list[str] = []
     try:
-        deadline = time.monotonic() + 120
-        while not any("Cluster up" in line for line in output):
-            assert time.monotonic() < deadline, "".join(output)
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            assert line, f"up exited early ({proc.poll()}):\n{''.join(output)}"
-            output.append(line)
         text = "".join(output)
         flower_url = f"http://127.0.0.1:{port}"
         assert flower_url in text and "redis://127.0.0.1:" in text

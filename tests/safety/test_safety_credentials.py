@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import base64
 import os
-import queue
 import re
 import signal
 import stat
 import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,13 +22,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from cli_process import CLI, start_until, stop
 
 from fused_celery.cluster.local_cluster import LocalCluster
 from fused_celery.cluster.processes import descendants, pid_alive
 from fused_celery.cluster.redis_server import free_port
 from fused_celery.options import Options, mask_url, options
 
-CLI = [sys.executable, "-m", "fused_celery.cli"]
 SECRET = "s3cr3t-Pa55"
 
 
@@ -209,37 +206,17 @@ def test_embedded_redis_has_a_password_an_aof_and_nothing_leaks(
         client.close()
 
 
-def _read_lines(stream, sink: queue.Queue[str]) -> None:
-    for line in stream:
-        sink.put(line)
-    sink.put("")
-
-
 def test_up_prints_no_password_and_names_the_secret_file(
     tmp_path: Path, clean_env: dict[str, str]
 ) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [*CLI, "up", "--workers", "1", "--concurrency", "1", "--flower-port", str(port)],
+    proc, output = start_until(
+        ["up", "--workers", "1", "--concurrency", "1", "--flower-port", str(port)],
         cwd=tmp_path,
         env=clean_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        marker="Cluster up",
     )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
-    output: list[str] = []
     try:
-        deadline = time.monotonic() + 120
-        while not any("Cluster up" in line for line in output):
-            assert time.monotonic() < deadline, "".join(output)
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            assert line, f"up exited early ({proc.poll()}):\n{''.join(output)}"
-            output.append(line)
         env_file = tmp_path / ".fused-celery" / "cluster.env"
         values = env_file_values(env_file)
         assert (
@@ -298,12 +275,7 @@ def test_flower_command_takes_its_password_from_the_environment(
         assert http_status(f"http://127.0.0.1:{port}/metrics", ("ops", SECRET)) == 200
         assert http_status(f"http://127.0.0.1:{port}/workers", ("ops", SECRET)) == 200
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     assert SECRET not in (proc.stdout.read() if proc.stdout else "")
 
 
@@ -339,12 +311,7 @@ def test_flower_command_generated_password_goes_to_a_private_file(
         assert http_status(f"http://127.0.0.1:{port}/metrics") == 401
         assert http_status(f"http://127.0.0.1:{port}/metrics", ("admin", password)) == 200
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     out = proc.stdout.read() if proc.stdout else ""
     assert password not in out and str(secret_file) in out
 
