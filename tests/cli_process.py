@@ -1,13 +1,17 @@
-"""The ``fused-celery`` command as a child process, for the CLI tests of several folders."""
+"""The ``fused-celery`` command as a child process, and probing the servers it starts, for the
+CLI tests of several folders."""
 
 from __future__ import annotations
 
+import base64
 import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 CLI = [sys.executable, "-m", "fused_celery.cli"]
@@ -57,3 +61,16 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float 
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def http_status(url: str, auth: tuple[str, str] | None = None) -> int:
+    """The HTTP status of GET ``url`` (with basic ``auth`` = (user, password), default None)."""
+    request = urllib.request.Request(url)
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)

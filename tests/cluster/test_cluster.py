@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import redis
-from cli_process import CLI, start_until
+from cli_process import CLI, http_status, start_until
 
 import fused_celery as fused
 from fused_celery.cli import build_parser, worker_argv
@@ -40,18 +37,6 @@ def _wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
         time.sleep(0.1)
         alive = [p for p in alive if pid_alive(p)]
     return alive
-
-
-def _http_status(url: str, auth: tuple[str, str] | None = None) -> int:
-    request = urllib.request.Request(url)
-    if auth:
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 def _unused_url() -> str:
@@ -148,9 +133,9 @@ def test_local_cluster_uses_configured_redis_and_stops_everything(
         pids += [child for pid in list(pids) for child in descendants(pid)]
         assert len(cluster.workers) == 2 and all(pid_alive(p) for p in pids)
         assert cluster.flower_url and cluster.flower_password
-        assert _http_status(f"{cluster.flower_url}/workers") == 401
+        assert http_status(f"{cluster.flower_url}/workers") == 401
         auth = ("admin", cluster.flower_password)
-        assert _http_status(f"{cluster.flower_url}/workers", auth) == 200
+        assert http_status(f"{cluster.flower_url}/workers", auth) == 200
     assert _wait_gone(pids) == []
     assert options.broker_url == redis_url  # restored to what it was before start
 
@@ -196,7 +181,7 @@ def test_up_prints_urls_serves_flower_and_ctrl_c_leaves_nothing(
         text = "".join(output)
         flower_url = f"http://127.0.0.1:{port}"
         assert flower_url in text and "redis://127.0.0.1:" in text
-        assert _http_status(f"{flower_url}/workers") == 200
+        assert http_status(f"{flower_url}/workers") == 200
         children = descendants(proc.pid)
         assert len(children) >= 3, children  # redis, worker (+ its pool), flower
         assert (tmp_path / ".fused-celery" / "redis").is_dir()

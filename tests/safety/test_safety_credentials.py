@@ -9,7 +9,6 @@ Real processes throughout: ``LocalCluster`` (embedded redis-server, a worker, Fl
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import signal
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from cli_process import CLI, start_until, stop
+from cli_process import CLI, http_status, start_until, stop
 
 from fused_celery.cluster.local_cluster import LocalCluster
 from fused_celery.cluster.processes import descendants, pid_alive
@@ -39,18 +38,6 @@ def cmdline(pid: int) -> str:
             return fh.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-def http_status(url: str, auth: tuple[str, str] | None = None) -> int:
-    request = urllib.request.Request(url)
-    if auth:
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 def mode(path: Path) -> int:
