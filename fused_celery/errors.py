@@ -17,6 +17,7 @@ __all__ = [
     "UdfSerializationError",
     "UdfArgumentError",
     "UdfWorkerLostError",
+    "ArgumentTooLargeError",
     "CancelledError",
     "PoolNotFoundError",
     "BrokerUnavailableError",
@@ -125,6 +126,12 @@ class UdfArgumentError(UdfRuntimeError, TypeError):
 
 class UdfWorkerLostError(UdfRuntimeError):
     """The process running the entry died (for example ``os._exit`` or a crash)."""
+
+
+class ArgumentTooLargeError(FusedError, ValueError):
+    """An argument of ``udf.map`` (or a constant keyword argument) is over
+    ``options.max_argument_bytes`` once encoded; nothing was submitted. The message names the
+    argument, its size, the limit and the option."""
 
 
 class CancelledError(FusedError):

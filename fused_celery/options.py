@@ -82,6 +82,11 @@ class Options(BaseSettings):
     cache_max_age: default seconds a cached UDF result may be reused (default 12 h).
     max_log_bytes: per-entry cap on captured stdout/stderr (default 64 KiB).
     large_result_bytes: results larger than this go to storage, not Redis (default 1 MiB).
+    large_argument_bytes: a remote pool's argument or constant keyword argument whose encoded
+        size is over this goes to storage (under ``storage_root``), Redis keeping only a
+        reference that workers resolve (default 64 KiB).
+    max_argument_bytes: a remote pool's argument or constant over this encoded size is refused
+        at submit with :class:`~fused_celery.errors.ArgumentTooLargeError` (default 256 MiB).
     worker_prefetch_multiplier: Celery prefetch (default 1: a dying worker loses little).
     poll_interval: seconds between state polls of a remote pool (default 0.05).
     cluster_dir: folder for the local cluster's embedded Redis data and logs
@@ -140,6 +145,8 @@ class Options(BaseSettings):
     cache_max_age: int = 12 * 3600
     max_log_bytes: int = 64 * 1024
     large_result_bytes: int = 1024 * 1024
+    large_argument_bytes: int = Field(default=64 * 1024, ge=1)
+    max_argument_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     worker_prefetch_multiplier: int = 1
     poll_interval: float = 0.05
     cluster_dir: str = Field(default_factory=lambda: str(Path.cwd() / ".fused-celery"))

@@ -292,6 +292,7 @@ class Udf(BaseModel):
             udf=wire,
             args=entries,
             encoded=encoded,
+            constants=const,
             max_workers=max_workers,
             batch_size=batch,
             max_retry=max_retry,

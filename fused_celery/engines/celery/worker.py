@@ -55,6 +55,7 @@ from fused_celery.errors import (
     UdfWorkerLostError,
 )
 from fused_celery.options import DEFAULT_QUEUE, options
+from fused_celery.state import blob_sweep
 from fused_celery.state.pool_record import (
     HISTORY_LOG_CHARS,
     MAX_DELIVERIES,
@@ -383,6 +384,47 @@ def _drop_executor(threads: int, pool: ThreadPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _constants(meta: dict[str, Any]) -> dict[str, Any]:
+    """The pool's constant keyword arguments, encoded, those stored by reference read back:
+    read once per process and pool (kept in the cached meta)."""
+    found = meta.get("constants_obj")
+    if found is None:
+        raw = meta.get("constants") or ""
+        found = blobs.resolve_kwargs(json.loads(raw), meta.get("args_folder")) if raw else {}
+        meta["constants_obj"] = found
+    return found
+
+
+def _with_constants(
+    meta: dict[str, Any], items: list[tuple[int, dict[str, Any]]], recorder: _Recorder
+) -> list[tuple[int, dict[str, Any]]]:
+    """Each entry's arguments with the pool's constants merged under them and arguments stored
+    by reference read back; an entry whose arguments cannot be read fails (recorded now)."""
+    ready = []
+    for pos, encoded in items:
+        try:
+            ready.append(
+                (
+                    pos,
+                    {**_constants(meta), **blobs.resolve_kwargs(encoded, meta.get("args_folder"))},
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - storage unreadable: this entry's error
+            now = time.time()
+            err = UdfSerializationError(
+                f"the entry's arguments stored in {meta.get('args_folder')} could not be read: "
+                f"{exc}",
+                child_exception_class=type(exc).__name__,
+            )
+            recorder.add(
+                pos,
+                {"logs": "", "started": now, "finished": now},
+                ERROR,
+                {"ok": False, "value": None, "error": err.to_dict()},
+            )
+    return ready
+
+
 def _stored_outcome(pool_id: str, pos: int, attempt: int, out: Any) -> dict[str, Any]:
     """The outcome as stored in Redis; a large value goes to storage and only its ref stays."""
     if not out.get("ok"):
@@ -649,8 +691,11 @@ def run_message(
             ERROR,
             {"ok": False, "value": None, "error": err},
         )
+    if to_run and (meta.get("constants") or meta.get("args_folder")):
+        to_run = _with_constants(meta, to_run, recorder)
     if to_run:
         soft = (request.timelimit or (None, None))[1] or float(meta.get("soft_time_limit") or 0)
         _run(meta["udf_obj"], to_run, max(1, int(meta.get("threads") or 1)), recorder, soft)
     recorder.close()
+    blob_sweep.maybe_sweep()
     return summary
