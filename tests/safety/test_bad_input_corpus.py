@@ -551,7 +551,7 @@ CLI_CASES = [
     ),
     (
         "broker-password-masked",
-        ["flower", "--wait-for-broker", "0"],
+        ["worker", "--wait-for-broker", "0"],
         {"FUSED_CELERY_BROKER_URL": "redis://:s3cret-pw@127.0.0.1:1/0"},
         ("no redis answers", "***"),
     ),
