@@ -11,8 +11,12 @@ key              type     holds
 ================ =======  =========================================================================
 ``P:meta``       hash     ``udf`` (JSON), ``n``, ``batch_size``, ``threads``, ``max_workers``,
                           ``lanes``, ``max_retry``, ``queue``, ``cache`` (0/1), ``cache_max_age``,
-                          ``cache_digest``, ``created``, ``retried``, ``version`` (record format)
+                          ``cache_digest``, ``created``, ``retried``, ``version`` (record format),
+                          ``constants`` (canonical JSON of the encoded constant kwargs, stored
+                          once; "" for none), ``args_folder`` (where arguments stored by
+                          reference are; "" for none)
 ``P:args``       list     canonical JSON of each entry's codec-encoded kwargs, by position
+                          (constants left out; large ones as ``{"blob": ...}`` references)
 ``P:state``      hash     position -> ``"<status>|<attempt>|<started>|<finished>"`` (attempt: the
                           entry's current attempt, 1-based; times in epoch seconds or empty)
 ``P:outcome``    hash     position -> JSON ``{ok, value | ref, error}`` of the final attempt
