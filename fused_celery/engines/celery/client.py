@@ -614,15 +614,18 @@ class CeleryEngine(Engine):
                 todo.append((pos, attempt + 1))
         if not todo:
             return
+        # the retry's time is taken before its messages go out: a worker may finish a retried
+        # entry before this call returns, and total_time(since_retry=True) must not be negative
+        now = time.time()
         if self._lanes:
-            self._retry_in_lanes(todo)
+            self._retry_in_lanes(todo, now)
         else:
-            self._retry_now(todo)
-        self.retried_at = time.time()
+            self._retry_now(todo, now)
+        self.retried_at = now
         self._cached = None
         self._snapshot = None
 
-    def _retry_now(self, todo: list[tuple[int, int]]) -> None:
+    def _retry_now(self, todo: list[tuple[int, int]], now: float) -> None:
         """Uncapped pool: publish the retries, then move the entries to their new attempt (so a
         crash in between leaves the entries as they were, and a duplicate is dropped)."""
         bs = max(1, self.spec.batch_size)
@@ -641,9 +644,9 @@ class CeleryEngine(Engine):
                 f"could not publish the retry to the broker at {mask_url(options.broker_url)} "
                 f"({type(exc).__name__}: {exc}); the entries were not retried"
             ) from exc
-        self.record.retry(items)
+        self.record.retry(items, now=now)
 
-    def _retry_in_lanes(self, todo: list[tuple[int, int]]) -> None:
+    def _retry_in_lanes(self, todo: list[tuple[int, int]], now: float) -> None:
         """Capped pool: queue the retries behind the backlog; publish what idle lanes took.
         (If publishing fails, the entries are pending with a recorded task id and no message:
         a waiting client republishes them, see :meth:`_maybe_recover`.)"""
@@ -652,7 +655,7 @@ class CeleryEngine(Engine):
             "batch_size": str(max(1, self.spec.batch_size)),
             "lanes": str(self._lanes),
         }
-        _, assigned = self.record.retry_lanes(todo, meta=meta)
+        _, assigned = self.record.retry_lanes(todo, meta=meta, now=now)
         messages = [
             (f"{self.pool_id}.{item}", [p for p, _ in pairs], [a for _, a in pairs], [lane, item])
             for lane, item, pairs in assigned
