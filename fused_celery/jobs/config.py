@@ -119,7 +119,12 @@ class JobConfig(BaseModel):
         try:
             for k, step in enumerate(self._steps_with(kwargs)):
                 chained = False
-                if "input" in type(step).model_fields and step.type != "udf" and step.input is None:
+                bind = getattr(step, "bind_inputs", None)
+                if bind is not None:  # a step of two inputs (a join) binds them itself
+                    step, chained = bind(list(outputs))
+                elif (
+                    "input" in type(step).model_fields and step.type != "udf" and step.input is None
+                ):
                     previous = outputs[-1] if outputs else None
                     if previous is None:
                         where = "there is no previous step" if not k else (
