@@ -290,6 +290,40 @@ class _JoinStep(JobStepConfig):
             return out
         return output_frame(out, getattr(found.left, "crs", None), where=where)
 
+    def _show(self, path: Any = None, **kwargs: Any) -> Any:
+        """The map of both inputs (:func:`fused_celery.maps.join_map.show_join`), the chunk
+        pairs of the overlap plan highlighted; kwargs: passed on."""
+        import numpy as np
+
+        from fused_celery.maps.join_map import show_join
+        from fused_celery.steps.overlap import overlap_pairs
+        from fused_celery.table import open_table
+
+        left = open_table(self._left())
+        left_chunks = left.metadata_gdf
+        lb = left_chunks[["bbox_minx", "bbox_miny", "bbox_maxx", "bbox_maxy"]].to_numpy()
+        right_chunks = None
+        if self._right_kind == "table":
+            right = open_table(self._right())
+            right_chunks, right_rows, total = right.metadata_gdf, right.sample, right.num_rows
+            rb = right_chunks[["bbox_minx", "bbox_miny", "bbox_maxx", "bbox_maxy"]].to_numpy()
+            rkeys = list(zip(right_chunks["file_id"], right_chunks["chunk_id"].astype(int)))
+        else:
+            from fused_celery.steps.join_stages import read_right_file
+
+            right_rows = read_right_file(self._right())
+            total = len(right_rows)
+            wgs = right_rows if right_rows.crs is None else right_rows.to_crs(4326)
+            rb = np.array([wgs.total_bounds]) if len(wgs) else np.empty((0, 4))
+            rkeys = [("file", 0)]
+        li, ri = overlap_pairs(lb, rb, self.distance)
+        lkeys = list(zip(left_chunks["file_id"], left_chunks["chunk_id"].astype(int)))
+        pairs = [(lkeys[i], rkeys[j]) for i, j in zip(li.tolist(), ri.tolist())]
+        kwargs.setdefault("name", f"{left.name}-join")
+        kwargs.setdefault("subtitle", f"{self._left()} with {self._right()}")
+        return show_join(left_chunks, left.sample, right_chunks, right_rows, pairs, path,
+                         right_total_rows=total, **kwargs)  # fmt: skip
+
     # --- the output -------------------------------------------------------------------------
 
     _output_url = MapJobStepConfig._output_url
@@ -328,10 +362,8 @@ class JoinJobStepConfig(_JoinStep):
         pairs the join reads highlighted (:func:`fused_celery.maps.join_map.show_join`).
         dataset_config_left / dataset_config_right / app_config: unused (default None);
         kwargs: passed on (``path``, ``sample_rows``, ``title``, ``tiles``)."""
-        from fused_celery.maps.join_map import show_join
-
         del dataset_config_left, dataset_config_right, app_config
-        return show_join(self._left(), self._right(), distance_m=self.distance, **kwargs)
+        return self._show(**kwargs)
 
 
 class JoinSinglefileJobStepConfig(_JoinStep):
@@ -365,11 +397,8 @@ class JoinSinglefileJobStepConfig(_JoinStep):
         """An offline HTML map of the left table and the right file (rows of both, the left
         chunks that meet the file highlighted). dataset_config: unused (default None); kwargs:
         passed on (``path``, ``sample_rows``, ``title``, ``tiles``)."""
-        from fused_celery.maps.join_map import show_join
-
         del dataset_config
-        return show_join(self._left(), self._right(), distance_m=self.distance, single=True,
-                         **kwargs)  # fmt: skip
+        return self._show(**kwargs)
 
 
 def join_tables(
