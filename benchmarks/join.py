@@ -212,6 +212,8 @@ def fingerprint(files: list[str]) -> dict[str, Any]:
 def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """``fused.join(...).run_remote()`` + ``wait_for_job`` on our LocalCluster (started, and
     warmed up by a small ingest and a small join, before the clock)."""
+    from map_step import stage_seconds
+
     import fused_celery as fused
 
     folder = Path(spec["cluster_dir"])
@@ -234,9 +236,10 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
         status = str(resp.status)
         if status != "Done":
             raise SystemExit(f"join ended {status}: {resp.get_logs()[-5:]}")
+        stages = stage_seconds(resp.get_logs())
     finally:
         cluster.stop()
-    return {"seconds": seconds, **fingerprint(table_files(spec["out"]))}
+    return {"seconds": seconds, "stages": stages, **fingerprint(table_files(spec["out"]))}
 
 
 def run_geopandas(spec: dict[str, Any]) -> dict[str, Any]:
@@ -456,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 print(
                     f"  {variant} {name}: {got['seconds']:.2f} s, {got['pairs']:,} pairs, "
-                    f"peak RSS {mib(got['peak_rss'])} MiB (load {load()})",
+                    f"peak RSS {mib(got['peak_rss'])} MiB (load {load()})"
+                    + (f", stages {got['stages']}" if "stages" in got else ""),
                     flush=True,
                 )
                 samples[name].append(got)
