@@ -36,8 +36,9 @@ Contenders, each in a fresh child process (peak RSS of every process of its tree
   ST_Intersects(p.geometry, q.geometry)) TO ...`` (its spatial join operator with an R-tree);
   ``dwithin``: both sides ``ST_Transform``-ed to EPSG:32632 in the query, ``ST_DWithin(.., 100)``.
 
-The ``fused`` PyPI package is not a contender: its ``fused.join`` steps run on Fused's hosted
-servers (``run_remote`` submits to the Fused API), there is no offline engine to run them here.
+The ``fused`` PyPI package is not a contender: the version in the project's venv (2.9.5) has no
+join step at all (no ``fused.join``, no ``JoinJobStepConfig``); seed 000's join steps ran on
+Fused's hosted servers (``run_remote`` submits to the Fused API), with no offline engine.
 
 After the clock the parent reads each output's ``(id, pid)`` pairs: their count and an
 order-independent fingerprint must agree across contenders (same pairs). Raw results go to

@@ -296,3 +296,52 @@ def test_no_overlapping_chunks_inner_is_empty_left_keeps_all(tmp_path):
     assert sorted(frame["uid"]) == list(range(200)) and frame["pid"].isna().all()
     assert isinstance(frame, gpd.GeoDataFrame) and not isinstance(frame["pid"], pd.DataFrame)
     assert np.array_equal(np.sort(frame["v"]), np.sort(points["v"]))
+
+
+@fused.udf
+def fail_file_0(left, right, metadata=None):
+    if metadata["file_id"] == "0":
+        raise ValueError("left file 0 breaks")
+    return left
+
+
+def test_seed_signatures():
+    import inspect
+
+    def params(fn):
+        return [
+            (f"**{p.name}", None) if p.kind is p.VAR_KEYWORD else (p.name, p.default)
+            for p in list(inspect.signature(fn).parameters.values())[1:]
+        ]
+
+    e = inspect.Parameter.empty
+    for cls in (JoinJobStepConfig, JoinSinglefileJobStepConfig):
+        assert params(cls.set_input) == [("input_left", None), ("input_right", None),
+                                         ("inplace", False)]  # fmt: skip
+        set_udf = [("udf", e), ("parameters", None), ("replace_parameters", False)]
+        assert params(cls.set_udf) == [*set_udf, ("inplace", False)]
+        assert params(cls.get_sample) == [("file_id", None), ("chunk_id", None),
+                                          ("n_rows", None), ("use_cache", True)]  # fmt: skip
+        assert [n for n, _ in params(cls.run_local)] == [
+            "file_id", "chunk_id", "n_rows", "sample", "validate_output", "validate_imports",
+            "use_cache", "**kwargs",
+        ]  # fmt: skip
+        assert params(cls.get_output_chunk) == [("file_id", None), ("chunk_id", None)]
+    assert [n for n, _ in params(JoinJobStepConfig.show)] == [
+        "dataset_config_left", "dataset_config_right", "app_config", "**kwargs"]  # fmt: skip
+    assert [n for n, _ in params(JoinSinglefileJobStepConfig.show)] == [
+        "dataset_config", "**kwargs"]  # fmt: skip
+    assert fused.JoinJobStepConfig is JoinJobStepConfig
+    assert {"join", "join_singlefile", "JoinJobStepConfig"} <= set(fused.__all__)
+
+
+def test_ignore_chunk_error_leaves_failed_chunks_out(tmp_path):
+    left, right = join_inputs(tmp_path)
+    step = fused.join(left, right, udf=fail_file_0, output_table=str(tmp_path / "o"),
+                      ignore_chunk_error=True, chunks_per_task=1)  # fmt: skip
+    res = run_step(step)
+    n_file_0 = sum(c.num_rows for c in read_chunk_metadata(left) if c.file_id == "0")
+    failed = res["steps"][0]["failed"]
+    assert failed and all("left file 0 breaks" in f["error"] for f in failed)
+    assert res["steps"][0]["num_rows"] == 400 - n_file_0
+    assert "0" not in step.open_output().files
