@@ -202,6 +202,17 @@ def test_ingest_ingest_join_binds_the_two_outputs(tmp_path):
     lonely = JobConfig(steps=[fused.join(None, None, output_table=str(tmp_path / "x"))])
     with pytest.raises(StepInputError, match="two steps before it"):
         lonely.run_local(engine=None)
+    single = JobConfig(  # a single-file join without left input reads the previous table
+        steps=[
+            fused.ingest(str(tmp_path / "p.parquet"), output=str(tmp_path / "tp2")),
+            fused.join_singlefile(
+                None, str(tmp_path / "q.parquet"), output_table=str(tmp_path / "ts")
+            ),
+        ]
+    )
+    single.run_local(engine=None)
+    joined = open_table(str(tmp_path / "ts")).get_dataframe()
+    assert pairs(joined) == sjoin_pairs(points, polygons)
 
 
 # --- join_singlefile --------------------------------------------------------------------------
