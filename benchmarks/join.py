@@ -77,6 +77,7 @@ from _common import (  # noqa: E402
     wait_for_quiet,
     warm_up_ingest,
 )
+from ingest import DUCKDB_PACKAGES, DUCKDB_VENV  # noqa: E402  (the DuckDB venv ingest.py makes)
 
 DATA = WORK / "join-data"
 OUT = WORK / "join-out"
@@ -85,9 +86,6 @@ DATA_VERSION = 2
 BOUNDS = (6.1, 44.0, 11.9, 50.0)  # lon/lat, inside UTM zone 32N
 UTM = 32632
 CLUSTERS, SIGMA_M, RADIUS_M = 2000, 400.0, 430.0
-DUCKDB_VERSION = "1.5.5"  # as benchmarks/ingest.py
-DUCKDB_VENV = WORK / "duckdb-venv"
-DUCKDB_PACKAGES = (f"duckdb=={DUCKDB_VERSION}", f"duckdb-extension-spatial=={DUCKDB_VERSION}")
 
 OURS, GEOPANDAS, DASK, DUCKDB = "ours", "geopandas", "dask", "duckdb"
 ORDER = (OURS, GEOPANDAS, DASK, DUCKDB)
