@@ -32,8 +32,9 @@ Contenders, each in a fresh child process (peak RSS of every process of its tree
   clock; intersects only (dask-geopandas 0.5's ``sjoin`` has no ``distance``);
 * ``duckdb``: DuckDB with its spatial extension (``duckdb-extension-spatial``, in
   ``benchmarks/.work/duckdb-venv`` as :mod:`ingest` makes it), 2 threads, ``COPY (SELECT p.id,
-  p.geometry, q.pid FROM read_parquet(points) p JOIN read_parquet(polygons) q ON
-  ST_Intersects(p.geometry, q.geometry)) TO ...`` (its spatial join operator with an R-tree);
+  p.geometry, q.pid FROM read_parquet(polygons) q JOIN read_parquet(points) p ON
+  ST_Intersects(q.geometry, p.geometry)) TO ...`` (its spatial join operator with an R-tree;
+  polygons first, DuckDB's faster order here: 3.3 s against 10.9 s for points first);
   ``dwithin``: both sides ``ST_Transform``-ed to EPSG:32632 in the query, ``ST_DWithin(.., 100)``.
 
 The ``fused`` PyPI package is not a contender: the version in the project's venv (2.9.5) has no
@@ -339,8 +340,9 @@ def run_duckdb(spec: dict[str, Any]) -> dict[str, Any]:
         )
     else:
         con.execute(
-            "COPY (SELECT p.id, p.geometry, q.pid FROM read_parquet($points) p JOIN "
-            "read_parquet($polygons) q ON ST_Intersects(p.geometry, q.geometry)) "
+            # polygons first: DuckDB's spatial join then takes 3.3 s instead of 10.9 s here
+            "COPY (SELECT p.id, p.geometry, q.pid FROM read_parquet($polygons) q JOIN "
+            "read_parquet($points) p ON ST_Intersects(q.geometry, p.geometry)) "
             f"TO '{dst}' (FORMAT parquet)",
             args,
         )
