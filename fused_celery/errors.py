@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "FusedError",
+    "RightInputTooLargeError",
     "UdfDefinitionError",
     "UdfRuntimeError",
     "UdfTimeoutError",
@@ -287,6 +288,11 @@ class StepInputError(FusedError, ValueError):
     """A job step's input cannot be used: a map step without input and no previous step, an
     input that is not a committed table, an empty table, a chunk that cannot be read. The message
     names the step or chunk and the fix."""
+
+
+class RightInputTooLargeError(StepInputError):
+    """A join's right single file is larger than the per-worker cache
+    (``options.join_cache_bytes``); the message names the limit and the option."""
 
 
 class StepUdfError(FusedError, TypeError):

@@ -122,6 +122,9 @@ class Options(BaseSettings):
         planned exactly (default 300,000; chunks a sampled plan leaves over their maximum are
         split with the exact rows when written).
     job_watchdog_interval: seconds between a job's watchdog checks (default 15).
+    join_cache_bytes: bytes of right-side rows a join keeps per worker process (an LRU of
+        right chunks, or the one right file of ``join_singlefile``, which must fit; default
+        512 MiB).
     worker_preload: modules every worker process imports when it starts, so the first task does
         not pay for them (default pandas, pyarrow, shapely, geopandas; [] for none).
     job_stall_timeout: seconds without progress (no task finished, no heartbeat) after which the
@@ -174,6 +177,7 @@ class Options(BaseSettings):
     ingest_slice_bytes: int = Field(default=64 << 20, ge=1)
     ingest_sample_rows: int = Field(default=300_000, ge=1)
     job_watchdog_interval: float = Field(default=15.0, gt=0)
+    join_cache_bytes: int = Field(default=512 << 20, ge=1)
     job_stall_timeout: float | None = Field(default=None, gt=0)
     worker_preload: list[str] = Field(
         default_factory=lambda: ["pandas", "pyarrow.parquet", "shapely", "geopandas"]
