@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import shapely
 from join_tables import join_inputs, make_polygons, pairs, sjoin_pairs
-from pydantic import ValidationError
 from steps_tables import ingest_table, make_points
 
 import fused_celery as fused
 from fused_celery.errors import (
     RightInputTooLargeError,
+    StepConfigError,
     StepInputError,
     StepOutputError,
     StepUdfError,
@@ -90,7 +90,7 @@ def test_models_json_round_trip_and_set_methods(tmp_path):
 def test_bad_buffer_distance(tmp_path, bad):
     with pytest.raises(StepInputError, match="buffer_distance"):
         fused.join("a", "b", buffer_distance=bad)
-    with pytest.raises(ValidationError, match="buffer_distance"):
+    with pytest.raises(StepConfigError, match="buffer_distance"):
         JoinJobStepConfig(input_left="a", input_right="b", buffer_distance=bad)
 
 
