@@ -27,6 +27,10 @@ Settings and why (see ARCHITECTURE.md, "Reliability choices"):
   ``get_app(results=False)``, sends no ``task-sent`` events: Flower lists a task from the
   worker's ``task-received`` event on).
 - Default queue :data:`~fused_celery.options.DEFAULT_QUEUE`; instance types are further queues.
+- Every task message carries the sender's message protocol in a header
+  (:data:`~fused_celery.version.PROTOCOL_HEADER`, set by a ``before_task_publish`` receiver: no
+  extra round trip); a worker refuses a fused-celery task whose protocol differs from its own
+  (:mod:`fused_celery.engines.celery.refused`).
 
 Importing this module is cheap: Celery and options only (no pandas, no task bodies).
 """
@@ -41,6 +45,7 @@ from typing import Any
 
 from celery import Celery, signals
 
+from fused_celery import version
 from fused_celery.errors import SigningConfigError
 from fused_celery.options import DEFAULT_QUEUE, options
 
@@ -255,6 +260,14 @@ def control_app(broker_url: str) -> Celery:
     is configured: a signing worker refuses unsigned ones). Close it after use."""
     config = {**celery_config(), "broker_url": broker_url, "result_backend": None}
     return _build(config, include_tasks=False)
+
+
+@signals.before_task_publish.connect
+def _stamp_protocol(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Put this process's message protocol and package version into every task message."""
+    if headers is not None:
+        headers[version.PROTOCOL_HEADER] = version.PROTOCOL_VERSION
+        headers[version.VERSION_HEADER] = version.__version__
 
 
 @signals.celeryd_init.connect
