@@ -34,6 +34,7 @@ __all__ = [
     "pinned_package",
     "storage_bucket",
     "with_password",
+    "worker_env",
 ]
 
 #: The distribution ``deploy`` pins on the instances (at this client's version).
@@ -137,6 +138,25 @@ def storage_bucket(opts: Options, account: str, region: str) -> tuple[str, str]:
     return root.rstrip("/"), root[5:].split("/", 1)[0]
 
 
+def worker_env(
+    *, broker: str, storage_root: str, region: str, parameter: str | None
+) -> dict[str, str]:
+    """The settings of a deployed worker (no secret): ``broker`` without its password, the SSM
+    ``parameter`` holding it (None: the broker has none), the shared ``storage_root`` (required:
+    ``deploy_require_shared_storage``) and the ``region``."""
+    env = {
+        "FUSED_CELERY_BROKER_URL": broker,
+        "FUSED_CELERY_STORAGE_ROOT": storage_root,
+        "FUSED_CELERY_DEPLOY_REQUIRE_SHARED_STORAGE": "1",
+        "FUSED_CELERY_AWS_REGION": region,
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+    }
+    if parameter:
+        env["FUSED_CELERY_DEPLOY_BROKER_PASSWORD_PARAMETER"] = parameter
+    return env
+
+
 def _policy(opts: Options, facts: Facts, bucket: str, root: str, images: bool) -> str:
     """The workers' IAM policy (least privilege), canonical JSON."""
     prefix = root[5:].split("/", 1)[1] + "/" if "/" in root[5:] else ""
@@ -232,16 +252,12 @@ def deployment(opts: Options, facts: Facts) -> tuple[Deployment, str | None]:
     for queue, region in sorted(regions.items()):
         spec = parse_queue(queue)
         settings: DeployGroup = opts.deploy_groups[queue]
-        env = {
-            "FUSED_CELERY_BROKER_URL": bare,
-            "FUSED_CELERY_STORAGE_ROOT": root,
-            "FUSED_CELERY_DEPLOY_REQUIRE_SHARED_STORAGE": "1",
-            "FUSED_CELERY_AWS_REGION": region,
-            "AWS_REGION": region,
-            "AWS_DEFAULT_REGION": region,
-        }
-        if password is not None or given_parameter:
-            env["FUSED_CELERY_DEPLOY_BROKER_PASSWORD_PARAMETER"] = password_parameter(opts)
+        env = worker_env(
+            broker=bare,
+            storage_root=root,
+            region=region,
+            parameter=password_parameter(opts) if password is not None or given_parameter else None,
+        )
         user_data = render(
             queue=queue,
             env=env,
