@@ -312,6 +312,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     for warning in run.broker_warnings(options):
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     prepared = run.prepare(options)
+    print(
+        f"Workers' storage root: {prepared.deployment.storage_root} (set "
+        "FUSED_CELERY_STORAGE_ROOT to it on the clients too)",
+        flush=True,
+    )
     if not prepared.changes:
         print(f"Deployment {options.deploy_name!r} is up to date: nothing to change.")
         return 0

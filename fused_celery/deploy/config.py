@@ -297,5 +297,6 @@ def deployment(opts: Options, facts: Facts) -> tuple[Deployment, str | None]:
             sorted({("tcp", port, opts.deploy_egress_cidr), ("tcp", 443, opts.deploy_egress_cidr)})
         ),
         drain_timeout=opts.deploy_drain_timeout,
+        storage_root=root,
     )
     return dep, (password if parameter is not None else None)

@@ -249,7 +249,8 @@ class Deployment:
     bucket to create, or None (a given bucket is not managed). parameter: ``(name, digest)`` of
     the broker password parameter to keep, or None. role_policy: the workers' policy (JSON), or
     None when ``instance_profile`` names an existing profile. egress: ``(protocol, port, cidr)``.
-    drain_timeout: the lifecycle hook's heartbeat timeout (s).
+    drain_timeout: the lifecycle hook's heartbeat timeout (s). storage_root: the workers'
+    ``s3://`` storage root (clients use the same).
     """
 
     name: str
@@ -262,6 +263,7 @@ class Deployment:
     instance_profile: str
     egress: tuple[tuple[str, int, str], ...]
     drain_timeout: int
+    storage_root: str = ""
 
     @property
     def base_tags(self) -> Tags:
