@@ -567,42 +567,35 @@ class Aws:
         self._set_egress(ec2, sg_id, r)
 
     def _set_egress(self, ec2: Any, sg_id: str, r: SecurityGroup) -> None:
-        """Make the group's rules exactly: no inbound, ``r.egress`` outbound."""
+        """Make the group's rules exactly: no inbound, ``r.egress`` outbound (a new group's
+        allow-all egress rule is revoked)."""
         sg = ec2.describe_security_groups(GroupIds=[sg_id])["SecurityGroups"][0]
         if sg.get("IpPermissions"):
             ec2.revoke_security_group_ingress(GroupId=sg_id, IpPermissions=sg["IpPermissions"])
-        want = set(r.egress)
-        stale = []
+        want, have, revoke = set(r.egress), set(), []
         for perm in sg.get("IpPermissionsEgress", []):
-            ranges = [ip for ip in perm.get("IpRanges", [])]
-            keep = [
-                ip for ip in ranges
-                if (perm["IpProtocol"], int(perm.get("FromPort", -1)), ip["CidrIp"]) in want
-            ]  # fmt: skip
-            if len(keep) != len(ranges) or perm.get("Ipv6Ranges") or perm.get("UserIdGroupPairs"):
-                stale.append(perm)
-            for ip in keep:
-                want.discard((perm["IpProtocol"], int(perm.get("FromPort", -1)), ip["CidrIp"]))
-        if stale:
-            ec2.revoke_security_group_egress(GroupId=sg_id, IpPermissions=stale)
-            # what was revoked with a stale permission but is wanted goes back below
-            want = set(r.egress) - {
-                (p["IpProtocol"], int(p.get("FromPort", -1)), ip["CidrIp"])
-                for p in sg.get("IpPermissionsEgress", [])
-                if p not in stale
-                for ip in p.get("IpRanges", [])
+            proto, port = perm["IpProtocol"], int(perm.get("FromPort", -1))
+            ports = {k: perm[k] for k in ("FromPort", "ToPort") if k in perm}
+            for ip in perm.get("IpRanges", []):
+                if (proto, port, ip["CidrIp"]) in want:
+                    have.add((proto, port, ip["CidrIp"]))
+                else:
+                    revoke.append({"IpProtocol": proto, **ports, "IpRanges": [ip]})
+            others = {
+                k: perm[k]
+                for k in ("Ipv6Ranges", "UserIdGroupPairs", "PrefixListIds")
+                if perm.get(k)
             }
-        if want:
+            if others:
+                revoke.append({"IpProtocol": proto, **ports, **others})
+        if revoke:
+            ec2.revoke_security_group_egress(GroupId=sg_id, IpPermissions=revoke)
+        if want - have:
             ec2.authorize_security_group_egress(
                 GroupId=sg_id,
                 IpPermissions=[
-                    {
-                        "IpProtocol": proto,
-                        "FromPort": port,
-                        "ToPort": port,
-                        "IpRanges": [{"CidrIp": cidr}],
-                    }
-                    for proto, port, cidr in sorted(want)
+                    {"IpProtocol": p, "FromPort": n, "ToPort": n, "IpRanges": [{"CidrIp": c}]}
+                    for p, n, c in sorted(want - have)
                 ],
             )
 

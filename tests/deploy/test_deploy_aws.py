@@ -180,6 +180,7 @@ def test_changing_an_option_updates_in_place(aws):
         name,
         deploy_groups={"m5.large": {"max_size": 9, "disk_size_gb": 120}},
         deploy_drain_timeout=900,
+        deploy_egress_cidr="10.0.0.0/8",
     )
     plan = run.prepare(changed)
     lines = [str(c) for c in plan.changes]
@@ -191,10 +192,18 @@ def test_changing_an_option_updates_in_place(aws):
         "~ update launch_template fused-celery-m5-large in us-east-1: user_data changed" in lines
     )  # stop timeout
     assert any(line.startswith("- delete group fused-celery-r5-large") for line in lines)
+    assert any(line.startswith(f"~ update security_group {name}-workers") for line in lines)
     assert not any(c.action == "refresh" for c in plan.changes)  # the group has no instance
     run.apply(plan)
     assert run.prepare(changed).changes == []
     assert sorted(_groups(aws, name)) == ["fused-celery-m5-large"]
+    [sg] = aws("ec2").describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": [f"{name}-workers"]}]
+    )["SecurityGroups"]
+    egress = sorted(
+        (p["FromPort"], r["CidrIp"]) for p in sg["IpPermissionsEgress"] for r in p["IpRanges"]
+    )
+    assert egress == [(443, "10.0.0.0/8"), (6380, "10.0.0.0/8")]
     versions = aws("ec2").describe_launch_template_versions(
         LaunchTemplateName="fused-celery-m5-large"
     )
@@ -323,6 +332,7 @@ def test_wrong_options_are_clear_errors(aws):
         run.prepare(deploy_options(_name(), deploy_groups={"t2.nano": {}}))
 
 
+@pytest.mark.slow
 def test_cli_plan_apply_destroy_prints_no_secret(aws, s3_options, clean_env):
     name = _name()
     env = {
