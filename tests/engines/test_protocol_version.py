@@ -69,3 +69,24 @@ def test_protocol_refusal_ignores_other_tasks_and_same_protocol():
     assert protocol_refusal({"task": "celery.chord_unlock"}) is None
     missing = protocol_refusal({"task": "fused_celery.run_entries"})
     assert missing is not None and "carries no fused-celery message protocol" in str(missing)
+
+
+def test_a_job_message_of_another_protocol_fails_the_job(worker, monkeypatch, tmp_path):
+    import geopandas as gpd
+    import numpy as np
+
+    from fused_celery.errors import JobFailedError
+
+    src = gpd.GeoDataFrame(
+        {"uid": np.arange(50)},
+        geometry=gpd.points_from_xy(np.linspace(0, 1, 50), np.linspace(0, 1, 50)),
+        crs=4326,
+    )
+    monkeypatch.setattr(version, "PROTOCOL_VERSION", version.PROTOCOL_VERSION + 1)
+    resp = fused.ingest(src).run_remote(output_table=str(tmp_path / "out"))
+    resp.wait_for_job(timeout=120)
+    assert resp.status == "Failed"
+    with pytest.raises(JobFailedError, match="refused a message of this job") as info:
+        resp.get_results()
+    assert f"message protocol {version.PROTOCOL_VERSION}" in str(info.value)
+    assert not (tmp_path / "out").exists()

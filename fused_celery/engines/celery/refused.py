@@ -166,18 +166,15 @@ def _fail_entries(task_id: str, args: list[Any], kwargs: dict[str, Any], reason:
 
 
 def _fail_job(found: tuple[list[Any], dict[str, Any]] | None, reason: str) -> None:
-    """Fail the job a refused job-driver message belongs to (its ``data`` names the job)."""
-    from fused_celery.state.job_record import JobRecord
-    from fused_celery.state.statuses import JOB_FAILED
-
+    """Fail the job a refused job-driver message belongs to (its run discarded, see
+    :func:`fused_celery.jobs.celery_driver.fail_refused_job`: a late import, the one call from
+    this module up to the job driver, which a worker has loaded already)."""
+    if found is None:
+        return
     try:
-        if found is None:
-            return
-        args, kwargs = found
-        data = kwargs.get("data", args[1] if len(args) > 1 else None)
-        job_id = data.get("job_id") if isinstance(data, dict) else None
-        if job_id:
-            JobRecord.open(str(job_id)).finish(JOB_FAILED, reason=reason)
+        from fused_celery.jobs.celery_driver import fail_refused_job
+
+        fail_refused_job(*found, reason)
     except Exception:  # noqa: BLE001
         logger.exception("fused-celery: could not fail the job of a refused message")
 
@@ -212,4 +209,9 @@ class RefusingConsumer(Consumer):
         super().on_invalid_task(body, message, exc)
 
 
-__all__ = ["RefusingConsumer", "refusal_reason", "report_refused"]
+__all__ = [
+    "RefusingConsumer",
+    "protocol_refusal",
+    "refusal_reason",
+    "report_refused",
+]
