@@ -5,6 +5,11 @@ Credentials, region and endpoints come from boto3's standard chain (``AWS_PROFIL
 which is how the tests point it at moto); none is ever printed. Only resources tagged both
 ``fused-celery:managed=true`` and ``fused-celery:deployment=<name>`` are observed, so a plan
 never changes or deletes anything else.
+
+One concept, hence one module over 600 lines: the AWS side of each resource kind of
+:mod:`~fused_celery.deploy.plan` (observe, create, update, delete), kept together so that what is
+observed and what is applied stay the same fields. ``StartInstanceRefresh`` is the one call moto
+lacks (the tests check it with botocore's Stubber).
 """
 
 from __future__ import annotations
