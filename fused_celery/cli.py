@@ -8,6 +8,7 @@ Subcommands:
 - ``redis``   a private redis-server in the foreground (for Procfile / honcho)
 - ``demo``    bring up a local cluster, run a ``udf.map``, print the result and the path of its
   map, shut down
+- ``deploy``  ``plan | apply | destroy`` the workers on AWS (see ``deploy/README.md``)
 
 Settings come from ``fused_celery.options`` (``FUSED_CELERY_*`` environment variables). Errors print
 one ``error: ...`` line and exit with code 2. Nothing printed carries a password: URLs are masked
@@ -45,10 +46,17 @@ def _queue_list(values: Sequence[str] | None) -> list[str]:
 
 
 def _check_queues(queues: Sequence[str]) -> None:
+    from fused_celery.queues import parse_queue
+
     allowed = (DEFAULT_QUEUE, *WHITELISTED_INSTANCE_TYPES)
     for queue in queues:
-        if queue not in allowed:
-            raise CliError(f"unknown queue {queue!r}; allowed: {', '.join(allowed)}")
+        try:
+            parse_queue(queue)
+        except ValueError as exc:
+            raise CliError(
+                f"unknown queue {queue!r}; allowed: {', '.join(allowed)}, optionally with "
+                f"@<region> and :<image_name> ({exc})"
+            ) from None
 
 
 def _wait_for_broker(url: str | None, wait: float) -> str:
@@ -160,10 +168,26 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Exec a Celery worker serving the requested queues (SIGTERM: warm shutdown)."""
+    """Exec a Celery worker serving the requested queues (SIGTERM: warm shutdown).
+
+    With ``deploy_broker_password_parameter`` set (instances started by ``deploy``), the broker
+    password is read from SSM first and handed to Celery by environment. The worker's checks
+    (:func:`~fused_celery.engines.celery.preflight.check_worker`: shared storage, the broker's
+    eviction policy) run here for a one-line error, and again in the Celery process.
+    """
+    from fused_celery.engines.celery.preflight import check_worker
+
     argv = worker_argv(args)
     _check_signing()
+    if options.deploy_broker_password_parameter:
+        from fused_celery.deploy.secrets import resolve_broker_url
+
+        url = resolve_broker_url(options)
+        if url:
+            os.environ["FUSED_CELERY_BROKER_URL"] = url
+            options.broker_url = url
     _wait_for_broker(options.broker_url, args.wait_for_broker)
+    check_worker()
     _exec(argv)
     return 0  # pragma: no cover
 
@@ -263,6 +287,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- deploy -------------------------------------------------------------------------------------
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """``deploy plan`` prints the changes; ``apply`` makes them (a second run changes nothing);
+    ``destroy`` lists, and with ``--yes`` deletes, everything tagged with the deployment."""
+    from fused_celery.deploy import run
+
+    if args.name:
+        options.deploy_name = args.name
+    if args.action == "destroy":
+        aws, changes = run.destroy_changes(options)
+        for change in changes:
+            print(change, flush=True)
+        if not changes:
+            print(f"Nothing of deployment {options.deploy_name!r} found.")
+            return 0
+        if not args.yes:
+            print(f"{len(changes)} resource(s) would be deleted; run again with --yes to delete.")
+            return 1
+        aws.apply(changes, say=lambda line: print(f"done: {line}", flush=True))
+        print(f"Deployment {options.deploy_name!r} destroyed.")
+        return 0
+    for warning in run.broker_warnings(options):
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    prepared = run.prepare(options)
+    print(
+        f"Workers' storage root: {prepared.deployment.storage_root} (set "
+        "FUSED_CELERY_STORAGE_ROOT to it on the clients too)",
+        flush=True,
+    )
+    if not prepared.changes:
+        print(f"Deployment {options.deploy_name!r} is up to date: nothing to change.")
+        return 0
+    if args.action == "plan":
+        for change in prepared.changes:
+            print(change, flush=True)
+        print(f"{len(prepared.changes)} change(s); `fused-celery deploy apply` makes them.")
+        return 0
+    run.apply(prepared, say=lambda line: print(f"done: {line}", flush=True))
+    print(f"Deployment {options.deploy_name!r} applied ({len(prepared.changes)} change(s)).")
+    return 0
+
+
 # -- parser / main ------------------------------------------------------------------------------
 
 
@@ -350,6 +418,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-auth", action="store_true", help="Flower without a password")
     demo.add_argument("--keep", action="store_true", help="keep the cluster up until Ctrl-C")
     demo.set_defaults(func=cmd_demo)
+
+    deploy = sub.add_parser(
+        "deploy",
+        help="plan/apply/destroy the workers on AWS (one Auto Scaling group per queue)",
+        description="Settings: FUSED_CELERY_DEPLOY_* and FUSED_CELERY_AWS_REGION (see "
+        "deploy/README.md); AWS credentials from boto3's standard chain.",
+    )
+    deploy.add_argument("action", choices=["plan", "apply", "destroy"])
+    deploy.add_argument("--name", help="the deployment's name (default: options.deploy_name)")
+    deploy.add_argument("--yes", action="store_true", help="destroy: really delete")
+    deploy.set_defaults(func=cmd_deploy)
     return parser
 
 

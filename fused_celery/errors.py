@@ -58,6 +58,10 @@ __all__ = [
     "ClusterStartError",
     "InvalidBrokerUrlError",
     "SigningConfigError",
+    "DeployError",
+    "SharedStorageRequiredError",
+    "EvictionPolicyError",
+    "ProtocolMismatchError",
     "OfflineAssetError",
     "MapFileExistsError",
     "error_from_dict",
@@ -363,6 +367,29 @@ class InvalidBrokerUrlError(FusedError, ValueError):
 class SigningConfigError(FusedError, ValueError):
     """Message signing is configured only in part (``security_key``, ``security_certificate``
     and ``security_cert_store`` go together), or a key or certificate file cannot be used."""
+
+
+# --- deploy and workers on many hosts ----------------------------------------------------------
+
+
+class DeployError(FusedError, RuntimeError):
+    """``fused-celery deploy`` cannot go on: a deploy option is missing or wrong, or AWS
+    refused a call (the message names the resource and the fix; never a credential)."""
+
+
+class SharedStorageRequiredError(FusedError, ValueError):
+    """A worker on many hosts (started by ``deploy``) was given a local-disk ``storage_root``,
+    whose results and tables other hosts would not see."""
+
+
+class EvictionPolicyError(FusedError, RuntimeError):
+    """The broker's Redis may evict keys (``maxmemory-policy`` is not ``noeviction``): live pools
+    and jobs could silently disappear."""
+
+
+class ProtocolMismatchError(FusedError, RuntimeError):
+    """A task message was sent by a fused-celery whose message protocol differs from the
+    worker's (or by something that is not fused-celery): the worker refuses it unread."""
 
 
 # --- maps ------------------------------------------------------------------------------------

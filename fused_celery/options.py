@@ -75,6 +75,31 @@ class ShowOptions(BaseModel):
             raise OptionsError(_problem(exc, "show.")) from None
 
 
+class DeployGroup(BaseModel):
+    """Settings of one queue's Auto Scaling group (``options.deploy_groups``).
+
+    max_size: most instances of the group (default 10; the minimum is always 0).
+    disk_size_gb: root volume of each instance, GiB of gp3 (default 100).
+    concurrency: worker processes per instance (default None: one per vCPU).
+    on_demand_base: instances always on demand before any spot (default 0).
+    on_demand_percentage: percent on demand above ``on_demand_base`` (default 100: no spot;
+        below 100 the group gets a mixed instances policy, price-capacity-optimized spot).
+    """
+
+    model_config = {"extra": "forbid", "validate_assignment": True}
+    max_size: int = Field(default=10, ge=0, le=10_000)
+    disk_size_gb: int = Field(default=100, ge=8, le=16_384)
+    concurrency: int | None = Field(default=None, ge=1)
+    on_demand_base: int = Field(default=0, ge=0)
+    on_demand_percentage: int = Field(default=100, ge=0, le=100)
+
+
+#: The default ``deploy_ami_id``: the latest Amazon Linux 2023 (x86_64), resolved by EC2 at launch.
+AL2023_AMI = "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+_DEPLOY_NAME = re.compile(r"^[a-z][a-z0-9-]{0,22}[a-z0-9]$")
+
+
 class Options(BaseSettings):
     """fused-celery settings (environment prefix ``FUSED_CELERY_``).
 
@@ -140,6 +165,37 @@ class Options(BaseSettings):
     security_key_password: the private key's passphrase (default None: not encrypted).
     security_digest: the signature's digest (default ``sha256``).
 
+    ``fused-celery deploy`` (AWS; see ``deploy/README.md``):
+
+    aws_region: the region of the queues that name none (default None: boto3's chain,
+        ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` / ``~/.aws/config``).
+    deploy_name: the deployment's name, tagged on everything it creates
+        (``fused-celery:deployment``); lowercase letters, digits, ``-`` (default ``fused-celery``).
+    deploy_groups: queue name (``<instance_type>[@<region>][:<image_name>]``) -> its group's
+        :class:`DeployGroup` settings, e.g. ``{"m5.large": {"max_size": 20}}`` (JSON in
+        ``FUSED_CELERY_DEPLOY_GROUPS``); one Auto Scaling group per queue (default none).
+    deploy_ami_id: the instances' AMI (default :data:`AL2023_AMI`; it needs ``python3`` >= 3.10
+        for pip-installed workers, ``dnf`` for queues with a container image).
+    deploy_subnet_ids: region -> subnet ids of its groups (default: the default VPC's subnets).
+    deploy_storage_root: ``s3://bucket[/prefix]`` the workers share (default None: a bucket
+        ``<deploy_name>-<account>-<region>`` is created, tagged).
+    deploy_broker_url: the broker the workers use (default None: ``broker_url``); its password
+        goes to SSM Parameter Store, never into user data.
+    deploy_broker_password_parameter: name of an existing SSM SecureString holding the broker's
+        password (default None: ``deploy`` stores the URL's password in
+        ``/fused-celery/<deploy_name>/broker-password``). Workers read it at start (set on the
+        instances, it makes ``fused-celery worker`` fetch the password through the instance role).
+    deploy_extra_packages: pip requirements installed on the instances next to fused-celery
+        (default none), e.g. ``["rasterio>=1.3"]``.
+    deploy_instance_profile: an existing instance profile for the workers (default None: a role
+        and profile ``<deploy_name>-worker`` with least privilege are created).
+    deploy_egress_cidr: where the workers may connect, on the broker's port and 443 only
+        (default ``0.0.0.0/0``); they accept no inbound connection.
+    deploy_drain_timeout: seconds the termination lifecycle hook waits for a worker to drain
+        (default 3600).
+    deploy_require_shared_storage: set on the instances ``deploy`` starts: the worker refuses a
+        local-disk ``storage_root`` (default False).
+
     ``repr(options)`` shows URLs with their passwords masked and secrets as ``**********``.
     """
 
@@ -189,6 +245,21 @@ class Options(BaseSettings):
     security_key_password: SecretStr | None = None
     security_digest: str = "sha256"
 
+    # -- fused-celery deploy (AWS) ---------------------------------------------------------------
+    aws_region: str | None = None
+    deploy_name: str = "fused-celery"
+    deploy_groups: dict[str, DeployGroup] = Field(default_factory=dict)
+    deploy_ami_id: str = AL2023_AMI
+    deploy_subnet_ids: dict[str, list[str]] = Field(default_factory=dict)
+    deploy_storage_root: str | None = None
+    deploy_broker_url: str | None = None
+    deploy_broker_password_parameter: str | None = None
+    deploy_extra_packages: list[str] = Field(default_factory=list)
+    deploy_instance_profile: str | None = None
+    deploy_egress_cidr: str = "0.0.0.0/0"
+    deploy_drain_timeout: int = Field(default=3600, ge=30, le=7200)
+    deploy_require_shared_storage: bool = False
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
@@ -220,6 +291,16 @@ class Options(BaseSettings):
         """True when message signing is configured (any of ``security_key``,
         ``security_certificate``, ``security_cert_store``; all three are then required)."""
         return bool(self.security_key or self.security_certificate or self.security_cert_store)
+
+    @field_validator("deploy_name")
+    @classmethod
+    def _deploy_name(cls, value: str) -> str:
+        if not _DEPLOY_NAME.match(value):
+            raise ValueError(
+                f"deploy_name {value!r}: 2-24 lowercase letters, digits and '-', starting with a "
+                "letter (it names buckets, roles and parameters)"
+            )
+        return value
 
     @field_validator("visibility_timeout")
     @classmethod

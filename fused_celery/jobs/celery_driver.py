@@ -113,6 +113,25 @@ def _load(
         return None
 
 
+def fail_refused_job(args: list[Any], kwargs: dict[str, Any], reason: str) -> None:
+    """Fail the job of a message a worker refused (another message protocol): its run is
+    discarded (the output stays as it was) and the job ends ``Failed`` with ``reason``. The
+    message's ``(target, data, ...)`` are read only to find the job and its run."""
+    target = kwargs.get("target", args[0] if args else None)
+    data = kwargs.get("data", args[1] if len(args) > 1 else None)
+    if not isinstance(target, str) or not isinstance(data, dict):
+        return
+    record = _open(str(data.get("job_id")))
+    if record is None or record.snapshot(errors=False).terminal:
+        return
+    try:
+        seq = load_sequence(target)
+        seq.discard(seq.load_run(data))
+    except Exception as exc:  # noqa: BLE001 - still fail the job, saying what was left
+        reason = f"{reason} (and discarding the run failed: {error_text(exc)})"
+    record.finish(JOB_FAILED, reason=reason)
+
+
 def _sig(name: str, args: tuple[Any, ...], queue: str) -> Any:
     """A signature of task ``name`` on the app of the current options (on a worker: :data:`app`
     itself; a task body called in another process publishes to that process's broker)."""
