@@ -44,10 +44,17 @@ def _queue_list(values: Sequence[str] | None) -> list[str]:
 
 
 def _check_queues(queues: Sequence[str]) -> None:
+    from fused_celery.queues import parse_queue
+
     allowed = (DEFAULT_QUEUE, *WHITELISTED_INSTANCE_TYPES)
     for queue in queues:
-        if queue not in allowed:
-            raise CliError(f"unknown queue {queue!r}; allowed: {', '.join(allowed)}")
+        try:
+            parse_queue(queue)
+        except ValueError as exc:
+            raise CliError(
+                f"unknown queue {queue!r} ({exc}); allowed: {', '.join(allowed)}, each "
+                "optionally with @<region> and :<image_name>"
+            ) from None
 
 
 def _wait_for_broker(url: str | None, wait: float) -> str:

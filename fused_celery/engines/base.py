@@ -59,7 +59,9 @@ class PoolSpec:
     max_workers: cap on entries running at once (None: engine default). batch_size: entries per
     worker invocation (``n_processes_per_worker``, default 1). max_retry: automatic retries of a
     failed entry (default 2). cache / cache_max_age: reuse results of identical calls for this many
-    seconds. queue: Celery queue (instance type) or None. created_at: epoch seconds.
+    seconds. queue: Celery queue (``<instance_type>[@<region>][:<image_name>]``, see
+    :mod:`fused_celery.queues`) or None. disk_size_gb: disk the entries need (None: any; checked
+    at submit against the queue's group when known). created_at: epoch seconds.
     """
 
     udf: dict[str, Any]
@@ -71,6 +73,7 @@ class PoolSpec:
     cache: bool = True
     cache_max_age: int | None = None
     queue: str | None = None
+    disk_size_gb: int | None = None
     pool_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     created_at: float = field(default_factory=time.time)
 

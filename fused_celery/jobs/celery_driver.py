@@ -57,6 +57,8 @@ from fused_celery.jobs.stages import (
     sequence_target,
 )
 from fused_celery.options import options
+from fused_celery.queues import queue_name
+from fused_celery.state import workers
 from fused_celery.state.job_record import JobRecord
 from fused_celery.state.statuses import JOB_CANCELED, JOB_DONE, JOB_FAILED
 
@@ -362,13 +364,20 @@ def submit(
     target: str | None = None,
 ) -> JobRecord:
     """Create the job record of ``run`` and send its start task and watchdog to ``queue``;
-    returns the record.
+    returns the record. The queue of an instance type becomes the one of the ``region`` and
+    ``image_name`` in ``config`` (:func:`~fused_celery.queues.queue_name`); a queue no worker
+    and no autoscaled group serves, or a ``disk_size_gb`` over its group's, is refused here
+    (:func:`~fused_celery.state.workers.check_queue`).
 
     name / instance_type / output / config: the record's fields (defaults None, None, None, {}).
     message: a first log line (default None). target: the sequence's ``"module:NAME"`` (default
     None: the one registered for ``run.kind``; a composed job passes its own). On any error
     nothing is left half-submitted: the record is deleted, the run discarded and the error raised.
     """
+    config = dict(config or {})
+    if instance_type and queue == instance_type:  # the job's region / image pick its queue
+        queue = queue_name(instance_type, config.get("region"), config.get("image_name"))
+    workers.check_queue(queue, config.get("disk_size_gb"))
     target = target or sequence_target(run.kind)
     seq = load_sequence(target)
     run = run.model_copy(update={"remote": True})

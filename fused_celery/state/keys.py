@@ -195,3 +195,38 @@ def job_key(job_id: str, part: str) -> str:
 def job_keys(job_id: str) -> dict[str, str]:
     """All record keys of job ``job_id``, by part name (in :data:`JOB_PARTS` order)."""
     return {part: job_key(job_id, part) for part in JOB_PARTS}
+
+
+# --------------------------------------------------------------------------- workers, autoscaler
+#
+# ==========================  ======  =============================================================
+# key                         type    holds
+# ==========================  ======  =============================================================
+# ``fc:consumers:<queue>``    zset    worker hostname -> time of its latest heartbeat (every few
+#                                     seconds while it consumes ``queue``; removed at shutdown)
+# ``fc:worker:<hostname>``    string  JSON ``{queues, concurrency, instance_type, started}`` of a
+#                                     worker (for per-job cost), kept ``result_expires`` seconds
+# ``fc:autoscale:leader``     string  the acting autoscaler's id, with a TTL (the leader lock)
+# ``fc:autoscale:group:<q>``  hash    what the autoscaler remembers of queue ``q``'s group:
+#                                     ``current``, ``last_change``, ``idle_since``
+# ``fc:autoscale:served``     hash    queue -> JSON ``{max_size, disk_size_gb, until}``: groups
+#                                     the autoscaler can start workers for (read at submit)
+# ==========================  ======  =============================================================
+
+AUTOSCALE_LEADER = f"{PREFIX}:autoscale:leader"
+AUTOSCALE_SERVED = f"{PREFIX}:autoscale:served"
+
+
+def consumers_key(queue: str) -> str:
+    """The zset of live consumers of ``queue`` (hostname -> latest heartbeat, epoch seconds)."""
+    return f"{PREFIX}:consumers:{queue}"
+
+
+def worker_key(hostname: str) -> str:
+    """The description of worker ``hostname`` (JSON)."""
+    return f"{PREFIX}:worker:{hostname}"
+
+
+def autoscale_group_key(queue: str) -> str:
+    """What the autoscaler remembers of ``queue``'s group (a hash)."""
+    return f"{PREFIX}:autoscale:group:{queue}"

@@ -60,7 +60,9 @@ from fused_celery.engines.celery.lost import find_lost
 from fused_celery.errors import BrokerUnavailableError, UdfRuntimeError
 from fused_celery.execute import Outcome
 from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, options
+from fused_celery.queues import parse_queue
 from fused_celery.result_cache import cache_key
+from fused_celery.state import workers
 from fused_celery.state.connection import check_reachable, mark_reachable, mask_url, redis_client
 from fused_celery.state.events import SMALL_POOL_ENTRIES, PoolEvents
 from fused_celery.state.keys import RECORD_VERSION
@@ -108,9 +110,15 @@ def load_value(outcome: dict[str, Any]) -> dict[str, Any] | None:
 
 def _queue_for(spec: PoolSpec) -> str:
     queue = spec.queue or DEFAULT_QUEUE
-    if queue != DEFAULT_QUEUE and queue not in WHITELISTED_INSTANCE_TYPES:
-        allowed = ", ".join(WHITELISTED_INSTANCE_TYPES)
-        raise ValueError(f"unknown instance type {queue!r}; use one of: {allowed}")
+    if queue != DEFAULT_QUEUE:
+        try:
+            parse_queue(queue)
+        except ValueError:
+            allowed = ", ".join(WHITELISTED_INSTANCE_TYPES)
+            raise ValueError(
+                f"unknown instance type or queue {queue!r}; use one of: {allowed} (optionally "
+                "with @<region> and :<image_name>)"
+            ) from None
     return queue
 
 
@@ -209,6 +217,7 @@ class CeleryEngine(Engine):
         check_reachable(options.broker_url, what="broker", recent=REACHABLE_SECONDS)
         if self.record_url != options.broker_url:
             check_reachable(self.record_url, what="result backend", recent=REACHABLE_SECONDS)
+        workers.check_queue(self.queue, self.spec.disk_size_gb)
         n, bs = spec.n, max(1, spec.batch_size)
         threads, lanes = plan_lanes(n, bs, spec.max_workers)
         n_batches = math.ceil(n / bs)

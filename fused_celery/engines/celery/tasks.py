@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from fused_celery.celery_app import RUN_ENTRIES, app
+from fused_celery.engines.celery import presence  # noqa: F401 - heartbeats and drain (signals)
 from fused_celery.engines.celery.worker import EntriesTask, run_message
 
 __all__ = ["run_entries"]
