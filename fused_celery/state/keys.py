@@ -209,6 +209,7 @@ def job_keys(job_id: str) -> dict[str, str]:
 # ``fc:autoscale:leader``     string  the acting autoscaler's id, with a TTL (the leader lock)
 # ``fc:autoscale:group:<q>``  hash    what the autoscaler remembers of queue ``q``'s group:
 #                                     ``current``, ``last_change``, ``idle_since``
+# ``fc:autoscale:local:<q>``  hash    the local actuator's workers of queue ``q``: hostname -> pid
 # ``fc:autoscale:served``     hash    queue -> JSON ``{max_size, disk_size_gb, until}``: groups
 #                                     the autoscaler can start workers for (read at submit)
 # ==========================  ======  =============================================================
@@ -230,3 +231,8 @@ def worker_key(hostname: str) -> str:
 def autoscale_group_key(queue: str) -> str:
     """What the autoscaler remembers of ``queue``'s group (a hash)."""
     return f"{PREFIX}:autoscale:group:{queue}"
+
+
+def autoscale_local_key(queue: str) -> str:
+    """The local actuator's workers of ``queue`` (a hash: hostname -> pid)."""
+    return f"{PREFIX}:autoscale:local:{queue}"
