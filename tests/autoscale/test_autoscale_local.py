@@ -90,3 +90,74 @@ def test_scale_in_while_entries_run_drains_the_busy_worker(
     assert pool.results() == [2 * x for x in range(8)]
     counts = executions(path)
     assert set(counts) == set(range(8)) and set(counts.values()) == {1}
+
+
+def test_autoscaler_killed_and_restarted_resumes(fast_scaling, redis_url: str, tmp_path: Path):
+    """``fused-celery autoscale`` killed (SIGKILL) while its workers run a pool: the workers
+    keep going; a new autoscaler adopts them (after the dead one's leader lock expires), the
+    pool completes, and the group goes back to zero."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import redis as redis_lib
+    from autoscale_helpers import WORKER_ENV
+
+    from fused_celery.autoscale.actuators import local_workers
+    from fused_celery.cluster.processes import pid_alive
+
+    env = {
+        **os.environ,
+        **WORKER_ENV,
+        "FUSED_CELERY_AUTOSCALE_LEADER_TTL": "2",
+        "FUSED_CELERY_AUTOSCALE_DEFAULTS": json.dumps(
+            {"max_size": 2, "scale_in_cooldown": 1.0, "idle_before_zero": 2.0}
+        ),
+        "FUSED_CELERY_CLUSTER_DIR": str(tmp_path / "cluster"),
+    }
+    command = [sys.executable, "-m", "fused_celery.cli", "autoscale", "--actuator", "local",
+               "--queues", QUEUE, "--interval", "0.5"]  # fmt: skip
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+
+    def start(log: Path) -> subprocess.Popen:
+        with open(log, "w") as fh:
+            return subprocess.Popen(command, env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+    first = start(logs[0])
+    try:
+        deadline = time.monotonic() + 60
+        while b'"event": "decision"' not in logs[0].read_bytes():  # the queue is served now
+            assert first.poll() is None and time.monotonic() < deadline, logs[0].read_text()
+            time.sleep(0.2)
+        path = tmp_path / "runs.txt"
+        pool = tally.map(list(range(40)), engine=QUEUE, path=str(path), seconds=0.3)
+        deadline = time.monotonic() + 90
+        while len(executions(path)) < 3:  # workers started and running entries
+            assert time.monotonic() < deadline, logs[0].read_text()
+            time.sleep(0.2)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        adopted = local_workers(client, QUEUE)
+        assert len(adopted) == 2 and all(pid_alive(p) for p in adopted.values())
+        second = start(logs[1])
+        try:
+            pool.wait(timeout=180)
+            assert pool.results() == [2 * x for x in range(40)]
+            deadline = time.monotonic() + 60
+            while local_workers(client, QUEUE) or any(pid_alive(p) for p in adopted.values()):
+                assert time.monotonic() < deadline, logs[1].read_text()
+                time.sleep(0.3)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(20)
+        lines = [json.loads(x) for x in logs[1].read_text().splitlines() if x.startswith("{")]
+        decisions = [x for x in lines if x.get("event") == "decision"]
+        assert decisions[0]["current"] == 2  # it resumed from the workers it observed
+        assert decisions[-1]["desired"] == 0
+        counts = executions(path)
+        assert set(counts) == set(range(40)) and set(counts.values()) == {1}
+    finally:
+        if first.poll() is None:
+            first.kill()
