@@ -83,6 +83,27 @@ key              type     holds
 Lifetimes: every ``fc:job:<id>:*`` key expires ``options.result_expires`` seconds after the job's
 latest write (each write script renews the TTL of all of them); ``fc:jobs`` has no TTL. The job's
 output table lives in storage and is not deleted with the record.
+
+Workers and the autoscaler
+--------------------------
+
+==========================  ======  =============================================================
+key                         type    holds
+==========================  ======  =============================================================
+``fc:consumers:<queue>``    zset    worker hostname -> time of its latest heartbeat (every few
+                                    seconds while it consumes ``queue``; removed at shutdown)
+``fc:worker:<hostname>``    string  JSON ``{queues, concurrency, instance_type, started}`` of a
+                                    worker (for per-job cost), kept ``result_expires`` seconds
+``fc:autoscale:leader``     string  the acting autoscaler's id, with a TTL (the leader lock)
+``fc:autoscale:group:<q>``  hash    what the autoscaler remembers of queue ``q``'s group:
+                                    ``current``, ``last_change``, ``idle_since``
+``fc:autoscale:local:<q>``  hash    the local actuator's workers of queue ``q``: hostname -> pid
+``fc:autoscale:served``     hash    queue -> JSON ``{max_size, disk_size_gb, until}``: groups
+                                    the autoscaler can start workers for (read at submit)
+==========================  ======  =============================================================
+
+Workers write their heartbeats (:mod:`fused_celery.state.workers`) off the task path; the
+autoscaler (:mod:`fused_celery.autoscale.loop`) owns the ``fc:autoscale:*`` keys.
 """
 
 from __future__ import annotations
@@ -198,21 +219,6 @@ def job_keys(job_id: str) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- workers, autoscaler
-#
-# ==========================  ======  =============================================================
-# key                         type    holds
-# ==========================  ======  =============================================================
-# ``fc:consumers:<queue>``    zset    worker hostname -> time of its latest heartbeat (every few
-#                                     seconds while it consumes ``queue``; removed at shutdown)
-# ``fc:worker:<hostname>``    string  JSON ``{queues, concurrency, instance_type, started}`` of a
-#                                     worker (for per-job cost), kept ``result_expires`` seconds
-# ``fc:autoscale:leader``     string  the acting autoscaler's id, with a TTL (the leader lock)
-# ``fc:autoscale:group:<q>``  hash    what the autoscaler remembers of queue ``q``'s group:
-#                                     ``current``, ``last_change``, ``idle_since``
-# ``fc:autoscale:local:<q>``  hash    the local actuator's workers of queue ``q``: hostname -> pid
-# ``fc:autoscale:served``     hash    queue -> JSON ``{max_size, disk_size_gb, until}``: groups
-#                                     the autoscaler can start workers for (read at submit)
-# ==========================  ======  =============================================================
 
 AUTOSCALE_LEADER = f"{PREFIX}:autoscale:leader"
 AUTOSCALE_SERVED = f"{PREFIX}:autoscale:served"
