@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fused_celery.autoscale.cost import CostRow
 from fused_celery.execute import Outcome
 from fused_celery.state import statuses
 
@@ -132,6 +133,15 @@ class Engine(ABC):
 
         wait: block until running entries finish (default True).
         """
+
+    def cost_rows(self) -> list[CostRow]:
+        """Each finished run of an entry as a :class:`~fused_celery.autoscale.cost.CostRow`
+        (default: latest attempts, on no known instance type, one slot each)."""
+        return [
+            CostRow(None, s.finished - s.started)
+            for s in self.states()
+            if s.started is not None and s.finished is not None
+        ]
 
     def counts(self) -> Counter[str]:
         """Number of entries per status."""

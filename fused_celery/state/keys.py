@@ -67,8 +67,9 @@ key              type     holds
                           (latest stage started), ``total_tasks``, ``created_at``, ``started_at``,
                           ``finished_at``, ``last_progress_at`` (epoch seconds), ``reason``,
                           ``result`` (JSON), ``cancel_requested`` (``1`` once asked), ``log_seq``
-                          (lines ever logged), ``version``; plus small fields set by the pipeline
-                          (``JobRecord.set_fields``, e.g. a stage deadline)
+                          (lines ever logged), ``version``; ``cost_s:<instance type>`` (the
+                          tasks' instance-seconds, ``JobRecord.add_cost``); plus small fields set
+                          by the pipeline (``JobRecord.set_fields``, e.g. a stage deadline)
 ``J:stages``     hash     stage name -> its number of tasks (makes ``start_stage`` idempotent)
 ``J:done``       set      keys of finished tasks, done or failed (``finished_tasks`` = SCARD)
 ``J:failed``     set      keys of failed tasks (``failed_tasks`` = SCARD)

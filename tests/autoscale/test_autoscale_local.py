@@ -70,6 +70,10 @@ def test_zero_to_n_to_zero(fast_scaling, redis_url: str, tmp_path: Path):
     assert group.hosts == ()
     counts = executions(path)
     assert set(counts) == set(range(200)) and set(counts.values()) == {1}
+    cost = pool.cost()  # 200 runs of a 1-slot m5.large worker, at the shipped price
+    seconds = cost["by_instance_type"]["m5.large"]["instance_seconds"]
+    assert seconds >= 200 * 0.01 and cost["unpriced"] == []
+    assert cost["total_usd"] == pytest.approx(seconds / 3600 * 0.096)
     last = json.loads(out.getvalue().splitlines()[-1])
     assert last["idle_instance_seconds_total"] > 0  # idle time is reported apart
 

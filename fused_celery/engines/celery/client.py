@@ -46,6 +46,7 @@ from typing import Any
 import redis
 
 from fused_celery import codec
+from fused_celery.autoscale.cost import CostRow
 from fused_celery.celery_app import RUN_ENTRIES, get_app, time_limits
 from fused_celery.engines.base import (
     CANCELLED,
@@ -652,6 +653,33 @@ class CeleryEngine(Engine):
     def task_ids(self) -> dict[int, str]:
         """Celery task id of each entry's latest attempt."""
         return self.record.task_ids()
+
+    def cost_rows(self) -> list[CostRow]:
+        """Every run of the pool's entries (latest attempts and retried ones), each on its
+        worker's instance type with ``concurrency * threads`` slots (a worker that left no
+        description: the queue's instance type and one process). Cache hits cost nothing."""
+        runs: list[tuple[float, float, str]] = []
+        hosts = self.record.hosts()
+        for pos, state in enumerate(self.states()):
+            host = hosts.get(pos, "")
+            if state.started is not None and state.finished is not None and host != "cache":
+                runs.append((state.started, state.finished, host))
+        for old in self.record.history().values():
+            if old.get("started") and old.get("finished"):
+                runs.append((float(old["started"]), float(old["finished"]), old.get("host") or ""))
+        known = workers.describe(self.record.client, [h for _, _, h in runs])
+        try:
+            fallback = parse_queue(self.queue).instance_type
+        except ValueError:
+            fallback = None
+        threads = max(1, self.spec.batch_size)
+        rows = []
+        for started, finished, host in runs:
+            info = known.get(host)
+            instance_type = info.instance_type if info is not None else fallback
+            slots = (info.concurrency if info is not None else 1) * threads
+            rows.append(CostRow(instance_type, finished - started, slots))
+        return rows
 
     @classmethod
     def attach(cls, pool_id: str) -> CeleryEngine:

@@ -391,6 +391,10 @@ job_set_fields = Script(
     rest=("fields", ("field", "value")),
     uses=("job_common",),
 )
+#: Add instance-seconds of a task to the job's cost (``cost_s:<instance type>``).
+job_add_cost = Script(
+    "job_add_cost", keys=JOB_PARTS, argv=(*_JOB_ARGV, "field", "amount"), uses=("job_common",)
+)
 #: Read only: the log lines after a sequence number.
 job_logs_after = Script("job_logs_after", keys=("meta", "logs"), argv=("seq",))
 

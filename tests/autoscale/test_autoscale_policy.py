@@ -108,3 +108,15 @@ def test_busy_workers_hold_scale_in_and_zero_waits_for_idle():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="min_size"):
         GroupSettings(min_size=3, max_size=2)
+
+
+def test_cost_report_divides_by_slots_and_prices_by_type():
+    from fused_celery.autoscale.cost import CostRow, cost_report, instance_seconds
+
+    rows = [CostRow("m5.large", 3600.0, 2), CostRow("m5.large", 1800.0, 1), CostRow(None, 5.0)]
+    seconds = instance_seconds(rows)
+    assert seconds == {"m5.large": 3600.0, "unknown": 5.0}
+    report = cost_report(seconds, {"m5.large": 0.096})
+    assert report["total_usd"] == pytest.approx(0.096)
+    assert report["by_instance_type"]["m5.large"]["usd"] == pytest.approx(0.096)
+    assert report["unpriced"] == ["unknown"]
