@@ -51,10 +51,10 @@ def cost_report(by_type: Mapping[str, float], prices: Mapping[str, float]) -> di
         usd = seconds / 3600.0 * price if price is not None else 0.0
         if price is None:
             unpriced.append(instance_type)
-        table[instance_type] = {"instance_seconds": round(seconds, 6), "usd": round(usd, 8)}
+        table[instance_type] = {"instance_seconds": seconds, "usd": usd}
         total += usd
     return {
-        "total_usd": round(total, 8),
+        "total_usd": total,
         "currency": "USD",
         "by_instance_type": table,
         "unpriced": unpriced,
