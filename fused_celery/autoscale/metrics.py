@@ -51,9 +51,10 @@ class QueueBacklog:
 def read_backlog(
     client: redis.Redis, queues: Sequence[str], *, now: float | None = None
 ) -> dict[str, QueueBacklog]:
-    """Every queue's backlog in one round trip. client: the broker (which is also the result
-    backend holding the pool records: fused-celery keeps both in one Redis). Pools older than
-    ``options.autoscale_pool_lookback`` count only by their messages."""
+    """Every queue's backlog in one round trip. client: the broker's Redis. Pools count by their
+    remaining entries when their records live there too (the result backend is the broker, the
+    default); otherwise, and for pools older than ``options.autoscale_pool_lookback``, by their
+    messages only."""
     if not queues:
         return {}
     now = time.time() if now is None else now
