@@ -101,6 +101,7 @@ def test_desired_capacity_and_protection(aws):
 
 def test_loop_on_moto_publishes_served_queue_and_metrics(aws, fused_options, redis_url):
     clients, name = aws
+    workers._served_cache.clear()
     out = io.StringIO()
     scaler = Autoscaler(Ec2Actuator(), broker_url=redis_url, out=out)
     scaler.cycle()

@@ -13,6 +13,7 @@ from autoscale_helpers import executions, kill_recorded_workers, local_scaler, t
 
 from fused_celery.errors import QueueNotServedError
 from fused_celery.options import AutoscaleGroupOptions, options
+from fused_celery.state import workers
 
 QUEUE = "m5.large"
 
@@ -29,6 +30,7 @@ def fast_scaling(fused_options, monkeypatch: pytest.MonkeyPatch, redis_url: str)
         AutoscaleGroupOptions(max_size=2, scale_in_cooldown=1.0, idle_before_zero=2.0),
     )
     monkeypatch.setattr(options.show, "enable_tqdm", False)
+    workers._served_cache.clear()  # (a positive answer of an earlier test's Redis is kept 5 s)
     yield
     kill_recorded_workers(redis_url, [QUEUE])
 
