@@ -171,3 +171,17 @@ def test_job_cost_sums_its_tasks_run_time(cluster, tmp_path):
     cost = resp.get_results()["cost"]
     assert cost["unpriced"] == ["unknown"] and cost["total_usd"] == 0
     assert cost["by_instance_type"]["unknown"]["instance_seconds"] > 0
+
+
+def test_job_to_an_unserved_queue_fails_fast(fused_options, toy_path, tmp_path):
+    """An instance type's job in a region no worker or autoscaled group serves is refused at
+    submit, naming the queue; nothing of it is written."""
+    from fused_celery.errors import JobNotFoundError, QueueNotServedError
+
+    run = new_run(tmp_path, n=2)
+    with pytest.raises(QueueNotServedError, match="m5.large@eu-west-1"):
+        celery_driver.submit(
+            run, queue="m5.large", instance_type="m5.large", config={"region": "eu-west-1"}
+        )
+    with pytest.raises(JobNotFoundError):
+        JobRecord.open(run.job_id)
