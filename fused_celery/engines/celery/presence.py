@@ -3,9 +3,9 @@ when its instance is going away.
 
 Connected to Celery's worker signals when the worker imports the task modules:
 
-- ``worker_ready``: a daemon thread writes the worker's heartbeat for each queue it consumes
-  (:func:`fused_celery.state.workers.heartbeat`, every ``autoscale_consumer_ttl / 3`` s, off the
-  task path) and, when ``options.drain_watch`` allows, polls the instance metadata service
+- ``worker_ready``: the worker's heartbeat for each queue it consumes
+  (:func:`fused_celery.state.workers.heartbeat`: first before the worker answers a ping, then
+  from a daemon thread every ``autoscale_consumer_ttl / 3`` s, off the task path) and, when ``options.drain_watch`` allows, polls the instance metadata service
   (:class:`~fused_celery.autoscale.drain.DrainWatcher`). On a spot interruption notice or a
   terminating lifecycle state the worker sends itself SIGTERM: Celery's warm shutdown stops
   consuming, lets running entries finish (with ``acks_late`` a message reserved but not started
@@ -52,14 +52,12 @@ def _beat(info: Any, stop: threading.Event) -> None:
     from fused_celery.state.connection import redis_client
 
     period = max(0.2, options.autoscale_consumer_ttl / 3)
-    while True:
+    while not stop.wait(period):
         try:
             if options.resolved_result_backend:
                 workers.heartbeat(redis_client(options.resolved_result_backend), info)
         except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried
             logger.warning("fused-celery: heartbeat failed: %s", exc)
-        if stop.wait(period):
-            return
 
 
 def _on_notice(notice: Any) -> None:
@@ -84,6 +82,8 @@ def _watch_metadata() -> None:
 
 @signals.worker_ready.connect
 def _ready(sender: Any = None, **_: Any) -> None:
+    from fused_celery.state import workers
+    from fused_celery.state.connection import redis_client
     from fused_celery.state.workers import WorkerInfo
 
     try:
@@ -95,6 +95,11 @@ def _ready(sender: Any = None, **_: Any) -> None:
     except Exception as exc:  # noqa: BLE001 - presence must never stop a worker
         logger.warning("fused-celery: no heartbeat for this worker: %s", exc)
         return
+    try:  # the first heartbeat before the worker answers anything (its loop starts after this)
+        if options.resolved_result_backend:
+            workers.heartbeat(redis_client(options.resolved_result_backend), info)
+    except Exception as exc:  # noqa: BLE001 - the thread tries again
+        logger.warning("fused-celery: heartbeat failed: %s", exc)
     stop = threading.Event()
     _state.update(info=info, stop=stop)
     threading.Thread(target=_beat, args=(info, stop), name="fused-heartbeat", daemon=True).start()
