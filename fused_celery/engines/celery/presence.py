@@ -5,7 +5,8 @@ Connected to Celery's worker signals when the worker imports the task modules:
 
 - ``worker_ready``: the worker's heartbeat for each queue it consumes
   (:func:`fused_celery.state.workers.heartbeat`: first before the worker answers a ping, then
-  from a daemon thread every ``autoscale_consumer_ttl / 3`` s, off the task path) and, when ``options.drain_watch`` allows, polls the instance metadata service
+  from a daemon thread every ``autoscale_consumer_ttl / 3`` s, off the task path) and, when
+  ``options.drain_watch`` allows, polls the instance metadata service
   (:class:`~fused_celery.autoscale.drain.DrainWatcher`). On a spot interruption notice or a
   terminating lifecycle state the worker sends itself SIGTERM: Celery's warm shutdown stops
   consuming, lets running entries finish (with ``acks_late`` a message reserved but not started
