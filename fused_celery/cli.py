@@ -6,6 +6,7 @@ Subcommands:
 - ``worker``  one Celery worker with the project's app and settings
 - ``flower``  Flower, the Celery web monitor
 - ``redis``   a private redis-server in the foreground (for Procfile / honcho)
+- ``autoscale`` the queue-depth autoscaler (EC2 Auto Scaling groups, or local workers)
 - ``demo``    bring up a local cluster, run a ``udf.map``, print the result and the path of its
   map, shut down
 - ``deploy``  ``plan | apply | destroy`` the workers on AWS (see ``deploy/README.md``)
@@ -331,6 +332,49 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- autoscale ----------------------------------------------------------------------------------
+
+
+def cmd_autoscale(args: argparse.Namespace) -> int:
+    """Run the autoscaler until Ctrl-C or SIGTERM (see :mod:`fused_celery.autoscale.loop`)."""
+    from fused_celery.autoscale.actuators import Ec2Actuator, LocalActuator
+    from fused_celery.autoscale.loop import Autoscaler
+    from fused_celery.state.connection import redis_client
+
+    if args.interval is not None:
+        options.autoscale_interval = args.interval
+    url = _wait_for_broker(options.broker_url, args.wait_for_broker)
+    if args.actuator == "local":
+        queues = _queue_list(args.queues) or list(options.autoscale_queues)
+        if not queues:
+            raise CliError(
+                "the local actuator needs the queues it serves: --queues m5.large (or "
+                "FUSED_CELERY_AUTOSCALE_QUEUES)"
+            )
+        _check_queues(queues)
+        actuator = LocalActuator(
+            queues,
+            redis_client(url),
+            max_size=args.max_workers,
+            concurrency=args.concurrency,
+        )
+    else:
+        actuator = Ec2Actuator()
+    scaler = Autoscaler(actuator, broker_url=url, dry_run=args.dry_run)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        scaler.run(stop, cycles=args.cycles)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if not args.dry_run:
+            scaler.release()
+            if args.stop_workers:
+                actuator.close()
+    return 0
+
+
 # -- parser / main ------------------------------------------------------------------------------
 
 
@@ -408,6 +452,33 @@ def build_parser() -> argparse.ArgumentParser:
     redis_p.add_argument("--dir", help="data directory (default <cluster_dir>/redis)")
     redis_p.add_argument("--no-appendonly", action="store_true", help="keep nothing on disk")
     redis_p.set_defaults(func=cmd_redis)
+
+    auto = sub.add_parser(
+        "autoscale", help="scale each queue's workers with its backlog (EC2 groups or local)"
+    )
+    auto.add_argument(
+        "--actuator",
+        choices=("ec2", "local"),
+        default="ec2",
+        help="ec2: the Auto Scaling groups tagged by `deploy` (default); local: worker "
+        "processes on this machine",
+    )
+    auto.add_argument("--queues", action="append", help="queues the local actuator serves")
+    auto.add_argument(
+        "--interval", type=float, help="seconds between cycles (default autoscale_interval, 15)"
+    )
+    auto.add_argument("--dry-run", action="store_true", help="log decisions, change nothing")
+    auto.add_argument("--max-workers", type=int, default=4, help="local: workers per queue (4)")
+    auto.add_argument("--concurrency", type=int, default=1, help="local: processes per worker")
+    auto.add_argument(
+        "--stop-workers",
+        action="store_true",
+        help="local: stop the workers on a clean exit (default: leave them; the next run adopts "
+        "them)",
+    )
+    auto.add_argument("--cycles", type=int, help="stop after this many cycles (default: never)")
+    auto.add_argument("--wait-for-broker", type=float, default=30.0, metavar="SECONDS")
+    auto.set_defaults(func=cmd_autoscale)
 
     demo = sub.add_parser("demo", help="local cluster + a udf.map over a few hundred points")
     demo.add_argument("--entries", type=int, default=300, help="map entries (default 300)")

@@ -402,3 +402,19 @@ class OfflineAssetError(FusedError, RuntimeError):
 
 class MapFileExistsError(FusedError, FileExistsError):
     """The map's path holds a file fused-celery did not write."""
+
+
+# --- workers and autoscaling -----------------------------------------------------------------
+
+
+class QueueNotServedError(FusedError, RuntimeError):
+    """Work was submitted to a queue that no live worker consumes and no autoscaled group serves
+    (it would stay pending forever); the message names the queue and how to start a worker."""
+
+
+class DiskSizeError(FusedError, ValueError):
+    """A job asks for more ``disk_size_gb`` than its queue's launch template gives."""
+
+
+class AutoscaleError(FusedError, RuntimeError):
+    """The autoscaler cannot act: no group found, an AWS call refused, another leader."""

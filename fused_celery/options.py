@@ -100,6 +100,43 @@ AL2023_AMI = "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel
 _DEPLOY_NAME = re.compile(r"^[a-z][a-z0-9-]{0,22}[a-z0-9]$")
 
 
+# --- autoscaler and drain (fused_celery.autoscale) -------------------------------------------
+
+#: vCPUs of each whitelisted instance type: a worker's default Celery processes (slots) there.
+INSTANCE_VCPUS: dict[str, int] = {
+    "m5.large": 2, "m5.xlarge": 4, "m5.2xlarge": 8, "m5.4xlarge": 16,
+    "r5.large": 2, "r5.xlarge": 4, "r5.2xlarge": 8, "r5.4xlarge": 16,
+}  # fmt: skip
+
+#: On-demand USD per hour (Linux, us-east-1) of each whitelisted type: the default price table
+#: of per-job cost (``options.autoscale_instance_prices`` overrides it).
+DEFAULT_INSTANCE_PRICES: dict[str, float] = {
+    "m5.large": 0.096, "m5.xlarge": 0.192, "m5.2xlarge": 0.384, "m5.4xlarge": 0.768,
+    "r5.large": 0.126, "r5.xlarge": 0.252, "r5.2xlarge": 0.504, "r5.4xlarge": 1.008,
+}  # fmt: skip
+
+
+class AutoscaleGroupOptions(BaseModel):
+    """How the autoscaler scales one queue's group (see :mod:`fused_celery.autoscale.policy`).
+
+    min_size / max_size: workers (defaults 0 / 10). slots: Celery processes per worker (default
+    None: the instance type's vCPUs, or the local actuator's concurrency).
+    target_backlog_per_slot: messages a slot may have waiting (default 1.0). scale_out_step:
+    workers added per cycle at most (default 0: no limit). scale_in_cooldown: seconds after a
+    change before shrinking (default 60). idle_before_zero: seconds without work before going to
+    ``min_size`` (default 300).
+    """
+
+    model_config = {"validate_assignment": True, "extra": "forbid"}
+    min_size: int = Field(default=0, ge=0)
+    max_size: int = Field(default=10, ge=0)
+    slots: int | None = Field(default=None, ge=1)
+    target_backlog_per_slot: float = Field(default=1.0, gt=0)
+    scale_out_step: int = Field(default=0, ge=0)
+    scale_in_cooldown: float = Field(default=60.0, ge=0)
+    idle_before_zero: float = Field(default=300.0, ge=0)
+
+
 class Options(BaseSettings):
     """fused-celery settings (environment prefix ``FUSED_CELERY_``).
 
@@ -196,6 +233,29 @@ class Options(BaseSettings):
     deploy_require_shared_storage: set on the instances ``deploy`` starts: the worker refuses a
         local-disk ``storage_root`` (default False).
 
+    autoscale_interval: seconds between the autoscaler's cycles (default 15).
+    autoscale_defaults / autoscale_groups: scaling settings of every queue, and overrides by
+        queue name or instance type (e.g. ``{"m5.large": {"max_size": 4}}``; defaults
+        :class:`AutoscaleGroupOptions` and {}).
+    autoscale_queues: queues the local actuator serves (default []: the EC2 actuator finds its
+        groups by tag).
+    autoscale_leader_ttl: seconds the autoscaler's leader lock lasts unless renewed (default 45).
+    autoscale_pool_lookback: pools created within this many seconds count in the backlog
+        (default one day; older pools count by their queued messages only).
+    autoscale_consumer_ttl: a worker's heartbeat is live this many seconds (default 30).
+    autoscale_submit_check: submitting to a queue no live worker consumes and no autoscaled
+        group serves raises at once (default True).
+    autoscale_instance_prices: USD per hour by instance type, for per-job cost (default
+        :data:`DEFAULT_INSTANCE_PRICES`).
+    autoscale_cloudwatch_namespace: namespace of the backlog metrics published by the EC2
+        actuator's loop (default ``FusedCelery``).
+    drain_watch: workers poll the instance metadata endpoint for a spot interruption notice or a
+        terminating lifecycle state, then drain and exit (default None: when the endpoint
+        answers at start). drain_metadata_url: that endpoint (default
+        ``http://169.254.169.254``). drain_poll_interval: seconds between polls (default 5).
+    drain_lifecycle_hook: the termination lifecycle hook a drained worker completes (default
+        ``fused-celery-drain``).
+
     ``repr(options)`` shows URLs with their passwords masked and secrets as ``**********``.
     """
 
@@ -259,6 +319,22 @@ class Options(BaseSettings):
     deploy_egress_cidr: str = "0.0.0.0/0"
     deploy_drain_timeout: int = Field(default=3600, ge=30, le=7200)
     deploy_require_shared_storage: bool = False
+    autoscale_interval: float = Field(default=15.0, gt=0)
+    autoscale_defaults: AutoscaleGroupOptions = Field(default_factory=AutoscaleGroupOptions)
+    autoscale_groups: dict[str, AutoscaleGroupOptions] = Field(default_factory=dict)
+    autoscale_queues: list[str] = Field(default_factory=list)
+    autoscale_leader_ttl: float = Field(default=45.0, gt=0)
+    autoscale_pool_lookback: float = Field(default=24 * 3600.0, gt=0)
+    autoscale_consumer_ttl: float = Field(default=30.0, gt=0)
+    autoscale_submit_check: bool = True
+    autoscale_instance_prices: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_INSTANCE_PRICES)
+    )
+    autoscale_cloudwatch_namespace: str = "FusedCelery"
+    drain_watch: bool | None = None
+    drain_metadata_url: str = "http://169.254.169.254"
+    drain_poll_interval: float = Field(default=5.0, gt=0)
+    drain_lifecycle_hook: str = "fused-celery-drain"
 
     def __init__(self, **values: Any) -> None:
         try:

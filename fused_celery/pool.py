@@ -304,6 +304,17 @@ class JobPool:
         """The logs of the first finished entry by argument order, or None."""
         return next((log for log in self.logs() if log is not None), None)
 
+    def cost(self) -> dict[str, Any]:
+        """What the pool's runs cost so far: each entry's run time divided by its worker's slots,
+        summed by instance type, times ``options.autoscale_instance_prices`` (USD per hour).
+        Returns ``{"total_usd", "currency", "by_instance_type": {type: {"instance_seconds",
+        "usd"}}, "unpriced": [...]}`` (see :mod:`fused_celery.autoscale.cost`; the local engine's
+        runs are on instance type ``unknown``, unpriced)."""
+        from fused_celery.autoscale.cost import cost_report, instance_seconds
+
+        rows = self._engine.cost_rows()
+        return cost_report(instance_seconds(rows), options.autoscale_instance_prices)
+
     def times(self) -> list[timedelta | None]:
         """Run time (not queue time) of each entry's latest attempt; None if not finished."""
         return [

@@ -273,14 +273,16 @@ class Udf(BaseModel):
             entries run together (default: local = CPU count, remote = none).
         n_processes_per_worker (alias worker_concurrency): entries per worker invocation, run
             in parallel inside it (default 1). max_retry: automatic retries of failed entries
-            (default 2). instance_type: run on that instance type's queue.
+            (default 2). instance_type: run on that instance type's queue (in the UDF's
+            ``region`` when it has one; its ``disk_size_gb`` is checked against the queue's
+            group at submit).
         cache_max_age / cache: reuse results of identical calls (errors are never cached).
         kwargs: constant keyword arguments merged into every entry.
         """
         from fused_celery.engines import PoolSpec, make_engine, resolve_engine
         from fused_celery.pool import JobPool
 
-        kind, queue = resolve_engine(engine or self.engine, instance_type)
+        kind, queue = resolve_engine(engine or self.engine, instance_type, region=self.region)
         batch = _batch_size(n_processes_per_worker, worker_concurrency)
         if max_workers is not None and (
             isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
@@ -310,6 +312,7 @@ class Udf(BaseModel):
             cache=cache,
             cache_max_age=age if age is not None else self.cache_max_age,
             queue=queue,
+            disk_size_gb=self.disk_size_gb,
         )
         pool = JobPool(make_engine(kind, spec))
         pool._submit(quiet=_quiet)

@@ -43,6 +43,7 @@ from typing import Any
 
 from celery import chord
 
+from fused_celery.autoscale.cost import UNKNOWN
 from fused_celery.celery_app import app, get_app
 from fused_celery.errors import JobNotFoundError
 from fused_celery.jobs.stages import (
@@ -57,6 +58,8 @@ from fused_celery.jobs.stages import (
     sequence_target,
 )
 from fused_celery.options import options
+from fused_celery.queues import parse_queue, queue_name
+from fused_celery.state import workers
 from fused_celery.state.job_record import JobRecord
 from fused_celery.state.statuses import JOB_CANCELED, JOB_DONE, JOB_FAILED
 
@@ -266,6 +269,31 @@ def start_job(target: str, data: dict[str, Any], queue: str) -> None:
     _guarded(record, seq, run, "start", work)
 
 
+_worker_infos: dict[str, tuple[str, int]] = {}
+
+
+def _add_cost(record: JobRecord, seconds: float) -> None:
+    """Add this member's run time / its worker's slots to the job's cost, on the worker's
+    instance type (its description in Redis, read once per process; else the queue's type)."""
+    request = run_member.request
+    host = request.hostname or ""
+    found = _worker_infos.get(host)
+    try:
+        if found is None:
+            info = workers.describe(record.client, [host]).get(host)
+            if info is not None:
+                found = _worker_infos[host] = (info.instance_type or UNKNOWN, info.concurrency)
+            else:
+                queue = (request.delivery_info or {}).get("routing_key") or ""
+                try:
+                    found = (parse_queue(queue).instance_type or UNKNOWN, 1)
+                except ValueError:
+                    found = (UNKNOWN, 1)
+        record.add_cost(found[0], seconds / max(1, found[1]))
+    except Exception as exc:  # noqa: BLE001 - cost is reporting, never a reason to fail
+        logger.warning("job %s: cost not recorded: %s", record.job_id, exc)
+
+
 @app.task(name=MEMBER, acks_late=True)
 def run_member(
     target: str, data: dict[str, Any], stage: str, item: Any, key: str
@@ -281,14 +309,17 @@ def run_member(
     if snap.cancel_requested or snap.terminal:
         return skipped
     task_key = f"{stage}:{key}"
+    started = time.time()
     try:
         with heartbeat(record):
             seq = load_sequence(target)
             value = jsonable(seq.stage(stage).member(seq.load_run(data), item))
     except Exception as exc:  # every failure becomes a deterministic value
         message = error_text(exc)
+        _add_cost(record, time.time() - started)
         record.task_failed(task_key, message)  # logged there, at ERROR
         return MemberOutcome(key=key, status="error", error=message).model_dump(mode="json")
+    _add_cost(record, time.time() - started)
     record.task_done(task_key)
     return MemberOutcome(key=key, status="ok", value=value).model_dump(mode="json")
 
@@ -381,13 +412,20 @@ def submit(
     target: str | None = None,
 ) -> JobRecord:
     """Create the job record of ``run`` and send its start task and watchdog to ``queue``;
-    returns the record.
+    returns the record. The queue of an instance type becomes the one of the ``region`` and
+    ``image_name`` in ``config`` (:func:`~fused_celery.queues.queue_name`); a queue no worker
+    and no autoscaled group serves, or a ``disk_size_gb`` over its group's, is refused here
+    (:func:`~fused_celery.state.workers.check_queue`).
 
     name / instance_type / output / config: the record's fields (defaults None, None, None, {}).
     message: a first log line (default None). target: the sequence's ``"module:NAME"`` (default
     None: the one registered for ``run.kind``; a composed job passes its own). On any error
     nothing is left half-submitted: the record is deleted, the run discarded and the error raised.
     """
+    config = dict(config or {})
+    if instance_type and queue == instance_type:  # the job's region / image pick its queue
+        queue = queue_name(instance_type, config.get("region"), config.get("image_name"))
+    workers.check_queue(queue, config.get("disk_size_gb"))
     target = target or sequence_target(run.kind)
     seq = load_sequence(target)
     run = run.model_copy(update={"remote": True})

@@ -74,8 +74,9 @@ key              type     holds
                           (latest stage started), ``total_tasks``, ``created_at``, ``started_at``,
                           ``finished_at``, ``last_progress_at`` (epoch seconds), ``reason``,
                           ``result`` (JSON), ``cancel_requested`` (``1`` once asked), ``log_seq``
-                          (lines ever logged), ``version``; plus small fields set by the pipeline
-                          (``JobRecord.set_fields``, e.g. a stage deadline)
+                          (lines ever logged), ``version``; ``cost_s:<instance type>`` (the
+                          tasks' instance-seconds, ``JobRecord.add_cost``); plus small fields set
+                          by the pipeline (``JobRecord.set_fields``, e.g. a stage deadline)
 ``J:stages``     hash     stage name -> its number of tasks (makes ``start_stage`` idempotent)
 ``J:done``       set      keys of finished tasks, done or failed (``finished_tasks`` = SCARD)
 ``J:failed``     set      keys of failed tasks (``failed_tasks`` = SCARD)
@@ -90,6 +91,27 @@ key              type     holds
 Lifetimes: every ``fc:job:<id>:*`` key expires ``options.result_expires`` seconds after the job's
 latest write (each write script renews the TTL of all of them); ``fc:jobs`` has no TTL. The job's
 output table lives in storage and is not deleted with the record.
+
+Workers and the autoscaler
+--------------------------
+
+==========================  ======  =============================================================
+key                         type    holds
+==========================  ======  =============================================================
+``fc:consumers:<queue>``    zset    worker hostname -> time of its latest heartbeat (every few
+                                    seconds while it consumes ``queue``; removed at shutdown)
+``fc:worker:<hostname>``    string  JSON ``{queues, concurrency, instance_type, started}`` of a
+                                    worker (for per-job cost), kept ``result_expires`` seconds
+``fc:autoscale:leader``     string  the acting autoscaler's id, with a TTL (the leader lock)
+``fc:autoscale:group:<q>``  hash    what the autoscaler remembers of queue ``q``'s group:
+                                    ``current``, ``last_change``, ``idle_since``
+``fc:autoscale:local:<q>``  hash    the local actuator's workers of queue ``q``: hostname -> pid
+``fc:autoscale:served``     hash    queue -> JSON ``{max_size, disk_size_gb, until}``: groups
+                                    the autoscaler can start workers for (read at submit)
+==========================  ======  =============================================================
+
+Workers write their heartbeats (:mod:`fused_celery.state.workers`) off the task path; the
+autoscaler (:mod:`fused_celery.autoscale.loop`) owns the ``fc:autoscale:*`` keys.
 """
 
 from __future__ import annotations
@@ -205,3 +227,29 @@ def job_key(job_id: str, part: str) -> str:
 def job_keys(job_id: str) -> dict[str, str]:
     """All record keys of job ``job_id``, by part name (in :data:`JOB_PARTS` order)."""
     return {part: job_key(job_id, part) for part in JOB_PARTS}
+
+
+# --------------------------------------------------------------------------- workers, autoscaler
+
+AUTOSCALE_LEADER = f"{PREFIX}:autoscale:leader"
+AUTOSCALE_SERVED = f"{PREFIX}:autoscale:served"
+
+
+def consumers_key(queue: str) -> str:
+    """The zset of live consumers of ``queue`` (hostname -> latest heartbeat, epoch seconds)."""
+    return f"{PREFIX}:consumers:{queue}"
+
+
+def worker_key(hostname: str) -> str:
+    """The description of worker ``hostname`` (JSON)."""
+    return f"{PREFIX}:worker:{hostname}"
+
+
+def autoscale_group_key(queue: str) -> str:
+    """What the autoscaler remembers of ``queue``'s group (a hash)."""
+    return f"{PREFIX}:autoscale:group:{queue}"
+
+
+def autoscale_local_key(queue: str) -> str:
+    """The local actuator's workers of ``queue`` (a hash: hostname -> pid)."""
+    return f"{PREFIX}:autoscale:local:{queue}"

@@ -46,6 +46,7 @@ from typing import Any
 import redis
 
 from fused_celery import codec
+from fused_celery.autoscale.cost import CostRow
 from fused_celery.celery_app import RUN_ENTRIES, get_app, time_limits
 from fused_celery.engines.base import (
     CANCELLED,
@@ -61,7 +62,9 @@ from fused_celery.engines.celery.lost import find_lost
 from fused_celery.errors import BrokerUnavailableError, UdfRuntimeError
 from fused_celery.execute import Outcome
 from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, options
+from fused_celery.queues import parse_queue
 from fused_celery.result_cache import cache_key
+from fused_celery.state import workers
 from fused_celery.state.connection import check_reachable, mark_reachable, mask_url, redis_client
 from fused_celery.state.events import SMALL_POOL_ENTRIES, PoolEvents
 from fused_celery.state.keys import RECORD_VERSION
@@ -109,9 +112,15 @@ def load_value(outcome: dict[str, Any]) -> dict[str, Any] | None:
 
 def _queue_for(spec: PoolSpec) -> str:
     queue = spec.queue or DEFAULT_QUEUE
-    if queue != DEFAULT_QUEUE and queue not in WHITELISTED_INSTANCE_TYPES:
-        allowed = ", ".join(WHITELISTED_INSTANCE_TYPES)
-        raise ValueError(f"unknown instance type {queue!r}; use one of: {allowed}")
+    if queue != DEFAULT_QUEUE:
+        try:
+            parse_queue(queue)
+        except ValueError:
+            allowed = ", ".join(WHITELISTED_INSTANCE_TYPES)
+            raise ValueError(
+                f"unknown instance type or queue {queue!r}; use one of: {allowed} (optionally "
+                "with @<region> and :<image_name>)"
+            ) from None
     return queue
 
 
@@ -211,6 +220,7 @@ class CeleryEngine(Engine):
         check_reachable(options.broker_url, what="broker", recent=REACHABLE_SECONDS)
         if self.record_url != options.broker_url:
             check_reachable(self.record_url, what="result backend", recent=REACHABLE_SECONDS)
+        workers.check_queue(self.queue, self.spec.disk_size_gb)
         n, bs = spec.n, max(1, spec.batch_size)
         threads, lanes = plan_lanes(n, bs, spec.max_workers)
         n_batches = math.ceil(n / bs)
@@ -681,6 +691,33 @@ class CeleryEngine(Engine):
     def task_ids(self) -> dict[int, str]:
         """Celery task id of each entry's latest attempt."""
         return self.record.task_ids()
+
+    def cost_rows(self) -> list[CostRow]:
+        """Every run of the pool's entries (latest attempts and retried ones), each on its
+        worker's instance type with ``concurrency * threads`` slots (a worker that left no
+        description: the queue's instance type and one process). Cache hits cost nothing."""
+        runs: list[tuple[float, float, str]] = []
+        hosts = self.record.hosts()
+        for pos, state in enumerate(self.states()):
+            host = hosts.get(pos, "")
+            if state.started is not None and state.finished is not None and host != "cache":
+                runs.append((state.started, state.finished, host))
+        for old in self.record.history().values():
+            if old.get("started") and old.get("finished"):
+                runs.append((float(old["started"]), float(old["finished"]), old.get("host") or ""))
+        known = workers.describe(self.record.client, [h for _, _, h in runs])
+        try:
+            fallback = parse_queue(self.queue).instance_type
+        except ValueError:
+            fallback = None
+        threads = max(1, self.spec.batch_size)
+        rows = []
+        for started, finished, host in runs:
+            info = known.get(host)
+            instance_type = info.instance_type if info is not None else fallback
+            slots = (info.concurrency if info is not None else 1) * threads
+            rows.append(CostRow(instance_type, finished - started, slots))
+        return rows
 
     @classmethod
     def attach(cls, pool_id: str) -> CeleryEngine:
