@@ -107,6 +107,11 @@ class Options(BaseSettings):
         planned exactly (default 300,000; chunks a sampled plan leaves over their maximum are
         split with the exact rows when written).
     job_watchdog_interval: seconds between a job's watchdog checks (default 15).
+    worker_heartbeat_timeout: seconds after which a worker that stopped heartbeating counts as
+        dead (default 30): the messages it held (its ``running`` entries, its chord members) go
+        back to their queue within two such timeouts, instead of after ``visibility_timeout``.
+        A worker that cannot reach Redis, or whose main process is stalled, for that long counts
+        as dead too (its work may then run twice; results are still recorded once).
     worker_preload: modules every worker process imports when it starts, so the first task does
         not pay for them (default pandas, pyarrow, shapely, geopandas; [] for none).
     job_stall_timeout: seconds without progress (no task finished, no heartbeat) after which the
@@ -158,6 +163,7 @@ class Options(BaseSettings):
     ingest_sample_rows: int = Field(default=300_000, ge=1)
     job_watchdog_interval: float = Field(default=15.0, gt=0)
     job_stall_timeout: float | None = Field(default=None, gt=0)
+    worker_heartbeat_timeout: float = Field(default=30.0, gt=0)
     worker_preload: list[str] = Field(
         default_factory=lambda: ["pandas", "pyarrow.parquet", "shapely", "geopandas"]
     )

@@ -76,6 +76,9 @@ key              type     holds
                           ``MAX_ERRORS`` tasks kept)
 ``J:logs``       list     JSON ``{seq, ts_ms, level, message}`` per line, oldest first; the newest
                           ``MAX_LOG_LINES`` are kept
+``J:members``    hash     stage name -> JSON ``{"data": run, "members": [[key, item], ...]}`` of
+                          the stage's chord as launched, so that the watchdog can send again a
+                          member whose message was lost (``JobRecord.put_launch``)
 ``fc:jobs``      zset     job id -> creation time (``get_jobs``; the newest ``MAX_INDEXED_JOBS``
                           are kept, ids whose record expired are dropped when met)
 ================ =======  =========================================================================
@@ -184,7 +187,7 @@ def tombstone_ttl() -> int:
 JOBS_INDEX = f"{PREFIX}:jobs"
 
 #: Parts of a job record (the job scripts of :mod:`fused_celery.state.scripts` name them).
-JOB_PARTS: tuple[str, ...] = ("meta", "stages", "done", "failed", "errors", "logs")
+JOB_PARTS: tuple[str, ...] = ("meta", "stages", "done", "failed", "errors", "logs", "members")
 
 
 def job_key(job_id: str, part: str) -> str:
@@ -195,3 +198,18 @@ def job_key(job_id: str, part: str) -> str:
 def job_keys(job_id: str) -> dict[str, str]:
     """All record keys of job ``job_id``, by part name (in :data:`JOB_PARTS` order)."""
     return {part: job_key(job_id, part) for part in JOB_PARTS}
+
+
+# --------------------------------------------------------------------------- workers
+
+#: Workers that heartbeat: a set of hostnames (a hostname whose heartbeat expired is removed by
+#: the sweep that finds it gone). ``fc:worker:<hostname>`` (:func:`worker_key`), a set, holds
+#: the kombu delivery tags of the messages that worker holds (plus :data:`PLACEHOLDER`), with a
+#: TTL of ``options.worker_heartbeat_timeout``, rewritten while the worker lives (see
+#: :mod:`fused_celery.engines.celery.liveness`). Both live in the broker's Redis.
+WORKERS_INDEX = f"{PREFIX}:workers"
+
+
+def worker_key(hostname: str) -> str:
+    """The heartbeat key of worker ``hostname`` (its node name, ``name@host``)."""
+    return f"{PREFIX}:worker:{hostname}"
