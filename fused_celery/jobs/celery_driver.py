@@ -199,16 +199,21 @@ def _launch(
 
 
 def _resend_lost(record: JobRecord, target: str, stage: str, queue: str) -> list[str]:
-    """Send again the members of ``stage`` whose message no worker holds and no queue has.
+    """Send again what ``stage`` waits for and no worker holds nor queue has: its members, or,
+    once every member finished, its chord callback (the collect).
 
-    A member's message can vanish without a trace: kombu pops it (BRPOP) and records it as
-    unacknowledged a moment later; a worker killed in between, or a Redis that lost its last
-    second, loses it, and the chord waits forever. The watchdog calls this while the job makes
-    no progress: a member that is not finished and whose message is in neither the queue nor
-    kombu's unacknowledged hash (where a dead worker's messages stay until
-    :mod:`fused_celery.engines.celery.liveness` gives them back) is a suspect; a suspect
-    again at the next check is sent again, with the same task id, group and index, so the
-    chord counts it once (members are idempotent). Returns the task ids sent.
+    A message can vanish without a trace: kombu pops it (BRPOP) and records it as
+    unacknowledged a moment later, and a worker killed in between, or a Redis that lost its last
+    second, loses it. A callback can also never be sent: the worker that finished the last
+    member claims the callback for a few seconds before publishing it, and if it dies then, the
+    member's redelivery may come while the claim still holds. The watchdog calls this while the
+    job makes no progress. A member that is not finished, or the callback of a stage whose
+    members all finished, whose message is in neither the queue nor kombu's unacknowledged hash
+    (where a dead worker's messages stay until :mod:`fused_celery.engines.celery.liveness`
+    gives them back) is a suspect; a suspect again at the next check is sent again: a member
+    with the same task id, group and index, so the chord counts it once (members are
+    idempotent); a callback with the members' stored results (its work is guarded by
+    ``start_stage``, so a second one does nothing). Returns the task ids sent.
     """
     launch = record.launch(stage)
     if launch is None:
@@ -221,14 +226,24 @@ def _resend_lost(record: JobRecord, target: str, stage: str, queue: str) -> list
         for i, (key, item) in enumerate(members)
         if f"{stage}:{key}" not in done
     }
-    if not pending:
-        return []
-    missing = missing_messages(redis_client(options.broker_url or ""), queue, set(pending)) or set()
+    collect_id = f"{job}-{stage}-collect"
+    wanted = set(pending) or {collect_id}
+    missing = missing_messages(redis_client(options.broker_url or ""), queue, wanted) or set()
     before = set(json.loads(record.get_field("lost_suspects") or "{}").get(stage, []))
     again = sorted(missing & before)
     record.set_fields(lost_suspects=json.dumps({stage: sorted(missing - before)}))
     if not again:
         return []
+    if again == [collect_id]:
+        results = []
+        for key, _ in members:
+            meta = app.backend.get_task_meta(f"{job}-{stage}-{key}")
+            if meta.get("status") != "SUCCESS":
+                return []  # a result expired or never stored: the stall timeout decides
+            results.append(meta["result"])
+        _sig(COLLECT, (results, target, data, stage, queue), queue).apply_async(task_id=collect_id)
+        record.log(f"stage {stage}: sent its callback again (it was lost)", level="WARNING")
+        return again
     body = _body(target, data, stage, queue)
     gid = _group_id(job, stage)
     for task_id in again:
