@@ -235,9 +235,9 @@ def _resend_lost(record: JobRecord, target: str, stage: str, queue: str) -> list
     if not again:
         return []
     if again == [collect_id]:
-        results = []
+        results, backend = [], get_app().backend
         for key, _ in members:
-            meta = app.backend.get_task_meta(f"{job}-{stage}-{key}")
+            meta = backend.get_task_meta(f"{job}-{stage}-{key}")
             if meta.get("status") != "SUCCESS":
                 return []  # a result expired or never stored: the stall timeout decides
             results.append(meta["result"])
