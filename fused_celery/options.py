@@ -91,6 +91,8 @@ class Options(BaseSettings):
     cache_dir: folder of the local engine's result cache (default ``~/.cache/fused-celery/udf``).
     s3_endpoint_url: endpoint of an S3-compatible server, e.g. ``http://127.0.0.1:9000`` (default
         None: AWS S3). ``http://`` turns TLS off.
+    s3_max_attempts: attempts of an S3 request before it fails (default 10: with the AWS SDK's
+        exponential backoff, about 13 s, so a storage outage of a few seconds is ridden out).
     s3_region: region of the buckets (default None: asked of S3 per bucket, or ``us-east-1``
         when ``s3_endpoint_url`` is set).
     aws_access_key_id / aws_secret_access_key / aws_session_token: S3 credentials (default None:
@@ -155,6 +157,7 @@ class Options(BaseSettings):
     show: ShowOptions = Field(default_factory=ShowOptions)
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    s3_max_attempts: int = Field(default=10, ge=1)
     aws_access_key_id: str | None = None
     aws_secret_access_key: SecretStr | None = None
     aws_session_token: SecretStr | None = None

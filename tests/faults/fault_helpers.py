@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+import fused_celery as fused
 from fused_celery.cluster.processes import descendants
 from fused_celery.cluster.redis_server import LOOPBACK, find_redis_server, free_port
 
@@ -28,7 +29,19 @@ from fused_celery.cluster.redis_server import LOOPBACK, find_redis_server, free_
 sys.path.append(str(Path(__file__).resolve().parents[1] / "steps"))
 from steps_tables import ingest_table, make_points  # noqa: E402
 
-__all__ = ["ingest_table", "make_points"]
+__all__ = ["counted", "ingest_table", "make_points"]
+
+
+@fused.udf
+def counted(x: int, folder: str):
+    """Appends one character to ``<folder>/<x>`` per run (see :func:`run_counts`); ``2 * x``."""
+    import os
+    import time
+
+    with open(os.path.join(folder, str(x)), "a") as fh:
+        fh.write("r")
+    time.sleep(0.01)
+    return x * 2
 
 
 def seeded(name: str) -> random.Random:

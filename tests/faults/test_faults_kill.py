@@ -22,6 +22,7 @@ from fault_helpers import (
     assert_exactly_once,
     assert_no_partial_table,
     assert_rows_once,
+    counted,
     ingest_table,
     kill_pool_child,
     make_points,
@@ -53,17 +54,6 @@ def kill(worker: Any, how: str, rng: Any) -> str:
         return f"main process {worker.pid}"
     worker.kill(signal.SIGKILL)  # the process group
     return f"worker {worker.pid} and its pool processes"
-
-
-@fused.udf
-def counted(x: int, folder: str):
-    import os
-    import time
-
-    with open(os.path.join(folder, str(x)), "a") as fh:
-        fh.write("r")
-    time.sleep(0.01)
-    return x * 2
 
 
 @pytest.mark.parametrize("how", KILLS)
