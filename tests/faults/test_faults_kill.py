@@ -37,9 +37,12 @@ from fused_celery.table import open_table
 
 pytestmark = pytest.mark.slow
 
-#: Worker settings of every test here (seconds).
-HEARTBEAT_TIMEOUT = 2
-WORKER_ENV = {"FUSED_CELERY_WORKER_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT)}
+#: Worker settings of every test here (seconds): dead workers found within 4 s, a job's
+#: watchdog every 2 s (it sends again a chord member or callback that was lost).
+WORKER_ENV = {
+    "FUSED_CELERY_WORKER_HEARTBEAT_TIMEOUT": "2",
+    "FUSED_CELERY_JOB_WATCHDOG_INTERVAL": "2",
+}
 
 #: Kinds of kill: a pool process, the main process alone, the whole worker (a host gone).
 KILLS = ("child", "main", "host")
@@ -87,6 +90,11 @@ def _input(tmp_path: Path, n: int, seed: int) -> tuple[Any, str]:
     path = tmp_path / "in.parquet"
     src.to_parquet(path, row_group_size=2000)
     return src, str(path)
+
+
+@pytest.fixture(autouse=True)
+def _quick_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(options, "job_watchdog_interval", 2.0)  # its first check, from here
 
 
 def _kill_when(resp: Any, finished: int, worker: Any, how: str, rng: Any) -> str:
