@@ -28,7 +28,6 @@ Flower who is alive, but nothing maps a dead worker to its unacknowledged messag
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -179,13 +178,12 @@ class _Beater:
                 wait = min(period, 1.0)
             self.stopped.wait(wait)
 
-    def stop(self) -> None:
-        self.stopped.set()
-
 
 class Heartbeat(bootsteps.StartStopStep):
-    """Consumer bootstep: the heartbeat thread, started once and kept across the consumer's
-    restarts (a reconnection), stopped when the worker shuts down."""
+    """Consumer bootstep: the heartbeat thread, started once and never stopped: it is a daemon
+    thread that ends with the worker's main process. So it goes on through the consumer's
+    restarts (a reconnection) and through a warm shutdown, while the last entries finish (a
+    thread stopped with the consumer would let other workers give those entries away)."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
@@ -199,14 +197,10 @@ class Heartbeat(bootsteps.StartStopStep):
             self.beater.thread.start()
 
     def stop(self, parent: Any) -> None:
-        """A consumer restart (reconnection): keep beating, the worker still holds its work."""
+        """Keep beating (see the class docstring)."""
 
     def shutdown(self, parent: Any) -> None:
-        if self.beater is not None:
-            self.beater.stop()
-            with contextlib.suppress(Exception):
-                self.beater.thread.join(2)
-            self.beater = None
+        """Keep beating (see the class docstring)."""
 
 
 __all__ = ["Heartbeat", "beat", "heartbeat_period", "held_tags", "orphans", "sweep"]
