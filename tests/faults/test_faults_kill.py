@@ -161,3 +161,30 @@ def test_kill_during_table_step(step, how, celery_workers, fused_options, tmp_pa
     assert_no_partial_table(out)
     print(f"[{step} {how}] killed {what} after {at} tasks; done in "
           f"{time.monotonic() - t0:.1f} s")  # fmt: skip
+
+
+@fused.udf
+def long_counted(x: int, folder: str, seconds: float = 6.0):
+    import os
+    import time
+
+    with open(os.path.join(folder, str(x)), "a") as fh:
+        fh.write("r")
+    time.sleep(seconds)
+    return x
+
+
+def test_live_workers_entries_are_never_given_away(celery_workers, fused_options, tmp_path,
+                                                   monkeypatch):  # fmt: skip
+    """Entries running for three heartbeat timeouts on live workers run once: only a dead
+    worker's messages are given back."""
+    monkeypatch.setattr(options.show, "enable_tqdm", False)
+    celery_workers(n=2, concurrency=2, env=WORKER_ENV)
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    pool = long_counted.map([{"x": i, "folder": str(folder)} for i in range(4)], engine="remote")
+    pool.wait(timeout=120)
+    assert pool.results() == [0, 1, 2, 3]
+    runs = run_counts(folder)
+    print(f"[live workers] runs per entry: {dict(runs)}")
+    assert runs == {0: 1, 1: 1, 2: 1, 3: 1}
