@@ -1,7 +1,9 @@
 """The runners of the map step: :func:`make_map_run` (its run, also as one step of a job),
 :func:`submit_map` (on the cluster, through :mod:`fused_celery.jobs.celery_driver`) and
 :func:`run_map` (on this machine, through :mod:`fused_celery.jobs.local_driver`); all run
-:data:`~fused_celery.steps.map_stages.MAP_STEP`."""
+:data:`~fused_celery.steps.map_stages.MAP_STEP`. ``submit_map`` and ``run_map`` make the run with
+the ``make_run`` registered for the step's type, so steps built on the map stages (the join)
+run through them too."""
 
 from __future__ import annotations
 
@@ -73,6 +75,14 @@ def make_map_run(
     )
 
 
+def _make_run(step: Any, output: str | None, **kwargs: Any) -> MapRun:
+    """The run of ``step`` by the ``make_run`` registered for its type (the map step's, or a
+    step built on its stages, e.g. the join)."""
+    from fused_celery.jobs.runners import runner_for
+
+    return runner_for(step.type).load("make_run")(step, output, **kwargs)
+
+
 def submit_map(
     step: MapJobStepConfig,
     output: str | None,
@@ -92,7 +102,7 @@ def submit_map(
 
     queue = instance_type or DEFAULT_QUEUE
     check_reachable(options.broker_url)
-    run = make_map_run(step, output, job_id=uuid.uuid4().hex, overwrite=overwrite)
+    run = _make_run(step, output, job_id=uuid.uuid4().hex, overwrite=overwrite)
     record = celery_driver.submit(
         run,
         queue=queue,
@@ -100,7 +110,8 @@ def submit_map(
         instance_type=instance_type,
         output=run.config.output,
         config={**run.config.model_dump(mode="json"), **(extra or {})},
-        message=f"submitted: map {run.config.input} -> {run.config.output} on queue {queue!r}",
+        message=f"submitted: {step.type} {run.config.input} -> {run.config.output} on queue "
+        f"{queue!r}",
     )
     return RunResponse.from_record(record)
 
@@ -117,6 +128,6 @@ def run_map(
     from fused_celery.jobs.local_driver import run_stages
     from fused_celery.table import open_table
 
-    run = make_map_run(step, output, job_id=uuid.uuid4().hex, overwrite=overwrite)
+    run = _make_run(step, output, job_id=uuid.uuid4().hex, overwrite=overwrite)
     done = run_stages(run, engine=engine)
     return open_table(done.config.output)

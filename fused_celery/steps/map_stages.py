@@ -70,6 +70,16 @@ class MapRun(StageRun):
 
         return TableWriter.from_dict(self.writer)
 
+    def chunk_output(
+        self, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None, *, where: str
+    ) -> gpd.GeoDataFrame | None:
+        """The output of one input chunk (:func:`output_frame` of the UDF on it); a step whose
+        chunk work differs (the join) overrides this and reuses the rest of the stages."""
+        udf = require_udf(self.config)
+        frame = read_chunk(self.config.input, meta, chunks)
+        value = call_udf(udf, chunk_kwargs(udf, frame, meta), where=where, run=self)
+        return output_frame(value, frame.crs, where=where)
+
 
 def chunk_metadata_dict(meta: ChunkMetadata) -> dict[str, Any]:
     """What the UDF's ``metadata`` parameter receives: file_id, chunk_id, bbox, num_rows."""
@@ -214,13 +224,11 @@ def describe_map(run: MapRun, items: Sequence[list[dict[str, Any]]]) -> str:
 def map_chunk(
     run: MapRun, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None = None
 ) -> dict[str, Any]:
-    """Run the UDF on one chunk and stage its output; returns its ``rows``, ``crs`` (PROJJSON
-    text or None), ``geometry`` (column name) and ``schema``. chunks: as :func:`read_chunk`."""
-    udf = require_udf(run.config)
+    """Run the UDF on one chunk (``run.chunk_output``) and stage its output; returns its
+    ``rows``, ``crs`` (PROJJSON text or None), ``geometry`` (column name) and ``schema``.
+    chunks: as :func:`read_chunk`."""
     where = f"chunk {meta['file_id']}/{meta['chunk_id']}"
-    frame = read_chunk(run.config.input, meta, chunks)
-    value = call_udf(udf, chunk_kwargs(udf, frame, meta), where=where, run=run)
-    out = output_frame(value, frame.crs, where=where)
+    out = run.chunk_output(meta, chunks, where=where)
     info = {"file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "rows": 0}
     if out is None:
         return info
