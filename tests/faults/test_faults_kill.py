@@ -134,9 +134,21 @@ def map_step(table: str, out: str) -> Any:
     return fused.map(table, udf=slow_double, output_table=out, chunks_per_task=1)
 
 
-#: Job steps over a table that the map fault test runs: name -> step(table, output). A join step
-#: is one more line here once it exists.
-TABLE_STEPS = {"map": map_step}
+@fused.udf
+def slow_join(left, right, metadata=None):
+    import time
+
+    time.sleep(0.05)
+    return left.assign(v=left["v"] * 2)
+
+
+def join_step(table: str, out: str) -> Any:
+    return fused.join(table, table, udf=slow_join, output_table=out, chunks_per_task=1)
+
+
+#: Job steps over a table that the table-step fault test runs: name -> step(table, output), each
+#: writing every input row once with ``v`` doubled. A new step type is one more line here.
+TABLE_STEPS = {"map": map_step, "join": join_step}
 
 
 @pytest.mark.parametrize("step", sorted(TABLE_STEPS))
