@@ -29,7 +29,9 @@ Then it measures, with the implementations interleaved and every throughput figu
   calls of all runs;
 * (d) client memory of a 100,000-entry pool (submit + wait + ``results()``, unbatched), in a
   fresh subprocess: peak RSS over the RSS after imports and one warm-up call (``ru_maxrss``);
-  with ``--tracemalloc`` also the ``tracemalloc`` peak, in a second subprocess;
+  with ``--tracemalloc`` also the ``tracemalloc`` peak, in a second subprocess; and Redis
+  memory per finished entry (``used_memory`` after the pool finished, minus before it was
+  submitted, divided by the entries: what a finished pool's record costs until it expires);
 * (e) the broker's own floor: a bare kombu loop (no Celery, no worker, no result) that publishes
   ``--n`` messages to a queue and consumes them in one process, and a bare Redis round trip
   (``LPUSH`` + ``BRPOP``), on the plain Redis: what no Celery-based dispatch can go below.
@@ -333,7 +335,11 @@ def pool_latency(n: int, offset: int) -> list[float]:
 
 def memory_child(n: int, trace: bool) -> dict[str, Any]:
     """In a fresh process: memory for an ``n``-entry pool (submit + wait + results)."""
+    import redis
+
     trivial(0, engine="remote", cache=False)  # warm imports and connections
+    server = redis.Redis.from_url(fc_options.broker_url)
+    redis_before = server.info("memory")["used_memory"]
     base = rss_mb()
     if trace:
         tracemalloc.start()
@@ -343,6 +349,7 @@ def memory_child(n: int, trace: bool) -> dict[str, Any]:
     values = pool.results()
     seconds = time.perf_counter() - started
     out = {"seconds": seconds, "rows": len(values), "ok": sum(values) == n * (n - 1) // 2}
+    out["redis_bytes_per_entry"] = (server.info("memory")["used_memory"] - redis_before) / n
     if trace:
         out["traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
@@ -429,6 +436,11 @@ def table(res: dict[str, Any], n: int, lat_n: int, mem_n: int) -> str:
         f"(d) client memory, {mem_n:,}-entry pool: peak RSS over baseline, MiB", "—", "—",
         f"{rss:,.0f}" if rss is not None else "n/a", "—", "≤ 500 MB",
         None if rss is None else rss * 1.048576 <= 500,
+    )  # fmt: skip
+    per_entry = mem.get("redis_bytes_per_entry")
+    row(
+        "(d) Redis memory per finished entry, bytes", "—", "—",
+        f"{per_entry:,.0f}" if per_entry is not None else "n/a", "—", "—", None,
     )  # fmt: skip
     row(
         "(d) client memory: tracemalloc peak, MiB", "—", "—",

@@ -21,6 +21,9 @@ Settings and why (see ARCHITECTURE.md, "Reliability choices"):
   it: ``broker_transport_options``, ``result_backend_transport_options`` and the top-level
   ``visibility_timeout`` setting (celery/celery#7651, docs PR #9264). The unacked-restore sweep
   runs at ``visibility_timeout / 10`` (between 1 and 100 s) so a short timeout really is short.
+  A worker whose main process died gives its messages back much sooner: every worker
+  heartbeats and sweeps for messages no live worker holds (``WORKER_CONSUMER_STEPS``,
+  ``options.worker_heartbeat_timeout``).
 - ``result_expires`` = ``options.result_expires``; soft/hard limits from ``task_soft_time_limit``
   / ``task_time_limit``; ``task_track_started``; events on (``worker_send_task_events``,
   ``task_send_sent_event``) so Flower sees every task (the pool engine's publishing app,
@@ -70,25 +73,33 @@ TASK_MODULES = ["fused_celery.engines.celery.tasks", "fused_celery.jobs.celery_d
 #: The worker's consumer: Celery's, plus a report of refused (unsigned, wrongly signed) messages.
 WORKER_CONSUMER = "fused_celery.engines.celery.refused:RefusingConsumer"
 
+#: Consumer bootsteps every worker adds: its heartbeat, and the sweep that gives back the
+#: messages of dead workers (:mod:`fused_celery.engines.celery.liveness`).
+WORKER_CONSUMER_STEPS = ("fused_celery.engines.celery.liveness:Heartbeat",)
+
 _SECURITY_FIELDS = ("security_key", "security_certificate", "security_cert_store")
 
 
-def _restore_sweep(visibility_timeout: int) -> tuple[int, int]:
-    """(unacked_restore_interval, unacked_restore_throttle) giving a sweep every vt/10 s."""
+def _restore_sweep(visibility_timeout: int) -> tuple[int, int, int]:
+    """(unacked_restore_interval, unacked_restore_throttle, unacked_mutex_expire) giving a
+    sweep every vt/10 s, whose lock outlives a sweep that died holding it by at most
+    max(10 s, two sweep periods) (kombu's default, 300 s, let a worker SIGKILLed during its
+    sweep block every other worker's sweep for 5 minutes)."""
     period = max(1, min(100, visibility_timeout // 10))
     interval = max(1, min(10, period))
     throttle = max(1, period // interval)
-    return interval, throttle
+    return interval, throttle, max(10, 2 * period)
 
 
 def celery_config() -> dict[str, Any]:
     """The Celery settings derived from the current ``options`` (a plain dict)."""
     vt = int(options.visibility_timeout)
-    interval, throttle = _restore_sweep(vt)
+    interval, throttle, mutex_expire = _restore_sweep(vt)
     broker_transport = {
         "visibility_timeout": vt,
         "unacked_restore_interval": interval,
         "unacked_restore_throttle": throttle,
+        "unacked_mutex_expire": mutex_expire,
         "socket_connect_timeout": 5,
     }
     return {
@@ -207,6 +218,8 @@ def _build(config: dict[str, Any], *, include_tasks: bool) -> Celery:
     )
     celery.conf.update(config)
     _setup_serializers(celery, config)
+    if include_tasks:  # the workers' app
+        celery.steps["consumer"].update(WORKER_CONSUMER_STEPS)
     return celery
 
 

@@ -168,6 +168,8 @@ class Options(BaseSettings):
     cache_dir: folder of the local engine's result cache (default ``~/.cache/fused-celery/udf``).
     s3_endpoint_url: endpoint of an S3-compatible server, e.g. ``http://127.0.0.1:9000`` (default
         None: AWS S3). ``http://`` turns TLS off.
+    s3_max_attempts: attempts of an S3 request before it fails (default 10: with the AWS SDK's
+        exponential backoff, about 13 s, so a storage outage of a few seconds is ridden out).
     s3_region: region of the buckets (default None: asked of S3 per bucket, or ``us-east-1``
         when ``s3_endpoint_url`` is set).
     aws_access_key_id / aws_secret_access_key / aws_session_token: S3 credentials (default None:
@@ -184,6 +186,11 @@ class Options(BaseSettings):
         planned exactly (default 300,000; chunks a sampled plan leaves over their maximum are
         split with the exact rows when written).
     job_watchdog_interval: seconds between a job's watchdog checks (default 15).
+    worker_heartbeat_timeout: seconds after which a worker that stopped heartbeating counts as
+        dead (default 30): the messages it held (its ``running`` entries, its chord members) go
+        back to their queue within two such timeouts, instead of after ``visibility_timeout``.
+        A worker that cannot reach Redis, or whose main process is stalled, for that long counts
+        as dead too (its work may then run twice; results are still recorded once).
     join_cache_bytes: bytes of right-side rows a join keeps per worker process (an LRU of
         right chunks, or the one right file of ``join_singlefile``, which must fit; default
         512 MiB).
@@ -286,6 +293,7 @@ class Options(BaseSettings):
     show: ShowOptions = Field(default_factory=ShowOptions)
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    s3_max_attempts: int = Field(default=10, ge=1)
     aws_access_key_id: str | None = None
     aws_secret_access_key: SecretStr | None = None
     aws_session_token: SecretStr | None = None
@@ -295,6 +303,7 @@ class Options(BaseSettings):
     job_watchdog_interval: float = Field(default=15.0, gt=0)
     join_cache_bytes: int = Field(default=512 << 20, ge=1)
     job_stall_timeout: float | None = Field(default=None, gt=0)
+    worker_heartbeat_timeout: float = Field(default=30.0, gt=0)
     worker_preload: list[str] = Field(
         default_factory=lambda: ["pandas", "pyarrow.parquet", "shapely", "geopandas"]
     )

@@ -183,6 +183,7 @@ def _s3_filesystem(bucket: str) -> pafs.S3FileSystem:
         options.aws_access_key_id,
         _secret(options.aws_secret_access_key),
         _secret(options.aws_session_token),
+        options.s3_max_attempts,
     )
     with _fs_lock:
         fs = _fs_cache.get(key)
@@ -193,6 +194,11 @@ def _s3_filesystem(bucket: str) -> pafs.S3FileSystem:
                 "scheme": scheme,
                 # Small objects go as one PutObject instead of a multipart upload.
                 "allow_delayed_open": True,
+                # Connection errors are retried with exponential backoff (an outage of a few
+                # seconds is ridden out; pyarrow's default gives up after 3 attempts).
+                "retry_strategy": pafs.AwsDefaultS3RetryStrategy(
+                    max_attempts=options.s3_max_attempts
+                ),
             }
             if options.aws_access_key_id:
                 kwargs["access_key"] = options.aws_access_key_id

@@ -22,10 +22,12 @@ value and the Redis chord counts it once.
 
 Cancellation is the job's durable flag (``JobRecord.request_cancel``), never a revoke: a revoked
 chord member would leave its chord hanging. Members check the flag before working; the next
-callback discards and ends the job ``Canceled``. The watchdog ends a job ``Failed`` when it makes
-no progress (no task finished, no heartbeat) for ``options.resolved_job_stall_timeout`` seconds —
-a member killed by the hard time limit, a chord that lost a member — and finishes a cancel that
-no callback picked up. Failed, cancelled and stalled jobs are discarded (the sequence's
+callback discards and ends the job ``Canceled``. The watchdog sends again a member whose message
+was lost (:func:`_resend_lost`; a dead worker's messages are given back by the workers'
+heartbeat sweep, :mod:`fused_celery.engines.celery.liveness`), ends a job ``Failed`` when it
+makes no progress (no task finished, no heartbeat) for ``options.resolved_job_stall_timeout``
+seconds — a member killed by the hard time limit, a queue no worker serves — and finishes a
+cancel that no callback picked up. Failed, cancelled and stalled jobs are discarded (the sequence's
 ``discard``: for a table, no table is left; a committed one from an earlier run is untouched).
 
 ``run.ignore_errors``: failed members are left out and listed in the job's result (``failed``)
@@ -35,16 +37,18 @@ instead of failing the job; a stage whose members all failed still fails it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from celery import chord
+from celery import chord, group
 
 from fused_celery.autoscale.cost import UNKNOWN
 from fused_celery.celery_app import app, get_app
+from fused_celery.engines.celery.lost import missing_messages
 from fused_celery.errors import JobNotFoundError
 from fused_celery.jobs.stages import (
     FailedItem,
@@ -60,6 +64,7 @@ from fused_celery.jobs.stages import (
 from fused_celery.options import options
 from fused_celery.queues import parse_queue, queue_name
 from fused_celery.state import workers
+from fused_celery.state.connection import redis_client
 from fused_celery.state.job_record import JobRecord
 from fused_celery.state.statuses import JOB_CANCELED, JOB_DONE, JOB_FAILED
 
@@ -164,6 +169,25 @@ def _guarded(
         _end(record, seq, run, JOB_FAILED, f"{what}: {error_text(exc)}")
 
 
+def _group_id(job_id: str, stage: str) -> str:
+    """The chord's group id of ``stage`` (deterministic, so the watchdog can re-send a member)."""
+    return f"{job_id}-{stage}-group"
+
+
+def _body(target: str, data: dict[str, Any], stage: str, queue: str) -> Any:
+    """The chord callback of ``stage`` (what each header member carries as its ``chord``)."""
+    return _sig(COLLECT, (target, data, stage, queue), queue).set(
+        task_id=f"{data['job_id']}-{stage}-collect"
+    )
+
+
+def _member(target: str, data: dict[str, Any], stage: str, item: Any, key: str, queue: str) -> Any:
+    """The signature of the member ``key`` of ``stage``."""
+    return _sig(MEMBER, (target, data, stage, item, key), queue).set(
+        task_id=f"{data['job_id']}-{stage}-{key}"
+    )
+
+
 def _launch(
     record: JobRecord,
     target: str,
@@ -172,7 +196,8 @@ def _launch(
     items: Sequence[Any],
     queue: str,
 ) -> None:
-    """Start ``stage`` (once: the record's guard) as a chord of one member per item."""
+    """Start ``stage`` (once: the record's guard) as a chord of one member per item; keep what
+    it was launched with in the record (:meth:`JobRecord.put_launch`), for :func:`_resend_lost`."""
     keys = [stage.key_of(i, item) for i, item in enumerate(items)]
     if len(set(keys)) != len(keys):
         raise ValueError(f"stage {stage.name!r} has items with the same key: {keys[:20]}")
@@ -182,21 +207,78 @@ def _launch(
         record.log(stage.describe(run, items))
     data = run.model_dump(mode="json")
     job = run.job_id
-    body = _sig(COLLECT, (target, data, stage.name, queue), queue).set(
-        task_id=f"{job}-{stage.name}-collect"
-    )
-    header = [
-        _sig(MEMBER, (target, data, stage.name, item, key), queue).set(
-            task_id=f"{job}-{stage.name}-{key}"
-        )
-        for item, key in zip(items, keys)
-    ]
+    body = _body(target, data, stage.name, queue)
+    header = [_member(target, data, stage.name, item, key, queue) for item, key in zip(items, keys)]
     if header:
-        chord(header)(body)
+        record.put_launch(
+            stage.name, {"data": data, "members": [[k, jsonable(i)] for k, i in zip(keys, items)]}
+        )
+        chord(group(header, task_id=_group_id(job, stage.name)))(body)
     else:  # nothing to fan out: the callback at once, with no results
         _sig(COLLECT, ([], target, data, stage.name, queue), queue).apply_async(
             task_id=f"{job}-{stage.name}-collect"
         )
+
+
+def _resend_lost(record: JobRecord, target: str, stage: str, queue: str) -> list[str]:
+    """Send again what ``stage`` waits for and no worker holds nor queue has: its members, or,
+    once every member finished, its chord callback (the collect).
+
+    A message can vanish without a trace: kombu pops it (BRPOP) and records it as
+    unacknowledged a moment later, and a worker killed in between, or a Redis that lost its last
+    second, loses it. A callback can also never be sent: the worker that finished the last
+    member claims the callback for a few seconds before publishing it, and if it dies then, the
+    member's redelivery may come while the claim still holds. The watchdog calls this while the
+    job makes no progress. A member that is not finished, or the callback of a stage whose
+    members all finished, whose message is in neither the queue nor kombu's unacknowledged hash
+    (where a dead worker's messages stay until :mod:`fused_celery.engines.celery.liveness`
+    gives them back) is a suspect; a suspect again at the next check is sent again: a member
+    with the same task id, group and index, so the chord counts it once (members are
+    idempotent); a callback with the members' stored results (its work is guarded by
+    ``start_stage``, so a second one does nothing). Returns the task ids sent.
+    """
+    launch = record.launch(stage)
+    if launch is None:
+        return []
+    data, members = launch["data"], launch["members"]
+    done = record.finished_keys()
+    job = record.job_id
+    pending = {
+        f"{job}-{stage}-{key}": (i, key, item)
+        for i, (key, item) in enumerate(members)
+        if f"{stage}:{key}" not in done
+    }
+    collect_id = f"{job}-{stage}-collect"
+    wanted = set(pending) or {collect_id}
+    missing = missing_messages(redis_client(options.broker_url or ""), queue, wanted) or set()
+    before = set(json.loads(record.get_field("lost_suspects") or "{}").get(stage, []))
+    again = sorted(missing & before)
+    record.set_fields(lost_suspects=json.dumps({stage: sorted(missing - before)}))
+    if not again:
+        return []
+    if again == [collect_id]:
+        results, backend = [], get_app().backend
+        for key, _ in members:
+            meta = backend.get_task_meta(f"{job}-{stage}-{key}")
+            if meta.get("status") != "SUCCESS":
+                return []  # a result expired or never stored: the stall timeout decides
+            results.append(meta["result"])
+        _sig(COLLECT, (results, target, data, stage, queue), queue).apply_async(task_id=collect_id)
+        record.log(f"stage {stage}: sent its callback again (it was lost)", level="WARNING")
+        return again
+    body = _body(target, data, stage, queue)
+    gid = _group_id(job, stage)
+    for task_id in again:
+        i, key, item = pending[task_id]
+        _member(target, data, stage, item, key, queue).set(
+            group_id=gid, group_index=i, chord=body
+        ).apply_async()
+    record.log(
+        f"stage {stage}: sent again {len(again)} member(s) whose message was lost: "
+        + ", ".join(pending[t][1] for t in again[:10]),
+        level="WARNING",
+    )
+    return again
 
 
 def _check(
@@ -394,6 +476,11 @@ def watchdog(target: str, data: dict[str, Any], queue: str) -> None:
             f"queue {queue!r}",
         )
         return
+    if idle > interval and snap.stage and not snap.cancel_requested:
+        try:
+            _resend_lost(record, target, snap.stage, queue)
+        except Exception:  # noqa: BLE001 - the watchdog goes on; the stall timeout still holds
+            logger.exception("job %s: looking for lost members failed", record.job_id)
     _sig(WATCHDOG, (target, data, queue), queue).apply_async(countdown=interval)
 
 

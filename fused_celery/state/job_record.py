@@ -360,6 +360,21 @@ class JobRecord:
         """Heartbeat: set ``last_progress_at`` to now."""
         self._run(scripts.job_set_fields, fields=())
 
+    def put_launch(self, stage: str, launch: dict[str, Any]) -> bool:
+        """Keep what stage ``stage``'s chord was launched with (JSON-able ``launch``: the run's
+        data and the ``[key, item]`` of each member), for :meth:`launch`. False on a terminal
+        job (nothing kept)."""
+        return bool(self._run(scripts.job_put_launch, stage=stage, value=json.dumps(launch)))
+
+    def launch(self, stage: str) -> dict[str, Any] | None:
+        """What :meth:`put_launch` kept for ``stage`` (None when nothing was)."""
+        raw = self.client.hget(self.keys["members"], stage)
+        return json.loads(raw) if raw else None
+
+    def finished_keys(self) -> set[str]:
+        """Keys of the finished tasks (done or failed)."""
+        return set(self.client.smembers(self.keys["done"]))
+
     def set_fields(self, **fields: str | int | float) -> None:
         """Set small extra ``meta`` fields (e.g. ``stage_deadline``); names the record manages
         itself (``RESERVED_FIELDS``) are refused."""

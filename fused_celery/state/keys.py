@@ -84,6 +84,9 @@ key              type     holds
                           ``MAX_ERRORS`` tasks kept)
 ``J:logs``       list     JSON ``{seq, ts_ms, level, message}`` per line, oldest first; the newest
                           ``MAX_LOG_LINES`` are kept
+``J:members``    hash     stage name -> JSON ``{"data": run, "members": [[key, item], ...]}`` of
+                          the stage's chord as launched, so that the watchdog can send again a
+                          member whose message was lost (``JobRecord.put_launch``)
 ``fc:jobs``      zset     job id -> creation time (``get_jobs``; the newest ``MAX_INDEXED_JOBS``
                           are kept, ids whose record expired are dropped when met)
 ================ =======  =========================================================================
@@ -100,8 +103,11 @@ key                         type    holds
 ==========================  ======  =============================================================
 ``fc:consumers:<queue>``    zset    worker hostname -> time of its latest heartbeat (every few
                                     seconds while it consumes ``queue``; removed at shutdown)
-``fc:worker:<hostname>``    string  JSON ``{queues, concurrency, instance_type, started}`` of a
+``fc:workerinfo:<host>``    string  JSON ``{queues, concurrency, instance_type, started}`` of a
                                     worker (for per-job cost), kept ``result_expires`` seconds
+``fc:worker:<hostname>``    set     kombu delivery tags of the messages the worker holds, with a
+                                    heartbeat TTL (:mod:`~fused_celery.engines.celery.liveness`)
+``fc:workers``              set     hostnames of workers that heartbeat their messages
 ``fc:autoscale:leader``     string  the acting autoscaler's id, with a TTL (the leader lock)
 ``fc:autoscale:group:<q>``  hash    what the autoscaler remembers of queue ``q``'s group:
                                     ``current``, ``last_change``, ``idle_since``
@@ -216,7 +222,7 @@ def tombstone_ttl() -> int:
 JOBS_INDEX = f"{PREFIX}:jobs"
 
 #: Parts of a job record (the job scripts of :mod:`fused_celery.state.scripts` name them).
-JOB_PARTS: tuple[str, ...] = ("meta", "stages", "done", "failed", "errors", "logs")
+JOB_PARTS: tuple[str, ...] = ("meta", "stages", "done", "failed", "errors", "logs", "members")
 
 
 def job_key(job_id: str, part: str) -> str:
@@ -240,9 +246,10 @@ def consumers_key(queue: str) -> str:
     return f"{PREFIX}:consumers:{queue}"
 
 
-def worker_key(hostname: str) -> str:
-    """The description of worker ``hostname`` (JSON)."""
-    return f"{PREFIX}:worker:{hostname}"
+def worker_info_key(hostname: str) -> str:
+    """The description of worker ``hostname`` (JSON: its queues and slots, for the autoscaler;
+    apart from :func:`worker_key`, the liveness heartbeat's set of held messages)."""
+    return f"{PREFIX}:workerinfo:{hostname}"
 
 
 def autoscale_group_key(queue: str) -> str:
@@ -253,3 +260,18 @@ def autoscale_group_key(queue: str) -> str:
 def autoscale_local_key(queue: str) -> str:
     """The local actuator's workers of ``queue`` (a hash: hostname -> pid)."""
     return f"{PREFIX}:autoscale:local:{queue}"
+
+
+# --------------------------------------------------------------------------- workers
+
+#: Workers that heartbeat: a set of hostnames (a hostname whose heartbeat expired is removed by
+#: the sweep that finds it gone). ``fc:worker:<hostname>`` (:func:`worker_key`), a set, holds
+#: the kombu delivery tags of the messages that worker holds (plus :data:`PLACEHOLDER`), with a
+#: TTL of ``options.worker_heartbeat_timeout``, rewritten while the worker lives (see
+#: :mod:`fused_celery.engines.celery.liveness`). Both live in the broker's Redis.
+WORKERS_INDEX = f"{PREFIX}:workers"
+
+
+def worker_key(hostname: str) -> str:
+    """The heartbeat key of worker ``hostname`` (its node name, ``name@host``)."""
+    return f"{PREFIX}:worker:{hostname}"

@@ -59,7 +59,7 @@ def heartbeat(
         "instance_type": info.instance_type,
         "started": info.started,
     }
-    pipe.set(keys.worker_key(info.hostname), json.dumps(body), ex=ttl or keys.record_ttl())
+    pipe.set(keys.worker_info_key(info.hostname), json.dumps(body), ex=ttl or keys.record_ttl())
     pipe.execute()
 
 
@@ -91,7 +91,7 @@ def describe(client: redis.Redis, hostnames: Sequence[str]) -> dict[str, WorkerI
     if not names:
         return {}
     found: dict[str, WorkerInfo] = {}
-    for name, raw in zip(names, client.mget([keys.worker_key(h) for h in names])):
+    for name, raw in zip(names, client.mget([keys.worker_info_key(h) for h in names])):
         if not raw:
             continue
         data = json.loads(raw)

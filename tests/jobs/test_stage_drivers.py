@@ -4,11 +4,13 @@ local engine and in this process."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
 
 import pytest
+import redis
 import toy_stages as toy
 
 from fused_celery.errors import ColumnNotFoundError
@@ -16,7 +18,7 @@ from fused_celery.jobs import celery_driver
 from fused_celery.jobs.local_driver import run_stages
 from fused_celery.jobs.response import RunResponse
 from fused_celery.jobs.stages import FailedItem, MemberOutcome
-from fused_celery.options import DEFAULT_QUEUE
+from fused_celery.options import DEFAULT_QUEUE, options
 from fused_celery.state.job_record import JobRecord
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -185,3 +187,54 @@ def test_job_to_an_unserved_queue_fails_fast(fused_options, toy_path, tmp_path):
         )
     with pytest.raises(JobNotFoundError):
         JobRecord.open(run.job_id)
+
+
+def _drop_message(client, queue: str, task_id: str) -> bool:
+    """Remove the message of ``task_id`` from ``queue`` (a message lost on its way)."""
+    for raw in client.lrange(queue, 0, -1):
+        if json.loads(raw)["headers"]["id"] == task_id:
+            return client.lrem(queue, 1, raw) == 1
+    return False
+
+
+def test_watchdog_sends_a_lost_member_again(celery_workers, fused_options, toy_path, tmp_path,
+                                            monkeypatch):  # fmt: skip
+    monkeypatch.setattr(options, "job_watchdog_interval", 0.5)
+    env = {**toy_path, "FUSED_CELERY_JOB_WATCHDOG_INTERVAL": "0.5"}
+    celery_workers(n=1, concurrency=1, env=env)
+    run = new_run(tmp_path, n=6, gate=True)
+    resp = submit(run)
+    client = redis.Redis.from_url(options.broker_url)
+    deadline = time.monotonic() + 60
+    lost = f"{run.job_id}-square-4"
+    while not _drop_message(client, DEFAULT_QUEUE, lost):  # member 0 waits at the gate
+        assert time.monotonic() < deadline, "the square stage was not launched"
+        time.sleep(0.02)
+    (tmp_path / "open").write_text("")
+    resp.wait_for_job(timeout=60)
+    assert resp.get_results()["total"] == sum(x * x for x in range(6))
+    assert toy.count(str(tmp_path), "member-square") == 6  # the lost one ran once, when re-sent
+    assert any("sent again 1 member(s)" in line for line in resp.get_logs())
+
+
+def test_watchdog_sends_a_lost_callback_again(cluster, tmp_path, monkeypatch):
+    run = new_run(tmp_path, n=4)
+    record = JobRecord.create(
+        job_id=run.job_id, name=None, kind=toy.KIND, instance_type=None, output=None, config={}
+    )
+    record.start_stage("square", 4)  # the stage ran, its callback never came:
+    data = run.model_dump(mode="json")
+    record.put_launch("square", {"data": data, "members": [[str(x), x] for x in range(4)]})
+    backend = celery_driver.get_app().backend
+    for x in range(4):
+        value = MemberOutcome(key=str(x), status="ok", value=x * x).model_dump(mode="json")
+        backend.store_result(f"{run.job_id}-square-{x}", value, "SUCCESS")
+        record.task_done(f"square:{x}")
+    first = celery_driver._resend_lost(record, toy.TARGET, "square", DEFAULT_QUEUE)
+    assert first == []  # a suspect; sent at the next check if still nowhere
+    again = celery_driver._resend_lost(record, toy.TARGET, "square", DEFAULT_QUEUE)
+    assert again == [f"{run.job_id}-square-collect"]
+    resp = RunResponse.from_record(record)
+    resp.wait_for_job(timeout=60)
+    assert resp.get_results()["total"] == 0 + 1 + 4 + 9
+    assert toy.count(str(tmp_path), "collect-square") == 1

@@ -216,6 +216,7 @@ def test_expiry(fused_options: object, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(options, "result_expires", 1)
     record = new_job()
     record.start_stage("prepare", 2)
+    record.put_launch("prepare", {"data": {}, "members": [["0", 0], ["1", 1]]})
     record.task_failed("prepare:0", "boom")
     client = redis.Redis.from_url(record.url, decode_responses=True)
     for key in job_keys(record.job_id).values():

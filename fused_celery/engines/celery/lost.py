@@ -20,6 +20,8 @@ _PENDING_PREFIX = f"{PENDING}|"
 #: kombu's Redis transport: the hash of delivered-but-unacknowledged messages, and the suffixes
 #: of a queue's priority lists (``queue``, ``queue\x06\x163``, ...; PRIORITY_STEPS 0, 3, 6, 9).
 KOMBU_UNACKED = "unacked"
+#: kombu's Redis transport: delivery tag -> time delivered, of the messages in ``unacked``.
+KOMBU_UNACKED_INDEX = "unacked_index"
 KOMBU_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 #: A queue longer than this is not scanned for lost messages (too costly to do in passing).
@@ -35,6 +37,32 @@ def _message_id(raw: str) -> str | None:
         message = message[0] if message else {}
     headers = message.get("headers") if isinstance(message, dict) else None
     return headers.get("id") if isinstance(headers, dict) else None
+
+
+def missing_messages(broker: redis.Redis, queue: str, task_ids: set[str]) -> set[str] | None:
+    """The ids of ``task_ids`` whose message is in neither ``queue``'s lists nor kombu's
+    unacknowledged hash (None when the queue is longer than :data:`LOST_SCAN_MAX_QUEUE`).
+
+    Reads the queue before the unacknowledged hash, the order in which messages move. A worker
+    holds a message it has just popped for a moment before kombu records it as unacknowledged:
+    an id missing from one scan may be in transit; missing from two scans a few seconds apart,
+    it is lost (the worker died in that moment, or Redis lost it)."""
+    missing = set(task_ids)
+    if not missing:
+        return missing
+    names = [queue + suffix for suffix in KOMBU_PRIORITY_SUFFIXES]
+    lengths = [broker.llen(name) for name in names]
+    if sum(lengths) > LOST_SCAN_MAX_QUEUE:
+        return None
+    for name, length in zip(names, lengths):
+        for start in range(0, length, 1000):
+            for raw in broker.lrange(name, start, start + 999):
+                missing.discard(_message_id(raw) or "")
+            if not missing:
+                return missing
+    for raw in broker.hvals(KOMBU_UNACKED):
+        missing.discard(_message_id(raw) or "")
+    return missing
 
 
 def find_lost(
@@ -61,19 +89,9 @@ def find_lost(
             candidates.setdefault(tasks[field], []).append(int(field))
     if not candidates:
         return {}
-    names = [queue + suffix for suffix in KOMBU_PRIORITY_SUFFIXES]
-    lengths = [broker.llen(name) for name in names]
-    if sum(lengths) > LOST_SCAN_MAX_QUEUE:
+    missing = missing_messages(broker, queue, set(candidates))
+    if missing is None:
         return None
-    missing = set(candidates)
-    for name, length in zip(names, lengths):
-        for start in range(0, length, 1000):
-            for raw in broker.lrange(name, start, start + 999):
-                missing.discard(_message_id(raw) or "")
-            if not missing:
-                return {}
-    for raw in broker.hvals(KOMBU_UNACKED):
-        missing.discard(_message_id(raw) or "")
     if not missing:
         return {}
     positions = [p for t in missing for p in candidates[t]]

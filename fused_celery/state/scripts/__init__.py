@@ -395,6 +395,10 @@ job_set_fields = Script(
 job_add_cost = Script(
     "job_add_cost", keys=JOB_PARTS, argv=(*_JOB_ARGV, "field", "amount"), uses=("job_common",)
 )
+#: Keep what a stage's chord was launched with (for the watchdog's re-send of lost members).
+job_put_launch = Script(
+    "job_put_launch", keys=JOB_PARTS, argv=(*_JOB_ARGV, "stage", "value"), uses=("job_common",)
+)
 #: Read only: the log lines after a sequence number.
 job_logs_after = Script("job_logs_after", keys=("meta", "logs"), argv=("seq",))
 

@@ -3,7 +3,7 @@
 
 -- renew the TTL of every key of the job
 local function refresh()
-  for _, key in ipairs({K.meta, K.stages, K.done, K.failed, K.errors, K.logs}) do
+  for _, key in ipairs({K.meta, K.stages, K.done, K.failed, K.errors, K.logs, K.members}) do
     redis.call('EXPIRE', key, A.ttl)
   end
 end
