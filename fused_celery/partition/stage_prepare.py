@@ -25,6 +25,7 @@ from fused_celery.partition.read import (
     parquet_geo,
     read_parquet_table,
     read_slice,
+    stream_sequential,
 )
 from fused_celery.partition.row_report import RowReport
 from fused_celery.partition.run import IngestRun
@@ -86,8 +87,13 @@ def list_input_slices(
 
 
 def prepare_items(run: IngestRun) -> tuple[IngestRun, list[dict[str, Any]]]:
-    """The prepare fan-out: one item per input slice (its JSON); the run with ``n_slices``."""
+    """The prepare fan-out: one item per input slice (its JSON); the run with ``n_slices``.
+    A layer GDAL reads only sequentially is first streamed into Parquet slices in the work
+    folder (:func:`.read.stream_sequential`), in this task."""
     slices = list_input_slices(run.config, slice_rows=run.slice_rows)
+    slices = stream_sequential(
+        slices, run.config, storage.join(run.work, "streamed"), target_rows=run.slice_rows
+    )
     items = [s.model_dump(mode="json") for s in slices]
     return run.model_copy(update={"n_slices": len(slices)}), items
 
