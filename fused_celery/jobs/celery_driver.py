@@ -59,6 +59,7 @@ from fused_celery.jobs.stages import (
 from fused_celery.options import options
 from fused_celery.state.job_record import JobRecord
 from fused_celery.state.statuses import JOB_CANCELED, JOB_DONE, JOB_FAILED
+from fused_celery.task_display import stage_options
 
 __all__ = ["COLLECT", "MEMBER", "START", "WATCHDOG", "heartbeat", "submit"]
 
@@ -160,12 +161,14 @@ def _launch(
         record.log(stage.describe(run, items))
     data = run.model_dump(mode="json")
     job = run.job_id
+    shown = stage_options(run.kind, f"{stage.name}/collect", job)
     body = _sig(COLLECT, (target, data, stage.name, queue), queue).set(
-        task_id=f"{job}-{stage.name}-collect"
+        task_id=f"{job}-{stage.name}-collect", **shown
     )
     header = [
         _sig(MEMBER, (target, data, stage.name, item, key), queue).set(
-            task_id=f"{job}-{stage.name}-{key}"
+            task_id=f"{job}-{stage.name}-{key}",
+            **stage_options(run.kind, stage.name, job, key=key, item=item),
         )
         for item, key in zip(items, keys)
     ]
@@ -173,7 +176,7 @@ def _launch(
         chord(header)(body)
     else:  # nothing to fan out: the callback at once, with no results
         _sig(COLLECT, ([], target, data, stage.name, queue), queue).apply_async(
-            task_id=f"{job}-{stage.name}-collect"
+            task_id=f"{job}-{stage.name}-collect", **shown
         )
 
 
@@ -344,7 +347,9 @@ def watchdog(target: str, data: dict[str, Any], queue: str) -> None:
             f"queue {queue!r}",
         )
         return
-    _sig(WATCHDOG, (target, data, queue), queue).apply_async(countdown=interval)
+    _sig(WATCHDOG, (target, data, queue), queue).apply_async(
+        countdown=interval, **stage_options(run.kind, "watchdog", run.job_id)
+    )
 
 
 # --- client -----------------------------------------------------------------------------------
@@ -387,7 +392,11 @@ def submit(
             record.log(message)
         client = get_app(results=False)
         client.send_task(
-            START, args=(target, data, queue), queue=queue, task_id=f"{run.job_id}-start"
+            START,
+            args=(target, data, queue),
+            queue=queue,
+            task_id=f"{run.job_id}-start",
+            **stage_options(run.kind, "start", run.job_id),
         )
     except BaseException:
         with contextlib.suppress(Exception):
@@ -397,6 +406,10 @@ def submit(
                 record.delete()
         raise
     client.send_task(
-        WATCHDOG, args=(target, data, queue), queue=queue, countdown=options.job_watchdog_interval
+        WATCHDOG,
+        args=(target, data, queue),
+        queue=queue,
+        countdown=options.job_watchdog_interval,
+        **stage_options(run.kind, "watchdog", run.job_id),
     )
     return record
