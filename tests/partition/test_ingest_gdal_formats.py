@@ -26,6 +26,7 @@ import fused_celery as fused
 from fused_celery.errors import UnsupportedInputError
 from fused_celery.options import options
 from fused_celery.partition.read import list_slices, stream_sequential
+from fused_celery.partition.read.gdal import stream_slices
 from fused_celery.table import open_table
 
 
@@ -67,6 +68,11 @@ def test_a_sequential_layer_is_streamed_into_bounded_slices(tmp_path, monkeypatc
     ]
     names = [gpd.read_parquet(s.url)["name"].tolist() for s in streamed]
     assert sum(names, []) == [f"cafe {i}" for i in range(1, OSM_CAFES + 1)]
+    # One pass, one slice in memory: each file is written before the next features are read.
+    files = stream_slices(listed[0], str(tmp_path / "lazy"), target_rows=5, target_bytes=1 << 30)
+    first, rows = next(files)
+    assert rows == 5 and [p.name for p in (tmp_path / "lazy").iterdir()] == ["0-0.parquet"]
+    assert [n for _, n in files] == [5, 2]
     monkeypatch.setattr(options, "ingest_slice_rows", 5)
     table = fused.ingest(str(pbf)).run_local(str(tmp_path / "out"))
     assert table.num_rows == OSM_CAFES

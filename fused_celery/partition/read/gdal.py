@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 GDAL_SUFFIXES = (
     ".geojson", ".json", ".geojsonl", ".geojsons", ".gpkg", ".shp", ".fgb", ".zip", ".gml",
     ".kml", ".kmz", ".gpx", ".osm.pbf", ".pbf", ".osm", ".tab", ".mif", ".gdb", ".gdb.zip",
-    ".sqlite", ".gmt", ".xml",
+    ".sqlite", ".gmt",
 )  # fmt: skip
 """Suffixes read through GDAL without sniffing (other files are sniffed: :func:`sniff`)."""
 
