@@ -95,3 +95,13 @@ def test_remote_ingest_counts_drops_and_repairs_everywhere(on_shared_cluster, tm
     check_table(str(tmp_path / "out"))
     summary = [line for line in logs if "4 in, 3 out; dropped 1" in line]
     assert summary and any("clamped" in line for line in summary), logs
+
+
+def test_job_config_run_local_warns_per_ingest_step(tmp_path):
+    src = tmp_path / "in.parquet"
+    antimeridian_rows().to_parquet(src)
+    job = fused.JobConfig(steps=[fused.ingest(str(src), output=str(tmp_path / "out"))])
+    with pytest.warns(IngestRowsWarning, match=r"step 0 .*4 rows in, 3 out.*out_of_bounds"):
+        result = job.run_local()
+    check_report(result["steps"][0]["report"])
+    check_table(str(tmp_path / "out"))
