@@ -29,10 +29,30 @@ STEP_LABELS = {"partition_geospatial": "ingest", "map": "map", "udf": "udf", "co
 """Display prefixes of a job's run kinds (other kinds show as they are)."""
 
 
+_SCALARS = (int, float, bool, type(None))
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is a small dict of scalars and short strings, whose plain ``repr`` is
+    bounded (the common entry: about 10x cheaper than :mod:`reprlib`)."""
+    if type(value) is not dict or len(value) > 8:
+        return False
+    for k, v in value.items():
+        t = type(v)
+        if type(k) is not str or len(k) > 60:
+            return False
+        if t is str:
+            if len(v) > 60:
+                return False
+        elif t not in _SCALARS:
+            return False
+    return True
+
+
 def short_repr(value: Any, limit: int = MAX_REPR) -> str:
-    """``repr(value)`` bounded by :mod:`reprlib` and cut to ``limit`` characters (default
-    :data:`MAX_REPR`)."""
-    text = _short.repr(value)
+    """``repr(value)`` bounded by :mod:`reprlib` (plain ``repr`` for a small dict of scalars)
+    and cut to ``limit`` characters (default :data:`MAX_REPR`)."""
+    text = repr(value) if _plain(value) else _short.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -65,13 +85,14 @@ class PoolDisplay:
         more = f" +{len(positions) - 8}" if len(positions) > 8 else ""
         argsrepr = f"pool={self.pool_id} entries={shown}{more}"
         known = self.args or ()
-        args = [dict(known[p]) for p in positions[:3] if 0 <= p < len(known)]
+        args = [known[p] for p in positions[:3] if 0 <= p < len(known)]
         if not args:
             kwargsrepr = "{}"
         elif len(positions) == 1:
             kwargsrepr = short_repr(args[0])
         else:
-            kwargsrepr = short_repr(args)
+            more = ", ..." if len(positions) > len(args) else ""
+            kwargsrepr = "[" + ", ".join(short_repr(a, MAX_REPR // 3) for a in args) + more + "]"
         return {"shadow": self.shadow, "argsrepr": argsrepr, "kwargsrepr": kwargsrepr}
 
 
