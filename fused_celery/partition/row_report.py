@@ -5,6 +5,7 @@ everywhere a user looks: the job log, ``get_results()["report"]``, the table's m
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -63,18 +64,11 @@ class RowReport(BaseModel):
 
     @classmethod
     def of(cls, report: PrepareReport) -> RowReport:
-        """The counts of one prepared frame's :class:`~.prepare.PrepareReport`."""
-        return cls(
-            input_rows=report.input_rows,
-            output_rows=report.output_rows,
-            dropped_null_geometries=report.dropped_null_geometries,
-            dropped_out_of_bounds=report.dropped_out_of_bounds,
-            made_valid=report.made_valid,
-            clamped_to_bounds=report.clamped_to_bounds,
-            subdivided_rows=report.subdivided_rows,
-            exploded_rows_added=report.exploded_rows_added,
-            reprojected_from=(report.reprojected_from,) if report.reprojected_from else (),
-        )
+        """The counts of one prepared frame's :class:`~.prepare.PrepareReport` (its notes left
+        out)."""
+        counts = {k: v for k, v in dataclasses.asdict(report).items() if k in COUNTERS}
+        crs = report.reprojected_from
+        return cls(**counts, reprojected_from=(crs,) if crs else ())
 
     @classmethod
     def total(cls, reports: Iterable[RowReport]) -> RowReport:
@@ -106,3 +100,7 @@ class RowReport(BaseModel):
                 parts = ", ".join(f"{n} {names[k]}" for k, n in counts.items())
                 text += f"; {label} {sum(counts.values())} ({parts})"
         return text
+
+
+COUNTERS = frozenset(n for n, f in RowReport.model_fields.items() if f.annotation in (int, "int"))
+"""The integer counters of :class:`RowReport` (what :meth:`RowReport.of` copies)."""
