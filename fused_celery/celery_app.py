@@ -40,6 +40,7 @@ import threading
 from typing import Any
 
 from celery import Celery, signals
+from celery.app.amqp import AMQP
 
 from fused_celery.errors import SigningConfigError
 from fused_celery.options import DEFAULT_QUEUE, options
@@ -180,11 +181,27 @@ def time_limits() -> tuple[float, float]:
     return soft, hard
 
 
+class DisplayAMQP(AMQP):
+    """Celery's AMQP, with the ``task-sent`` event of a message that has a display name
+    (``shadow``, see :mod:`fused_celery.task_display`) naming it by that name. Celery puts the
+    real task name there; when that event reaches Flower after the worker's ``task-received``
+    (a publisher and a worker do not share an event stream), Flower replaces the display name
+    with the real one. The message itself is unchanged."""
+
+    def as_task_v2(self, task_id: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        message = super().as_task_v2(task_id, name, *args, **kwargs)
+        shadow = message.headers.get("shadow")
+        if shadow and message.sent_event is not None:
+            message.sent_event["name"] = shadow
+        return message
+
+
 def _build(config: dict[str, Any], *, include_tasks: bool) -> Celery:
     celery = Celery(
         "fused_celery",
         include=TASK_MODULES if include_tasks else [],
         set_as_current=include_tasks,
+        amqp=DisplayAMQP,
     )
     celery.conf.update(config)
     _setup_serializers(celery, config)

@@ -121,3 +121,6 @@ def test_flower_lists_and_finds_tasks_by_udf_name(fused_options, tmp_path: Path)
 
         found = _wait_for_tasks(base, auth, lambda t: stages <= named(t), search="ingest")
         assert stages <= named(found), named(found)
+        # No task shows its real name (a late task-sent event carries the display name too).
+        shown = named(_tasks(base, auth))
+        assert not [n for n in shown if n.startswith("fused_celery.")], shown
