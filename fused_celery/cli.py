@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from fused_celery.errors import CliError, FusedError
 from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, mask_url, options
@@ -288,9 +288,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser / main ------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, its usage errors printed as the command's one ``error:`` line (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``fused-celery``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fused-celery",
         description="The Fused udf.map / JobPool API on your own Celery + Redis cluster.",
     )

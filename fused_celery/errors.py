@@ -17,6 +17,10 @@ __all__ = [
     "UdfSerializationError",
     "UdfArgumentError",
     "UdfWorkerLostError",
+    "ArgumentTooLargeError",
+    "CallArgumentError",
+    "OptionsError",
+    "StepConfigError",
     "CancelledError",
     "PoolNotFoundError",
     "BrokerUnavailableError",
@@ -126,6 +130,29 @@ class UdfArgumentError(UdfRuntimeError, TypeError):
 
 class UdfWorkerLostError(UdfRuntimeError):
     """The process running the entry died (for example ``os._exit`` or a crash)."""
+
+
+class CallArgumentError(FusedError, TypeError, ValueError):
+    """An argument or option of ``udf.map``, a UDF call, ``fused.run`` or ``@fused.cache`` is
+    invalid (``arg_list``, ``max_workers``, ``n_processes_per_worker``, ``max_retry``,
+    ``cache_max_age``, an argument name...); the message names it and what to give instead. A
+    ``TypeError`` and a ``ValueError``, as Python's own checks of calls are."""
+
+
+class OptionsError(FusedError, ValueError):
+    """An option of :mod:`fused_celery.options` (or its ``FUSED_CELERY_*`` environment variable)
+    has a value it cannot take; the message names the variable, the value and what it expects."""
+
+
+class StepConfigError(FusedError, ValueError):
+    """A field of a job step (``fused.ingest(...)``, ``fused.map(...)``, ``JobConfig``) has a
+    value it cannot take; the message names the field, the value and what it expects."""
+
+
+class ArgumentTooLargeError(FusedError, ValueError):
+    """An argument of ``udf.map`` (or a constant keyword argument) is over
+    ``options.max_argument_bytes`` once encoded; nothing was submitted. The message names the
+    argument, its size, the limit and the option."""
 
 
 class CancelledError(FusedError):

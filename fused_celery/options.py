@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from fused_celery.errors import OptionsError
+from fused_celery.validation import describe
 
 #: Instance types a job or map may ask for (seed 000). Each one is a Celery queue.
 WHITELISTED_INSTANCE_TYPES: tuple[str, ...] = (
@@ -64,6 +68,12 @@ class ShowOptions(BaseModel):
     model_config = {"validate_assignment": True}
     enable_tqdm: bool = True
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise OptionsError(_problem(exc, "show.")) from None
+
 
 class Options(BaseSettings):
     """fused-celery settings (environment prefix ``FUSED_CELERY_``).
@@ -82,6 +92,11 @@ class Options(BaseSettings):
     cache_max_age: default seconds a cached UDF result may be reused (default 12 h).
     max_log_bytes: per-entry cap on captured stdout/stderr (default 64 KiB).
     large_result_bytes: results larger than this go to storage, not Redis (default 1 MiB).
+    large_argument_bytes: a remote pool's argument or constant keyword argument whose encoded
+        size is over this goes to storage (under ``storage_root``), Redis keeping only a
+        reference that workers resolve (default 64 KiB).
+    max_argument_bytes: a remote pool's argument or constant over this encoded size is refused
+        at submit with :class:`~fused_celery.errors.ArgumentTooLargeError` (default 256 MiB).
     worker_prefetch_multiplier: Celery prefetch (default 1: a dying worker loses little).
     poll_interval: seconds between state polls of a remote pool (default 0.05).
     cluster_dir: folder for the local cluster's embedded Redis data and logs
@@ -140,6 +155,8 @@ class Options(BaseSettings):
     cache_max_age: int = 12 * 3600
     max_log_bytes: int = 64 * 1024
     large_result_bytes: int = 1024 * 1024
+    large_argument_bytes: int = Field(default=64 * 1024, ge=1)
+    max_argument_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     worker_prefetch_multiplier: int = 1
     poll_interval: float = 0.05
     cluster_dir: str = Field(default_factory=lambda: str(Path.cwd() / ".fused-celery"))
@@ -167,6 +184,25 @@ class Options(BaseSettings):
     security_cert_store: str | None = None
     security_key_password: SecretStr | None = None
     security_digest: str = "sha256"
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise OptionsError(_problem(exc)) from None
+        except SettingsError as exc:  # a list or nested field whose variable is not JSON
+            field = re.search(r'field "([^"]+)"', str(exc))
+            name = f"FUSED_CELERY_{field.group(1).upper()}" if field else "a FUSED_CELERY_ variable"
+            raise OptionsError(
+                f"invalid option: {name} cannot be parsed ({exc}); give it as JSON, e.g. "
+                '\'["pandas", "shapely"]\' for a list, or unset it'
+            ) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise OptionsError(_problem(exc)) from None
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """Fields for ``repr``/``str``, URLs with their passwords masked (:func:`mask_url`)."""
@@ -208,7 +244,36 @@ class Options(BaseSettings):
         return "remote" if self.broker_url else "local"
 
 
-options = Options()
+def _problem(exc: ValidationError, within: str = "") -> str:
+    """The message of an :class:`OptionsError` (within: the nested field's prefix, e.g.
+    ``show.``)."""
+    env = "FUSED_CELERY_" + within.replace(".", "__").upper()
+    return (
+        f"invalid option: {describe(exc, env_prefix=env, mask=mask_url)}; give a "
+        "valid value (fields and defaults: fused_celery/options.py) or unset the variable"
+    )
+
+
+def _is_cli() -> bool:
+    """True in the ``fused-celery`` command (``python -m fused_celery.cli`` included)."""
+    argv = [os.path.basename(a) for a in getattr(sys, "orig_argv", sys.argv)[:3]]
+    return "fused-celery" in argv or "fused_celery.cli" in argv
+
+
+def _from_environment() -> Options:
+    """The options from ``FUSED_CELERY_*``; a bad value raises :class:`OptionsError`, which the
+    ``fused-celery`` command prints as its one ``error:`` line (exit code 2): it cannot catch an
+    error raised while its own package is imported."""
+    try:
+        return Options()
+    except OptionsError as exc:
+        if _is_cli():
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+
+
+options = _from_environment()
 
 
 def cpu_count() -> int:

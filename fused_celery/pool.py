@@ -453,6 +453,13 @@ class JobPool:
         if wait:
             self._wait_positions(None, None)
 
+    def delete(self) -> None:
+        """Cancel the entries that are not running yet and delete the pool: on the cluster its
+        Redis record (attaching then fails) and its large results and arguments in storage. An
+        entry still running finishes but is not recorded."""
+        self._engine.delete()
+        self._decoded.clear()
+
     def shutdown(self, wait: bool = True) -> None:
         """Release the engine's workers (local engine; a no-op on the cluster).
 

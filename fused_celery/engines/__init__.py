@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fused_celery.engines.base import Engine, EntryState, PoolSpec
-from fused_celery.errors import InstanceTypeError
+from fused_celery.errors import CallArgumentError, InstanceTypeError
 from fused_celery.options import WHITELISTED_INSTANCE_TYPES
 
 __all__ = ["Engine", "EntryState", "PoolSpec", "make_engine", "resolve_engine"]
@@ -21,7 +21,7 @@ def resolve_engine(engine: str | None, instance_type: str | None = None) -> tupl
     if instance_type is not None:
         check_instance_type(instance_type, what="instance type")
         if engine not in (None, "remote", instance_type):
-            raise ValueError(
+            raise CallArgumentError(
                 f"instance_type={instance_type!r} runs on the cluster; it cannot be combined "
                 f"with engine={engine!r}"
             )

@@ -55,7 +55,9 @@ class PoolSpec:
     """Everything needed to run (or reattach to) a pool.
 
     pool_id: unique id. udf: the UDF's JSON form. args: decoded keyword arguments per entry
-    (display, ``arg_df``). encoded: codec-encoded keyword arguments per entry (the wire form).
+    (display, ``arg_df``). encoded: codec-encoded keyword arguments per entry (the wire form),
+    constants included. constants: the encoded constant keyword arguments (``udf.map(...,
+    **kwargs)``; their keys are in every entry of ``encoded``; default none).
     max_workers: cap on entries running at once (None: engine default). batch_size: entries per
     worker invocation (``n_processes_per_worker``, default 1). max_retry: automatic retries of a
     failed entry (default 2). cache / cache_max_age: reuse results of identical calls for this many
@@ -65,6 +67,7 @@ class PoolSpec:
     udf: dict[str, Any]
     args: list[dict[str, Any]]
     encoded: list[dict[str, Any]]
+    constants: dict[str, Any] = field(default_factory=dict)
     max_workers: int | None = None
     batch_size: int = 1
     max_retry: int = 2
@@ -123,6 +126,12 @@ class Engine(ABC):
     @abstractmethod
     def retry(self, positions: Sequence[int]) -> None:
         """Run the given failed entries again, as new attempts of the same entries."""
+
+    def delete(self) -> None:
+        """Cancel what has not started and drop the pool's stored state (default: cancel and
+        release the workers)."""
+        self.cancel()
+        self.shutdown(wait=False)
 
     def shutdown(self, wait: bool = True) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources (default: nothing to release).

@@ -11,8 +11,12 @@ key              type     holds
 ================ =======  =========================================================================
 ``P:meta``       hash     ``udf`` (JSON), ``n``, ``batch_size``, ``threads``, ``max_workers``,
                           ``lanes``, ``max_retry``, ``queue``, ``cache`` (0/1), ``cache_max_age``,
-                          ``cache_digest``, ``created``, ``retried``, ``version`` (record format)
+                          ``cache_digest``, ``created``, ``retried``, ``version`` (record format),
+                          ``constants`` (canonical JSON of the encoded constant kwargs, stored
+                          once; "" for none), ``args_folder`` (where arguments stored by
+                          reference are; "" for none)
 ``P:args``       list     canonical JSON of each entry's codec-encoded kwargs, by position
+                          (constants left out; large ones as ``{"blob": ...}`` references)
 ``P:state``      hash     position -> ``"<status>|<attempt>|<started>|<finished>"`` (attempt: the
                           entry's current attempt, 1-based; times in epoch seconds or empty)
 ``P:outcome``    hash     position -> JSON ``{ok, value | ref, error}`` of the final attempt
@@ -48,8 +52,11 @@ Lifetimes: every ``fc:pool:<id>:*`` key is created at submit with a TTL of
 ``options.result_expires`` (hashes and sets get a placeholder member :data:`PLACEHOLDER` so that
 the key, and its TTL, exist from the start; later writes never create a key, because every worker
 write runs in a Lua script that first checks the record still exists). ``JobPool.retry()`` renews
-the TTL. Large results live in storage (``options.storage_root``), referenced from ``outcome``;
-they are not deleted with the record.
+the TTL. Large results and arguments live in storage (``options.storage_root``, see
+:mod:`fused_celery.blobs`), referenced from ``outcome``, ``args`` and ``meta`` (``constants``,
+``args_folder``); ``JobPool.delete()`` deletes them with the record, and once a record has
+expired workers delete them (:mod:`fused_celery.state.blob_sweep`, at most once a minute per
+cluster: ``fc:sweep:blobs`` is the guard, a string with a 60 s TTL).
 
 Jobs
 ----
@@ -133,6 +140,9 @@ PLACEHOLDER_HASHES: tuple[str, ...] = (
 PLACEHOLDER_SETS: tuple[str, ...] = ("cancelled", "begun")
 
 POOLS_INDEX = f"{PREFIX}:pools"
+
+#: Held (``SET NX EX``) by the worker sweeping expired pools' blobs; its TTL spaces sweeps.
+BLOB_SWEEP_GUARD = f"{PREFIX}:sweep:blobs"
 
 
 def pool_key(pool_id: str, part: str) -> str:

@@ -160,10 +160,13 @@ class PoolRecord:
         scripts.pool_create(pipe, keys=self.script_keys, args=args)
         pipe.execute()
 
-    def delete(self) -> None:
-        """Remove the record (used when publishing failed: nothing half-submitted remains)."""
+    def delete(self, *, keep_tombstone: bool = False) -> None:
+        """Remove the record (used when publishing failed: nothing half-submitted remains; and by
+        ``JobPool.delete()``). keep_tombstone: leave the tombstone, so that workers drop the
+        pool's queued messages at once (default False)."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(*self.keys.values(), keys.tombstone_key(self.pool_id))
+        tomb = [] if keep_tombstone else [keys.tombstone_key(self.pool_id)]
+        pipe.delete(*self.keys.values(), *tomb)
         pipe.zrem(keys.POOLS_INDEX, self.pool_id)
         pipe.execute()
 

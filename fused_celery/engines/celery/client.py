@@ -57,6 +57,7 @@ from fused_celery.engines.base import (
     EntryState,
     PoolSpec,
 )
+from fused_celery.engines.celery.arguments import store_arguments
 from fused_celery.engines.celery.lost import find_lost
 from fused_celery.errors import BrokerUnavailableError, UdfRuntimeError
 from fused_celery.execute import Outcome
@@ -157,6 +158,7 @@ class CeleryEngine(Engine):
         self._snapshot: tuple[float, int, dict[str, str], dict[str, str], dict[str, str]] | None
         self._snapshot = None
         self._lanes = plan_lanes(spec.n, spec.batch_size, spec.max_workers)[1]
+        self._stored_blobs = False  # submit put arguments in storage
         # the pool's event token taken just before the last read (None: none was taken)
         self._read_token: tuple[int, int] | None = None
         # small pools: (time.monotonic(), event token) taken just before submit wrote the record
@@ -230,6 +232,15 @@ class CeleryEngine(Engine):
         soft, hard = self._limits
         max_age = spec.cache_max_age if spec.cache_max_age is not None else options.cache_max_age
         caching = bool(spec.cache) and max_age > 0
+        stored = store_arguments(
+            spec.encoded,
+            spec.constants,
+            root=options.storage_root,
+            pool_id=self.pool_id,
+            threshold=options.large_argument_bytes,
+            limit=options.max_argument_bytes,
+        )
+        self._stored_blobs = bool(stored.folder)
         meta = {
             "version": RECORD_VERSION,
             "udf": json.dumps(spec.udf),
@@ -242,13 +253,15 @@ class CeleryEngine(Engine):
             "queue": self.queue,
             "cache": 1 if caching else 0,
             "cache_max_age": int(max_age),
-            "cache_digest": cache_key(spec.udf, {}) if caching else "",
+            "cache_digest": cache_key(spec.udf, stored.constants) if caching else "",
+            "constants": canonical_json(stored.constants) if stored.constants else "",
+            "args_folder": stored.folder,
             "created": repr(spec.created_at),
             "retried": "",
             "soft_time_limit": soft,
             "time_limit": hard,
         }
-        encoded = [canonical_json(e) for e in spec.encoded]
+        encoded = stored.entries
         if n <= PREFETCH_MAX_ENTRIES:
             # A small pool publishes first and writes its record while the worker takes the
             # message (a worker that finds neither record nor tombstone yet waits for them, see
@@ -272,6 +285,7 @@ class CeleryEngine(Engine):
         except Exception as exc:
             with contextlib.suppress(Exception):
                 self.record.delete()
+            self._discard_blobs()
             if isinstance(exc, redis.exceptions.ConnectionError):
                 raise BrokerUnavailableError(
                     f"the result backend at {mask_url(self.record_url)} failed while the pool "
@@ -297,12 +311,21 @@ class CeleryEngine(Engine):
             if written:
                 with contextlib.suppress(Exception):
                     self.record.delete()
+            self._discard_blobs()
             raise BrokerUnavailableError(
                 f"could not publish the pool's tasks to the broker at "
                 f"{mask_url(options.broker_url)} ({type(exc).__name__}: {exc}); nothing was "
                 "submitted"
             ) from exc
         mark_reachable(options.broker_url)
+
+    def _discard_blobs(self) -> None:
+        """Delete the arguments submit stored (the pool was not submitted after all)."""
+        if self._stored_blobs:
+            from fused_celery import blobs
+
+            with contextlib.suppress(Exception):
+                blobs.delete_pool(options.storage_root, self.pool_id)
 
     def states(self) -> list[EntryState]:
         """Every entry's state, from the record (one round trip; cached while unchanged)."""
@@ -573,6 +596,18 @@ class CeleryEngine(Engine):
         self._snapshot = None
         return cancelled, running
 
+    def delete(self) -> None:
+        """Cancel pending entries, delete the record (its tombstone stays, so that messages
+        still queued are dropped at once) and the pool's blobs in storage."""
+        from fused_celery import blobs
+
+        with contextlib.suppress(Exception):  # an expired record has nothing to cancel
+            self.cancel()
+        self.record.delete(keep_tombstone=True)
+        blobs.delete_pool(options.storage_root, self.pool_id)
+        self._cached = None
+        self._snapshot = None
+
     def retry(self, positions: Sequence[int]) -> None:
         """Run failed (or cancelled) entries again as new attempts, under new task ids."""
         _, raw = self.record.read_states()
@@ -664,7 +699,8 @@ class CeleryEngine(Engine):
         check_reachable(url, what="result backend")
         record = PoolRecord(pool_id, url)  # type: ignore[arg-type]
         meta, args_json = record.load()
-        encoded = [json.loads(a) for a in args_json]
+        constants = json.loads(meta["constants"]) if meta.get("constants") else {}
+        encoded = [{**constants, **json.loads(a)} for a in args_json]
         args = []
         for enc in encoded:
             try:
@@ -676,6 +712,7 @@ class CeleryEngine(Engine):
             udf=json.loads(meta["udf"]),
             args=args,
             encoded=encoded,
+            constants=constants,
             max_workers=int(max_workers) if max_workers else None,
             batch_size=int(meta.get("batch_size") or 1),
             max_retry=int(meta.get("max_retry") or 0),
