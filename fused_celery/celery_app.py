@@ -198,14 +198,24 @@ def time_limits() -> tuple[float, float]:
 
 
 class StampingAMQP(AMQP):
-    """Celery's AMQP, putting this process's message protocol and package version into the
-    headers of every task message it builds (two dict stores per message: cheaper than a
-    ``before_task_publish`` receiver, which costs a signal dispatch per message)."""
+    """Celery's AMQP, as every task message of this project is built:
+
+    - the headers carry this process's message protocol and package version (two dict stores
+      per message: cheaper than a ``before_task_publish`` receiver, a signal dispatch each);
+    - the ``task-sent`` event of a message with a display name (``shadow``, see
+      :mod:`fused_celery.task_display`) names it by that name. Celery puts the real task name
+      there; when that event reaches Flower after the worker's ``task-received`` (a publisher and
+      a worker do not share an event stream), Flower would replace the display name with the
+      real one. The message itself is unchanged.
+    """
 
     def as_task_v2(self, *args: Any, **kwargs: Any) -> Any:
         message = super().as_task_v2(*args, **kwargs)
         message.headers[version.PROTOCOL_HEADER] = version.PROTOCOL_VERSION
         message.headers[version.VERSION_HEADER] = version.__version__
+        shadow = message.headers.get("shadow")
+        if shadow and message.sent_event is not None:
+            message.sent_event["name"] = shadow
         return message
 
 

@@ -27,10 +27,13 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from fused_celery.errors import CliError, FusedError
 from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, mask_url, options
+
+if TYPE_CHECKING:
+    from fused_celery.cluster.local_cluster import LocalCluster
 
 EXIT_ERROR = 2
 
@@ -129,12 +132,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         cluster.start()
         started.set()
         print("Cluster up. Press Ctrl-C to stop.", flush=True)
-        reported: set[str] = set()
-        while not stop.wait(1.0):
-            for name in cluster.dead_workers():
-                if name not in reported:
-                    reported.add(name)
-                    print(f"warning: worker {name} exited; see {cluster.log_dir}", flush=True)
+        _serve(cluster, stop)
         print("Stopping ...", flush=True)
     finally:
         cluster.stop()
@@ -248,12 +246,24 @@ def cmd_redis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(cluster: LocalCluster, stop: threading.Event) -> None:
+    """Wait until ``stop`` is set, saying when a worker of ``cluster`` exits."""
+    reported: set[str] = set()
+    while not stop.wait(1.0):
+        for name in cluster.dead_workers():
+            if name not in reported:
+                reported.add(name)
+                print(f"warning: worker {name} exited; see {cluster.log_dir}", flush=True)
+
+
 # -- demo ---------------------------------------------------------------------------------------
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Local cluster → ``udf.map`` over ``--entries`` points → collected DataFrame → its map
-    (an HTML file; the path is printed) → shut down."""
+    (an HTML file; the path is printed) → shut down, or with ``--keep`` stay up (Flower too)
+    until Ctrl-C or SIGTERM. Flower's URL, and the 0600 file holding its password, are printed
+    while the cluster runs (before the map starts, and again at the end)."""
     import pandas as pd
 
     from fused_celery.cluster.local_cluster import LocalCluster
@@ -265,7 +275,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ) as cluster:
         from fused_celery.demo import buffered_point, sample_points, write_result_map
 
+        flower = (
+            f"Flower: {cluster.flower_url}/tasks  {cluster.flower_login}"
+            if cluster.flower_url
+            else "Flower: not started (--flower-port was not given)"
+        )
         arg_list = sample_points(args.entries)
+        print(f"\nWatch the map in {flower}; its tasks are named 'udf:buffered_point'.")
         print(f"\nMapping buffered_point over {len(arg_list)} points on engine='remote' ...")
         pool = buffered_point.map(arg_list, engine="remote")
         pool.wait()
@@ -275,15 +291,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with pd.option_context("display.width", 140, "display.max_columns", 12):
             print(f"\npool.collect() -> DataFrame with {len(df)} rows:\n{df}")
         print(f"\nstatus:\n{pool.status()}")
-        print(f"\nFlower (while the cluster runs): {cluster.flower_url}")
-        print(f"Map of the result: {write_result_map(df)}", flush=True)
+        print(f"Map of the result: {write_result_map(df)}")
         if args.keep:
+            print(f"\n{flower}")
             print("Cluster kept up (--keep). Press Ctrl-C to stop.", flush=True)
+            stop = threading.Event()
+            previous = {
+                s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)
+            }
             try:
-                while True:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
+                _serve(cluster, stop)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+        else:
+            print(f"\n{flower} (up until the cluster stops: run with --keep to look around)")
         print("Shutting down the local cluster ...", flush=True)
     return 0
 

@@ -41,6 +41,7 @@ __all__ = [
     "ColumnNotFoundError",
     "IngestInputError",
     "UnsupportedInputError",
+    "IngestRowsWarning",
     "InputNotFoundError",
     "JobNotFoundError",
     "StepInputError",
@@ -279,6 +280,11 @@ class IngestInputError(FusedError, ValueError):
 class UnsupportedInputError(IngestInputError):
     """An ingest input is of a kind or format fused-celery cannot read (the message lists the
     supported ones)."""
+
+
+class IngestRowsWarning(UserWarning):
+    """An ingest dropped or repaired rows (``run_local``; the counts are also in the job log,
+    ``get_results()["report"]`` and ``Table.ingest_report``)."""
 
 
 class InputNotFoundError(IngestInputError, FileNotFoundError):

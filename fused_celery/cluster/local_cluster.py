@@ -454,13 +454,16 @@ class LocalCluster:
             self._say(f"Redis:   {self.broker_url}")
             self._say(f"         export FUSED_CELERY_BROKER_URL={self.broker_url}")
         if self.flower_url:
-            login = (
-                f"  (user {FLOWER_USER}; password in {secret})"
-                if self.flower_password
-                else "  (no auth, loopback only)"
-            )
-            self._say(f"Flower:  {self.flower_url}{login}")
+            self._say(f"Flower:  {self.flower_url}  {self.flower_login}")
         self._say(f"Workers: {', '.join(self.workers) or 'none'}")
+
+    @property
+    def flower_login(self) -> str:
+        """How to log in to Flower, without the password: ``(user admin; password in
+        <cluster.env>, mode 0600)`` or ``(no auth, loopback only)``."""
+        if self.flower_password:
+            return f"(user {FLOWER_USER}; password in {self.env_file.resolve()}, mode 0600)"
+        return "(no auth, loopback only)"
 
     def dead_workers(self) -> list[str]:
         """Hostnames of workers whose process has exited."""

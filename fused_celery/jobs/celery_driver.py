@@ -67,6 +67,7 @@ from fused_celery.state import workers
 from fused_celery.state.connection import redis_client
 from fused_celery.state.job_record import JobRecord
 from fused_celery.state.statuses import JOB_CANCELED, JOB_DONE, JOB_FAILED
+from fused_celery.task_display import stage_options
 
 __all__ = ["COLLECT", "MEMBER", "START", "WATCHDOG", "heartbeat", "submit"]
 
@@ -177,14 +178,16 @@ def _group_id(job_id: str, stage: str) -> str:
 def _body(target: str, data: dict[str, Any], stage: str, queue: str) -> Any:
     """The chord callback of ``stage`` (what each header member carries as its ``chord``)."""
     return _sig(COLLECT, (target, data, stage, queue), queue).set(
-        task_id=f"{data['job_id']}-{stage}-collect"
+        task_id=f"{data['job_id']}-{stage}-collect",
+        **stage_options(data["kind"], f"{stage}/collect", data["job_id"]),
     )
 
 
 def _member(target: str, data: dict[str, Any], stage: str, item: Any, key: str, queue: str) -> Any:
     """The signature of the member ``key`` of ``stage``."""
     return _sig(MEMBER, (target, data, stage, item, key), queue).set(
-        task_id=f"{data['job_id']}-{stage}-{key}"
+        task_id=f"{data['job_id']}-{stage}-{key}",
+        **stage_options(data["kind"], stage, data["job_id"], key=key, item=item),
     )
 
 
@@ -207,6 +210,7 @@ def _launch(
         record.log(stage.describe(run, items))
     data = run.model_dump(mode="json")
     job = run.job_id
+    shown = stage_options(run.kind, f"{stage.name}/collect", job)
     body = _body(target, data, stage.name, queue)
     header = [_member(target, data, stage.name, item, key, queue) for item, key in zip(items, keys)]
     if header:
@@ -216,7 +220,7 @@ def _launch(
         chord(group(header, task_id=_group_id(job, stage.name)))(body)
     else:  # nothing to fan out: the callback at once, with no results
         _sig(COLLECT, ([], target, data, stage.name, queue), queue).apply_async(
-            task_id=f"{job}-{stage.name}-collect"
+            task_id=f"{job}-{stage.name}-collect", **shown
         )
 
 
@@ -481,7 +485,9 @@ def watchdog(target: str, data: dict[str, Any], queue: str) -> None:
             _resend_lost(record, target, snap.stage, queue)
         except Exception:  # noqa: BLE001 - the watchdog goes on; the stall timeout still holds
             logger.exception("job %s: looking for lost members failed", record.job_id)
-    _sig(WATCHDOG, (target, data, queue), queue).apply_async(countdown=interval)
+    _sig(WATCHDOG, (target, data, queue), queue).apply_async(
+        countdown=interval, **stage_options(run.kind, "watchdog", run.job_id)
+    )
 
 
 # --- client -----------------------------------------------------------------------------------
@@ -531,7 +537,11 @@ def submit(
             record.log(message)
         client = get_app(results=False)
         client.send_task(
-            START, args=(target, data, queue), queue=queue, task_id=f"{run.job_id}-start"
+            START,
+            args=(target, data, queue),
+            queue=queue,
+            task_id=f"{run.job_id}-start",
+            **stage_options(run.kind, "start", run.job_id),
         )
     except BaseException:
         with contextlib.suppress(Exception):
@@ -541,6 +551,10 @@ def submit(
                 record.delete()
         raise
     client.send_task(
-        WATCHDOG, args=(target, data, queue), queue=queue, countdown=options.job_watchdog_interval
+        WATCHDOG,
+        args=(target, data, queue),
+        queue=queue,
+        countdown=options.job_watchdog_interval,
+        **stage_options(run.kind, "watchdog", run.job_id),
     )
     return record

@@ -241,4 +241,24 @@ class JobConfig(BaseModel):
                 exc.add_note(f"job {self.name or run.job_id}: {line}")
             raise
         result, _ = load_sequence(target).result(done)
+        _warn_rows(result.get("steps") or [])
         return {**result, "failed": [f.model_dump(mode="json") for f in done.failed]}
+
+
+def _warn_rows(steps: list[Any]) -> None:
+    """An :class:`~fused_celery.errors.IngestRowsWarning` per step whose result reports rows
+    dropped or repaired (an ingest's ``report``)."""
+    import warnings
+
+    from fused_celery.errors import IngestRowsWarning
+
+    for k, step in enumerate(steps):
+        report = step.get("report") if isinstance(step, dict) else None
+        if isinstance(report, dict) and (report.get("dropped") or report.get("repaired")):
+            warnings.warn(
+                f"step {k} into {step.get('output')}: {report.get('input_rows')} rows in, "
+                f"{report.get('output_rows')} out; dropped {report.get('dropped') or {}}, "
+                f"repaired {report.get('repaired') or {}}",
+                IngestRowsWarning,
+                stacklevel=3,
+            )

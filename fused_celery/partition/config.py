@@ -32,13 +32,16 @@ from fused_celery.partition.prepare import check_subdivide
 
 
 class GDALOpenConfig(BaseModel):
-    """How GDAL (pyogrio) opens a file: ``open_options`` (default {}) and ``layer`` (default
-    None: the first layer)."""
+    """How GDAL (pyogrio) opens a file: ``open_options`` (the driver's open options, default
+    {}), ``layer`` (default None: the first layer; e.g. ``"lines"`` of an OSM ``.pbf``) and
+    ``config_options`` (GDAL configuration options such as ``OSM_USE_CUSTOM_INDEXING`` or
+    ``OGR_GEOJSON_MAX_OBJ_SIZE``, set only while each read runs; default {})."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     open_options: dict[str, str] = Field(default_factory=dict)
     layer: StrictStr | None = None
+    config_options: dict[str, str] = Field(default_factory=dict)
 
 
 class PartitionJobStepConfig(JobStepConfig):

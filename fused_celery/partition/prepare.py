@@ -11,7 +11,10 @@
 4. invalid geometries are repaired with ``shapely.make_valid`` (counted in the report);
 5. ``explode_geometries``: multi-part geometries become one row per part;
 6. ``drop_out_of_bounds`` (None means True): rows whose bbox is not within the WGS84 bounds are
-   dropped (counted); with False they are kept, but non-finite coordinates are still an error;
+   dropped (counted); with False they are kept, but non-finite coordinates are still an error.
+   A bbox past the bounds by at most :data:`BOUNDS_TOLERANCE` (floating-point error, e.g. a
+   bound of 180.00000000000006 after reprojection) is inside: the row is kept as it is and its
+   stored bbox clamped to the bounds (counted as ``clamped_to_bounds``);
 7. subdivision (``subdivide_method="area"``): a polygon whose area in WGS84 square degrees is over
    ``subdivide_start`` is cut in halves of its bbox (along the longer side) until every piece's
    area is at most ``subdivide_stop`` (start ≥ stop > 0; one of them None takes the other's value);
@@ -41,6 +44,9 @@ if TYPE_CHECKING:
 PartitioningMethod = Literal["rows", "area", "length", "coords"]
 PARTITIONING_METHODS: tuple[str, ...] = ("rows", "area", "length", "coords")
 WGS84_BOUNDS = (-180.0, -90.0, 180.0, 90.0)
+BOUNDS_TOLERANCE = 1e-9
+"""Degrees (about 0.1 mm) a bbox may pass :data:`WGS84_BOUNDS` by and still be inside: the
+floating-point error of a reprojection or a source that rounds, never real data."""
 MAX_SUBDIVIDE_DEPTH = 100
 """Cuts per geometry at most; a guard, reached only with a tiny ``subdivide_stop``."""
 
@@ -54,6 +60,7 @@ class PrepareReport:
     dropped_null_geometries: int = 0
     made_valid: int = 0
     dropped_out_of_bounds: int = 0
+    clamped_to_bounds: int = 0
     subdivided_rows: int = 0
     exploded_rows_added: int = 0
     reprojected_from: str | None = None
@@ -72,6 +79,17 @@ class PreparedFrame:
     measure: np.ndarray
     facts: RowFacts
     report: PrepareReport
+
+
+def within_bounds(
+    minx: np.ndarray, miny: np.ndarray, maxx: np.ndarray, maxy: np.ndarray
+) -> np.ndarray:
+    """Whether each bbox lies within :data:`WGS84_BOUNDS`, up to :data:`BOUNDS_TOLERANCE`
+    (NaN: False)."""
+    x0, y0, x1, y1 = WGS84_BOUNDS
+    t = BOUNDS_TOLERANCE
+    with np.errstate(invalid="ignore"):
+        return (minx >= x0 - t) & (miny >= y0 - t) & (maxx <= x1 + t) & (maxy <= y1 + t)
 
 
 def check_subdivide(
@@ -170,8 +188,7 @@ def _to_wgs84(gdf: gpd.GeoDataFrame, report: PrepareReport) -> gpd.GeoDataFrame:
     crs = gdf.crs
     if crs is None:
         b = shapely.bounds(np.asarray(gdf.geometry.array, dtype=object))
-        x0, y0, x1, y1 = WGS84_BOUNDS
-        inside = (b[:, 0] >= x0) & (b[:, 1] >= y0) & (b[:, 2] <= x1) & (b[:, 3] <= y1)
+        inside = within_bounds(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
         if len(inside) and inside.mean() < 0.5:
             tb = np.nanmin(b[:, 0]), np.nanmin(b[:, 1]), np.nanmax(b[:, 2]), np.nanmax(b[:, 3])
             raise IngestInputError(
@@ -357,8 +374,7 @@ def prepare_frame(
         b = shapely.bounds(np.asarray(gdf.geometry.array, dtype=object))
 
     finite = np.isfinite(b).all(axis=1)
-    x0, y0, x1, y1 = WGS84_BOUNDS
-    inside = finite & (b[:, 0] >= x0) & (b[:, 1] >= y0) & (b[:, 2] <= x1) & (b[:, 3] <= y1)
+    inside = finite & within_bounds(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
     if drop_out_of_bounds is None or drop_out_of_bounds:
         if not inside.all():
             report.dropped_out_of_bounds = int((~inside).sum())
@@ -379,7 +395,7 @@ def prepare_frame(
         gdf = gdf.reset_index(drop=True)
 
     geoms = np.asarray(gdf.geometry.array, dtype=object)
-    facts = RowFacts.of(geoms)
+    facts, report.clamped_to_bounds = RowFacts.of(geoms).clamped(WGS84_BOUNDS, BOUNDS_TOLERANCE)
     if len(geoms) and (facts.type_id == 0).all():  # points are their centroids
         x, y = facts.bounds[:, 0], facts.bounds[:, 1]
     else:

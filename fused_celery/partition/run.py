@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fused_celery import storage
 from fused_celery.jobs.stages import StageRun
 from fused_celery.partition.config import GeospatialPartitionJobStepConfig
+from fused_celery.partition.row_report import RowReport
 
 if TYPE_CHECKING:
     from fused_celery.table import TableWriter
@@ -52,9 +53,9 @@ class IngestRun(StageRun):
     writer: the :class:`~fused_celery.table.TableWriter` as ``to_dict()``. work: the work folder
     (see :mod:`.workfiles`). slice_rows: rows per input slice; sample_rows: centroids the plan
     is made from (the submitting process's options, so that every worker agrees). Filled in on
-    the way: n_slices (prepare), plan and report (the summed prepare counts), scatter_slices
-    (the prepared slices with rows), write_tasks (route) and table (commit). Build one with
-    :meth:`create`.
+    the way: n_slices (prepare), plan and report (the summed prepare counts, a
+    :class:`RowReport`), scatter_slices (the prepared slices with rows), write_tasks (route) and
+    table (commit). Build one with :meth:`create`.
     """
 
     kind: Literal["partition_geospatial"] = KIND
@@ -65,7 +66,7 @@ class IngestRun(StageRun):
     sample_rows: int
     n_slices: int = 0
     plan: PlanSummary | None = None
-    report: dict[str, Any] = Field(default_factory=dict)
+    report: RowReport = Field(default_factory=RowReport)
     scatter_slices: tuple[int, ...] = ()
     write_tasks: int = 0
     table: TableSummary | None = None

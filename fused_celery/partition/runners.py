@@ -8,12 +8,14 @@ work folder, build the :class:`~.run.IngestRun` and hand it to the driver, which
 from __future__ import annotations
 
 import uuid
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from fused_celery import storage
-from fused_celery.errors import IngestInputError
+from fused_celery.errors import IngestInputError, IngestRowsWarning
 from fused_celery.options import DEFAULT_QUEUE, options
 from fused_celery.partition.config import GeospatialPartitionJobStepConfig
+from fused_celery.partition.row_report import RowReport
 from fused_celery.partition.run import IngestRun
 from fused_celery.partition.stage_commit import discard_staging
 from fused_celery.partition.workfiles import input_url
@@ -147,7 +149,8 @@ def run_ingest(
     :class:`~fused_celery.errors.TableExistsError` before any reading; an error in a stage is
     raised with its own class (e.g. :class:`~fused_celery.errors.IngestInputError`); on any
     error no table is left behind. With ``ignore_chunk_error`` failed slices or files are left
-    out and the rest is committed.
+    out and the rest is committed. Rows dropped or repaired are an
+    :class:`~fused_celery.errors.IngestRowsWarning` (and counted in ``Table.ingest_report``).
     """
     from fused_celery.jobs.local_driver import run_stages
     from fused_celery.table import TableWriter, open_table
@@ -158,5 +161,18 @@ def run_ingest(
     ow = config.overwrite if overwrite is None else bool(overwrite)
     job_id = uuid.uuid4().hex
     writer = TableWriter(url, overwrite=ow, run_id=job_id)  # checks the target first
-    run_stages(new_run(config, writer, job_id=job_id, overwrite=ow), engine=engine)
+    run = run_stages(new_run(config, writer, job_id=job_id, overwrite=ow), engine=engine)
+    warn_rows(run.report, writer.url)
     return open_table(writer.url)
+
+
+def warn_rows(report: RowReport, output: str) -> None:
+    """An :class:`~fused_celery.errors.IngestRowsWarning` when the ingest into ``output``
+    dropped or repaired rows (``report``), so that no row is lost silently."""
+    if report.noteworthy:
+        warnings.warn(
+            f"ingest into {output}: {report.summary()}; the counts are in the table's "
+            "ingest_report",
+            IngestRowsWarning,
+            stacklevel=3,
+        )

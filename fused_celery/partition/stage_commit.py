@@ -16,7 +16,7 @@ def commit(run: IngestRun, written: list[dict[str, Any]]) -> TableSummary:
     """Commit the table from the ``written`` files (results of
     :func:`~.stage_write.write_files`); removes the staging area."""
     chunks = [c for w in written for c in w["chunks"]]
-    table = run.table_writer().commit(chunks)
+    table = run.table_writer().commit(chunks, report=run.report.model_dump(mode="json"))
     return TableSummary(
         output=table.url,
         num_files=table.num_files,
@@ -36,13 +36,15 @@ def commit_table(
 
 def ingest_result(run: IngestRun) -> tuple[dict[str, Any], str]:
     """The Done job's result (``output``, ``num_files``, ``num_chunks``, ``num_rows``,
-    ``report``) and its last log line."""
+    ``report``: the :class:`~.row_report.RowReport` as JSON, with ``dropped`` and ``repaired``
+    by reason) and its last log line (which says what was dropped or repaired)."""
     t = run.table
     assert t is not None, "ingest_result needs a committed run"
     line = (
-        f"done: {t.num_rows} rows in {t.num_files} file(s), {t.num_chunks} chunk(s) at {t.output}"
+        f"done: {t.num_rows} rows in {t.num_files} file(s), {t.num_chunks} chunk(s) at "
+        f"{t.output} ({run.report.summary()})"
     )
-    return {**t.model_dump(mode="json"), "report": dict(run.report)}, line
+    return {**t.model_dump(mode="json"), "report": run.report.model_dump(mode="json")}, line
 
 
 def discard(run: IngestRun) -> None:

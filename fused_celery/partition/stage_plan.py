@@ -20,6 +20,7 @@ from fused_celery.errors import IngestInputError
 from fused_celery.jobs.stages import FailedItem
 from fused_celery.partition.config import GeospatialPartitionJobStepConfig
 from fused_celery.partition.plan import PartitionTree, plan_partitions, resolve_maxima
+from fused_celery.partition.row_report import RowReport
 from fused_celery.partition.run import IngestRun, PlanSummary
 from fused_celery.partition.stage_prepare import PreparedSlice
 from fused_celery.partition.workfiles import plan_url, read_arrow, sample_url
@@ -48,15 +49,7 @@ def make_plan(run: IngestRun, prepared: list[PreparedSlice]) -> PlanSummary:
     rows = sum(int(p["rows"]) for p in prepared)
     measure = float(sum(float(p["measure"]) for p in prepared))
     if rows == 0:
-        dropped = {
-            k: sum(int(p["report"].get(k) or 0) for p in prepared)
-            for k in ("input_rows", "dropped_null_geometries", "dropped_out_of_bounds")
-        }
-        raise IngestInputError(
-            f"no rows left to ingest: {dropped['input_rows']} input row(s), "
-            f"{dropped['dropped_null_geometries']} with a null or empty geometry, "
-            f"{dropped['dropped_out_of_bounds']} outside the WGS84 bounds"
-        )
+        raise IngestInputError(f"no rows left to ingest ({sum_reports(prepared).summary()})")
     if not measure > 0:
         raise IngestInputError(
             f"the total {config.partitioning_method!r} measure of the input is {measure}; "
@@ -118,19 +111,9 @@ def plan_from_samples(
     )
 
 
-def sum_reports(prepared: list[PreparedSlice]) -> dict[str, Any]:
+def sum_reports(prepared: list[PreparedSlice]) -> RowReport:
     """The prepare reports of all slices added up (``reprojected_from``: the CRSs seen)."""
-    total: dict[str, Any] = {}
-    crs: set[str] = set()
-    for p in prepared:
-        for k, v in p["report"].items():
-            if k == "reprojected_from":
-                if v:
-                    crs.add(v)
-            else:
-                total[k] = total.get(k, 0) + int(v or 0)
-    total["reprojected_from"] = sorted(crs)
-    return total
+    return RowReport.total(RowReport.model_validate(p["report"]) for p in prepared)
 
 
 def describe_plan(run: IngestRun, items: Sequence[Any]) -> str:
@@ -138,6 +121,7 @@ def describe_plan(run: IngestRun, items: Sequence[Any]) -> str:
     p = run.plan
     assert p is not None
     return (
+        f"prepared {run.report.summary()}; "
         f"plan: {p.rows} rows into {p.num_files} file(s), {p.planned_chunks} chunk(s) planned "
         f"(max per file {p.max_per_file:.6g}, per chunk {p.max_per_chunk:.6g}); scatter: "
         f"{len(items)} slice(s)"

@@ -25,7 +25,9 @@ from fused_celery.partition.read import (
     parquet_geo,
     read_parquet_table,
     read_slice,
+    stream_sequential,
 )
+from fused_celery.partition.row_report import RowReport
 from fused_celery.partition.run import IngestRun
 from fused_celery.partition.workfiles import (
     AREA,
@@ -60,9 +62,7 @@ SOURCE_ROW = "__fc_src"
 
 class PreparedSlice(TypedDict):
     """What :func:`prepare_slice` returns: slice_id, rows and measure after preparation, and
-    report (``input_rows``, ``dropped_null_geometries``, ``made_valid``,
-    ``dropped_out_of_bounds``, ``subdivided_rows``, ``exploded_rows_added``,
-    ``reprojected_from``: the slice's CRS when it was reprojected, else None)."""
+    report (a :class:`~.row_report.RowReport` as JSON: rows in and out, dropped, repaired)."""
 
     slice_id: int
     rows: int
@@ -87,8 +87,13 @@ def list_input_slices(
 
 
 def prepare_items(run: IngestRun) -> tuple[IngestRun, list[dict[str, Any]]]:
-    """The prepare fan-out: one item per input slice (its JSON); the run with ``n_slices``."""
+    """The prepare fan-out: one item per input slice (its JSON); the run with ``n_slices``.
+    A layer GDAL reads only sequentially is first streamed into Parquet slices in the work
+    folder (:func:`.read.stream_sequential`), in this task."""
     slices = list_input_slices(run.config, slice_rows=run.slice_rows)
+    slices = stream_sequential(
+        slices, run.config, storage.join(run.work, "streamed"), target_rows=run.slice_rows
+    )
     items = [s.model_dump(mode="json") for s in slices]
     return run.model_copy(update={"n_slices": len(slices)}), items
 
@@ -153,7 +158,7 @@ def _points_fast(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from fused_celery.partition.prepare import WGS84_BOUNDS, PrepareReport
+    from fused_celery.partition.prepare import WGS84_BOUNDS, PrepareReport, within_bounds
 
     if config.lonlat_cols is not None or config.remove_cols:
         return None
@@ -183,8 +188,7 @@ def _points_fast(
     xy = raw[:, 5:21].copy().view("<f8")
     x, y = xy[:, 0].copy(), xy[:, 1].copy()
     finite = np.isfinite(x) & np.isfinite(y)
-    x0, y0, x1, y1 = WGS84_BOUNDS
-    inside = finite & (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+    inside = finite & within_bounds(x, y, x, y)
     report = PrepareReport(input_rows=n0)
     if not inside.all():
         if config.drop_out_of_bounds is False:
@@ -194,6 +198,12 @@ def _points_fast(
             keep = np.flatnonzero(inside)
             table, x, y = table.take(pa.array(keep)), x[keep], y[keep]
             report.dropped_out_of_bounds = int(n0 - len(keep))
+    x0, y0, x1, y1 = WGS84_BOUNDS  # points past the bounds by rounding: their bbox clamped
+    past = (x < x0) | (x > x1) | (y < y0) | (y > y1)
+    near = past & within_bounds(x, y, x, y)
+    if near.any():
+        report.clamped_to_bounds = int(near.sum())
+        x, y = np.where(near, np.clip(x, x0, x1), x), np.where(near, np.clip(y, y0, y1), y)
     drop = [c for c in table.column_names if c == "bbox" and c != name]
     table = table.drop_columns(drop)
     for reserved in HELPER_COLUMNS:
@@ -360,18 +370,9 @@ def prepare_slice(run: IngestRun, input_slice: dict[str, Any]) -> PreparedSlice:
     scale = total / float(w.sum()) if len(pick) and float(w.sum()) > 0 else 1.0
     sample = pa.table({"x": x[pick], "y": y[pick], "w": w * scale, "id": ids[pick]})
     write_arrow(sample_url(run.work, sl.slice_id), sample)
-    r = report
     return {
         "slice_id": sl.slice_id,
         "rows": n,
         "measure": total,
-        "report": {
-            "input_rows": r.input_rows,
-            "dropped_null_geometries": r.dropped_null_geometries,
-            "made_valid": r.made_valid,
-            "dropped_out_of_bounds": r.dropped_out_of_bounds,
-            "subdivided_rows": r.subdivided_rows,
-            "exploded_rows_added": r.exploded_rows_added,
-            "reprojected_from": r.reprojected_from,
-        },
+        "report": RowReport.of(report).model_dump(mode="json"),
     }

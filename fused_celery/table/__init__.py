@@ -29,6 +29,7 @@ _EXPORTS = {
     "FORMAT_VERSION": "format",
     "GEOPARQUET_VERSION": "format",
     "KEY_FORMAT_VERSION": "format",
+    "KEY_INGEST_REPORT": "format",
     "KEY_METADATA": "format",
     "KEY_WRITER": "format",
     "METADATA_SCHEMA": "format",

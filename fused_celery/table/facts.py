@@ -121,6 +121,26 @@ class RowFacts:
             np.concatenate([p.has_z for p in parts]),
         )
 
+    def clamped(self, box: Sequence[float], tolerance: float) -> tuple[RowFacts, int]:
+        """These facts with the bounds of rows that pass ``box`` = (minx, miny, maxx, maxy) by
+        at most ``tolerance`` (floating-point error, e.g. a bound of 180.00000000000006) clipped
+        to it, and the number of such rows. Rows further outside keep their bounds."""
+        b = self.bounds
+        lo = np.asarray(box[:2], np.float64)
+        hi = np.asarray(box[2:], np.float64)
+        with np.errstate(invalid="ignore"):
+            within = ((b[:, :2] >= lo - tolerance) & (b[:, 2:] <= hi + tolerance)).all(axis=1)
+            past = ((b[:, :2] < lo) | (b[:, 2:] > hi)).any(axis=1)
+        fix = within & past
+        n = int(fix.sum())
+        if not n:
+            return self, 0
+        bounds = b.copy()
+        bounds[fix] = np.clip(b[fix], np.r_[lo, lo], np.r_[hi, hi])
+        return RowFacts(
+            bounds, self.area, self.length, self.num_coords, self.type_id, self.has_z
+        ), n
+
     def geometry_types(self) -> list[str]:
         """GeoParquet ``geometry_types`` of these rows (nulls and empties left out)."""
         keep = (self.type_id >= 0) & ~np.isnan(self.bounds[:, 0])  # null/empty: NaN bounds

@@ -17,7 +17,8 @@ encoding, geometry types, CRS as PROJJSON, bbox) and a ``bbox`` covering column
 chunk (``file_id, chunk_id, bbox_minx, bbox_miny, bbox_maxx, bbox_maxy, sum_area, sum_length,
 num_coords, num_rows``, bboxes and measures in EPSG:4326), and ``fused-celery:writer`` (JSON
 ``{"name": "fused-celery", "version": ...}``: the mark of a table this project committed, the only
-kind ``overwrite=True`` replaces). This is the reference SDK's layout, so
+kind ``overwrite=True`` replaces), and for a table an ingest made, ``fused-celery:ingest_report``
+(JSON: rows in and out, dropped by reason, repaired). This is the reference SDK's layout, so
 ``fused.get_chunks_metadata`` / ``fused.get_chunk_from_table`` open these tables, and DuckDB,
 GDAL and geopandas read the data files as plain GeoParquet.
 """
@@ -60,6 +61,9 @@ KEY_WRITER = b"fused-celery:writer"
 """``_sample`` key naming the writer: JSON ``{"name": "fused-celery", "version": ...}``. Only a
 table whose ``_sample`` carries it is replaced by ``overwrite=True`` (the ``fused:*`` keys are the
 reference SDK's layout, written by other tools too)."""
+KEY_INGEST_REPORT = b"fused-celery:ingest_report"
+"""``_sample`` key of a table an ingest made: JSON of what the ingest did to the rows (rows in
+and out, dropped by reason, repaired; ``Table.ingest_report``)."""
 SAMPLE_ROWS = 1000
 """Rows kept in ``_sample`` (at most), spread evenly over the table."""
 SAMPLE_ROWS_PER_FILE = 100
@@ -229,6 +233,17 @@ def written_by_us(kv: Mapping[bytes, bytes]) -> bool:
     except ValueError:
         return False
     return isinstance(value, dict) and value.get("name") == "fused-celery"
+
+
+def ingest_report(kv: Mapping[bytes, bytes]) -> dict[str, Any] | None:
+    """The :data:`KEY_INGEST_REPORT` of ``_sample`` key-value metadata ``kv`` (None: absent or
+    unreadable)."""
+    raw = kv.get(KEY_INGEST_REPORT)
+    try:
+        value = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def writer_marker(run_id: str) -> bytes:

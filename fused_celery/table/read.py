@@ -40,6 +40,7 @@ from fused_celery.table.format import (
     _sample_url,
     _unify,
     arrow_to_frame,
+    ingest_report,
     resolve_table_url,
     validate_name,
 )
@@ -56,7 +57,9 @@ class Table(BaseModel):
     its rows (``_sample``'s, with the ``bbox`` covering column, without fused keys);
     column_names: the columns readers return (the covering column left out); num_rows /
     num_files / num_chunks: totals over non-empty chunks; sample: up to 1000 rows; chunk_metadata:
-    one :class:`ChunkMetadata` per chunk; files: the file ids, sorted.
+    one :class:`ChunkMetadata` per chunk; files: the file ids, sorted; ingest_report: for a
+    table an ingest made, what it did to the rows (``input_rows``, ``output_rows``, ``dropped``
+    and ``repaired`` by reason, ...; None otherwise).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -71,6 +74,7 @@ class Table(BaseModel):
     sample: Any = None
     chunk_metadata: list[ChunkMetadata]
     files: list[str]
+    ingest_report: dict[str, Any] | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -266,6 +270,7 @@ def open_table(url: str) -> Table:
         sample=sample,
         chunk_metadata=chunks,
         files=files,
+        ingest_report=ingest_report(kv),
     )
 
 

@@ -50,6 +50,7 @@ from fused_celery.table.format import (
     COVERING_COLUMN,
     FORMAT_VERSION,
     KEY_FORMAT_VERSION,
+    KEY_INGEST_REPORT,
     KEY_METADATA,
     KEY_WRITER,
     SAMPLE_ROWS,
@@ -318,11 +319,18 @@ class TableWriter:
         storage.write_bytes(self._sidecar_url(fid), _parquet_bytes(sample), durable=False)
         return metas
 
-    def commit(self, chunks: Iterable[ChunkMetadata | Mapping[str, Any]]) -> Table:
+    def commit(
+        self,
+        chunks: Iterable[ChunkMetadata | Mapping[str, Any]],
+        *,
+        report: Mapping[str, Any] | None = None,
+    ) -> Table:
         """Make the table whole: move the staged files listed in ``chunks`` into place, delete
         data files not listed, write ``_sample`` last, drop the staging area.
 
         chunks: every chunk :meth:`write_file` returned, for all files (dicts accepted).
+        report: what an ingest did to the rows (JSON-able), kept in ``_sample``'s metadata as
+        :data:`~fused_celery.table.format.KEY_INGEST_REPORT` (default None: none).
         Idempotent: a commit that ran before (fully or partly) completes or does nothing.
         Returns the opened :class:`Table`.
         """
@@ -380,6 +388,8 @@ class TableWriter:
             KEY_METADATA: encode_chunk_metadata(metas),
             KEY_WRITER: writer_key(),
         }
+        if report is not None:
+            kv[KEY_INGEST_REPORT] = json.dumps(dict(report), sort_keys=True).encode()
         sample = sample.replace_schema_metadata({**(sample.schema.metadata or {}), **kv})
         storage.write_bytes(sample_url, _parquet_bytes(sample))
         storage.delete_prefix(storage.join(self.url, STAGING_DIR))

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
+from chromium import WINDOW, run_chromium
 from PIL import Image
 
 import fused_celery as fused
@@ -31,11 +30,6 @@ from fused_celery.options import options
 from fused_celery.table import Table, get_chunks_metadata, open_table
 
 N_POINTS = 4000
-WINDOW = (1000, 800)
-CHROMIUM_MISSING = (
-    "chromium is not on PATH: install Debian's chromium (`apt-get install -y chromium`, as "
-    "root or with sudo); `./run test` installs it when it runs as root or with passwordless sudo"
-)
 _FIT_BOUNDS = re.compile(
     r"fitBounds\(\s*\[\[([-\d.e]+), ([-\d.e]+)\], \[([-\d.e]+), ([-\d.e]+)\]\]"
 )
@@ -76,28 +70,6 @@ def table_map(table: Table, tmp_path_factory: pytest.TempPathFactory) -> MapFile
     return show_table(table, tmp_path_factory.mktemp("map") / "points.html")
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.fail(CHROMIUM_MISSING)
-    return path
-
-
-def _run_chromium(page: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Headless Chromium on ``page`` with its own profile; no GPU, no network services."""
-    profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
-    cmd = [
-        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--disable-background-networking", "--disable-extensions", "--hide-scrollbars",
-        f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
-        "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0",
-        *args, page.resolve().as_uri(),
-    ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"chromium failed ({done.returncode}):\n{done.stderr[-3000:]}"
-    return done
-
-
 def _console_errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "CONSOLE" in line and "Uncaught" in line]
 
@@ -107,7 +79,7 @@ def _console_errors(stderr: str) -> list[str]:
 
 def test_screenshot_shows_chunks_and_rows(table: Table, table_map: MapFile, tmp_path: Path):
     png = tmp_path / "map.png"
-    done = _run_chromium(Path(table_map.path), tmp_path, f"--screenshot={png}")
+    done = run_chromium(Path(table_map.path), tmp_path, f"--screenshot={png}")
     assert _console_errors(done.stderr) == []
     image = Image.open(png).convert("RGB")
     assert image.size == WINDOW
@@ -129,7 +101,7 @@ def test_screenshot_shows_chunks_and_rows(table: Table, table_map: MapFile, tmp_
 
 
 def test_dom_has_chunk_layer_rows_and_legend(table: Table, table_map: MapFile, tmp_path: Path):
-    done = _run_chromium(Path(table_map.path), tmp_path, "--dump-dom")
+    done = run_chromium(Path(table_map.path), tmp_path, "--dump-dom")
     dom = done.stdout
     assert _console_errors(done.stderr) == []
     chunk_paths = re.findall(rf'<path class="{CHUNK_CLASS} [^"]*"[^>]*>', dom)

@@ -62,7 +62,7 @@ def test_config_defaults_and_json_round_trip():
     dumped = cfg.model_dump()
     for key, value in API_DEFAULTS.items():
         assert dumped[key] == value, key
-    assert dumped["gdal_config"] == {"open_options": {}, "layer": None}
+    assert dumped["gdal_config"] == {"open_options": {}, "layer": None, "config_options": {}}
     text = cfg.model_dump_json()
     assert GeospatialPartitionJobStepConfig.model_validate_json(text) == cfg
     frame_cfg = GeospatialPartitionJobStepConfig(input=gpd.GeoDataFrame(geometry=[]))

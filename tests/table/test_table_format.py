@@ -331,3 +331,34 @@ def test_gdal_reads_our_tables_through_pyogrio(tmp_path):
     near = pyogrio.read_dataframe(path, ADBC_DRIVER=lib, bbox=box)
     src = files["0"][1]
     assert sorted(near["id"]) == sorted(src[src.intersects(shapely.box(*box))]["id"])
+
+
+def test_geopandas_and_pyarrow_read_our_tables(tmp_path):
+    """The readers the README names besides DuckDB, GDAL (ADBC) and the reference SDK:
+    ``geopandas.read_parquet`` (a data file, and the folder) and ``pyarrow.dataset``."""
+    import pyarrow.dataset as ds
+
+    url = str(tmp_path / "t")
+    files = make_files(20)
+    write_table(url, files)
+    one = gpd.read_parquet(os.path.join(url, "1.parquet"))
+    want = gpd.pd.concat(files["1"], ignore_index=True)
+    assert one.crs.to_epsg() == 4326 and sorted(one["id"]) == sorted(want["id"])
+    assert one.geometry.iloc[0].equals_exact(want.geometry.iloc[0], 1e-9)
+    parts = [gpd.read_parquet(os.path.join(url, f"{f}.parquet")) for f in sorted(files)]
+    assert sum(len(p) for p in parts) == 80
+    data = ds.dataset(url, format="parquet", exclude_invalid_files=True)
+    assert data.count_rows() == 80
+    assert data.to_table(filter=ds.field("id") == 3).num_rows == 1
+
+
+def test_gdal_without_adbc_does_not_read_our_tables(tmp_path):
+    """What the README warns about: pyogrio's bundled GDAL has no Parquet driver, so
+    ``gpd.read_file`` on a data file fails; GDAL reads our tables only through ADBC."""
+    pyogrio = pytest.importorskip("pyogrio")
+    url = str(tmp_path / "t")
+    write_table(url, make_files(5))
+    if "Parquet" in pyogrio.list_drivers():
+        pytest.fail("this GDAL has a Parquet driver now: update the README's list of readers")
+    with pytest.raises(pyogrio.errors.DataSourceError):
+        gpd.read_file(os.path.join(url, "0.parquet"))

@@ -33,6 +33,7 @@ One concept, hence one module over 600 lines: the client side of the engine inte
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -77,6 +78,7 @@ from fused_celery.state.pool_record import (
     parse_state,
 )
 from fused_celery.state.statuses import ENTRY_WITH_OUTCOME as _OUTCOME_STATUSES
+from fused_celery.task_display import PoolDisplay
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +192,7 @@ class CeleryEngine(Engine):
         pipelined when the transport supports it."""
         app = get_app(results=False)
         soft, hard = self._limits
+        shown = self._display
         with app.producer_or_acquire() as producer:
             batch = producer.batch() if hasattr(producer, "batch") else contextlib.nullcontext()
             with batch:
@@ -202,7 +205,13 @@ class CeleryEngine(Engine):
                         producer=producer,
                         soft_time_limit=soft,
                         time_limit=hard,
+                        **shown.options(positions),
                     )
+
+    @functools.cached_property
+    def _display(self) -> PoolDisplay:
+        """How the pool's messages read in Flower (``udf:<name>``, pool, entries, arguments)."""
+        return PoolDisplay.of(self.spec.udf, self.pool_id, self.spec.args)
 
     # ------------------------------------------------------------------ Engine
 

@@ -64,6 +64,7 @@ from fused_celery.state.pool_record import (
     parse_state,
 )
 from fused_celery.state.statuses import ERROR, PENDING, RUNNING, SUCCESS, TIMEOUT
+from fused_celery.task_display import PoolDisplay
 
 logger = logging.getLogger(__name__)
 
@@ -135,14 +136,17 @@ def _publish(
     """Publish a message of the pool (same queue and time limits as the ones submitted)."""
     soft = float(meta.get("soft_time_limit") or 0) or None
     hard = float(meta.get("time_limit") or 0) or None
+    positions = [p for p, _ in entries]
+    shown = PoolDisplay.of(meta.get("udf_obj") or {}, pool_id)
     app.send_task(
         RUN_ENTRIES,
-        args=[pool_id, [p for p, _ in entries], [a for _, a in entries], lane],
+        args=[pool_id, positions, [a for _, a in entries], lane],
         task_id=task_id,
         queue=meta.get("queue") or DEFAULT_QUEUE,
         countdown=countdown,
         soft_time_limit=soft,
         time_limit=hard,
+        **shown.options(positions),
     )
 
 

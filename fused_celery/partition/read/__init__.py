@@ -7,7 +7,8 @@ a GeoDataFrame; :func:`read_input` reads every slice into one frame (the single-
 Modules: :mod:`.base` (:class:`InputSlice`, error translation, column checks), :mod:`.slices`
 (input files, dispatch by suffix, the front functions), one module per input family taking
 keyword options — :mod:`.parquet` (row groups), :mod:`.csv` (byte ranges of whole records),
-:mod:`.gdal` (features, through pyogrio) — and :mod:`.remote` (the download cache of GDAL
+:mod:`.gdal` (features, through pyogrio; layers GDAL reads only sequentially in one streaming
+pass, :func:`stream_sequential`) — and :mod:`.remote` (the download cache of GDAL
 inputs on S3).
 
 Errors: a missing input is :class:`~fused_celery.errors.InputNotFoundError`, an unknown suffix or
@@ -34,6 +35,7 @@ from fused_celery.partition.read.slices import (
     read_input,
     read_options,
     read_slice,
+    stream_sequential,
 )
 
 __all__ = [
@@ -53,4 +55,5 @@ __all__ = [
     "read_options",
     "read_parquet_table",
     "read_slice",
+    "stream_sequential",
 ]

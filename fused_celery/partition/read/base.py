@@ -42,7 +42,10 @@ class InputSlice(BaseModel):
     mtime_ns: of the file on S3 when listed (GDAL formats: the download cache key). sidecars: the
     URLs downloaded with a Shapefile on S3. error: set when the file could not be listed and
     ``config.ignore_chunk_error`` is on: the slice stands for the whole file and reading it
-    raises this error (so that only this slice fails).
+    raises this error (so that only this slice fails). sequential: gdal only, a layer GDAL
+    reads only from its start (OpenStreetMap, GPX, ...): the slice is the whole layer
+    (start = stop = 0, num_rows None), read in one streaming pass
+    (:func:`~.gdal.stream_slices`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -61,6 +64,7 @@ class InputSlice(BaseModel):
     mtime_ns: int | None = None
     sidecars: tuple[str, ...] = ()
     error: str | None = None
+    sequential: bool = False
 
     def describe(self) -> str:
         """``slice <id> (<what it covers>) of <url>``, for messages."""
@@ -71,6 +75,8 @@ class InputSlice(BaseModel):
                 what = f"row groups {self.start}-{self.stop - 1}"
         elif self.format == "csv":
             what = f"bytes {self.start}-{self.stop}"
+        elif self.sequential:
+            what = f"layer {self.layer or '(first)'}, read in one pass"
         else:
             what = f"features {self.start}-{self.stop}"
         return f"slice {self.slice_id} ({what}) of {self.url}"

@@ -1,11 +1,15 @@
 """The front of the readers: an ingest's input files, cut into :class:`~.base.InputSlice` s and
 read back, dispatched by file suffix to the family modules (:mod:`.parquet`, :mod:`.csv`,
 :mod:`.gdal`), which take keyword options (:func:`read_options` gives them from a step config).
+A file of another suffix is handed to GDAL when GDAL opens it (:func:`~.gdal.sniff`), and
+refused with what GDAL said otherwise.
 
-Inputs: a path or URL (local path, ``file://``, ``s3://``), a list of them, or a folder (every
-file under it, recursively, sorted, whose name ends with ``file_suffix`` when set; names starting
-with ``.`` or ``_`` are skipped, and so are the sidecars of a listed Shapefile). Every slice holds
-at most ``target_rows`` rows and about ``target_bytes`` uncompressed bytes.
+Inputs: a path or URL (local path, ``file://``, ``s3://``, a GDAL ``/vsi...`` path such as
+``/vsizip/a.zip/b.shp`` or ``/vsicurl/https://...``), a list of them, or a folder (every file
+under it, recursively, sorted, whose name ends with ``file_suffix`` when set; names starting with
+``.`` or ``_`` are skipped, and so are the sidecars of a listed Shapefile; a local ``.gdb``
+folder is one input, a File Geodatabase). Every slice holds at most ``target_rows`` rows and
+about ``target_bytes`` uncompressed bytes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,14 @@ from fused_celery.options import options
 from fused_celery.partition.prepare import ensure_geodataframe
 from fused_celery.partition.read.base import Format, InputSlice, reading
 from fused_celery.partition.read.csv import CSV_SUFFIXES, csv_slices, read_csv_slice
-from fused_celery.partition.read.gdal import GDAL_SUFFIXES, gdal_slices, read_gdal_slice
+from fused_celery.partition.read.gdal import (
+    GDAL_SUFFIXES,
+    gdal_slices,
+    is_vsi,
+    read_gdal_slice,
+    sniff,
+    stream_slices,
+)
 from fused_celery.partition.read.parquet import (
     PARQUET_SUFFIXES,
     parquet_slices,
@@ -44,12 +55,13 @@ _READ_INTO_ALL = 1 << 62  # target_rows of read_input: each file as one slice
 
 def read_options(config: GeospatialPartitionJobStepConfig) -> dict[str, Any]:
     """The reader keyword options of a step config: ``lonlat_cols``, ``load_columns``,
-    ``gdal_open_options`` and ``layer`` (from ``gdal_config``)."""
+    ``gdal_open_options``, ``layer`` and ``config_options`` (from ``gdal_config``)."""
     return {
         "lonlat_cols": config.lonlat_cols,
         "load_columns": config.load_columns,
         "gdal_open_options": dict(config.gdal_config.open_options),
         "layer": config.gdal_config.layer,
+        "config_options": dict(config.gdal_config.config_options),
     }
 
 
@@ -88,8 +100,10 @@ def list_slices(
     opts = read_options(config)
     parts: list[dict[str, Any]] = []
     files = input_files(config.input, file_suffix=config.file_suffix)
+    sniffing = {"gdal_open_options": opts["gdal_open_options"]}
+    sniffing["config_options"] = opts["config_options"]
     for url in files:
-        fmt = file_format(url)
+        fmt = file_format(url, **sniffing)
         try:
             with reading(url):
                 parts.extend(file_slices(url, fmt, target_rows=target, target_bytes=nbytes, **opts))
@@ -116,6 +130,7 @@ def file_slices(
     load_columns: Sequence[str] | None = None,
     gdal_open_options: dict[str, str] | None = None,
     layer: str | None = None,
+    config_options: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The slices of one file of format ``fmt`` (:class:`InputSlice` fields without
     ``slice_id``), from its family module; options as in :func:`read_options` (defaults None).
@@ -126,7 +141,49 @@ def file_slices(
         return parquet_slices(url, **size, **cols)
     if fmt == "csv":
         return csv_slices(url, **size, **cols, gdal_open_options=gdal_open_options)
-    return gdal_slices(url, **size, **cols, gdal_open_options=gdal_open_options, layer=layer)
+    return gdal_slices(
+        url, **size, **cols, gdal_open_options=gdal_open_options, layer=layer,
+        config_options=config_options,
+    )  # fmt: skip
+
+
+def stream_sequential(
+    slices: list[InputSlice],
+    config: GeospatialPartitionJobStepConfig,
+    folder: str,
+    *,
+    target_rows: int | None = None,
+    target_bytes: int | None = None,
+) -> list[InputSlice]:
+    """``slices`` with each sequential one (a layer GDAL reads only from its start) replaced by
+    the Parquet slices of the files :func:`~.gdal.stream_slices` writes under ``folder`` in one
+    streaming pass; slice ids renumbered in order. target_rows / target_bytes: as in
+    :func:`list_slices` (defaults from ``options``). With ``config.ignore_chunk_error`` a layer
+    that fails while streamed becomes one slice with ``error`` set."""
+    if not any(sl.sequential for sl in slices):
+        return slices
+    rows = options.ingest_slice_rows if target_rows is None else int(target_rows)
+    nbytes = options.ingest_slice_bytes if target_bytes is None else int(target_bytes)
+    opts = read_options(config)
+    cols = {"lonlat_cols": opts["lonlat_cols"], "load_columns": opts["load_columns"]}
+    gdal = {k: opts[k] for k in ("gdal_open_options", "config_options")}
+    parts: list[dict[str, Any]] = []
+    for sl in slices:
+        if not sl.sequential or sl.error is not None:
+            parts.append(sl.model_dump(exclude={"slice_id"}))
+            continue
+        try:
+            with reading(sl.url, sl.describe()):
+                for url, _ in stream_slices(
+                    sl, folder, target_rows=rows, target_bytes=nbytes, **cols, **gdal
+                ):
+                    parts.extend(parquet_slices(url, target_rows=rows, target_bytes=nbytes))
+        except IngestInputError as exc:
+            if not config.ignore_chunk_error:
+                raise
+            failed = {"start": 0, "stop": 0, "num_rows": None, "error": str(exc)}
+            parts.append({"url": sl.url, "format": "gdal", "layer": sl.layer, **failed})
+    return [InputSlice(slice_id=i, **p) for i, p in enumerate(parts)]
 
 
 def read_slice(sl: InputSlice, config: GeospatialPartitionJobStepConfig) -> gpd.GeoDataFrame:
@@ -147,7 +204,10 @@ def read_slice(sl: InputSlice, config: GeospatialPartitionJobStepConfig) -> gpd.
             return read_parquet_slice(sl, **cols)
         if sl.format == "csv":
             return read_csv_slice(sl, **cols, gdal_open_options=opts["gdal_open_options"])
-        return read_gdal_slice(sl, **cols, gdal_open_options=opts["gdal_open_options"])
+        return read_gdal_slice(
+            sl, **cols, gdal_open_options=opts["gdal_open_options"],
+            config_options=opts["config_options"],
+        )  # fmt: skip
 
 
 def read_input(config: GeospatialPartitionJobStepConfig) -> gpd.GeoDataFrame:
@@ -180,12 +240,15 @@ def input_files(inputs: str | Sequence[str], *, file_suffix: str | None = None) 
     items = [inputs] if isinstance(inputs, str) else list(inputs)
     files: list[str] = []
     for item in items:
+        if is_vsi(item):  # GDAL's own path: GDAL finds (or refuses) it
+            files.append(item)
+            continue
         try:
             url = storage.normalize(item)
         except UnsupportedURLError as exc:
             raise UnsupportedInputError(f"cannot ingest {item!r}: {exc}") from exc
         with reading(url):
-            if storage.is_file(url):
+            if storage.is_file(url) or _is_gdb_folder(url):
                 files.append(url)
                 continue
             names = storage.list_files(url, recursive=True)
@@ -200,6 +263,14 @@ def input_files(inputs: str | Sequence[str], *, file_suffix: str | None = None) 
             )
         files.extend(storage.join(url, n) for n in kept)
     return files
+
+
+def _is_gdb_folder(url: str) -> bool:
+    """Whether ``url`` is a local File Geodatabase folder (``*.gdb``), one GDAL input."""
+    import os
+
+    local = storage.parse(url).scheme == "file"
+    return local and url.rstrip("/").lower().endswith(".gdb") and os.path.isdir(url)
 
 
 def _folder_inputs(names: list[str], suffix: str | None) -> list[str]:
@@ -218,16 +289,31 @@ def _folder_inputs(names: list[str], suffix: str | None) -> list[str]:
     ]
 
 
-def file_format(url: str) -> Format:
-    """The format of the file at ``url`` from its suffix (UnsupportedInputError when unknown)."""
-    lower = url.lower()
+def file_format(
+    url: str,
+    *,
+    gdal_open_options: dict[str, str] | None = None,
+    config_options: dict[str, str] | None = None,
+) -> Format:
+    """The format of the file at ``url`` from its suffix; a ``/vsi`` path or a file of another
+    suffix is ``"gdal"`` when GDAL opens it (:func:`~.gdal.sniff`, with the GDAL options,
+    defaults None), else an :class:`UnsupportedInputError` saying what GDAL said."""
+    lower = url.lower().rstrip("/")
+    if is_vsi(url):
+        return "gdal"
     if lower.endswith(PARQUET_SUFFIXES):
         return "parquet"
     if lower.endswith(CSV_SUFFIXES):
         return "csv"
     if lower.endswith(GDAL_SUFFIXES):
         return "gdal"
+    with reading(url):
+        said = sniff(url, gdal_open_options=gdal_open_options, config_options=config_options)
+    if said is None:
+        return "gdal"
     raise UnsupportedInputError(
         f"cannot ingest {url}: unknown file type; supported suffixes are "
-        f"{list(SUPPORTED_SUFFIXES)} (in a folder, file_suffix picks the files to read)"
+        f"{list(SUPPORTED_SUFFIXES)}, and GDAL cannot open it as vector data ({said}). Convert "
+        "it to a format GDAL reads, pass gdal_config=GDALOpenConfig(open_options=...) when it "
+        "needs open options, or (in a folder) pick the files to read with file_suffix"
     )
