@@ -107,6 +107,9 @@ class Options(BaseSettings):
         planned exactly (default 300,000; chunks a sampled plan leaves over their maximum are
         split with the exact rows when written).
     job_watchdog_interval: seconds between a job's watchdog checks (default 15).
+    staged_expires: seconds the staged work of a job (its steps' finished units, under
+        ``<storage_root>/_staged``) is kept for a ``resume=True`` rerun (default 7 days); older
+        entries are swept when a job is planned.
     worker_preload: modules every worker process imports when it starts, so the first task does
         not pay for them (default pandas, pyarrow, shapely, geopandas; [] for none).
     job_stall_timeout: seconds without progress (no task finished, no heartbeat) after which the
@@ -158,6 +161,7 @@ class Options(BaseSettings):
     ingest_sample_rows: int = Field(default=300_000, ge=1)
     job_watchdog_interval: float = Field(default=15.0, gt=0)
     job_stall_timeout: float | None = Field(default=None, gt=0)
+    staged_expires: float = Field(default=7 * 24 * 3600, gt=0)
     worker_preload: list[str] = Field(
         default_factory=lambda: ["pandas", "pyarrow.parquet", "shapely", "geopandas"]
     )

@@ -20,6 +20,9 @@ callback does not launch a stage twice); the last stage's collect (the commit) r
 depends only on their inputs, so a task redelivered after its worker died returns the same encoded
 value and the Redis chord counts it once.
 
+Every task runs with the job's ``additional_env`` set (``run.options.env``, restored after the
+task: :func:`~fused_celery.worker_env.applied_env`).
+
 Cancellation is the job's durable flag (``JobRecord.request_cancel``), never a revoke: a revoked
 chord member would leave its chord hanging. Members check the flag before working; the next
 callback discards and ends the job ``Canceled``. The watchdog ends a job ``Failed`` when it makes
@@ -59,6 +62,7 @@ from fused_celery.jobs.stages import (
 from fused_celery.options import options
 from fused_celery.state.job_record import JobRecord
 from fused_celery.state.statuses import JOB_CANCELED, JOB_DONE, JOB_FAILED
+from fused_celery.worker_env import applied_env
 
 __all__ = ["COLLECT", "MEMBER", "START", "WATCHDOG", "heartbeat", "submit"]
 
@@ -133,9 +137,10 @@ def _end(
 def _guarded(
     record: JobRecord, seq: StageSequence[Any], run: StageRun, what: str, fn: Callable[[], None]
 ) -> None:
-    """Run a start's or callback's own work; an exception fails the job (the run discarded)."""
+    """Run a start's or callback's own work (with the job's ``additional_env``); an exception
+    fails the job (the run discarded)."""
     try:
-        with heartbeat(record):
+        with heartbeat(record), applied_env(run.options.env):
             fn()
     except Exception as exc:
         logger.exception("job %s: %s failed", record.job_id, what)
@@ -263,9 +268,10 @@ def run_member(
         return skipped
     task_key = f"{stage}:{key}"
     try:
-        with heartbeat(record):
-            seq = load_sequence(target)
-            value = jsonable(seq.stage(stage).member(seq.load_run(data), item))
+        seq = load_sequence(target)
+        run = seq.load_run(data)
+        with heartbeat(record), applied_env(run.options.env):
+            value = jsonable(seq.stage(stage).member(run, item))
     except Exception as exc:  # every failure becomes a deterministic value
         message = error_text(exc)
         record.task_failed(task_key, message)  # logged there, at ERROR

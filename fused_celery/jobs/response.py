@@ -268,6 +268,14 @@ class RunResponse(BaseModel):
                 pass
         return self.get_status()
 
+    def resume(self, **overrides: Any) -> RunResponse:
+        """Run this ``Failed`` or ``Canceled`` job again with ``resume=True``: only the work
+        its run did not stage is redone (:func:`fused_celery.jobs.resume.resume_job`); returns
+        the new job's RunResponse. overrides: other ``run_remote`` arguments."""
+        from fused_celery.jobs.resume import resume_job
+
+        return resume_job(self.job_id, **overrides)
+
     # ------------------------------------------------------------------ display
 
     def __repr__(self) -> str:

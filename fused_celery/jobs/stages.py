@@ -31,10 +31,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_jsonable_python
 
 from fused_celery.errors import FusedError
+from fused_celery.jobs.run_options import RunOptions
 from fused_celery.jobs.runners import runner_for
 
 __all__ = [
@@ -70,8 +71,10 @@ class StageRun(BaseModel):
     record's, and the stem of every task id). ignore_errors: leave failed members out and list
     them in ``failed`` instead of failing the job (default False). failed: the members left out
     so far (default none). remote: run by the Celery driver, so a job record exists to log to
-    (set by its ``submit``; default False). Keep it small: no rows, no per-item lists that grow
-    with the input.
+    (set by its ``submit``; default False). options: the job's
+    :class:`~fused_celery.jobs.run_options.RunOptions` (``additional_env`` applied around every
+    task by the drivers; the fleet fields for routing; default: none asked). Keep it small: no
+    rows, no per-item lists that grow with the input.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -81,6 +84,7 @@ class StageRun(BaseModel):
     ignore_errors: bool = False
     failed: tuple[FailedItem, ...] = ()
     remote: bool = False
+    options: RunOptions = Field(default_factory=RunOptions)
 
 
 R = TypeVar("R", bound=StageRun)

@@ -8,7 +8,7 @@ that run it on the cluster or this machine are in :mod:`fused_celery.steps.map_s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, StrictBool, field_validator
 
@@ -90,6 +90,8 @@ class MapJobStepConfig(JobStepConfig):
     chunks_per_task: int | None = Field(default=None, ge=1)
 
     _samples: dict[tuple[str, int], Any] = PrivateAttr(default_factory=dict)
+    #: The UDF of a step run without one (``ignore_no_udf``): each chunk passes through.
+    _identity_udf: ClassVar[str] = "def identity(gdf):\n    return gdf\n"
 
     @field_validator("udf", mode="before")
     @classmethod

@@ -8,7 +8,7 @@ once, without arguments). :meth:`UdfJobStepConfig.run_local` runs one sample in 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, field_validator
 
@@ -44,6 +44,9 @@ class UdfJobStepConfig(JobStepConfig):
     type: Literal["udf"] = "udf"
     udf: Udf | None = None
     input: list[Any] | None = None
+
+    #: The UDF of a step run without one (``ignore_no_udf``): each input is its output.
+    _identity_udf: ClassVar[str] = "def identity(value=None):\n    return value\n"
 
     @field_validator("udf", mode="before")
     @classmethod
