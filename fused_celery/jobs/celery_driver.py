@@ -55,6 +55,7 @@ from fused_celery.jobs.stages import (
     StageRun,
     StageSequence,
     error_text,
+    in_stage,
     jsonable,
     load_sequence,
     sequence_target,
@@ -161,6 +162,8 @@ def _launch(
         raise ValueError(f"stage {stage.name!r} has items with the same key: {keys[:20]}")
     if not record.start_stage(stage.name, len(items)):
         return
+    if stage.units is not None:
+        record.set_stage_units(stage.name, sum(stage.units(i) for i in items), stage.unit)
     if stage.describe is not None:
         record.log(stage.describe(run, items))
     data = run.model_dump(mode="json")
@@ -270,13 +273,14 @@ def run_member(
     try:
         seq = load_sequence(target)
         run = seq.load_run(data)
-        with heartbeat(record), applied_env(run.options.env):
-            value = jsonable(seq.stage(stage).member(run, item))
+        current = seq.stage(stage)
+        with heartbeat(record), applied_env(run.options.env), in_stage(stage):
+            value = jsonable(current.member(run, item))
     except Exception as exc:  # every failure becomes a deterministic value
         message = error_text(exc)
         record.task_failed(task_key, message)  # logged there, at ERROR
         return MemberOutcome(key=key, status="error", error=message).model_dump(mode="json")
-    record.task_done(task_key)
+    record.task_done(task_key, units=current.units(item) if current.units else 0)
     return MemberOutcome(key=key, status="ok", value=value).model_dump(mode="json")
 
 

@@ -121,6 +121,8 @@ def _wrap(
         key=stage.key,
         collect_name=f"step{k + 1}.{stage.collector}",
         describe=describe,
+        units=stage.units,
+        unit=stage.unit,
     )
 
 

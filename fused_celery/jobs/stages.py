@@ -26,8 +26,10 @@ from the run's ``kind`` (:func:`sequence_target`), so ``jobs`` imports no step p
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -44,7 +46,9 @@ __all__ = [
     "Stage",
     "StageRun",
     "StageSequence",
+    "current_stage",
     "error_text",
+    "in_stage",
     "jsonable",
     "load_sequence",
     "sequence_target",
@@ -111,7 +115,8 @@ class Stage(Generic[R]):
     functions. key: an item's key, unique in the stage, for its task id and failure (default
     None: its position). collect_name: what the collect is called in logs and reasons (default
     None: ``<name>-collect``). describe: the log line when the stage starts, from the run and
-    the items (default None: none).
+    the items (default None: none). units: the units of work in an item (e.g. its chunks), for
+    progress bars (default None: progress in tasks). unit: their name (default ``"task"``).
     """
 
     name: str
@@ -121,6 +126,8 @@ class Stage(Generic[R]):
     key: Callable[[Any], str] | None = None
     collect_name: str | None = None
     describe: Callable[[R, Sequence[Any]], str] | None = None
+    units: Callable[[Any], int] | None = None
+    unit: str = "task"
 
     @property
     def collector(self) -> str:
@@ -173,6 +180,25 @@ class StageSequence(Generic[R]):
         if run.kind != self.kind:
             raise ValueError(f"a {run.kind!r} run given to the {self.kind!r} stage sequence")
         return run
+
+
+_current_stage: ContextVar[str | None] = ContextVar("fused_celery_stage", default=None)
+
+
+def current_stage() -> str | None:
+    """The stage whose task runs in this context (set by the drivers; None outside a task), for
+    log lines that say where they come from."""
+    return _current_stage.get()
+
+
+@contextlib.contextmanager
+def in_stage(name: str) -> Iterator[None]:
+    """Run the block as a task of stage ``name`` (:func:`current_stage`)."""
+    token = _current_stage.set(name)
+    try:
+        yield
+    finally:
+        _current_stage.reset(token)
 
 
 def error_text(exc: BaseException) -> str:

@@ -64,9 +64,16 @@ def require_udf(step: Any) -> Udf:
 
 def job_log(run: StageRun, message: str, level: str = "INFO") -> None:
     """Append ``message`` to the job's log when ``run`` runs on the cluster (a job record
-    exists); on this machine, nothing. Never raises: a log line is not worth a task."""
+    exists); on this machine, nothing. Each line of it starts with ``[<stage>]`` when a task of
+    a stage runs (e.g. ``[step2.map] chunk 0/3: ...``: the step, file and chunk it came from).
+    Never raises: a log line is not worth a task."""
     if not run.remote:
         return
+    from fused_celery.jobs.stages import current_stage
+
+    stage = current_stage()
+    if stage:
+        message = "\n".join(f"[{stage}] {line}" for line in message.splitlines() or [""])
     with contextlib.suppress(Exception):
         from fused_celery.state.job_record import JobRecord
 
@@ -93,7 +100,8 @@ def call_udf(
     if logs:
         print(logs, end="", flush=True)
         if run is not None:
-            job_log(run, f"{where}: {logs.rstrip()[-JOB_LOG_CHARS:]}")
+            kept = logs.rstrip()[-JOB_LOG_CHARS:]
+            job_log(run, "\n".join(f"{where}: {line}" for line in kept.splitlines()))
     if not outcome["ok"]:
         error = dict(outcome["error"] or {})
         error["message"] = f"{where}: {error.get('message', '')}"

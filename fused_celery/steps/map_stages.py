@@ -499,6 +499,8 @@ MAP_STEP: StageSequence[MapRun] = StageSequence(
             key=map_key,
             collect_name="route",
             describe=describe_map,
+            units=len,
+            unit="chunk",
         ),
         Stage(
             "write",

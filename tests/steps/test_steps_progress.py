@@ -1,0 +1,63 @@
+"""Progress and logs of a job on real workers: ``wait_for_job``'s tqdm bar counts each step's
+chunks, and ``tail_logs`` says which step, file and chunk each UDF output line came from."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import fused_celery as fused
+from fused_celery.jobs.config import JobConfig
+from fused_celery.state.job_record import JobRecord
+from fused_celery.table import read_chunk_metadata
+
+
+@fused.udf
+def slow_scale(gdf, metadata=None, delay: float = 0.2):
+    import time
+
+    print(f"file {metadata['file_id']} chunk {metadata['chunk_id']}: {len(gdf)} rows")
+    print("second line")
+    time.sleep(delay)
+    out = gdf.copy()
+    out["v"] = out["v"] * 2
+    return out
+
+
+def two_maps(table: str, tmp_path) -> JobConfig:
+    return JobConfig(
+        steps=[
+            fused.map(table, udf=slow_scale, output_table=str(tmp_path / "a"), chunks_per_task=1),
+            fused.map(None, udf=slow_scale, output_table=str(tmp_path / "b"), chunks_per_task=2),
+        ]
+    )
+
+
+@pytest.mark.slow
+def test_wait_for_job_bar_counts_chunks_per_step(on_shared_cluster, tmp_path, table, capsys):
+    n = len(read_chunk_metadata(table))
+    resp = two_maps(table, tmp_path).run_remote()
+    resp.wait_for_job(poll_interval_seconds=0.05, timeout=180)
+    assert resp.status == "Done", resp.get_logs()[-5:]
+    err = capsys.readouterr().err
+    for step in ("step1.map", "step2.map"):
+        assert re.search(rf"{re.escape(step)}: .*\d+/{n} chunks", err), err[-2000:]
+    progress = JobRecord.open(resp.job_id).snapshot(errors=False).progress
+    assert {s: (p.done, p.total, p.unit) for s, p in progress.items()} == {
+        "step1.map": (n, n, "chunk"),
+        "step2.map": (n, n, "chunk"),
+    }
+
+
+@pytest.mark.slow
+def test_tail_logs_names_step_file_and_chunk(on_shared_cluster, tmp_path, table, capsys):
+    resp = two_maps(table, tmp_path).run_remote(delay=0.0)
+    resp.tail_logs(refresh_seconds=0.1, timeout=180)
+    assert resp.status == "Done"
+    out = capsys.readouterr().out
+    for c in read_chunk_metadata(table):
+        for step in ("step1.map", "step2.map"):
+            where = f"[{step}] chunk {c.file_id}/{c.chunk_id}: "
+            assert f"{where}file {c.file_id} chunk {c.chunk_id}: {c.num_rows} rows" in out, where
+            assert f"{where}second line" in out
