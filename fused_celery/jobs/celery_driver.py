@@ -127,11 +127,15 @@ def _sig(name: str, args: tuple[Any, ...], queue: str) -> Any:
 def _end(
     record: JobRecord, seq: StageSequence[Any], run: StageRun, status: str, reason: str
 ) -> None:
-    """Discard the run and end the job ``status`` (Failed or Canceled) with ``reason``."""
+    """Discard the run (logging what the sequence says stays) and end the job ``status``
+    (Failed or Canceled) with ``reason``."""
     try:
-        seq.discard(run)
+        line = seq.discard(run)
     except Exception as exc:  # still end the job; say what was left
         reason = f"{reason} (and discarding the run failed: {error_text(exc)})"
+    else:
+        if line:
+            record.log(line, level="WARNING")
     record.finish(status, reason=reason)  # the record logs the end with its reason
 
 

@@ -278,14 +278,6 @@ class JobConfig(BaseModel):
             **kwargs,
         )
         target = composed_target(run.targets)
-        try:
-            done = run_stages(run, engine=engine, target=target)
-        except Exception as exc:
-            from fused_celery.jobs.compose import STOPPED
-
-            line = STOPPED.pop(run.job_id, "a step failed; its output was not committed")
-            if hasattr(exc, "add_note"):  # Python >= 3.11
-                exc.add_note(f"job {self.name or run.job_id}: {line}")
-            raise
+        done = run_stages(run, engine=engine, target=target)
         result, _ = load_sequence(target).result(done)
         return {**result, "failed": [f.model_dump(mode="json") for f in done.failed]}

@@ -125,8 +125,9 @@ def run_stages(run: R, *, engine: str | None = "local", target: str | None = Non
     engine: ``"local"`` (worker processes, default) or None (everything in this process).
     target: the sequence's ``"module:NAME"`` (default None: the one registered for ``run.kind``).
     On any error the sequence's ``discard`` runs and the error is raised (see the module
-    docstring). The job's ``additional_env`` (``run.options.env``) is set while it runs, in this
-    process and around every member in the worker processes, and restored after.
+    docstring), with the line ``discard`` returns (what stays) as a note. The job's
+    ``additional_env`` (``run.options.env``) is set while it runs, in this process and around
+    every member in the worker processes, and restored after.
     """
     from fused_celery.worker_env import applied_env
 
@@ -142,10 +143,15 @@ def run_stages(run: R, *, engine: str | None = "local", target: str | None = Non
                     raise first
                 run = run.model_copy(update={"failed": (*run.failed, *failed)})
                 run = stage.collect(run, ok, failed)
-    except BaseException:
+    except BaseException as exc:
         try:
-            seq.discard(run)
+            line = seq.discard(run)
         except Exception:
             logger.warning("job %s: discard failed", run.job_id, exc_info=True)
+        else:
+            if line and hasattr(exc, "add_note"):  # Python >= 3.11
+                exc.add_note(f"job {run.job_id}: {line}")
+            elif line:
+                logger.warning("job %s: %s", run.job_id, line)
         raise
     return run

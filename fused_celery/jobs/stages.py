@@ -16,7 +16,9 @@ thing every message carries — and its :class:`Stage` s, each made of
   is idempotent — except the last stage's (the commit), which the drivers run at most once;
 
 then ``result(run) -> (result, line)``, the Done job's JSON result and its last log line, and
-``discard(run)``, which removes what a failed or cancelled run left behind.
+``discard(run)``, which removes what a failed or cancelled run left behind and may return a line
+saying what stays (the drivers log it on the cluster, and add it as a note to the error raised on
+this machine).
 
 Two drivers run any sequence: :mod:`.celery_driver` (chained chords, the job record as guard) and
 :mod:`.local_driver` (this machine). A step package registers its sequence by dotted name
@@ -143,14 +145,14 @@ class Stage(Generic[R]):
 class StageSequence(Generic[R]):
     """A staged job, declared once: kind (its step type), run_type (its :class:`StageRun`
     subclass), stages (run in order), result (``run -> (JSON result, log line)`` once the last
-    collect returned) and discard (``run -> None``: remove what a failed or cancelled run left;
-    it must not fail when there is nothing to remove)."""
+    collect returned) and discard (``run -> str | None``: remove what a failed or cancelled run
+    left, and optionally say what stays; it must not fail when there is nothing to remove)."""
 
     kind: str
     run_type: type[R]
     stages: tuple[Stage[R], ...]
     result: Callable[[R], tuple[dict[str, Any], str]]
-    discard: Callable[[R], None]
+    discard: Callable[[R], str | None]
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]

@@ -1,13 +1,17 @@
-"""What the UDF steps share: the ``udf`` field (coerced from a :class:`~fused_celery.udf.Udf`,
-its JSON dict or its code), ``set_udf``, calling the UDF through :mod:`fused_celery.execute`
-(its output in the job's log), and removing a failed run's staging from an output table."""
+"""What the UDF steps share: :class:`UdfStepConfig` (the ``udf`` field, coerced from a
+:class:`~fused_celery.udf.Udf`, its JSON dict or its code; ``set_udf`` and ``set_input``),
+calling the UDF through :mod:`fused_celery.execute` (its output in the job's log), and removing
+a failed run's staging from an output table."""
 
 from __future__ import annotations
 
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+from pydantic import field_validator
+
 from fused_celery.errors import StepUdfError, error_from_dict
+from fused_celery.jobs.step import JobStepConfig
 from fused_celery.udf import Udf
 
 if TYPE_CHECKING:
@@ -51,6 +55,49 @@ def with_udf(
         merged = dict(parameters) if replace_parameters else {**found.parameters, **parameters}
         found = found.model_copy(update={"parameters": merged})
     return found
+
+
+class UdfStepConfig(JobStepConfig):
+    """A job step that runs a UDF (map, UDF, join steps). udf: a ``@fused.udf`` function, its
+    JSON dict or its code (default None: set it with :meth:`set_udf`). Subclasses define
+    ``input`` and may check a UDF (:meth:`_check_udf`) or drop caches when the input changes
+    (:meth:`_input_changed`)."""
+
+    udf: Udf | None = None
+
+    @field_validator("udf", mode="before")
+    @classmethod
+    def _coerce_udf(cls, value: Any) -> Any:
+        return coerce_udf(value)
+
+    def set_udf(
+        self,
+        udf: Any,
+        parameters: dict[str, Any] | None = None,
+        replace_parameters: bool = False,
+        inplace: bool = False,
+    ) -> Any:
+        """This step with ``udf`` (a Udf, its dict or code). parameters: set on the UDF (default
+        None: unchanged). replace_parameters: drop the ones not given (default False).
+        inplace: change this object instead of a copy (default False)."""
+        found = with_udf(udf, parameters, replace_parameters)
+        self._check_udf(found)
+        target = self if inplace else self.model_copy(deep=True)
+        target.udf = found
+        return target
+
+    def _set_input(self, input: Any, inplace: bool) -> Any:
+        """This step (or a copy, unless ``inplace``) with ``input`` (validated by the field)."""
+        target = self if inplace else self.model_copy(deep=True)
+        target.input = input
+        target._input_changed()
+        return target
+
+    def _check_udf(self, udf: Udf) -> None:
+        """Raise :class:`StepUdfError` when ``udf`` does not fit this step (default: any)."""
+
+    def _input_changed(self) -> None:
+        """Called after ``input`` changed (default: nothing)."""
 
 
 def require_udf(step: Any) -> Udf:

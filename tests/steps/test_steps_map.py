@@ -166,6 +166,21 @@ def test_whole_step_keeps_layout_metadata_and_crs(tmp_path, table, points):
     assert direct.num_rows == len(points) and direct.num_chunks == len(inp)
 
 
+def test_show_delegates_to_the_table_map(tmp_path, table):
+    step = fused.map(table, udf=double, output_table=str(tmp_path / "out"), name="doubled")
+    with pytest.raises(StepInputError, match="not committed yet"):
+        step.show(path=str(tmp_path / "early.html"))
+    run_step(step)
+    shown = step.show({"path": str(tmp_path / "a.html"), "title": "from config"}, sample_rows=5)
+    assert "from config" in Path(shown.path).read_text()
+    named = step.show(path=str(tmp_path / "b.html"))
+    assert "doubled" in Path(named.path).read_text()  # the step's name is the default title
+    with pytest.raises(TypeError, match=r"unknown map option\(s\) \['colour'\]; known: path"):
+        step.show(colour="red")
+    with pytest.raises(TypeError, match="dataset_config must be a dict"):
+        step.show("red")
+
+
 def test_crs_is_kept_and_outputs_of_other_kinds(tmp_path):
     src = make_points(200).to_crs(3857)
     url = ingest_table(src, str(tmp_path / "in"), per_file=100, per_chunk=40)
