@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from fused_celery.table import ChunkMetadata, TableWriter
 
 KIND = "map"
+#: The staged parts' format, in their keys (bump when it changes: old parts are not reused).
+PART_FORMAT = "map-part-2"
 #: Rows a map task takes at least when ``chunks_per_task`` is None (small chunks share a task).
 TASK_ROWS = 20_000
 #: Chunks a map task takes at most when ``chunks_per_task`` is None.
@@ -151,17 +154,9 @@ def output_frame(value: Any, crs: Any, *, where: str) -> gpd.GeoDataFrame | None
     )
 
 
-def _schema_text(frame: gpd.GeoDataFrame) -> str:
-    """The frame's column types as base64 Arrow schema (geometries as binary)."""
-    import geopandas as gpd
-    import pandas as pd
-    import pyarrow as pa
-
-    geo = [c for c in frame.columns if isinstance(frame[c].dtype, gpd.array.GeometryDtype)]
-    plain = pd.DataFrame(frame.drop(columns=geo))
-    schema = pa.Schema.from_pandas(plain, preserve_index=False).remove_metadata()
-    for c in geo:
-        schema = schema.append(pa.field(str(c), pa.binary()))
+def _schema_text(table: pa.Table) -> str:
+    """The table's column types as base64 Arrow schema (no metadata)."""
+    schema = table.schema.remove_metadata()
     return base64.b64encode(schema.serialize().to_pybytes()).decode()
 
 
@@ -191,8 +186,15 @@ def chunk_key(run: MapRun, meta: dict[str, Any]) -> str:
 
 
 def part_url(key: str) -> str:
-    """Where the output of the chunk with staged key ``key`` is."""
+    """Where the output of the chunk with staged key ``key`` is: the rows as the table stores
+    them (:func:`~fused_celery.table.format.frame_to_arrow`: ISO WKB, the bbox covering), an
+    uncompressed Parquet file, so the write stage decodes no geometry."""
     return staged.entry_url(key, "part.parquet")
+
+
+def facts_url(key: str) -> str:
+    """The facts of the chunk's output (frame_to_arrow's: CRS, geometry columns, metadata)."""
+    return staged.entry_url(key, "facts.json")
 
 
 # --- stage map --------------------------------------------------------------------------------
@@ -274,14 +276,21 @@ def map_chunk(
         "file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "key": key, "rows": 0
     }  # fmt: skip
     if out is not None:
-        with storage.atomic_output(part_url(key)) as f:
-            out.to_parquet(f, index=False)
+        import pyarrow.parquet as pq
+
+        from fused_celery.table.format import frame_to_arrow
+
+        table, facts = frame_to_arrow(out)
+        # scratch: not fsynced (a part torn by an OS crash fails the write stage, naming it)
+        with storage.atomic_output(part_url(key), durable=False) as f:
+            pq.write_table(table, f, compression="none")
+        storage.write_bytes(facts_url(key), json.dumps(facts).encode(), durable=False)
         info = {
             **info,
             "rows": len(out),
             "crs": out.crs.to_json() if out.crs is not None and len(out) else None,
             "geometry": out.geometry.name,
-            "schema": _schema_text(out),
+            "schema": _schema_text(table),
         }
     staged.mark_done(key, info)
     return info
@@ -425,19 +434,27 @@ def describe_write(run: MapRun, items: Sequence[list[Any]]) -> str:
 def write_output_file(run: MapRun, item: list[Any]) -> list[dict[str, Any]]:
     """The write member: output file ``item[0]`` from its chunks' staged parts ``item[1]`` (in
     order), written to the table writer's staging; returns its chunks' metadata."""
-    import geopandas as gpd
-    from pyproj import CRS
+    import pyarrow.parquet as pq
 
     fid, keys = str(item[0]), [str(key) for _, key in item[1]]
-    crs = CRS.from_json(run.crs) if run.crs else None
-    frames = []
+    crs = json.loads(run.crs) if run.crs else None
+    converted = []
     for key in keys:
-        with storage.open_input_file(part_url(key)) as f:
-            frame = gpd.read_parquet(f)
-        if not len(frame) or crs is not None:
-            frame = frame.set_crs(crs, allow_override=True)
-        frames.append(frame)
-    metas = run.table_writer().write_file(fid, frames)
+        try:
+            with storage.open_input_file(part_url(key)) as f:
+                table = pq.read_table(f)
+            facts = json.loads(storage.read_bytes(facts_url(key)))
+        except Exception as exc:
+            raise StepInputError(
+                f"the staged output {part_url(key)} of a chunk of file {fid} cannot be read "
+                f"({error_text(exc)}); run the step again without resume"
+            ) from exc
+        meta = facts["metadata"]
+        facts["metadata"] = {k: math.nan if v is None else v for k, v in meta.items()}
+        if crs is not None:
+            facts["crs"] = crs  # checked equal to every chunk's by route
+        converted.append((table, facts))
+    metas = run.table_writer().write_converted(fid, converted)
     return [m.model_dump(mode="json") for m in metas]
 
 

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from fused_celery import storage
 from fused_celery.errors import InvalidNameError, TableFormatError
 from fused_celery.options import options
-from fused_celery.table.facts import ChunkMetadata, geometry_types
+from fused_celery.table.facts import ChunkMetadata, RowFacts, geometry_types
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -294,8 +294,10 @@ def frame_to_arrow(frame: gpd.GeoDataFrame) -> tuple[pa.Table, dict[str, Any]]:
     Geometry columns become ISO WKB; the ``bbox`` covering struct is appended (a column named
     ``bbox`` in ``frame`` is replaced by it); the index is dropped. The facts are
     ``{"primary": name, "crs": PROJJSON, "columns": {name: {"geometry_types", "bbox"}},
-    "wgs84": shapely geometries of the primary column in EPSG:4326}``. A frame without CRS is
-    taken to be in EPSG:4326.
+    "metadata": the chunk's ChunkMetadata fields (bbox and measures in EPSG:4326), as JSON}``;
+    all JSON-able. In another CRS than EPSG:4326 the metadata is computed without reprojecting
+    the vertices (:meth:`RowFacts.of_projected`). A frame without CRS is taken to be in
+    EPSG:4326.
     """
     import geopandas as gpd
     import pandas as pd
@@ -340,12 +342,8 @@ def frame_to_arrow(frame: gpd.GeoDataFrame) -> tuple[pa.Table, dict[str, Any]]:
                 names=["xmin", "ymin", "xmax", "ymax"],
                 mask=pa.array(~ok, type=pa.bool_()),
             )
-            wgs84 = (
-                geoms
-                if _is_wgs84(crs)
-                else np.asarray(gpd.GeoSeries(geoms, crs=crs).to_crs(4326).array, dtype=object)
-            )
-            facts["wgs84"] = wgs84
+            rows = RowFacts.of(geoms) if _is_wgs84(crs) else RowFacts.of_projected(geoms, crs)
+            facts["metadata"] = rows.chunk_metadata("0", 0).model_dump(mode="json")
     # Keep the frame's column order; the covering goes last.
     columns, names = [], []
     for col in frame.columns:

@@ -374,5 +374,5 @@ def test_a_redelivered_member_returns_the_same_value_and_object(tmp_path, table)
     part = Path(part_url(first[0]["key"]))
     size = part.stat().st_size
     assert json.dumps(map_member(run, items[0])) == json.dumps(first)
-    assert part.stat().st_size == size and len(list(part.parent.iterdir())) == 2
+    assert part.stat().st_size == size and len(list(part.parent.iterdir())) == 3
     assert [i["rows"] for i in first] == [m["num_rows"] for m in items[0]]
