@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fused_celery.errors import StepUdfError, UdfImportError
 
-__all__ = ["RunOptions", "prepare_step", "run_options"]
+__all__ = ["RunOptions", "check_imports", "prepare_step", "run_options"]
 
 
 class RunOptions(BaseModel):
@@ -115,14 +115,19 @@ def prepare_step(step: Any, options: RunOptions, *, validate_imports: bool | Non
 
         step = step.model_copy(update={"udf": udf_from_code(identity)})
     if validate_imports:
-        from fused_celery.udf_imports import unresolved_imports
-
-        missing = unresolved_imports(step.udf.code)
-        if missing:
-            raise UdfImportError(
-                f"UDF {step.udf.name} of job step {step.name or step.type!r} imports "
-                f"{', '.join(repr(m) for m in missing)}, which cannot be found here; install "
-                f"it (pip install ...) or remove the import (validate_imports=False skips "
-                "this check)"
-            )
+        check_imports(step, step.udf)
     return step
+
+
+def check_imports(step: Any, udf: Any) -> None:
+    """``validate_imports``: raise :class:`~fused_celery.errors.UdfImportError` naming the
+    modules ``udf`` (of job step ``step``) imports that cannot be found here."""
+    from fused_celery.udf_imports import unresolved_imports
+
+    missing = unresolved_imports(udf.code)
+    if missing:
+        raise UdfImportError(
+            f"UDF {udf.name} of job step {step.name or step.type!r} imports "
+            f"{', '.join(repr(m) for m in missing)}, which cannot be found here; install "
+            "it (pip install ...) or remove the import (validate_imports=False skips this check)"
+        )

@@ -191,12 +191,16 @@ class MapJobStepConfig(UdfStepConfig):
         file_id / chunk_id / n_rows / use_cache: the sample, as :meth:`get_sample`. sample: a
         frame to use instead (default None). validate_output: return the output as the table
         would store it, a GeoDataFrame (default True; a non-frame output raises
-        :class:`~fused_celery.errors.StepOutputError`). validate_imports: unused (default
-        None). kwargs: more keyword arguments of the call."""
+        :class:`~fused_celery.errors.StepOutputError`). validate_imports: first check that the
+        UDF's imports resolve (default None: no check). kwargs: more keyword arguments of the
+        call."""
         from fused_celery.steps.map_stages import output_frame
 
-        del validate_imports
         udf = require_udf(self)
+        if validate_imports:
+            from fused_celery.jobs.run_options import check_imports
+
+            check_imports(self, udf)
         if sample is not None:
             meta = {"file_id": None, "chunk_id": None, "bbox": None, "num_rows": len(sample)}
             frame = sample

@@ -69,11 +69,14 @@ class UdfJobStepConfig(UdfStepConfig):
 
         sample: the value given to the UDF's first parameter (default ``...``: the first input,
         or no argument when the step has no input). validate_output: check that the output can
-        be a job result (encodable on the wire; default False). validate_imports: unused
-        (default None). kwargs: more keyword arguments of the call. Raises the UDF's error as a
-        :class:`~fused_celery.errors.UdfRuntimeError`."""
-        del validate_imports
+        be a job result (encodable on the wire; default False). validate_imports: first check
+        that the UDF's imports resolve (default None: no check). kwargs: more keyword arguments
+        of the call. Raises the UDF's error as a :class:`~fused_celery.errors.UdfRuntimeError`."""
         udf = require_udf(self)
+        if validate_imports:
+            from fused_celery.jobs.run_options import check_imports
+
+            check_imports(self, udf)
         if sample is ...:
             present = bool(self.input)
             value = self.input[0] if present else None

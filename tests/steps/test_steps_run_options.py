@@ -96,6 +96,8 @@ def test_validate_imports_names_the_module(tmp_path, table):
         step.run_remote(validate_imports=True)
     with pytest.raises(UdfImportError, match="imports_missing.*fc_no_such_module_xyz"):
         JobConfig(steps=[step]).run_local(engine=None, validate_imports=True)
+    with pytest.raises(UdfImportError, match="fc_no_such_module_xyz"):
+        step.run_local(validate_imports=True)  # the sample run too
     assert not (tmp_path / "o").exists()
     ok = fused.map(table, udf=double, output_table=str(tmp_path / "ok"))
     JobConfig(steps=[ok]).run_local(engine=None, validate_imports=True)
