@@ -1,30 +1,41 @@
-"""Dispatch benchmark: the Celery engine's ``JobPool`` against raw Celery, on one local cluster.
+"""Dispatch benchmark: the Celery engine's ``JobPool`` against raw Celery, on one machine.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/dispatch.py
 
-In one run it starts a private ``redis-server`` on loopback and two ``celery worker`` processes
-(``fused_celery.cluster.local_cluster.worker_command``, ``--concurrency 2`` each by default), which
-also import
-``benchmarks/_dispatch_tasks.py`` (``--include``; the raw task ``bench.noop`` returns its
-argument and is registered on the project's app, so both sides run under the same settings).
+In one run it starts two private ``redis-server`` processes on loopback and two clusters:
+
+* ours: two ``celery worker`` processes as the project ships them
+  (``fused_celery.cluster.local_cluster.worker_command``: task events on for Flower, acks late,
+  prefetch 1; Redis with AOF on, as ``fused-celery up`` starts it), ``--concurrency 2`` each by
+  default, which also import ``benchmarks/_dispatch_tasks.py`` (``--include``; the raw task
+  ``bench.noop`` is registered on the project's app, so "raw Celery, project settings" runs under
+  the same settings as the pool);
+* the out-of-the-box peer: two ``celery -A _plain_celery worker`` processes of a plain ``Celery``
+  app with Celery's defaults (prefetch 4, acks on receipt, no events) on a Redis without AOF,
+  the same ``--concurrency``.
+
 Then it measures, with the implementations interleaved and every throughput figure the median of
 ``--repeats`` runs (default 3):
 
-* (a) 10,000 trivial entries: raw ``group(noop.s(i) for i in ...).apply_async().get()`` against
-  ``udf.map(range(n), engine="remote", cache=False).results()`` (one message per entry);
-* (b) the same pool with ``n_processes_per_worker=100`` (100 entries per message, 100 threads);
+* (a) 10,000 trivial entries, one message each: raw ``group(noop.s(i) ...).apply_async().get()``
+  on both clusters against ``udf.map(range(n), engine="remote", cache=False).results()``;
+* (b) the same, batched: Celery's ``noop.chunks(zip(range(n)), 100)`` (defaults) against the pool
+  with ``n_processes_per_worker=100`` (100 entries per message, 100 threads);
 * (c) single-entry round trips, ``--latency-n`` (500) sequential calls per run: raw
-  ``noop.apply_async((x,)).get()`` against ``udf(x, engine="remote", cache=False)``, the two
-  alternating in blocks of ``--latency-block`` (50) calls; median and p95 over all calls of all
-  runs;
+  ``noop.apply_async((x,)).get()`` (both clusters) against ``udf(x, engine="remote",
+  cache=False)``, alternating in blocks of ``--latency-block`` (50) calls; median and p95 over all
+  calls of all runs;
 * (d) client memory of a 100,000-entry pool (submit + wait + ``results()``, unbatched), in a
   fresh subprocess: peak RSS over the RSS after imports and one warm-up call (``ru_maxrss``);
-  with ``--tracemalloc`` also the ``tracemalloc`` peak, in a second subprocess.
+  with ``--tracemalloc`` also the ``tracemalloc`` peak, in a second subprocess;
+* (e) the broker's own floor: a bare kombu loop (no Celery, no worker, no result) that publishes
+  ``--n`` messages to a queue and consumes them in one process, and a bare Redis round trip
+  (``LPUSH`` + ``BRPOP``), on the plain Redis: what no Celery-based dispatch can go below.
 
-Each figure is checked against the targets of issue 4, item 9. Raw samples go to
-``benchmarks/.work/dispatch.json``. Nothing leaves loopback.
+Each figure is printed with its ratio to every peer and the targets of issue 19. Raw samples go
+to ``benchmarks/.work/dispatch.json``. Nothing leaves loopback.
 """
 
 from __future__ import annotations
@@ -57,6 +68,9 @@ from fused_celery.options import options as fc_options  # noqa: E402
 fc_options.show.enable_tqdm = False
 
 RAW, POOL, BATCHED = "raw Celery group", "JobPool", "JobPool, n_processes_per_worker=100"
+RAW_DEF = "raw Celery group, Celery defaults"
+CHUNKS = "Celery chunks(100), Celery defaults"
+PEERS = {RAW: "raw Celery, project settings", RAW_DEF: "raw Celery, Celery's defaults"}
 
 
 @fused.udf
@@ -111,7 +125,7 @@ class Cluster:
         from fused_celery.cluster.processes import ManagedProcess
         from fused_celery.cluster.redis_server import RedisServer
 
-        self.server = RedisServer(self.dir / "redis").start()
+        self.server = RedisServer(self.dir / "redis", appendonly=True).start()
         self.url = self.server.url
         set_broker(self.url)
         path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
@@ -126,6 +140,53 @@ class Cluster:
                 ManagedProcess(name, cmd, env=env, log_path=self.dir / f"{name}.log").start()
             )
         wait_for_workers(self.url, names, timeout=90, processes=dict(zip(names, self.procs)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from fused_celery.cluster.processes import stop_all
+
+        stop_all(self.procs)
+        if self.server is not None:
+            self.server.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PlainCluster:
+    """A second private Redis (no AOF) plus ``workers`` workers of the plain Celery app."""
+
+    def __init__(self, workers: int, concurrency: int) -> None:
+        self.workers, self.concurrency = workers, concurrency
+        self.dir = Path(tempfile.mkdtemp(prefix="fc-dispatch-plain-"))
+        self.procs: list[Any] = []
+        self.server: Any = None
+
+    def __enter__(self) -> PlainCluster:
+        from fused_celery.cluster.processes import ManagedProcess
+        from fused_celery.cluster.redis_server import RedisServer
+
+        self.server = RedisServer(self.dir / "redis").start()
+        os.environ["BENCH_PLAIN_URL"] = self.server.url
+        path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path, "BENCH_PLAIN_URL": self.server.url}
+        names = [f"plain{i}@dispatch" for i in range(self.workers)]
+        for name in names:
+            cmd = [
+                sys.executable, "-m", "celery", "-A", "_plain_celery", "worker",
+                "--hostname", name, "--concurrency", str(self.concurrency),
+                "--loglevel", "WARNING",
+            ]  # fmt: skip
+            self.procs.append(
+                ManagedProcess(name, cmd, env=env, log_path=self.dir / f"{name}.log").start()
+            )
+        from _plain_celery import app
+
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            replies = app.control.ping(timeout=1.0) or []
+            if len(replies) >= self.workers:
+                break
+        else:
+            raise RuntimeError(f"plain Celery workers did not answer; logs in {self.dir}")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -153,6 +214,85 @@ def raw_group(n: int) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     result.forget()
     return {"seconds": seconds, "rows": len(values), "checksum": sum(values)}
+
+
+def plain_group(n: int) -> dict[str, Any]:
+    """Raw ``group`` on the plain app (Celery's defaults)."""
+    from _plain_celery import noop
+    from celery import group
+
+    started = time.perf_counter()
+    result = group(noop.s(i) for i in range(n)).apply_async()
+    values = result.get(timeout=600)
+    seconds = time.perf_counter() - started
+    result.forget()
+    return {"seconds": seconds, "rows": len(values), "checksum": sum(values)}
+
+
+def plain_chunks(n: int, size: int = 100) -> dict[str, Any]:
+    """Celery's ``task.chunks(..., size)`` on the plain app: ``size`` calls per message."""
+    from _plain_celery import noop
+
+    started = time.perf_counter()
+    result = noop.chunks(((i,) for i in range(n)), size).apply_async()
+    values = [v for part in result.get(timeout=600) for v in part]
+    seconds = time.perf_counter() - started
+    result.forget()
+    return {"seconds": seconds, "rows": len(values), "checksum": sum(values)}
+
+
+def plain_latency(n: int, offset: int) -> list[float]:
+    """Sequential ``apply_async().get()`` round trips on the plain app."""
+    from _plain_celery import noop
+
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        value = noop.apply_async((offset + i,)).get(timeout=60)
+        out.append(time.perf_counter() - t0)
+        assert value == offset + i, (value, offset + i)
+    return out
+
+
+def kombu_floor(n: int, rtt_n: int = 2000) -> dict[str, float]:
+    """(e) The broker's floor on the plain Redis: a bare kombu publish-then-consume loop of
+    ``n`` JSON messages in one process (messages/s, and publish and consume apart), and the
+    median of ``rtt_n`` bare Redis round trips (``LPUSH`` then ``BRPOP`` of one list, ms)."""
+    import redis
+    from kombu import Connection, Exchange, Queue
+
+    url = os.environ["BENCH_PLAIN_URL"]
+    queue = Queue("floor", Exchange("floor", type="direct"), routing_key="floor")
+    got = 0
+    with Connection(url) as conn:
+        producer = conn.Producer(serializer="json")
+        started = time.perf_counter()
+        for i in range(n):
+            producer.publish({"i": i}, exchange=queue.exchange, routing_key="floor",
+                             declare=[queue] if i == 0 else None)  # fmt: skip
+        published = time.perf_counter() - started
+        sq = conn.SimpleQueue(queue)
+        for _ in range(n):
+            message = sq.get(block=True, timeout=30)
+            message.ack()
+            got += 1
+        seconds = time.perf_counter() - started
+        sq.close()
+    client = redis.Redis.from_url(url)
+    rtts = []
+    for i in range(rtt_n):
+        t0 = time.perf_counter()
+        client.lpush("floor:rtt", i)
+        client.brpop(["floor:rtt"], timeout=5)
+        rtts.append(time.perf_counter() - t0)
+    client.delete("floor:rtt")
+    assert got == n, (got, n)
+    return {
+        "kombu_per_s": n / seconds,
+        "kombu_publish_per_s": n / published,
+        "kombu_consume_per_s": n / (seconds - published),
+        "rtt_ms": statistics.median(rtts) * 1e3,
+    }
 
 
 def pool_map(n: int, batch: int | None) -> dict[str, Any]:
@@ -226,78 +366,74 @@ def run_memory(n: int, trace: bool) -> dict[str, Any]:
 
 
 def table(res: dict[str, Any], n: int, lat_n: int, mem_n: int) -> str:
-    """The results as a Markdown table (rows of the parts that ran)."""
-    lat = res.get("latency")
+    """The results as a Markdown table: each of ours against each peer, with issue 19's targets
+    (rows of the parts that ran)."""
+    lat = res.get("latency") or {}
     mem = res.get("memory") or {}
-    eps = {k: n / res[k]["median"] for k in (RAW, POOL, BATCHED) if k in res}
+    floor = res.get("floor") or {}
+    eps = {k: n / res[k]["median"] for k in (RAW, RAW_DEF, CHUNKS, POOL, BATCHED) if k in res}
     rows = [
-        "| measurement | raw Celery | JobPool | JobPool ÷ raw | target | met |",
-        "|---|---|---|---|---|---|",
+        "| measurement | peer | peer | ours | ours ÷ peer | target | met |",
+        "|---|---|---|---|---|---|---|",
     ]
 
-    def row(what: str, r: str, p: str, ratio: str, target: str, met: bool | None) -> None:
+    def row(
+        what: str, peer: str, p: str, o: str, ratio: str, target: str, met: bool | None
+    ) -> None:
         mark = "—" if met is None else ("yes" if met else "**no**")
-        rows.append(f"| {what} | {r} | {p} | {ratio} | {target} | {mark} |")
+        rows.append(f"| {what} | {peer} | {p} | {o} | {ratio} | {target} | {mark} |")
 
-    if POOL in eps:
-        ratio = eps[POOL] / eps[RAW]
-        row(
-            f"(a) {n:,} trivial, unbatched: entries/s",
-            f"{eps[RAW]:,.0f}",
-            f"{eps[POOL]:,.0f}",
-            f"{ratio:.2f}×",
-            "≥ 1.0× raw",
-            ratio >= 1.0,
-        )
-    if BATCHED in eps:
-        ratio_b = eps[BATCHED] / eps[RAW]
-        row(
-            f"(b) {n:,} trivial, n_processes_per_worker=100: entries/s",
-            f"{eps[RAW]:,.0f}",
-            f"{eps[BATCHED]:,.0f}",
-            f"{ratio_b:.2f}×",
-            "≥ 5,000 entries/s",
-            eps[BATCHED] >= 5000,
-        )
-    if lat:
-        med_ratio = lat[POOL]["median"] / lat[RAW]["median"]
-        row(
-            f"(c) single entry, {lat_n} sequential: median ms",
-            f"{lat[RAW]['median'] * 1e3:.2f}",
-            f"{lat[POOL]['median'] * 1e3:.2f}",
-            f"{med_ratio:.2f}×",
-            "≤ 1.25× raw",
-            med_ratio <= 1.25,
-        )
-        p95_ratio = lat[POOL]["p95"] / lat[RAW]["p95"]
-        row(
-            "(c) single entry: p95 ms",
-            f"{lat[RAW]['p95'] * 1e3:.2f}",
-            f"{lat[POOL]['p95'] * 1e3:.2f}",
-            f"{p95_ratio:.2f}×",
-            "—",
-            None,
-        )
+    def speed(what: str, ours: str, peer: str, target: float | None) -> None:
+        if ours in eps and peer in eps:
+            ratio = eps[ours] / eps[peer]
+            row(
+                what, peer, f"{eps[peer]:,.0f}", f"{eps[ours]:,.0f}", f"{ratio:.2f}×",
+                f"≥ {target}×" if target else "—", None if target is None else ratio >= target,
+            )  # fmt: skip
+
+    speed(f"(a) {n:,} trivial, unbatched: entries/s", POOL, RAW, 2.0)
+    speed(f"(a) {n:,} trivial, unbatched: entries/s", POOL, RAW_DEF, 1.5)
+    speed(f"(b) {n:,} trivial, 100 per message: entries/s", BATCHED, CHUNKS, 1.2)
+    speed(f"(b) {n:,} trivial, 100 per message: entries/s", BATCHED, RAW, None)
+    if POOL in lat:
+        for peer, target in ((RAW, 1.0), (RAW_DEF, None)):
+            if peer not in lat:
+                continue
+            for stat in ("median", "p95"):
+                ratio = lat[POOL][stat] / lat[peer][stat]
+                goal = target if stat == "median" else None
+                row(
+                    f"(c) single entry, {lat_n} sequential: {stat} ms", peer,
+                    f"{lat[peer][stat] * 1e3:.2f}", f"{lat[POOL][stat] * 1e3:.2f}",
+                    f"{ratio:.2f}×", f"≤ {goal}×" if goal else "—",
+                    None if goal is None else ratio <= goal,
+                )  # fmt: skip
+    if floor:
+        if POOL in eps:
+            row(
+                f"(e) broker floor: bare kombu publish+consume, {n:,} msgs/s", "kombu",
+                f"{floor['kombu_per_s']:,.0f}", f"{eps[POOL]:,.0f}",
+                f"{eps[POOL] / floor['kombu_per_s']:.2f}×", "—", None,
+            )  # fmt: skip
+        if POOL in lat:
+            row(
+                "(e) broker floor: bare Redis LPUSH+BRPOP round trip, median ms", "redis",
+                f"{floor['rtt_ms']:.3f}", f"{lat[POOL]['median'] * 1e3:.2f}",
+                f"{lat[POOL]['median'] * 1e3 / floor['rtt_ms']:.1f}×", "—", None,
+            )  # fmt: skip
     if not mem_n:
         return "\n".join(rows)
     rss = mem.get("rss_delta_mb")
     traced = mem.get("traced_peak_mb")
     row(
-        f"(d) client memory, {mem_n:,}-entry pool: peak RSS over baseline, MiB",
-        "—",
-        f"{rss:,.0f}" if rss is not None else "n/a",
-        "—",
-        "≤ 500 MB",
+        f"(d) client memory, {mem_n:,}-entry pool: peak RSS over baseline, MiB", "—", "—",
+        f"{rss:,.0f}" if rss is not None else "n/a", "—", "≤ 500 MB",
         None if rss is None else rss * 1.048576 <= 500,
-    )
+    )  # fmt: skip
     row(
-        "(d) client memory: tracemalloc peak, MiB",
-        "—",
-        f"{traced:,.0f}" if traced is not None else "n/a",
-        "—",
-        "—",
-        None,
-    )
+        "(d) client memory: tracemalloc peak, MiB", "—", "—",
+        f"{traced:,.0f}" if traced is not None else "n/a", "—", "—", None,
+    )  # fmt: skip
     return "\n".join(rows)
 
 
@@ -315,9 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-n", type=int, default=100_000, help="entries of (d); 0 skips it")
     p.add_argument(
         "--parts",
-        default="abcd",
-        help="measurements to run, e.g. 'c' for latency only (default abcd; (b) needs (a)'s raw "
-        "runs for its ratio, so 'b' runs them too)",
+        default="abcde",
+        help="measurements to run, e.g. 'c' for latency only (default abcde; 'a' or 'b' also "
+        "runs the project-settings raw group, for the ratios)",
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
@@ -353,26 +489,29 @@ def main(argv: list[str] | None = None) -> int:
 
     n = opts.n
     expected = n * (n - 1) // 2
-    samples: dict[str, list[float]] = {RAW: [], POOL: [], BATCHED: []}
-    lat: dict[str, list[float]] = {RAW: [], POOL: []}
+    samples: dict[str, list[float]] = {RAW: [], RAW_DEF: [], POOL: [], CHUNKS: [], BATCHED: []}
+    lat: dict[str, list[float]] = {RAW: [], RAW_DEF: [], POOL: []}
     failures: list[str] = []
     parts = set(opts.parts.lower())
     runs = {
         RAW: lambda: raw_group(n),
+        RAW_DEF: lambda: plain_group(n),
         POOL: lambda: pool_map(n, None),
+        CHUNKS: lambda: plain_chunks(n, 100),
         BATCHED: lambda: pool_map(n, 100),
     }
     if "a" not in parts:
-        del runs[POOL]
+        del runs[POOL], runs[RAW_DEF]
     if "b" not in parts:
-        del runs[BATCHED]
+        del runs[BATCHED], runs[CHUNKS]
     if not parts & {"a", "b"}:
         del runs[RAW]
     mem_n = opts.memory_n if "d" in parts else 0
     res: dict[str, Any] = {}
-    with Cluster(opts.workers, opts.concurrency):
+    with Cluster(opts.workers, opts.concurrency), PlainCluster(opts.workers, opts.concurrency):
         raw_group(50), pool_map(50, None), pool_map(200, 100)  # warm-up
-        raw_latency(20, 0), pool_latency(20, 0)
+        plain_group(50), plain_chunks(200, 100)
+        raw_latency(20, 0), pool_latency(20, 0), plain_latency(20, 0)
         for rep in range(opts.repeats if runs or "c" in parts else 0):
             for name, run in runs.items():
                 s = run()
@@ -385,11 +524,13 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             offset = rep * opts.latency_n
-            got_run: dict[str, list[float]] = {RAW: [], POOL: []}
+            got_run: dict[str, list[float]] = {RAW: [], RAW_DEF: [], POOL: []}
             block = max(1, opts.latency_block)
             for start in range(0, opts.latency_n, block) if "c" in parts else ():
                 size = min(block, opts.latency_n - start)
-                for name, fn in ((RAW, raw_latency), (POOL, pool_latency)):
+                for name, fn in (
+                    (RAW, raw_latency), (RAW_DEF, plain_latency), (POOL, pool_latency)
+                ):  # fmt: skip
                     got_run[name] += fn(size, offset + start)
             for name, got in got_run.items() if "c" in parts else ():
                 lat[name] += got
@@ -407,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
                 name: {"median": statistics.median(v), "p95": percentile(v, 0.95)}
                 for name, v in lat.items()
             }
+        if "e" in parts:
+            res["floor"] = kombu_floor(n)
+            print(f"  (e) broker floor: {json.dumps(res['floor'])}", flush=True)
         mem: dict[str, Any] = {}
         if mem_n:
             for trace in (False, True) if opts.tracemalloc else (False,):
