@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 KIND = "map"
 #: The staged parts' format, in their keys (bump when it changes: old parts are not reused).
-PART_FORMAT = "map-part-2"
+PART_FORMAT = "map-part-3"
 #: Rows a map task takes at least when ``chunks_per_task`` is None (small chunks share a task).
 TASK_ROWS = 20_000
 #: Chunks a map task takes at most when ``chunks_per_task`` is None.
@@ -188,8 +188,8 @@ def chunk_key(run: MapRun, meta: dict[str, Any]) -> str:
 def part_url(key: str) -> str:
     """Where the output of the chunk with staged key ``key`` is: the rows as the table stores
     them (:func:`~fused_celery.table.format.frame_to_arrow`: ISO WKB, the bbox covering), an
-    uncompressed Parquet file, so the write stage decodes no geometry."""
-    return staged.entry_url(key, "part.parquet")
+    Arrow IPC file (no encoding to pay twice), so the write stage decodes no geometry."""
+    return staged.entry_url(key, "part.arrow")
 
 
 def facts_url(key: str) -> str:
@@ -276,14 +276,17 @@ def map_chunk(
         "file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "key": key, "rows": 0
     }  # fmt: skip
     if out is not None:
-        import pyarrow.parquet as pq
+        import pyarrow as pa
 
         from fused_celery.table.format import frame_to_arrow
 
         table, facts = frame_to_arrow(out)
         # scratch: not fsynced (a part torn by an OS crash fails the write stage, naming it)
-        with storage.atomic_output(part_url(key), durable=False) as f:
-            pq.write_table(table, f, compression="none")
+        with (
+            storage.atomic_output(part_url(key), durable=False) as f,
+            pa.ipc.new_file(f, table.schema) as writer,
+        ):
+            writer.write_table(table)
         storage.write_bytes(facts_url(key), json.dumps(facts).encode(), durable=False)
         info = {
             **info,
@@ -434,7 +437,7 @@ def describe_write(run: MapRun, items: Sequence[list[Any]]) -> str:
 def write_output_file(run: MapRun, item: list[Any]) -> list[dict[str, Any]]:
     """The write member: output file ``item[0]`` from its chunks' staged parts ``item[1]`` (in
     order), written to the table writer's staging; returns its chunks' metadata."""
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
     fid, keys = str(item[0]), [str(key) for _, key in item[1]]
     crs = json.loads(run.crs) if run.crs else None
@@ -442,7 +445,7 @@ def write_output_file(run: MapRun, item: list[Any]) -> list[dict[str, Any]]:
     for key in keys:
         try:
             with storage.open_input_file(part_url(key)) as f:
-                table = pq.read_table(f)
+                table = pa.ipc.open_file(f).read_all()
             facts = json.loads(storage.read_bytes(facts_url(key)))
         except Exception as exc:
             raise StepInputError(

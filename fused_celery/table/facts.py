@@ -111,11 +111,14 @@ class RowFacts:
         area by the scale's determinant (exact to first order for any projection), length by
         its square root (direction-blind: within the ratio of a degree of longitude to one of
         latitude there). Hand-written: pyproj transforms the corners, shapely measures."""
+        return cls.of(np.asarray(geometries, dtype=object)).projected_to_wgs84(crs)
+
+    def projected_to_wgs84(self, crs: Any) -> RowFacts:
+        """These facts, of rows in ``crs``, as :meth:`of_projected` gives them in EPSG:4326."""
         from pyproj import Transformer
 
-        geoms = np.asarray(geometries, dtype=object)
-        base = cls.of(geoms)
-        n = len(geoms)
+        base = self
+        n = len(base.type_id)
         if not n:
             return base
         b = base.bounds
@@ -146,7 +149,7 @@ class RowFacts:
         area, length = np.zeros(n), np.zeros(n)
         area[ok] = np.nan_to_num(base.area[ok]) * scale_area
         length[ok] = np.nan_to_num(base.length[ok]) * scale_length
-        return cls(bounds, area, length, base.num_coords, base.type_id, base.has_z)
+        return RowFacts(bounds, area, length, base.num_coords, base.type_id, base.has_z)
 
     def take(self, rows: slice | np.ndarray) -> RowFacts:
         """The facts of ``rows``."""

@@ -328,22 +328,26 @@ def frame_to_arrow(frame: gpd.GeoDataFrame) -> tuple[pa.Table, dict[str, Any]]:
         geoms = np.asarray(frame[col].array, dtype=object)
         wkb = shapely.to_wkb(geoms, flavor="iso") if n else np.empty(0, dtype=object)
         arrays[col] = pa.array(wkb, type=pa.binary())
-        bounds = shapely.bounds(geoms) if n else np.empty((0, 4))
+        rows = RowFacts.of(geoms) if col == primary else None
+        bounds = (
+            rows.bounds if rows is not None else shapely.bounds(geoms) if n else np.empty((0, 4))
+        )
         ok = ~np.isnan(bounds).any(axis=1)
         bbox = (
             [bounds[ok, 0].min(), bounds[ok, 1].min(), bounds[ok, 2].max(), bounds[ok, 3].max()]
             if ok.any()
             else None
         )
-        facts["columns"][col] = {"geometry_types": geometry_types(geoms), "bbox": bbox}
-        if col == primary:
+        types = rows.geometry_types() if rows is not None else geometry_types(geoms)
+        facts["columns"][col] = {"geometry_types": types, "bbox": bbox}
+        if rows is not None:
             covering = pa.StructArray.from_arrays(
                 [pa.array(bounds[:, i], type=pa.float64()) for i in range(4)],
                 names=["xmin", "ymin", "xmax", "ymax"],
                 mask=pa.array(~ok, type=pa.bool_()),
             )
-            rows = RowFacts.of(geoms) if _is_wgs84(crs) else RowFacts.of_projected(geoms, crs)
-            facts["metadata"] = rows.chunk_metadata("0", 0).model_dump(mode="json")
+            wgs84 = rows if _is_wgs84(crs) else rows.projected_to_wgs84(crs)
+            facts["metadata"] = wgs84.chunk_metadata("0", 0).model_dump(mode="json")
     # Keep the frame's column order; the covering goes last.
     columns, names = [], []
     for col in frame.columns:

@@ -4,6 +4,9 @@ chunks, and ``tail_logs`` says which step, file and chunk each UDF output line c
 from __future__ import annotations
 
 import re
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -14,35 +17,56 @@ from fused_celery.table import read_chunk_metadata
 
 
 @fused.udf
-def slow_scale(gdf, metadata=None, delay: float = 0.2):
+def slow_scale(gdf, metadata=None, delay: float = 0.2, gate: str = ""):
+    """Prints two lines, then waits for the file ``gate`` (when given, at most 120 s) and
+    ``delay`` s; doubles ``v``."""
+    import os
     import time
 
     print(f"file {metadata['file_id']} chunk {metadata['chunk_id']}: {len(gdf)} rows")
     print("second line")
+    deadline = time.monotonic() + 120
+    while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
     time.sleep(delay)
     out = gdf.copy()
     out["v"] = out["v"] * 2
     return out
 
 
-def two_maps(table: str, tmp_path) -> JobConfig:
+def two_maps(table: str, tmp_path, gates: tuple[str, str] = ("", "")) -> JobConfig:
+    first = fused.map(table, output_table=str(tmp_path / "a"), chunks_per_task=1)
+    second = fused.map(None, output_table=str(tmp_path / "b"), chunks_per_task=2)
     return JobConfig(
         steps=[
-            fused.map(table, udf=slow_scale, output_table=str(tmp_path / "a"), chunks_per_task=1),
-            fused.map(None, udf=slow_scale, output_table=str(tmp_path / "b"), chunks_per_task=2),
+            first.set_udf(slow_scale, parameters={"gate": gates[0]}),
+            second.set_udf(slow_scale, parameters={"gate": gates[1]}),
         ]
     )
 
 
 @pytest.mark.slow
 def test_wait_for_job_bar_counts_chunks_per_step(on_shared_cluster, tmp_path, table, capsys):
+    """Each step's map waits for a gate file that the test creates only once the bar of
+    ``wait_for_job`` (in a thread) has shown that step's chunks: no race with its polls."""
     n = len(read_chunk_metadata(table))
-    resp = two_maps(table, tmp_path).run_remote()
-    resp.wait_for_job(poll_interval_seconds=0.05, timeout=180)
-    assert resp.status == "Done", resp.get_logs()[-5:]
-    err = capsys.readouterr().err
-    for step in ("step1.map", "step2.map"):
-        assert re.search(rf"{re.escape(step)}: .*\d+/{n} chunks", err), err[-2000:]
+    gates = (str(tmp_path / "gate1"), str(tmp_path / "gate2"))
+    resp = two_maps(table, tmp_path, gates).run_remote(delay=0.0)
+    waiter = threading.Thread(
+        target=resp.wait_for_job, kwargs={"poll_interval_seconds": 0.05, "timeout": 300}
+    )
+    waiter.start()
+    seen = ""
+    for step, gate in zip(("step1.map", "step2.map"), gates):
+        deadline = time.monotonic() + 240
+        pattern = rf"{re.escape(step)}: .*\d+/{n} chunks"
+        while not re.search(pattern, seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            seen += capsys.readouterr().err
+        assert re.search(pattern, seen), seen[-2000:]
+        Path(gate).touch()
+    waiter.join(timeout=300)
+    assert resp.get_status().status == "Done", resp.get_logs()[-5:]
     progress = JobRecord.open(resp.job_id).snapshot(errors=False).progress
     assert {s: (p.done, p.total, p.unit) for s, p in progress.items()} == {
         "step1.map": (n, n, "chunk"),

@@ -4,6 +4,7 @@ parameter never reuses them; the finished table equals a clean run's; staged wor
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def test_staged_work_expires_and_is_swept(tmp_path, monkeypatch):
 
     monkeypatch.setattr(options, "storage_root", str(tmp_path / "root"))
     key = staged.work_key("test", 1)
-    storage.write_bytes(staged.entry_url(key, "part.parquet"), b"x")
+    storage.write_bytes(staged.entry_url(key, "part.arrow"), b"x")
     staged.mark_done(key, {"rows": 1})
     assert staged.staged_info(key) == {"rows": 1}
     assert staged.work_key("test", 1) == key != staged.work_key("test", 2)
@@ -161,7 +162,8 @@ def test_remote_cancelled_job_resumed_by_id_runs_fewer_tasks(on_shared_cluster, 
     assert again.wait_for_job(timeout=180).status == "Done", again.get_logs()[-5:]
     redone = calls(log)
     assert len(redone) <= n - len(set(first)) + 4  # only what the cancelled run did not stage
-    assert len(redone) < n and again.total_tasks < resp.total_tasks
+    map_tasks = [int(m) for m in re.findall(r"stage map: (\d+) tasks", "\n".join(again.get_logs()))]
+    assert len(redone) < n and map_tasks == [len(set(redone))]  # one task per chunk not staged
     assert any("reused (resume)" in line for line in again.get_logs())
     assert_same_table(out, clean)
     with pytest.raises(StepInputError, match="only a Failed or Canceled job"):
