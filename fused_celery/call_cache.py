@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from fused_celery import codec
-from fused_celery.errors import CacheValueError, UdfSerializationError
+from fused_celery.errors import CacheValueError, CallArgumentError, UdfSerializationError
 from fused_celery.options import options
 
 __all__ = ["cache", "cache_call", "cache_location", "parse_max_age", "DEFAULT_CACHE_MAX_AGE"]
@@ -74,14 +74,16 @@ def parse_max_age(value: int | float | str | None) -> float:
     if value is None:
         value = DEFAULT_CACHE_MAX_AGE
     if isinstance(value, bool):
-        raise ValueError("cache_max_age must be seconds or a string like '30s', '10m', '24h'")
+        raise CallArgumentError(
+            "cache_max_age must be seconds or a string like '30s', '10m', '24h'"
+        )
     if isinstance(value, (int, float)):
         if value < 0:
-            raise ValueError(f"cache_max_age must be >= 0, got {value}")
+            raise CallArgumentError(f"cache_max_age must be >= 0, got {value}")
         return float(value)
     match = _AGE.match(str(value).lower())
     if not match:
-        raise ValueError(
+        raise CallArgumentError(
             f"cache_max_age {value!r} is not understood: use seconds or a number followed by "
             "one of 's' (seconds), 'm' (minutes), 'h' (hours) or 'd' (days), e.g. '10m'"
         )
@@ -162,7 +164,7 @@ def _exclude_set(value: Iterable[str] | str | None) -> set[str]:
     if isinstance(value, str):
         return {value}
     if isinstance(value, bytes):
-        raise ValueError(
+        raise CallArgumentError(
             "cache_key_exclude must be a parameter name or a collection of parameter names"
         )
     return set(value)
@@ -171,7 +173,7 @@ def _exclude_set(value: Iterable[str] | str | None) -> set[str]:
 def _folder(path: str) -> str:
     parts = [p for p in str(path).replace("\\", "/").split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
-        raise ValueError(f"cache_folder_path {path!r} must not contain '..'")
+        raise CallArgumentError(f"cache_folder_path {path!r} must not contain '..'")
     return "/".join(parts) or "tmp"
 
 
@@ -227,7 +229,7 @@ class _Call:
 
     def __init__(self, func: Callable[..., Any], settings: dict[str, Any]) -> None:
         if settings.get("cache_storage") not in _STORAGES:
-            raise ValueError(
+            raise CallArgumentError(
                 f"cache_storage must be one of 'auto', 'mount', 'local', 'object' or None, "
                 f"got {settings.get('cache_storage')!r}"
             )
@@ -329,7 +331,7 @@ def cache(
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(fn):
-            raise TypeError(f"@fused.cache expects a function, got {type(fn).__name__}")
+            raise CallArgumentError(f"@fused.cache expects a function, got {type(fn).__name__}")
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)

@@ -6,8 +6,10 @@ Subcommands:
 - ``worker``  one Celery worker with the project's app and settings
 - ``flower``  Flower, the Celery web monitor
 - ``redis``   a private redis-server in the foreground (for Procfile / honcho)
+- ``autoscale`` the queue-depth autoscaler (EC2 Auto Scaling groups, or local workers)
 - ``demo``    bring up a local cluster, run a ``udf.map``, print the result and the path of its
   map, shut down
+- ``deploy``  ``plan | apply | destroy`` the workers on AWS (see ``deploy/README.md``)
 
 Settings come from ``fused_celery.options`` (``FUSED_CELERY_*`` environment variables). Errors print
 one ``error: ...`` line and exit with code 2. Nothing printed carries a password: URLs are masked
@@ -25,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from fused_celery.errors import CliError, FusedError
 from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, mask_url, options
@@ -44,10 +47,17 @@ def _queue_list(values: Sequence[str] | None) -> list[str]:
 
 
 def _check_queues(queues: Sequence[str]) -> None:
+    from fused_celery.queues import parse_queue
+
     allowed = (DEFAULT_QUEUE, *WHITELISTED_INSTANCE_TYPES)
     for queue in queues:
-        if queue not in allowed:
-            raise CliError(f"unknown queue {queue!r}; allowed: {', '.join(allowed)}")
+        try:
+            parse_queue(queue)
+        except ValueError as exc:
+            raise CliError(
+                f"unknown queue {queue!r}; allowed: {', '.join(allowed)}, optionally with "
+                f"@<region> and :<image_name> ({exc})"
+            ) from None
 
 
 def _wait_for_broker(url: str | None, wait: float) -> str:
@@ -159,10 +169,26 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Exec a Celery worker serving the requested queues (SIGTERM: warm shutdown)."""
+    """Exec a Celery worker serving the requested queues (SIGTERM: warm shutdown).
+
+    With ``deploy_broker_password_parameter`` set (instances started by ``deploy``), the broker
+    password is read from SSM first and handed to Celery by environment. The worker's checks
+    (:func:`~fused_celery.engines.celery.preflight.check_worker`: shared storage, the broker's
+    eviction policy) run here for a one-line error, and again in the Celery process.
+    """
+    from fused_celery.engines.celery.preflight import check_worker
+
     argv = worker_argv(args)
     _check_signing()
+    if options.deploy_broker_password_parameter:
+        from fused_celery.deploy.secrets import resolve_broker_url
+
+        url = resolve_broker_url(options)
+        if url:
+            os.environ["FUSED_CELERY_BROKER_URL"] = url
+            options.broker_url = url
     _wait_for_broker(options.broker_url, args.wait_for_broker)
+    check_worker()
     _exec(argv)
     return 0  # pragma: no cover
 
@@ -262,12 +288,106 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- deploy -------------------------------------------------------------------------------------
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """``deploy plan`` prints the changes; ``apply`` makes them (a second run changes nothing);
+    ``destroy`` lists, and with ``--yes`` deletes, everything tagged with the deployment."""
+    from fused_celery.deploy import run
+
+    if args.name:
+        options.deploy_name = args.name
+    if args.action == "destroy":
+        aws, changes = run.destroy_changes(options)
+        for change in changes:
+            print(change, flush=True)
+        if not changes:
+            print(f"Nothing of deployment {options.deploy_name!r} found.")
+            return 0
+        if not args.yes:
+            print(f"{len(changes)} resource(s) would be deleted; run again with --yes to delete.")
+            return 1
+        aws.apply(changes, say=lambda line: print(f"done: {line}", flush=True))
+        print(f"Deployment {options.deploy_name!r} destroyed.")
+        return 0
+    for warning in run.broker_warnings(options):
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    prepared = run.prepare(options)
+    print(
+        f"Workers' storage root: {prepared.deployment.storage_root} (set "
+        "FUSED_CELERY_STORAGE_ROOT to it on the clients too)",
+        flush=True,
+    )
+    if not prepared.changes:
+        print(f"Deployment {options.deploy_name!r} is up to date: nothing to change.")
+        return 0
+    if args.action == "plan":
+        for change in prepared.changes:
+            print(change, flush=True)
+        print(f"{len(prepared.changes)} change(s); `fused-celery deploy apply` makes them.")
+        return 0
+    run.apply(prepared, say=lambda line: print(f"done: {line}", flush=True))
+    print(f"Deployment {options.deploy_name!r} applied ({len(prepared.changes)} change(s)).")
+    return 0
+
+
+# -- autoscale ----------------------------------------------------------------------------------
+
+
+def cmd_autoscale(args: argparse.Namespace) -> int:
+    """Run the autoscaler until Ctrl-C or SIGTERM (see :mod:`fused_celery.autoscale.loop`)."""
+    from fused_celery.autoscale.actuators import Ec2Actuator, LocalActuator
+    from fused_celery.autoscale.loop import Autoscaler
+    from fused_celery.state.connection import redis_client
+
+    if args.interval is not None:
+        options.autoscale_interval = args.interval
+    url = _wait_for_broker(options.broker_url, args.wait_for_broker)
+    if args.actuator == "local":
+        queues = _queue_list(args.queues) or list(options.autoscale_queues)
+        if not queues:
+            raise CliError(
+                "the local actuator needs the queues it serves: --queues m5.large (or "
+                "FUSED_CELERY_AUTOSCALE_QUEUES)"
+            )
+        _check_queues(queues)
+        actuator = LocalActuator(
+            queues,
+            redis_client(url),
+            max_size=args.max_workers,
+            concurrency=args.concurrency,
+        )
+    else:
+        actuator = Ec2Actuator()
+    scaler = Autoscaler(actuator, broker_url=url, dry_run=args.dry_run)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        scaler.run(stop, cycles=args.cycles)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if not args.dry_run:
+            scaler.release()
+            if args.stop_workers:
+                actuator.close()
+    return 0
+
+
 # -- parser / main ------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, its usage errors printed as the command's one ``error:`` line (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``fused-celery``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fused-celery",
         description="The Fused udf.map / JobPool API on your own Celery + Redis cluster.",
     )
@@ -333,6 +453,33 @@ def build_parser() -> argparse.ArgumentParser:
     redis_p.add_argument("--no-appendonly", action="store_true", help="keep nothing on disk")
     redis_p.set_defaults(func=cmd_redis)
 
+    auto = sub.add_parser(
+        "autoscale", help="scale each queue's workers with its backlog (EC2 groups or local)"
+    )
+    auto.add_argument(
+        "--actuator",
+        choices=("ec2", "local"),
+        default="ec2",
+        help="ec2: the Auto Scaling groups tagged by `deploy` (default); local: worker "
+        "processes on this machine",
+    )
+    auto.add_argument("--queues", action="append", help="queues the local actuator serves")
+    auto.add_argument(
+        "--interval", type=float, help="seconds between cycles (default autoscale_interval, 15)"
+    )
+    auto.add_argument("--dry-run", action="store_true", help="log decisions, change nothing")
+    auto.add_argument("--max-workers", type=int, default=4, help="local: workers per queue (4)")
+    auto.add_argument("--concurrency", type=int, default=1, help="local: processes per worker")
+    auto.add_argument(
+        "--stop-workers",
+        action="store_true",
+        help="local: stop the workers on a clean exit (default: leave them; the next run adopts "
+        "them)",
+    )
+    auto.add_argument("--cycles", type=int, help="stop after this many cycles (default: never)")
+    auto.add_argument("--wait-for-broker", type=float, default=30.0, metavar="SECONDS")
+    auto.set_defaults(func=cmd_autoscale)
+
     demo = sub.add_parser("demo", help="local cluster + a udf.map over a few hundred points")
     demo.add_argument("--entries", type=int, default=300, help="map entries (default 300)")
     demo.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
@@ -342,6 +489,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-auth", action="store_true", help="Flower without a password")
     demo.add_argument("--keep", action="store_true", help="keep the cluster up until Ctrl-C")
     demo.set_defaults(func=cmd_demo)
+
+    deploy = sub.add_parser(
+        "deploy",
+        help="plan/apply/destroy the workers on AWS (one Auto Scaling group per queue)",
+        description="Settings: FUSED_CELERY_DEPLOY_* and FUSED_CELERY_AWS_REGION (see "
+        "deploy/README.md); AWS credentials from boto3's standard chain.",
+    )
+    deploy.add_argument("action", choices=["plan", "apply", "destroy"])
+    deploy.add_argument("--name", help="the deployment's name (default: options.deploy_name)")
+    deploy.add_argument("--yes", action="store_true", help="destroy: really delete")
+    deploy.set_defaults(func=cmd_deploy)
     return parser
 
 

@@ -11,12 +11,17 @@ from typing import Any
 
 __all__ = [
     "FusedError",
+    "RightInputTooLargeError",
     "UdfDefinitionError",
     "UdfRuntimeError",
     "UdfTimeoutError",
     "UdfSerializationError",
     "UdfArgumentError",
     "UdfWorkerLostError",
+    "ArgumentTooLargeError",
+    "CallArgumentError",
+    "OptionsError",
+    "StepConfigError",
     "CancelledError",
     "PoolNotFoundError",
     "BrokerUnavailableError",
@@ -55,6 +60,10 @@ __all__ = [
     "ClusterStartError",
     "InvalidBrokerUrlError",
     "SigningConfigError",
+    "DeployError",
+    "SharedStorageRequiredError",
+    "EvictionPolicyError",
+    "ProtocolMismatchError",
     "OfflineAssetError",
     "MapFileExistsError",
     "error_from_dict",
@@ -127,6 +136,29 @@ class UdfArgumentError(UdfRuntimeError, TypeError):
 
 class UdfWorkerLostError(UdfRuntimeError):
     """The process running the entry died (for example ``os._exit`` or a crash)."""
+
+
+class CallArgumentError(FusedError, TypeError, ValueError):
+    """An argument or option of ``udf.map``, a UDF call, ``fused.run`` or ``@fused.cache`` is
+    invalid (``arg_list``, ``max_workers``, ``n_processes_per_worker``, ``max_retry``,
+    ``cache_max_age``, an argument name...); the message names it and what to give instead. A
+    ``TypeError`` and a ``ValueError``, as Python's own checks of calls are."""
+
+
+class OptionsError(FusedError, ValueError):
+    """An option of :mod:`fused_celery.options` (or its ``FUSED_CELERY_*`` environment variable)
+    has a value it cannot take; the message names the variable, the value and what it expects."""
+
+
+class StepConfigError(FusedError, ValueError):
+    """A field of a job step (``fused.ingest(...)``, ``fused.map(...)``, ``JobConfig``) has a
+    value it cannot take; the message names the field, the value and what it expects."""
+
+
+class ArgumentTooLargeError(FusedError, ValueError):
+    """An argument of ``udf.map`` (or a constant keyword argument) is over
+    ``options.max_argument_bytes`` once encoded; nothing was submitted. The message names the
+    argument, its size, the limit and the option."""
 
 
 class CancelledError(FusedError):
@@ -264,6 +296,11 @@ class StepInputError(FusedError, ValueError):
     names the step or chunk and the fix."""
 
 
+class RightInputTooLargeError(StepInputError):
+    """A join's right single file is larger than the per-worker cache
+    (``options.join_cache_bytes``); the message names the limit and the option."""
+
+
 class StepUdfError(FusedError, TypeError):
     """A job step's UDF does not fit the step: none set, or a map UDF whose signature takes no
     frame (its first parameter receives the chunk)."""
@@ -345,6 +382,29 @@ class SigningConfigError(FusedError, ValueError):
     and ``security_cert_store`` go together), or a key or certificate file cannot be used."""
 
 
+# --- deploy and workers on many hosts ----------------------------------------------------------
+
+
+class DeployError(FusedError, RuntimeError):
+    """``fused-celery deploy`` cannot go on: a deploy option is missing or wrong, or AWS
+    refused a call (the message names the resource and the fix; never a credential)."""
+
+
+class SharedStorageRequiredError(FusedError, ValueError):
+    """A worker on many hosts (started by ``deploy``) was given a local-disk ``storage_root``,
+    whose results and tables other hosts would not see."""
+
+
+class EvictionPolicyError(FusedError, RuntimeError):
+    """The broker's Redis may evict keys (``maxmemory-policy`` is not ``noeviction``): live pools
+    and jobs could silently disappear."""
+
+
+class ProtocolMismatchError(FusedError, RuntimeError):
+    """A task message was sent by a fused-celery whose message protocol differs from the
+    worker's (or by something that is not fused-celery): the worker refuses it unread."""
+
+
 # --- maps ------------------------------------------------------------------------------------
 
 
@@ -355,3 +415,19 @@ class OfflineAssetError(FusedError, RuntimeError):
 
 class MapFileExistsError(FusedError, FileExistsError):
     """The map's path holds a file fused-celery did not write."""
+
+
+# --- workers and autoscaling -----------------------------------------------------------------
+
+
+class QueueNotServedError(FusedError, RuntimeError):
+    """Work was submitted to a queue that no live worker consumes and no autoscaled group serves
+    (it would stay pending forever); the message names the queue and how to start a worker."""
+
+
+class DiskSizeError(FusedError, ValueError):
+    """A job asks for more ``disk_size_gb`` than its queue's launch template gives."""
+
+
+class AutoscaleError(FusedError, RuntimeError):
+    """The autoscaler cannot act: no group found, an AWS call refused, another leader."""

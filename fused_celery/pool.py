@@ -304,6 +304,17 @@ class JobPool:
         """The logs of the first finished entry by argument order, or None."""
         return next((log for log in self.logs() if log is not None), None)
 
+    def cost(self) -> dict[str, Any]:
+        """What the pool's runs cost so far: each entry's run time divided by its worker's slots,
+        summed by instance type, times ``options.autoscale_instance_prices`` (USD per hour).
+        Returns ``{"total_usd", "currency", "by_instance_type": {type: {"instance_seconds",
+        "usd"}}, "unpriced": [...]}`` (see :mod:`fused_celery.autoscale.cost`; the local engine's
+        runs are on instance type ``unknown``, unpriced)."""
+        from fused_celery.autoscale.cost import cost_report, instance_seconds
+
+        rows = self._engine.cost_rows()
+        return cost_report(instance_seconds(rows), options.autoscale_instance_prices)
+
     def times(self) -> list[timedelta | None]:
         """Run time (not queue time) of each entry's latest attempt; None if not finished."""
         return [
@@ -452,6 +463,13 @@ class JobPool:
         )
         if wait:
             self._wait_positions(None, None)
+
+    def delete(self) -> None:
+        """Cancel the entries that are not running yet and delete the pool: on the cluster its
+        Redis record (attaching then fails) and its large results and arguments in storage. An
+        entry still running finishes but is not recorded."""
+        self._engine.delete()
+        self._decoded.clear()
 
     def shutdown(self, wait: bool = True) -> None:
         """Release the engine's workers (local engine; a no-op on the cluster).

@@ -271,27 +271,37 @@ def is_file(url: str) -> bool:
     return info.type == pafs.FileType.File
 
 
-def list_files(url: str, *, recursive: bool = False) -> list[str]:
-    """Files under the folder ``url``, as sorted paths relative to it (``/``-separated).
-
-    recursive: include files in sub-folders (default False). Temporary files of unfinished local
-    writes are left out. A missing folder lists as ``[]``.
-    """
+def _file_infos(url: str, recursive: bool) -> dict[str, pafs.FileInfo]:
+    """Files under the folder ``url`` by path relative to it (see :func:`list_files`)."""
     loc = parse(url)
     selector = pafs.FileSelector(loc.path, recursive=recursive, allow_not_found=True)
     infos = _call("list", loc, lambda: loc.filesystem.get_file_info(selector))
     base = loc.path.rstrip("/") + "/"
-    names = []
+    found = {}
     for info in infos:
         if info.type != pafs.FileType.File or not info.path.startswith(base):
             continue
         name = info.path[len(base) :]
         if TEMP_MARKER in name.rsplit("/", 1)[-1]:
             continue
-        names.append(name)
+        found[name] = info
     if not infos and loc.scheme == "s3":
         check_bucket(loc.url)  # an empty listing may be a missing bucket
-    return sorted(names)
+    return found
+
+
+def list_files(url: str, *, recursive: bool = False) -> list[str]:
+    """Files under the folder ``url``, as sorted paths relative to it (``/``-separated).
+
+    recursive: include files in sub-folders (default False). Temporary files of unfinished local
+    writes are left out. A missing folder lists as ``[]``.
+    """
+    return sorted(_file_infos(url, recursive))
+
+
+def list_file_times(url: str, *, recursive: bool = False) -> dict[str, float]:
+    """:func:`list_files` with each file's last modification time (epoch seconds)."""
+    return {name: (info.mtime_ns or 0) / 1e9 for name, info in _file_infos(url, recursive).items()}
 
 
 def modified_times(url: str) -> dict[str, float]:

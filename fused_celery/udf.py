@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from fused_celery import codec
 from fused_celery.errors import (
+    CallArgumentError,
     UdfArgumentError,
     UdfDefinitionError,
     UdfSerializationError,
@@ -40,14 +41,16 @@ def parse_cache_max_age(value: int | float | str | None) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise ValueError("cache_max_age must be seconds or a string like '30s', '10m', '1h', '2d'")
+        raise CallArgumentError(
+            "cache_max_age must be seconds or a string like '30s', '10m', '1h', '2d'"
+        )
     if isinstance(value, (int, float)):
         if value < 0:
-            raise ValueError(f"cache_max_age must be >= 0, got {value}")
+            raise CallArgumentError(f"cache_max_age must be >= 0, got {value}")
         return int(value)
     match = _AGE.match(str(value))
     if not match:
-        raise ValueError(
+        raise CallArgumentError(
             f"cache_max_age {value!r} is not understood; use seconds or a string like "
             "'30s', '10m', '1h', '2d'"
         )
@@ -138,14 +141,14 @@ class Udf(BaseModel):
         """
         names, required, var_kw = self._params()
         if len(args) > len(names):
-            raise TypeError(
+            raise CallArgumentError(
                 f"UDF {self.name} takes {len(names)} positional argument(s) {names}, "
                 f"got {len(args)}"
             )
         bound = dict(zip(names, args))
         for key in kwargs:
             if key in bound:
-                raise TypeError(f"UDF {self.name} got multiple values for argument {key!r}")
+                raise CallArgumentError(f"UDF {self.name} got multiple values for argument {key!r}")
         bound.update(kwargs)
         self._check_names(bound, names, required, var_kw)
         return bound
@@ -161,13 +164,15 @@ class Udf(BaseModel):
         if not var_kw:
             unknown = [k for k in bound if k not in names]
             if unknown:
-                raise TypeError(
+                raise CallArgumentError(
                     f"UDF {self.name} got unexpected keyword argument(s) {unknown}{where}; "
                     f"it takes {names}"
                 )
         missing = sorted(required - set(bound) - set(self.parameters))
         if missing:
-            raise TypeError(f"UDF {self.name} is missing required argument(s) {missing}{where}")
+            raise CallArgumentError(
+                f"UDF {self.name} is missing required argument(s) {missing}{where}"
+            )
 
     def entries(self, arg_list: Any, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
         """Keyword arguments of every entry of ``udf.map(arg_list, **kwargs)``.
@@ -181,15 +186,19 @@ class Udf(BaseModel):
         if all(isinstance(r, dict) for r in rows):
             entries = [dict(r) for r in rows]
         elif any(isinstance(r, dict) for r in rows):
-            raise TypeError("arg_list mixes dicts and plain values; use one form for every entry")
+            raise CallArgumentError(
+                "arg_list mixes dicts and plain values; use one form for every entry"
+            )
         else:
             if not names:
-                raise TypeError(f"UDF {self.name} takes no parameters, so arg_list cannot bind")
+                raise CallArgumentError(
+                    f"UDF {self.name} takes no parameters, so arg_list cannot bind"
+                )
             first = names[0]
             entries = [{first: r} for r in rows]
         for key in kwargs:
             if any(key in e for e in entries):
-                raise TypeError(
+                raise CallArgumentError(
                     f"argument {key!r} is given both in arg_list and as a constant keyword "
                     "argument; give it in one place"
                 )
@@ -264,21 +273,25 @@ class Udf(BaseModel):
             entries run together (default: local = CPU count, remote = none).
         n_processes_per_worker (alias worker_concurrency): entries per worker invocation, run
             in parallel inside it (default 1). max_retry: automatic retries of failed entries
-            (default 2). instance_type: run on that instance type's queue.
+            (default 2). instance_type: run on that instance type's queue (in the UDF's
+            ``region`` when it has one; its ``disk_size_gb`` is checked against the queue's
+            group at submit).
         cache_max_age / cache: reuse results of identical calls (errors are never cached).
         kwargs: constant keyword arguments merged into every entry.
         """
         from fused_celery.engines import PoolSpec, make_engine, resolve_engine
         from fused_celery.pool import JobPool
 
-        kind, queue = resolve_engine(engine or self.engine, instance_type)
+        kind, queue = resolve_engine(engine or self.engine, instance_type, region=self.region)
         batch = _batch_size(n_processes_per_worker, worker_concurrency)
         if max_workers is not None and (
             isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
         ):
-            raise ValueError(f"max_workers must be a positive integer or None, got {max_workers!r}")
+            raise CallArgumentError(
+                f"max_workers must be a positive integer or None, got {max_workers!r}"
+            )
         if isinstance(max_retry, bool) or not isinstance(max_retry, int) or max_retry < 0:
-            raise ValueError(f"max_retry must be an integer >= 0, got {max_retry!r}")
+            raise CallArgumentError(f"max_retry must be an integer >= 0, got {max_retry!r}")
         const = _encode_constants(kwargs)
         entries = self.entries(arg_list, kwargs)
         encoded = _encode_entries(entries, const, set(kwargs))
@@ -292,12 +305,14 @@ class Udf(BaseModel):
             udf=wire,
             args=entries,
             encoded=encoded,
+            constants=const,
             max_workers=max_workers,
             batch_size=batch,
             max_retry=max_retry,
             cache=cache,
             cache_max_age=age if age is not None else self.cache_max_age,
             queue=queue,
+            disk_size_gb=self.disk_size_gb,
         )
         pool = JobPool(make_engine(kind, spec))
         pool._submit(quiet=_quiet)
@@ -344,25 +359,25 @@ def _batch_size(n_processes_per_worker: int | None, worker_concurrency: int | No
         and worker_concurrency is not None
         and (n_processes_per_worker != worker_concurrency)
     ):
-        raise ValueError(
+        raise CallArgumentError(
             "n_processes_per_worker and worker_concurrency are the same option; give one"
         )
     value = n_processes_per_worker if n_processes_per_worker is not None else worker_concurrency
     if value is None:
         return 1
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"n_processes_per_worker must be a positive integer, got {value!r}")
+        raise CallArgumentError(f"n_processes_per_worker must be a positive integer, got {value!r}")
     return value
 
 
 def _normalize_arg_list(arg_list: Any) -> list[Any]:
     if isinstance(arg_list, Iterator):
-        raise TypeError(
+        raise CallArgumentError(
             "arg_list is a generator/iterator, which can only be read once; pass a list "
             "(for example list(...)) so that every entry can be retried and shown"
         )
     if isinstance(arg_list, (str, bytes)):
-        raise TypeError(
+        raise CallArgumentError(
             "arg_list is a string; pass a list of values, a list of dicts or a DataFrame"
         )
     try:
@@ -378,11 +393,11 @@ def _normalize_arg_list(arg_list: Any) -> list[Any]:
     elif hasattr(arg_list, "tolist") and hasattr(arg_list, "ndim"):
         rows = list(arg_list.tolist())
     else:
-        raise TypeError(
+        raise CallArgumentError(
             f"arg_list must be a list, tuple, range or DataFrame, got {type(arg_list).__name__}"
         )
     if not rows:
-        raise ValueError("arg_list is empty; give at least one entry")
+        raise CallArgumentError("arg_list is empty; give at least one entry")
     return rows
 
 
@@ -488,7 +503,9 @@ def run(udf_: Udf, *args: Any, engine: str | None = None, **kwargs: Any) -> Any:
     call options ``instance_type``, ``cache_max_age``, ``cache``.
     """
     if not isinstance(udf_, Udf):
-        raise TypeError(f"fused.run expects a UDF made with @fused.udf, got {type(udf_).__name__}")
+        raise CallArgumentError(
+            f"fused.run expects a UDF made with @fused.udf, got {type(udf_).__name__}"
+        )
     return udf_(*args, engine=engine, **kwargs)
 
 

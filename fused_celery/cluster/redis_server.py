@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -149,6 +150,8 @@ class RedisServer:
         ``._~-`` only; default None: no password). :attr:`url` then carries it.
     binary: path of ``redis-server`` (default: see :func:`find_redis_server`).
     die_with_parent: SIGTERM the server when the starting process dies (default True, Linux).
+    extra_args: further ``redis-server`` options, e.g. ``["--maxmemory-policy", "allkeys-lru"]``
+        (default none).
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
@@ -162,6 +165,7 @@ class RedisServer:
         password: str | None = None,
         binary: str | None = None,
         die_with_parent: bool = True,
+        extra_args: Sequence[str] = (),
     ) -> None:
         if password is not None and not _PASSWORD.fullmatch(password):
             raise ValueError(
@@ -174,6 +178,7 @@ class RedisServer:
         self.password = password
         self.binary = binary
         self.die_with_parent = die_with_parent
+        self.extra_args = list(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
 
@@ -281,6 +286,7 @@ class RedisServer:
         ]  # fmt: skip
         if self.appendonly:
             args += ["--appendfilename", "appendonly.aof"]
+        args += self.extra_args
         self._proc = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,

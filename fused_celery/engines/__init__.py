@@ -3,29 +3,38 @@
 from __future__ import annotations
 
 from fused_celery.engines.base import Engine, EntryState, PoolSpec
-from fused_celery.errors import InstanceTypeError
+from fused_celery.errors import CallArgumentError, InstanceTypeError
 from fused_celery.options import WHITELISTED_INSTANCE_TYPES
 
 __all__ = ["Engine", "EntryState", "PoolSpec", "make_engine", "resolve_engine"]
 
 
-def resolve_engine(engine: str | None, instance_type: str | None = None) -> tuple[str, str | None]:
+def resolve_engine(
+    engine: str | None,
+    instance_type: str | None = None,
+    *,
+    region: str | None = None,
+    image_name: str | None = None,
+) -> tuple[str, str | None]:
     """Map the user's ``engine`` / ``instance_type`` to ``(kind, queue)``.
 
     engine: ``"local"``, ``"remote"``, an instance type name, or None for
     ``options.resolved_default_engine``. instance_type: a whitelisted instance type (routes to
-    its queue; implies the cluster). Raises ``ValueError`` listing the allowed values.
+    its queue; implies the cluster). region / image_name: with an instance type, its queue in
+    that region / with that image (:func:`~fused_celery.queues.queue_name`; ignored without
+    one). Raises ``ValueError`` listing the allowed values.
     """
     from fused_celery.options import options
+    from fused_celery.queues import queue_name
 
     if instance_type is not None:
         check_instance_type(instance_type, what="instance type")
         if engine not in (None, "remote", instance_type):
-            raise ValueError(
+            raise CallArgumentError(
                 f"instance_type={instance_type!r} runs on the cluster; it cannot be combined "
                 f"with engine={engine!r}"
             )
-        return "celery", instance_type
+        return "celery", queue_name(instance_type, region, image_name)
     if engine is None:
         engine = options.resolved_default_engine
     if engine == "local":
@@ -33,7 +42,7 @@ def resolve_engine(engine: str | None, instance_type: str | None = None) -> tupl
     if engine == "remote":
         return "celery", None
     check_instance_type(engine)
-    return "celery", engine
+    return "celery", queue_name(engine, region, image_name)
 
 
 def check_instance_type(name: str, what: str = "engine") -> None:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fused_celery.autoscale.cost import CostRow
 from fused_celery.execute import Outcome
 from fused_celery.state import statuses
 
@@ -55,22 +56,28 @@ class PoolSpec:
     """Everything needed to run (or reattach to) a pool.
 
     pool_id: unique id. udf: the UDF's JSON form. args: decoded keyword arguments per entry
-    (display, ``arg_df``). encoded: codec-encoded keyword arguments per entry (the wire form).
+    (display, ``arg_df``). encoded: codec-encoded keyword arguments per entry (the wire form),
+    constants included. constants: the encoded constant keyword arguments (``udf.map(...,
+    **kwargs)``; their keys are in every entry of ``encoded``; default none).
     max_workers: cap on entries running at once (None: engine default). batch_size: entries per
     worker invocation (``n_processes_per_worker``, default 1). max_retry: automatic retries of a
     failed entry (default 2). cache / cache_max_age: reuse results of identical calls for this many
-    seconds. queue: Celery queue (instance type) or None. created_at: epoch seconds.
+    seconds. queue: Celery queue (``<instance_type>[@<region>][:<image_name>]``, see
+    :mod:`fused_celery.queues`) or None. disk_size_gb: disk the entries need (None: any; checked
+    at submit against the queue's group when known). created_at: epoch seconds.
     """
 
     udf: dict[str, Any]
     args: list[dict[str, Any]]
     encoded: list[dict[str, Any]]
+    constants: dict[str, Any] = field(default_factory=dict)
     max_workers: int | None = None
     batch_size: int = 1
     max_retry: int = 2
     cache: bool = True
     cache_max_age: int | None = None
     queue: str | None = None
+    disk_size_gb: int | None = None
     pool_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     created_at: float = field(default_factory=time.time)
 
@@ -124,11 +131,26 @@ class Engine(ABC):
     def retry(self, positions: Sequence[int]) -> None:
         """Run the given failed entries again, as new attempts of the same entries."""
 
+    def delete(self) -> None:
+        """Cancel what has not started and drop the pool's stored state (default: cancel and
+        release the workers)."""
+        self.cancel()
+        self.shutdown(wait=False)
+
     def shutdown(self, wait: bool = True) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources (default: nothing to release).
 
         wait: block until running entries finish (default True).
         """
+
+    def cost_rows(self) -> list[CostRow]:
+        """Each finished run of an entry as a :class:`~fused_celery.autoscale.cost.CostRow`
+        (default: latest attempts, on no known instance type, one slot each)."""
+        return [
+            CostRow(None, s.finished - s.started)
+            for s in self.states()
+            if s.started is not None and s.finished is not None
+        ]
 
     def counts(self) -> Counter[str]:
         """Number of entries per status."""

@@ -64,6 +64,7 @@ class _Worker:
         self.rx = Connection(c2p_r, writable=False)
         self.batches: deque[tuple[list[int], int]] = deque()  # (positions, threads)
         self.progress_at = time.time()
+        self.batch_started = time.time()  # when the first of ``batches`` began running
         self.dead = False
         self._send_lock = threading.Lock()  # the dispatcher and cancel() both send
         self.send(init_msg)
@@ -71,6 +72,15 @@ class _Worker:
     @property
     def inflight(self) -> list[int]:
         return [p for positions, _ in self.batches for p in positions]
+
+    def overran(self, now: float, limit: float) -> bool:
+        """True when an entry has run longer than ``limit`` s: one entry without progress
+        for that long, or a batch on threads (its entries run together) begun that long ago."""
+        if not self.batches:
+            return False
+        if self.batches[0][1] > 1 and now - self.batch_started > limit:
+            return True
+        return now - self.progress_at > limit
 
     def running(self) -> list[int]:
         """Entries this worker is running now: the first unreported entry of its first batch
@@ -97,6 +107,7 @@ class _Worker:
                 break
         while self.batches and not self.batches[0][0]:
             self.batches.popleft()
+            self.batch_started = self.progress_at
 
     def stop(self, kill: bool = False) -> None:
         """Ask the process to exit (kill: terminate at once); close the pipes."""
@@ -323,7 +334,7 @@ class LocalEngine(Engine):
                     state.started, state.finished = None, None
                     state.attempt += 1
                 if not w.batches:
-                    w.progress_at = time.time()
+                    w.progress_at = w.batch_started = time.time()
                 w.batches.append((positions, threads))
                 work = [(p, self.spec.encoded[p], self._keys[p]) for p in positions]
                 sends.append((w, ("run", work, threads)))
@@ -442,7 +453,7 @@ class LocalEngine(Engine):
                 with self._lock:
                     self._lost(w)
                 changed = True
-            elif w.batches and now - w.progress_at > options.task_time_limit:
+            elif w.overran(now, options.task_time_limit):
                 with self._lock:
                     self._lost(w, timed_out=True)
                 changed = True
@@ -459,9 +470,13 @@ class LocalEngine(Engine):
         w.stop(kill=True)
         code = w.proc.returncode
         now = time.time()
-        for i, (positions, _threads) in enumerate(batches):
+        for i, (positions, threads) in enumerate(batches):
             culprits = positions[:1]
-            if i == 0 and len(positions) > 1:
+            if i == 0 and timed_out and threads > 1:
+                # A batch on threads began over the time limit ago: every entry it has not
+                # reported ran that long (all of them started with the batch).
+                culprits = list(positions)
+            elif i == 0 and len(positions) > 1:
                 # Several entries of the running batch were unreported: some may have finished
                 # (outcomes are sent in groups) or been killed by a batch-mate. Blame none; each
                 # reruns alone, so the culprit is found without failing innocent entries.

@@ -46,6 +46,7 @@ from typing import Any
 
 from celery import chord
 
+from fused_celery.autoscale.cost import UNKNOWN
 from fused_celery.celery_app import app, get_app
 from fused_celery.errors import JobNotFoundError
 from fused_celery.jobs.stages import (
@@ -61,6 +62,8 @@ from fused_celery.jobs.stages import (
     sequence_target,
 )
 from fused_celery.options import options
+from fused_celery.queues import parse_queue, queue_name
+from fused_celery.state import workers
 from fused_celery.state.job_record import JobRecord
 from fused_celery.state.statuses import JOB_CANCELED, JOB_DONE, JOB_FAILED
 from fused_celery.worker_env import applied_env
@@ -116,6 +119,25 @@ def _load(
         logger.exception("job %s: cannot load %s", record.job_id, target)
         record.finish(JOB_FAILED, reason=f"cannot load stage sequence {target}: {error_text(exc)}")
         return None
+
+
+def fail_refused_job(args: list[Any], kwargs: dict[str, Any], reason: str) -> None:
+    """Fail the job of a message a worker refused (another message protocol): its run is
+    discarded (the output stays as it was) and the job ends ``Failed`` with ``reason``. The
+    message's ``(target, data, ...)`` are read only to find the job and its run."""
+    target = kwargs.get("target", args[0] if args else None)
+    data = kwargs.get("data", args[1] if len(args) > 1 else None)
+    if not isinstance(target, str) or not isinstance(data, dict):
+        return
+    record = _open(str(data.get("job_id")))
+    if record is None or record.snapshot(errors=False).terminal:
+        return
+    try:
+        seq = load_sequence(target)
+        seq.discard(seq.load_run(data))
+    except Exception as exc:  # noqa: BLE001 - still fail the job, saying what was left
+        reason = f"{reason} (and discarding the run failed: {error_text(exc)})"
+    record.finish(JOB_FAILED, reason=reason)
 
 
 def _sig(name: str, args: tuple[Any, ...], queue: str) -> Any:
@@ -259,6 +281,31 @@ def start_job(target: str, data: dict[str, Any], queue: str) -> None:
     _guarded(record, seq, run, "start", work)
 
 
+_worker_infos: dict[str, tuple[str, int]] = {}
+
+
+def _add_cost(record: JobRecord, seconds: float) -> None:
+    """Add this member's run time / its worker's slots to the job's cost, on the worker's
+    instance type (its description in Redis, read once per process; else the queue's type)."""
+    request = run_member.request
+    host = request.hostname or ""
+    found = _worker_infos.get(host)
+    try:
+        if found is None:
+            info = workers.describe(record.client, [host]).get(host)
+            if info is not None:
+                found = _worker_infos[host] = (info.instance_type or UNKNOWN, info.concurrency)
+            else:
+                queue = (request.delivery_info or {}).get("routing_key") or ""
+                try:
+                    found = (parse_queue(queue).instance_type or UNKNOWN, 1)
+                except ValueError:
+                    found = (UNKNOWN, 1)
+        record.add_cost(found[0], seconds / max(1, found[1]))
+    except Exception as exc:  # noqa: BLE001 - cost is reporting, never a reason to fail
+        logger.warning("job %s: cost not recorded: %s", record.job_id, exc)
+
+
 @app.task(name=MEMBER, acks_late=True)
 def run_member(
     target: str, data: dict[str, Any], stage: str, item: Any, key: str
@@ -274,6 +321,7 @@ def run_member(
     if snap.cancel_requested or snap.terminal:
         return skipped
     task_key = f"{stage}:{key}"
+    started = time.time()
     try:
         seq = load_sequence(target)
         run = seq.load_run(data)
@@ -282,8 +330,10 @@ def run_member(
             value = jsonable(current.member(run, item))
     except Exception as exc:  # every failure becomes a deterministic value
         message = error_text(exc)
+        _add_cost(record, time.time() - started)
         record.task_failed(task_key, message)  # logged there, at ERROR
         return MemberOutcome(key=key, status="error", error=message).model_dump(mode="json")
+    _add_cost(record, time.time() - started)
     record.task_done(task_key, units=current.units(item) if current.units else 0)
     return MemberOutcome(key=key, status="ok", value=value).model_dump(mode="json")
 
@@ -376,13 +426,20 @@ def submit(
     target: str | None = None,
 ) -> JobRecord:
     """Create the job record of ``run`` and send its start task and watchdog to ``queue``;
-    returns the record.
+    returns the record. The queue of an instance type becomes the one of the ``region`` and
+    ``image_name`` in ``config`` (:func:`~fused_celery.queues.queue_name`); a queue no worker
+    and no autoscaled group serves, or a ``disk_size_gb`` over its group's, is refused here
+    (:func:`~fused_celery.state.workers.check_queue`).
 
     name / instance_type / output / config: the record's fields (defaults None, None, None, {}).
     message: a first log line (default None). target: the sequence's ``"module:NAME"`` (default
     None: the one registered for ``run.kind``; a composed job passes its own). On any error
     nothing is left half-submitted: the record is deleted, the run discarded and the error raised.
     """
+    config = dict(config or {})
+    if instance_type and queue == instance_type:  # the job's region / image pick its queue
+        queue = queue_name(instance_type, config.get("region"), config.get("image_name"))
+    workers.check_queue(queue, config.get("disk_size_gb"))
     target = target or sequence_target(run.kind)
     seq = load_sequence(target)
     run = run.model_copy(update={"remote": True})

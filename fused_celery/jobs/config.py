@@ -6,7 +6,8 @@ on the cluster as one job record (per-step progress and logs, one :class:`RunRes
 stage sequences are concatenated into one sequence (:mod:`fused_celery.jobs.compose`), so the
 drivers run a job exactly as they run one step; each step's run is made up front by its type's
 registered ``make_run`` (outputs checked and marked before any work), a step without an input of
-its own reading the previous step's output table.
+its own reading the previous step's output table (a step with a ``bind_inputs(outputs)``
+method, a join, binds its inputs itself: left and right from the two steps before it).
 
 A ``JobConfig`` round-trips through JSON: steps are rebuilt by ``type`` from the models the step
 packages register (:mod:`fused_celery.jobs.runners`); :data:`STEP_PACKAGES` are imported by name
@@ -141,7 +142,12 @@ class JobConfig(BaseModel):
                         "it, or pass ignore_no_output=True to run it without writing one"
                     )
                 chained = False
-                if "input" in type(step).model_fields and step.type != "udf" and step.input is None:
+                bind = getattr(step, "bind_inputs", None)
+                if bind is not None:  # a step of two inputs (a join) binds them itself
+                    step, chained = bind(list(outputs))
+                elif (
+                    "input" in type(step).model_fields and step.type != "udf" and step.input is None
+                ):
                     previous = outputs[-1] if outputs else None
                     if previous is None:
                         where = "there is no previous step" if not k else (

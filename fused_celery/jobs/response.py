@@ -167,7 +167,7 @@ class RunResponse(BaseModel):
         ``Pending`` or ``Running`` (call :meth:`wait_for_job` first). Raises
         :class:`~fused_celery.errors.JobFailedError` (with the reason and the first task errors)
         for a ``Failed`` job, :class:`~fused_celery.errors.JobCanceledError` for a ``Canceled``
-        one."""
+        one. A dict result gets ``"cost"`` (:meth:`cost`)."""
         snap = self._refresh(errors=True)
         if snap.status == JOB_FAILED:
             raise self._failed_error(snap)
@@ -179,7 +179,18 @@ class RunResponse(BaseModel):
             )
         if snap.status != JOB_DONE:
             return None
-        return snap.result
+        result = snap.result
+        if isinstance(result, dict):  # a step's list of results stays as it is (see cost())
+            result = {**result, "cost": self.cost()}
+        return result
+
+    def cost(self) -> dict[str, Any]:
+        """What the job's tasks cost so far (each task's run time / its worker's slots, summed by
+        instance type, times ``options.autoscale_instance_prices``; see
+        :func:`fused_celery.autoscale.cost.cost_report`)."""
+        from fused_celery.autoscale.cost import cost_report
+
+        return cost_report(self._get_record().cost_seconds(), options.autoscale_instance_prices)
 
     def _failed_error(self, snap: JobSnapshot) -> JobFailedError:
         quoted = [

@@ -44,9 +44,14 @@ class RunOptions(BaseModel):
 
     @property
     def queue(self) -> str:
-        """The queue the job's tasks go to (:func:`fused_celery.queues.queue_name`)."""
+        """The queue the job's tasks go to: :func:`fused_celery.queues.queue_name` of the
+        instance type, region and image; without an instance type the default queue (region
+        and image still ride the messages and the record)."""
+        from fused_celery.options import DEFAULT_QUEUE
         from fused_celery.queues import queue_name
 
+        if self.instance_type is None:
+            return DEFAULT_QUEUE
         return queue_name(self.instance_type, self.region, self.image_name)
 
     def record_fields(self) -> dict[str, Any]:
@@ -93,20 +98,23 @@ def run_options(
         ignore_no_output=bool(ignore_no_output),
         resume=bool(resume),
     )
-    found.queue  # noqa: B018 - raises for a region or image that cannot name a queue
+    found.queue  # noqa: B018 - raises for a region or image that cannot name a type's queue
     return found
 
 
 def prepare_step(step: Any, options: RunOptions, *, validate_imports: bool | None) -> Any:
     """``step`` ready to run under ``options``: without UDF and ``ignore_no_udf``, a copy whose
-    UDF passes its input through (the step class's ``_identity_udf``); with ``validate_imports``,
+    UDF passes its input through (the step class's ``_identity_udf``; a class without one runs
+    without UDF on its own, e.g. the built-in join); with ``validate_imports``,
     its UDF's imports checked here (:class:`~fused_celery.errors.UdfImportError` naming the
     module). Steps without a ``udf`` field are returned as they are."""
     if "udf" not in type(step).model_fields:
         return step
     if step.udf is None:
         identity = getattr(step, "_identity_udf", None)
-        if not options.ignore_no_udf or identity is None:
+        if identity is None:  # the step runs without UDF on its own (e.g. the built-in join)
+            return step
+        if not options.ignore_no_udf:
             raise StepUdfError(
                 f"job step {step.name or step.type!r} has no UDF; call set_udf(udf), or pass "
                 "ignore_no_udf=True to run it without one (its input passes through unchanged)"

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
 
+from fused_celery.errors import StepConfigError
 from fused_celery.jobs.runners import runner_for
+from fused_celery.validation import describe
 
 if TYPE_CHECKING:
     from fused_celery.jobs.response import RunResponse
     from fused_celery.jobs.run_options import RunOptions
+
+
+def _problem(what: str, exc: ValidationError) -> str:
+    return f"invalid {what}: {describe(exc)}; fix the value (fields and defaults: help({what}))"
 
 
 class JobStepConfig(BaseModel):
@@ -30,6 +36,18 @@ class JobStepConfig(BaseModel):
     name: StrictStr | None = None
     metadata: dict[str, Any] | None = None
     ignore_chunk_error: StrictBool = False
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise StepConfigError(_problem(type(self).__name__, exc)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise StepConfigError(_problem(type(self).__name__, exc)) from None
 
     #: The field holding this step's output URL.
     _output_field: ClassVar[str] = "output"
@@ -50,7 +68,7 @@ class JobStepConfig(BaseModel):
         (default False). overwrite: also set ``overwrite`` (default None: unchanged)."""
         given = [v for v in (table_or_url, table, url) if v is not None]
         if len(given) != 1:
-            raise ValueError(
+            raise StepConfigError(
                 f"set_output takes exactly one of table_or_url, table= or url=, got {len(given)}"
             )
         updates: dict[str, Any] = {self._output_field: str(given[0])}
@@ -64,9 +82,7 @@ class JobStepConfig(BaseModel):
     def _output(self, output_table: str | None, ignore_no_output: bool = False) -> str | None:
         out = output_table if output_table is not None else getattr(self, self._output_field)
         if out is None and not ignore_no_output:
-            from fused_celery.errors import StepInputError
-
-            raise StepInputError(
+            raise StepConfigError(
                 "this job step has no output table: pass output_table=... or call "
                 "set_output(url) first (or ignore_no_output=True to run it without one)"
             )

@@ -17,10 +17,17 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from fused_celery.errors import BrokerUnavailableError
+from fused_celery.errors import BrokerUnavailableError, EvictionPolicyError
 from fused_celery.options import mask_url
 
-__all__ = ["check_reachable", "mark_reachable", "mask_url", "redis_client"]
+__all__ = [
+    "check_eviction_policy",
+    "check_reachable",
+    "eviction_policy",
+    "mark_reachable",
+    "mask_url",
+    "redis_client",
+]
 
 _clients: dict[str, redis.Redis] = {}
 _clients_lock = threading.Lock()
@@ -103,3 +110,48 @@ def check_reachable(
             "`fused-celery up`) or fix FUSED_CELERY_BROKER_URL"
         ) from None
     mark_reachable(url)
+
+
+#: What to do about a Redis that may evict keys.
+EVICTION_FIX = (
+    "set maxmemory-policy to noeviction (redis.conf or `CONFIG SET maxmemory-policy noeviction`; "
+    "on ElastiCache/MemoryDB a parameter group with maxmemory-policy=noeviction), so that Redis "
+    "refuses writes when full instead of silently dropping live pools and jobs"
+)
+
+
+def eviction_policy(url: str, timeout: float = 5.0) -> str | None:
+    """The ``maxmemory-policy`` of the Redis at ``url``, or None when ``CONFIG`` is not available
+    (renamed or disabled, as on some managed Redis). Connection errors are raised
+    (``redis.exceptions.ConnectionError``)."""
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=timeout, decode_responses=True
+    )
+    try:
+        return client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.exceptions.ResponseError:  # unknown/renamed command, or no permission (ACL)
+        return None
+    finally:
+        client.close()
+
+
+def check_eviction_policy(url: str, *, what: str = "broker", timeout: float = 5.0) -> str | None:
+    """Refuse a Redis that may evict keys; every pool and job record has a TTL, so a policy but
+    ``noeviction`` could drop live ones without a trace.
+
+    Raises :class:`~fused_celery.errors.EvictionPolicyError` naming the policy and the fix when
+    ``maxmemory-policy`` is not ``noeviction``. Returns a warning text (to be shown loudly) when
+    the policy cannot be read (``CONFIG`` unavailable), else None.
+    """
+    policy = eviction_policy(url, timeout)
+    if policy is None:
+        return (
+            f"cannot read maxmemory-policy of the {what} at {mask_url(url)} (CONFIG GET is not "
+            f"available there): make sure it is noeviction. To fix: {EVICTION_FIX}"
+        )
+    if policy != "noeviction":
+        raise EvictionPolicyError(
+            f"the {what} at {mask_url(url)} has maxmemory-policy {policy!r}: Redis may evict "
+            f"the records of running pools and jobs when memory runs short. To fix: {EVICTION_FIX}"
+        )
+    return None

@@ -52,6 +52,9 @@ MAX_INDEXED_JOBS = 10_000
 #: Stored in ``meta.version``; bumped when the layout changes incompatibly.
 JOB_RECORD_VERSION = 1
 
+#: ``meta`` fields ``cost_s:<instance type>`` hold a job's instance-seconds (``add_cost``).
+COST_FIELD_PREFIX = "cost_s:"
+
 #: ``meta`` fields written by the record itself (``set_fields`` refuses them).
 RESERVED_FIELDS: frozenset[str] = frozenset(
     {
@@ -410,6 +413,24 @@ class JobRecord:
             return
         pairs = [(f, repr(v) if isinstance(v, float) else str(v)) for f, v in fields.items()]
         self._run(scripts.job_set_fields, fields=pairs)
+
+    def add_cost(self, instance_type: str, instance_seconds: float) -> None:
+        """Add a task's ``instance_seconds`` (run time / its worker's slots) on
+        ``instance_type`` to the job's cost (``meta`` field ``cost_s:<instance_type>``)."""
+        self._run(
+            scripts.job_add_cost,
+            field=COST_FIELD_PREFIX + instance_type,
+            amount=repr(float(instance_seconds)),
+        )
+
+    def cost_seconds(self) -> dict[str, float]:
+        """Instance-seconds of the job's tasks by instance type (see :meth:`add_cost`)."""
+        meta = self.client.hgetall(self.keys["meta"])
+        return {
+            f[len(COST_FIELD_PREFIX) :]: float(v)
+            for f, v in meta.items()
+            if f.startswith(COST_FIELD_PREFIX)
+        }
 
     # ------------------------------------------------------------------ reads
 

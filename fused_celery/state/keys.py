@@ -11,8 +11,12 @@ key              type     holds
 ================ =======  =========================================================================
 ``P:meta``       hash     ``udf`` (JSON), ``n``, ``batch_size``, ``threads``, ``max_workers``,
                           ``lanes``, ``max_retry``, ``queue``, ``cache`` (0/1), ``cache_max_age``,
-                          ``cache_digest``, ``created``, ``retried``, ``version`` (record format)
+                          ``cache_digest``, ``created``, ``retried``, ``version`` (record format),
+                          ``constants`` (canonical JSON of the encoded constant kwargs, stored
+                          once; "" for none), ``args_folder`` (where arguments stored by
+                          reference are; "" for none)
 ``P:args``       list     canonical JSON of each entry's codec-encoded kwargs, by position
+                          (constants left out; large ones as ``{"blob": ...}`` references)
 ``P:state``      hash     position -> ``"<status>|<attempt>|<started>|<finished>"`` (attempt: the
                           entry's current attempt, 1-based; times in epoch seconds or empty)
 ``P:outcome``    hash     position -> JSON ``{ok, value | ref, error}`` of the final attempt
@@ -48,8 +52,11 @@ Lifetimes: every ``fc:pool:<id>:*`` key is created at submit with a TTL of
 ``options.result_expires`` (hashes and sets get a placeholder member :data:`PLACEHOLDER` so that
 the key, and its TTL, exist from the start; later writes never create a key, because every worker
 write runs in a Lua script that first checks the record still exists). ``JobPool.retry()`` renews
-the TTL. Large results live in storage (``options.storage_root``), referenced from ``outcome``;
-they are not deleted with the record.
+the TTL. Large results and arguments live in storage (``options.storage_root``, see
+:mod:`fused_celery.blobs`), referenced from ``outcome``, ``args`` and ``meta`` (``constants``,
+``args_folder``); ``JobPool.delete()`` deletes them with the record, and once a record has
+expired workers delete them (:mod:`fused_celery.state.blob_sweep`, at most once a minute per
+cluster: ``fc:sweep:blobs`` is the guard, a string with a 60 s TTL).
 
 Jobs
 ----
@@ -67,8 +74,9 @@ key              type     holds
                           (latest stage started), ``total_tasks``, ``created_at``, ``started_at``,
                           ``finished_at``, ``last_progress_at`` (epoch seconds), ``reason``,
                           ``result`` (JSON), ``cancel_requested`` (``1`` once asked), ``log_seq``
-                          (lines ever logged), ``version``; plus small fields set by the pipeline
-                          (``JobRecord.set_fields``, e.g. a stage deadline)
+                          (lines ever logged), ``version``; ``cost_s:<instance type>`` (the
+                          tasks' instance-seconds, ``JobRecord.add_cost``); plus small fields set
+                          by the pipeline (``JobRecord.set_fields``, e.g. a stage deadline)
 ``J:stages``     hash     stage name -> its number of tasks (makes ``start_stage`` idempotent)
 ``J:done``       set      keys of finished tasks, done or failed (``finished_tasks`` = SCARD)
 ``J:failed``     set      keys of failed tasks (``failed_tasks`` = SCARD)
@@ -83,6 +91,27 @@ key              type     holds
 Lifetimes: every ``fc:job:<id>:*`` key expires ``options.result_expires`` seconds after the job's
 latest write (each write script renews the TTL of all of them); ``fc:jobs`` has no TTL. The job's
 output table lives in storage and is not deleted with the record.
+
+Workers and the autoscaler
+--------------------------
+
+==========================  ======  =============================================================
+key                         type    holds
+==========================  ======  =============================================================
+``fc:consumers:<queue>``    zset    worker hostname -> time of its latest heartbeat (every few
+                                    seconds while it consumes ``queue``; removed at shutdown)
+``fc:worker:<hostname>``    string  JSON ``{queues, concurrency, instance_type, started}`` of a
+                                    worker (for per-job cost), kept ``result_expires`` seconds
+``fc:autoscale:leader``     string  the acting autoscaler's id, with a TTL (the leader lock)
+``fc:autoscale:group:<q>``  hash    what the autoscaler remembers of queue ``q``'s group:
+                                    ``current``, ``last_change``, ``idle_since``
+``fc:autoscale:local:<q>``  hash    the local actuator's workers of queue ``q``: hostname -> pid
+``fc:autoscale:served``     hash    queue -> JSON ``{max_size, disk_size_gb, until}``: groups
+                                    the autoscaler can start workers for (read at submit)
+==========================  ======  =============================================================
+
+Workers write their heartbeats (:mod:`fused_celery.state.workers`) off the task path; the
+autoscaler (:mod:`fused_celery.autoscale.loop`) owns the ``fc:autoscale:*`` keys.
 """
 
 from __future__ import annotations
@@ -133,6 +162,9 @@ PLACEHOLDER_HASHES: tuple[str, ...] = (
 PLACEHOLDER_SETS: tuple[str, ...] = ("cancelled", "begun")
 
 POOLS_INDEX = f"{PREFIX}:pools"
+
+#: Held (``SET NX EX``) by the worker sweeping expired pools' blobs; its TTL spaces sweeps.
+BLOB_SWEEP_GUARD = f"{PREFIX}:sweep:blobs"
 
 
 def pool_key(pool_id: str, part: str) -> str:
@@ -195,3 +227,29 @@ def job_key(job_id: str, part: str) -> str:
 def job_keys(job_id: str) -> dict[str, str]:
     """All record keys of job ``job_id``, by part name (in :data:`JOB_PARTS` order)."""
     return {part: job_key(job_id, part) for part in JOB_PARTS}
+
+
+# --------------------------------------------------------------------------- workers, autoscaler
+
+AUTOSCALE_LEADER = f"{PREFIX}:autoscale:leader"
+AUTOSCALE_SERVED = f"{PREFIX}:autoscale:served"
+
+
+def consumers_key(queue: str) -> str:
+    """The zset of live consumers of ``queue`` (hostname -> latest heartbeat, epoch seconds)."""
+    return f"{PREFIX}:consumers:{queue}"
+
+
+def worker_key(hostname: str) -> str:
+    """The description of worker ``hostname`` (JSON)."""
+    return f"{PREFIX}:worker:{hostname}"
+
+
+def autoscale_group_key(queue: str) -> str:
+    """What the autoscaler remembers of ``queue``'s group (a hash)."""
+    return f"{PREFIX}:autoscale:group:{queue}"
+
+
+def autoscale_local_key(queue: str) -> str:
+    """The local actuator's workers of ``queue`` (a hash: hostname -> pid)."""
+    return f"{PREFIX}:autoscale:local:{queue}"

@@ -160,10 +160,13 @@ class PoolRecord:
         scripts.pool_create(pipe, keys=self.script_keys, args=args)
         pipe.execute()
 
-    def delete(self) -> None:
-        """Remove the record (used when publishing failed: nothing half-submitted remains)."""
+    def delete(self, *, keep_tombstone: bool = False) -> None:
+        """Remove the record (used when publishing failed: nothing half-submitted remains; and by
+        ``JobPool.delete()``). keep_tombstone: leave the tombstone, so that workers drop the
+        pool's queued messages at once (default False)."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(*self.keys.values(), keys.tombstone_key(self.pool_id))
+        tomb = [] if keep_tombstone else [keys.tombstone_key(self.pool_id)]
+        pipe.delete(*self.keys.values(), *tomb)
         pipe.zrem(keys.POOLS_INDEX, self.pool_id)
         pipe.execute()
 
@@ -247,15 +250,16 @@ class PoolRecord:
         return int(out[0]), int(out[1]), [str(t) for t in out[2:]]
 
     def retry_lanes(
-        self, entries: Iterable[tuple[int, int]], *, meta: dict[str, str]
+        self, entries: Iterable[tuple[int, int]], *, meta: dict[str, str], now: float | None = None
     ) -> tuple[int, list[tuple[int, str, list[tuple[int, int]]]]]:
         """Retry entries of a capped pool through its lanes: ``entries`` of ``(position, new
         attempt)`` become retry items at the end of the backlog; idle lanes take items at once.
+        now: the retry's time, recorded as ``meta.retried`` (default: this call's time).
 
         Returns ``(moved, [(lane, item, [(pos, attempt)])])``: the items to publish now.
         """
         args = {
-            "now": time.time(),
+            "now": time.time() if now is None else now,
             "channel": self.channel,
             "n": meta.get("n", "0"),
             "batch_size": meta.get("batch_size", "1"),
@@ -288,8 +292,9 @@ class PoolRecord:
         raw = self.client.hgetall(self.keys["lanes"])
         return {f: v for f, v in raw.items() if f != keys.PLACEHOLDER}
 
-    def retry(self, items: Iterable[tuple[int, int, str]]) -> int:
-        """Move entries to a new attempt: ``items`` of ``(position, new attempt, task id)``.
+    def retry(self, items: Iterable[tuple[int, int, str]], *, now: float | None = None) -> int:
+        """Move entries to a new attempt: ``items`` of ``(position, new attempt, task id)``;
+        now: the retry's time, recorded as ``meta.retried`` (default: this call's time).
 
         Only entries whose current attempt is older move (concurrent retries are harmless).
         Renews the TTL of the whole record. Returns how many moved; raises if the record is gone.
@@ -297,7 +302,11 @@ class PoolRecord:
         moved = scripts.pool_retry(
             self.client,
             keys=self.keys,
-            args={"now": time.time(), "channel": self.channel, "entries": items},
+            args={
+                "now": time.time() if now is None else now,
+                "channel": self.channel,
+                "entries": items,
+            },
         )
         if int(moved) < 0:
             raise self.not_found()

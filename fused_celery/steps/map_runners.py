@@ -1,13 +1,14 @@
 """The runners of the map step: :func:`make_map_run` (its run: submitted to the cluster by
 :func:`fused_celery.jobs.submit.submit_step`, or one step of a job) and :func:`run_map` (on this
 machine, through :mod:`fused_celery.jobs.local_driver`); all run
-:data:`~fused_celery.steps.map_stages.MAP_STEP`."""
+:data:`~fused_celery.steps.map_stages.MAP_STEP`. ``run_map`` makes the run with the ``make_run``
+registered for the step's type, so steps built on the map stages (the join) run through it too."""
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fused_celery import storage
 from fused_celery.errors import StepInputError
@@ -82,6 +83,14 @@ def make_map_run(
     )
 
 
+def _make_run(step: Any, output: str | None, **kwargs: Any) -> MapRun:
+    """The run of ``step`` by the ``make_run`` registered for its type (the map step's, or a
+    step built on its stages, e.g. the join)."""
+    from fused_celery.jobs.runners import runner_for
+
+    return runner_for(step.type).load("make_run")(step, output, **kwargs)
+
+
 def run_map(
     step: MapJobStepConfig,
     output: str | None = None,
@@ -94,6 +103,6 @@ def run_map(
     from fused_celery.jobs.local_driver import run_stages
     from fused_celery.table import open_table
 
-    run = make_map_run(step, output, job_id=uuid.uuid4().hex, overwrite=overwrite)
+    run = _make_run(step, output, job_id=uuid.uuid4().hex, overwrite=overwrite)
     done = run_stages(run, engine=engine)
     return open_table(done.config.output)

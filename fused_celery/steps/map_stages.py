@@ -86,6 +86,16 @@ class MapRun(StageRun):
             raise RuntimeError(f"job {self.job_id}: the map step writes no table (no writer)")
         return TableWriter.from_dict(self.writer)
 
+    def chunk_output(
+        self, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None, *, where: str
+    ) -> gpd.GeoDataFrame | None:
+        """The output of one input chunk (:func:`output_frame` of the UDF on it); a step whose
+        chunk work differs (the join) overrides this and reuses the rest of the stages."""
+        udf = require_udf(self.config)
+        frame = read_chunk(self.config.input, meta, chunks)
+        value = call_udf(udf, chunk_kwargs(udf, frame, meta), where=where, run=self)
+        return output_frame(value, frame.crs, where=where)
+
 
 def chunk_metadata_dict(meta: ChunkMetadata) -> dict[str, Any]:
     """What the UDF's ``metadata`` parameter receives: file_id, chunk_id, bbox, num_rows."""
@@ -180,9 +190,14 @@ def input_version(url: str) -> str:
 
 def chunk_key(run: MapRun, meta: dict[str, Any]) -> str:
     """The staged key of chunk ``meta``'s output: the input's version and the chunk's metadata,
-    the UDF's code, entrypoint and parameters."""
-    udf = require_udf(run.config)
-    return staged.work_key(KIND, run.input_version, meta, udf.code, udf.entrypoint, udf.parameters)
+    and the step's config but its output (the UDF's code, entrypoint and parameters...). Only
+    the map step's keys are shared across runs (reused by ``resume``); a step built on these
+    stages (the join, whose right input has a version of its own) stages per run."""
+    config = run.config.model_dump(
+        mode="json", exclude={"output", "overwrite", "name", "metadata", "ignore_chunk_error"}
+    )
+    scope = None if run.kind == KIND else run.job_id
+    return staged.work_key(PART_FORMAT, scope, run.input_version, meta, config)
 
 
 def part_url(key: str) -> str:
@@ -262,16 +277,13 @@ def describe_map(run: MapRun, items: Sequence[list[dict[str, Any]]]) -> str:
 def map_chunk(
     run: MapRun, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None = None
 ) -> dict[str, Any]:
-    """Run the UDF on one chunk and stage its output (:func:`part_url`, then
+    """Run the UDF on one chunk (``run.chunk_output``) and stage its output (:func:`part_url`, then
     :func:`~fused_celery.jobs.staged.mark_done`); returns its ``key``, ``rows``, ``crs``
     (PROJJSON text or None), ``geometry`` (column name) and ``schema``. chunks: as
     :func:`read_chunk`."""
-    udf = require_udf(run.config)
     where = f"chunk {meta['file_id']}/{meta['chunk_id']}"
     key = chunk_key(run, meta)
-    frame = read_chunk(run.config.input, meta, chunks)
-    value = call_udf(udf, chunk_kwargs(udf, frame, meta), where=where, run=run)
-    out = output_frame(value, frame.crs, where=where)
+    out = run.chunk_output(meta, chunks, where=where)
     info: dict[str, Any] = {
         "file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "key": key, "rows": 0
     }  # fmt: skip

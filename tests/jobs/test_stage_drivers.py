@@ -52,7 +52,9 @@ def finish(driver: str, run: toy.ToyRun, request: pytest.FixtureRequest) -> dict
         request.getfixturevalue("cluster")
         resp = submit(run)
         resp.wait_for_job(timeout=60)
-        return resp.get_results()
+        result = resp.get_results()
+        assert set(result.pop("cost")) >= {"total_usd", "by_instance_type"}  # (the cluster's)
+        return result
     request.getfixturevalue("toy_path")
     done = run_stages(run, engine="local" if driver == "local" else None)
     result, _ = toy.TOY.result(done)
@@ -158,3 +160,28 @@ def test_cancel_ends_canceled_and_discards(cluster, tmp_path):
     assert toy.count(str(tmp_path), "discard") == 1
     assert toy.count(str(tmp_path), "member-square") == 2  # the queued ones were skipped
     assert toy.count(str(tmp_path), "member-add") == 0
+
+
+def test_job_cost_sums_its_tasks_run_time(cluster, tmp_path):
+    """Each member's run time / its worker's slots (concurrency 2), by instance type: the
+    default queue's worker has none (``unknown``, unpriced)."""
+    run = new_run(tmp_path, n=4)
+    resp = submit(run)
+    resp.wait_for_job(timeout=60)
+    cost = resp.get_results()["cost"]
+    assert cost["unpriced"] == ["unknown"] and cost["total_usd"] == 0
+    assert cost["by_instance_type"]["unknown"]["instance_seconds"] > 0
+
+
+def test_job_to_an_unserved_queue_fails_fast(fused_options, toy_path, tmp_path):
+    """An instance type's job in a region no worker or autoscaled group serves is refused at
+    submit, naming the queue; nothing of it is written."""
+    from fused_celery.errors import JobNotFoundError, QueueNotServedError
+
+    run = new_run(tmp_path, n=2)
+    with pytest.raises(QueueNotServedError, match="m5.large@eu-west-1"):
+        celery_driver.submit(
+            run, queue="m5.large", instance_type="m5.large", config={"region": "eu-west-1"}
+        )
+    with pytest.raises(JobNotFoundError):
+        JobRecord.open(run.job_id)

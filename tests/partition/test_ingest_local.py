@@ -13,10 +13,14 @@ import pytest
 import shapely
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from fused_celery import storage
-from fused_celery.errors import IngestInputError, TableExistsError, UnsupportedInputError
+from fused_celery.errors import (
+    IngestInputError,
+    StepConfigError,
+    TableExistsError,
+    UnsupportedInputError,
+)
 from fused_celery.partition.config import GeospatialPartitionJobStepConfig
 from fused_celery.partition.runners import run_ingest
 from fused_celery.table import compute_chunk_metadata, open_table, read_chunk_metadata
@@ -85,13 +89,13 @@ def test_config_defaults_and_json_round_trip():
     ],
 )
 def test_config_rejects_bad_values(bad, match):
-    with pytest.raises(ValidationError, match=match):
+    with pytest.raises(StepConfigError, match=match):
         GeospatialPartitionJobStepConfig(**{"input": "in.parquet", **bad})
 
 
 def test_config_validates_assignment():
     cfg = GeospatialPartitionJobStepConfig(input="in.parquet")
-    with pytest.raises(ValidationError):
+    with pytest.raises(StepConfigError):
         cfg.partitioning_maximum_per_chunk = 0
 
 

@@ -455,7 +455,7 @@ def test_remote_bad_inputs_fail_with_reason(on_shared_cluster, tmp_path, kind):
 
 
 def test_bad_options_are_refused_before_any_job():
-    from pydantic import ValidationError
+    from fused_celery.errors import StepConfigError
 
     for bad in (
         {"subdivide_stop": 0},
@@ -463,7 +463,7 @@ def test_bad_options_are_refused_before_any_job():
         {"partitioning_maximum_per_file": -1},
         {"partitioning_method": "volume"},
     ):
-        with pytest.raises(ValidationError):
+        with pytest.raises(StepConfigError):
             fused.ingest("x.parquet", **bad)
 
 

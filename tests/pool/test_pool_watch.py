@@ -116,6 +116,9 @@ def test_tail_stop_on_exception(engine: str, capsys: pytest.CaptureFixture[str])
 def test_tail_timeout(engine: str, gate: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pool = s.gated.map([0, 1], gate=str(gate), engine=engine)
     release(gate, 0)
+    # entry 0 finishes before the tail starts (a loaded machine may take longer than the tail's
+    # timeout to start a worker); the tail then prints it and times out on entry 1
+    wait_until(lambda: 0 in pool.success(), timeout=60, what="entry 0 to finish")
     t0 = time.monotonic()
     pool.tail(timeout=1.5)
     assert time.monotonic() - t0 < 10

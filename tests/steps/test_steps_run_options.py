@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 import fused_celery as fused
-from fused_celery.errors import ProtectedEnvError, StepInputError, StepUdfError, UdfImportError
+from fused_celery.errors import (
+    ProtectedEnvError,
+    StepConfigError,
+    StepInputError,
+    StepUdfError,
+    UdfImportError,
+)
 from fused_celery.jobs.config import JobConfig
 from fused_celery.jobs.run_options import RunOptions, run_options
 from fused_celery.options import DEFAULT_QUEUE, options
@@ -122,7 +128,7 @@ def test_ignore_no_output_runs_without_a_table(tmp_path, table):
     result = JobConfig(steps=[step]).run_local(engine=None, ignore_no_output=True)
     assert result["output"] is None
     assert result["steps"][0]["output"] is None and result["steps"][0]["num_rows"] == 400
-    with pytest.raises(StepInputError, match="no output table"):
+    with pytest.raises(StepConfigError, match="no output table"):
         step.run_remote()
 
 
@@ -137,8 +143,7 @@ def test_options_checked_and_queue_named():
         "region": "eu-west-1", "disk_size_gb": 30, "additional_env": {"A": "1"},
         "image_name": "img-a",
     }  # fmt: skip
-    with pytest.raises(ValueError, match="give instance_type too"):
-        run_options(region="eu-west-1")
+    assert run_options(region="eu-west-1", image_name="img").queue == DEFAULT_QUEUE
     with pytest.raises(ValueError, match="not an AWS region"):
         run_options("m5.large", region="Europe")
 

@@ -46,6 +46,7 @@ from typing import Any
 import redis
 
 from fused_celery import codec
+from fused_celery.autoscale.cost import CostRow
 from fused_celery.celery_app import RUN_ENTRIES, get_app, time_limits
 from fused_celery.engines.base import (
     CANCELLED,
@@ -56,11 +57,14 @@ from fused_celery.engines.base import (
     EntryState,
     PoolSpec,
 )
+from fused_celery.engines.celery.arguments import store_arguments
 from fused_celery.engines.celery.lost import find_lost
 from fused_celery.errors import BrokerUnavailableError, UdfRuntimeError
 from fused_celery.execute import Outcome
 from fused_celery.options import DEFAULT_QUEUE, WHITELISTED_INSTANCE_TYPES, options
+from fused_celery.queues import parse_queue
 from fused_celery.result_cache import cache_key
+from fused_celery.state import workers
 from fused_celery.state.connection import check_reachable, mark_reachable, mask_url, redis_client
 from fused_celery.state.events import SMALL_POOL_ENTRIES, PoolEvents
 from fused_celery.state.keys import RECORD_VERSION
@@ -108,9 +112,15 @@ def load_value(outcome: dict[str, Any]) -> dict[str, Any] | None:
 
 def _queue_for(spec: PoolSpec) -> str:
     queue = spec.queue or DEFAULT_QUEUE
-    if queue != DEFAULT_QUEUE and queue not in WHITELISTED_INSTANCE_TYPES:
-        allowed = ", ".join(WHITELISTED_INSTANCE_TYPES)
-        raise ValueError(f"unknown instance type {queue!r}; use one of: {allowed}")
+    if queue != DEFAULT_QUEUE:
+        try:
+            parse_queue(queue)
+        except ValueError:
+            allowed = ", ".join(WHITELISTED_INSTANCE_TYPES)
+            raise ValueError(
+                f"unknown instance type or queue {queue!r}; use one of: {allowed} (optionally "
+                "with @<region> and :<image_name>)"
+            ) from None
     return queue
 
 
@@ -155,6 +165,7 @@ class CeleryEngine(Engine):
         self._snapshot: tuple[float, int, dict[str, str], dict[str, str], dict[str, str]] | None
         self._snapshot = None
         self._lanes = plan_lanes(spec.n, spec.batch_size, spec.max_workers)[1]
+        self._stored_blobs = False  # submit put arguments in storage
         # the pool's event token taken just before the last read (None: none was taken)
         self._read_token: tuple[int, int] | None = None
         # small pools: (time.monotonic(), event token) taken just before submit wrote the record
@@ -209,6 +220,7 @@ class CeleryEngine(Engine):
         check_reachable(options.broker_url, what="broker", recent=REACHABLE_SECONDS)
         if self.record_url != options.broker_url:
             check_reachable(self.record_url, what="result backend", recent=REACHABLE_SECONDS)
+        workers.check_queue(self.queue, self.spec.disk_size_gb)
         n, bs = spec.n, max(1, spec.batch_size)
         threads, lanes = plan_lanes(n, bs, spec.max_workers)
         n_batches = math.ceil(n / bs)
@@ -221,6 +233,15 @@ class CeleryEngine(Engine):
         soft, hard = self._limits
         max_age = spec.cache_max_age if spec.cache_max_age is not None else options.cache_max_age
         caching = bool(spec.cache) and max_age > 0
+        stored = store_arguments(
+            spec.encoded,
+            spec.constants,
+            root=options.storage_root,
+            pool_id=self.pool_id,
+            threshold=options.large_argument_bytes,
+            limit=options.max_argument_bytes,
+        )
+        self._stored_blobs = bool(stored.folder)
         meta = {
             "version": RECORD_VERSION,
             "udf": json.dumps(spec.udf),
@@ -233,13 +254,15 @@ class CeleryEngine(Engine):
             "queue": self.queue,
             "cache": 1 if caching else 0,
             "cache_max_age": int(max_age),
-            "cache_digest": cache_key(spec.udf, {}) if caching else "",
+            "cache_digest": cache_key(spec.udf, stored.constants) if caching else "",
+            "constants": canonical_json(stored.constants) if stored.constants else "",
+            "args_folder": stored.folder,
             "created": repr(spec.created_at),
             "retried": "",
             "soft_time_limit": soft,
             "time_limit": hard,
         }
-        encoded = [canonical_json(e) for e in spec.encoded]
+        encoded = stored.entries
         if n <= PREFETCH_MAX_ENTRIES:
             # A small pool publishes first and writes its record while the worker takes the
             # message (a worker that finds neither record nor tombstone yet waits for them, see
@@ -263,6 +286,7 @@ class CeleryEngine(Engine):
         except Exception as exc:
             with contextlib.suppress(Exception):
                 self.record.delete()
+            self._discard_blobs()
             if isinstance(exc, redis.exceptions.ConnectionError):
                 raise BrokerUnavailableError(
                     f"the result backend at {mask_url(self.record_url)} failed while the pool "
@@ -288,12 +312,21 @@ class CeleryEngine(Engine):
             if written:
                 with contextlib.suppress(Exception):
                     self.record.delete()
+            self._discard_blobs()
             raise BrokerUnavailableError(
                 f"could not publish the pool's tasks to the broker at "
                 f"{mask_url(options.broker_url)} ({type(exc).__name__}: {exc}); nothing was "
                 "submitted"
             ) from exc
         mark_reachable(options.broker_url)
+
+    def _discard_blobs(self) -> None:
+        """Delete the arguments submit stored (the pool was not submitted after all)."""
+        if self._stored_blobs:
+            from fused_celery import blobs
+
+            with contextlib.suppress(Exception):
+                blobs.delete_pool(options.storage_root, self.pool_id)
 
     def states(self) -> list[EntryState]:
         """Every entry's state, from the record (one round trip; cached while unchanged)."""
@@ -564,6 +597,18 @@ class CeleryEngine(Engine):
         self._snapshot = None
         return cancelled, running
 
+    def delete(self) -> None:
+        """Cancel pending entries, delete the record (its tombstone stays, so that messages
+        still queued are dropped at once) and the pool's blobs in storage."""
+        from fused_celery import blobs
+
+        with contextlib.suppress(Exception):  # an expired record has nothing to cancel
+            self.cancel()
+        self.record.delete(keep_tombstone=True)
+        blobs.delete_pool(options.storage_root, self.pool_id)
+        self._cached = None
+        self._snapshot = None
+
     def retry(self, positions: Sequence[int]) -> None:
         """Run failed (or cancelled) entries again as new attempts, under new task ids."""
         _, raw = self.record.read_states()
@@ -579,15 +624,18 @@ class CeleryEngine(Engine):
                 todo.append((pos, attempt + 1))
         if not todo:
             return
+        # the retry's time is taken before its messages go out: a worker may finish a retried
+        # entry before this call returns, and total_time(since_retry=True) must not be negative
+        now = time.time()
         if self._lanes:
-            self._retry_in_lanes(todo)
+            self._retry_in_lanes(todo, now)
         else:
-            self._retry_now(todo)
-        self.retried_at = time.time()
+            self._retry_now(todo, now)
+        self.retried_at = now
         self._cached = None
         self._snapshot = None
 
-    def _retry_now(self, todo: list[tuple[int, int]]) -> None:
+    def _retry_now(self, todo: list[tuple[int, int]], now: float) -> None:
         """Uncapped pool: publish the retries, then move the entries to their new attempt (so a
         crash in between leaves the entries as they were, and a duplicate is dropped)."""
         bs = max(1, self.spec.batch_size)
@@ -606,9 +654,9 @@ class CeleryEngine(Engine):
                 f"could not publish the retry to the broker at {mask_url(options.broker_url)} "
                 f"({type(exc).__name__}: {exc}); the entries were not retried"
             ) from exc
-        self.record.retry(items)
+        self.record.retry(items, now=now)
 
-    def _retry_in_lanes(self, todo: list[tuple[int, int]]) -> None:
+    def _retry_in_lanes(self, todo: list[tuple[int, int]], now: float) -> None:
         """Capped pool: queue the retries behind the backlog; publish what idle lanes took.
         (If publishing fails, the entries are pending with a recorded task id and no message:
         a waiting client republishes them, see :meth:`_maybe_recover`.)"""
@@ -617,7 +665,7 @@ class CeleryEngine(Engine):
             "batch_size": str(max(1, self.spec.batch_size)),
             "lanes": str(self._lanes),
         }
-        _, assigned = self.record.retry_lanes(todo, meta=meta)
+        _, assigned = self.record.retry_lanes(todo, meta=meta, now=now)
         messages = [
             (f"{self.pool_id}.{item}", [p for p, _ in pairs], [a for _, a in pairs], [lane, item])
             for lane, item, pairs in assigned
@@ -644,6 +692,33 @@ class CeleryEngine(Engine):
         """Celery task id of each entry's latest attempt."""
         return self.record.task_ids()
 
+    def cost_rows(self) -> list[CostRow]:
+        """Every run of the pool's entries (latest attempts and retried ones), each on its
+        worker's instance type with ``concurrency * threads`` slots (a worker that left no
+        description: the queue's instance type and one process). Cache hits cost nothing."""
+        runs: list[tuple[float, float, str]] = []
+        hosts = self.record.hosts()
+        for pos, state in enumerate(self.states()):
+            host = hosts.get(pos, "")
+            if state.started is not None and state.finished is not None and host != "cache":
+                runs.append((state.started, state.finished, host))
+        for old in self.record.history().values():
+            if old.get("started") and old.get("finished"):
+                runs.append((float(old["started"]), float(old["finished"]), old.get("host") or ""))
+        known = workers.describe(self.record.client, [h for _, _, h in runs])
+        try:
+            fallback = parse_queue(self.queue).instance_type
+        except ValueError:
+            fallback = None
+        threads = max(1, self.spec.batch_size)
+        rows = []
+        for started, finished, host in runs:
+            info = known.get(host)
+            instance_type = info.instance_type if info is not None else fallback
+            slots = (info.concurrency if info is not None else 1) * threads
+            rows.append(CostRow(instance_type, finished - started, slots))
+        return rows
+
     @classmethod
     def attach(cls, pool_id: str) -> CeleryEngine:
         """Rebuild the engine of an existing pool from its Redis record.
@@ -655,7 +730,8 @@ class CeleryEngine(Engine):
         check_reachable(url, what="result backend")
         record = PoolRecord(pool_id, url)  # type: ignore[arg-type]
         meta, args_json = record.load()
-        encoded = [json.loads(a) for a in args_json]
+        constants = json.loads(meta["constants"]) if meta.get("constants") else {}
+        encoded = [{**constants, **json.loads(a)} for a in args_json]
         args = []
         for enc in encoded:
             try:
@@ -667,6 +743,7 @@ class CeleryEngine(Engine):
             udf=json.loads(meta["udf"]),
             args=args,
             encoded=encoded,
+            constants=constants,
             max_workers=int(max_workers) if max_workers else None,
             batch_size=int(meta.get("batch_size") or 1),
             max_retry=int(meta.get("max_retry") or 0),

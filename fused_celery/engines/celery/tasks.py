@@ -8,6 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from fused_celery.celery_app import RUN_ENTRIES, app
+
+# imported for their worker signals: the start checks, heartbeats and drain
+from fused_celery.engines.celery import preflight, presence  # noqa: F401
 from fused_celery.engines.celery.worker import EntriesTask, run_message
 
 __all__ = ["run_entries"]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -55,6 +56,7 @@ from fused_celery.errors import (
     UdfWorkerLostError,
 )
 from fused_celery.options import DEFAULT_QUEUE, options
+from fused_celery.state import blob_sweep
 from fused_celery.state.pool_record import (
     HISTORY_LOG_CHARS,
     MAX_DELIVERIES,
@@ -279,11 +281,16 @@ def _run(
     threads: int,
     recorder: _Recorder,
     soft_limit: float | None,
-) -> None:
+) -> threading.Event | None:
     """Run ``items`` (position, encoded kwargs) on ``threads`` threads, handing each outcome to
-    ``recorder`` as it comes; a soft time limit turns the unfinished ones into timeouts."""
+    ``recorder`` as it comes; a soft time limit turns the unfinished ones into timeouts.
+
+    Returns None, or, when the soft limit struck while entries still ran on threads (a signal
+    cannot stop those), an event set once they have all returned: see :func:`_end_stragglers`.
+    """
     log_cap = options.max_log_bytes
     done: set[int] = set()
+    all_done: threading.Event | None = None
     limit_text = (
         f"the entry ran longer than the soft time limit ({soft_limit:g} s); raise "
         "FUSED_CELERY_TASK_SOFT_TIME_LIMIT / TASK_TIME_LIMIT or split the work"
@@ -300,7 +307,7 @@ def _run(
         if len(items) == 1:
             [(pos, out)] = execute.run_batch(udf, items, max_log_bytes=log_cap)
             take(pos, out)
-            return
+            return None
         todo = deque(items)
         outcomes: SimpleQueue[Any] = SimpleQueue()
         all_done = threading.Event()
@@ -346,7 +353,17 @@ def _run(
         except BaseException:
             # A soft time limit (or any failure): start no further entry, do not wait for UDF
             # threads that are still running, and do not reuse their executor.
-            todo.clear()
+            dropped = 0
+            while True:  # (popleft is atomic: each entry is dropped here or run by a thread)
+                try:
+                    todo.popleft()
+                except IndexError:
+                    break
+                dropped += 1
+            with lock:
+                running[0] -= dropped
+                if running[0] == 0:
+                    all_done.set()
             _drop_executor(threads, pool)
             raise
     except SoftTimeLimitExceeded:
@@ -359,6 +376,24 @@ def _run(
                     TIMEOUT,
                     {"ok": False, "value": None, "error": _timeout_error(limit_text)},
                 )
+        if all_done is not None and not all_done.is_set():
+            return all_done
+    return None
+
+
+def _end_stragglers(all_done: threading.Event, deadline: float | None) -> None:
+    """Entries that timed out on threads of this process still run (CPU, memory, side effects):
+    keep this task busy until they return or the hard time limit (monotonic ``deadline``) kills
+    the process, so that the pool replaces it; with no hard limit, leave the process at once
+    (``SystemExit``: the worker starts a fresh one). Their outcomes are already recorded."""
+    logger.warning(
+        "fused-celery: entries that timed out still run on threads of process %d; it is "
+        "replaced at the hard time limit",
+        os.getpid(),
+    )
+    if deadline is not None and all_done.wait(max(0.0, deadline - time.monotonic()) + 5.0):
+        return
+    raise SystemExit(1)
 
 
 _executors: dict[int, ThreadPoolExecutor] = {}
@@ -381,6 +416,47 @@ def _drop_executor(threads: int, pool: ThreadPoolExecutor) -> None:
     if _executors.get(max(1, threads)) is pool:
         del _executors[max(1, threads)]
     pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _constants(meta: dict[str, Any]) -> dict[str, Any]:
+    """The pool's constant keyword arguments, encoded, those stored by reference read back:
+    read once per process and pool (kept in the cached meta)."""
+    found = meta.get("constants_obj")
+    if found is None:
+        raw = meta.get("constants") or ""
+        found = blobs.resolve_kwargs(json.loads(raw), meta.get("args_folder")) if raw else {}
+        meta["constants_obj"] = found
+    return found
+
+
+def _with_constants(
+    meta: dict[str, Any], items: list[tuple[int, dict[str, Any]]], recorder: _Recorder
+) -> list[tuple[int, dict[str, Any]]]:
+    """Each entry's arguments with the pool's constants merged under them and arguments stored
+    by reference read back; an entry whose arguments cannot be read fails (recorded now)."""
+    ready = []
+    for pos, encoded in items:
+        try:
+            ready.append(
+                (
+                    pos,
+                    {**_constants(meta), **blobs.resolve_kwargs(encoded, meta.get("args_folder"))},
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - storage unreadable: this entry's error
+            now = time.time()
+            err = UdfSerializationError(
+                f"the entry's arguments stored in {meta.get('args_folder')} could not be read: "
+                f"{exc}",
+                child_exception_class=type(exc).__name__,
+            )
+            recorder.add(
+                pos,
+                {"logs": "", "started": now, "finished": now},
+                ERROR,
+                {"ok": False, "value": None, "error": err.to_dict()},
+            )
+    return ready
 
 
 def _stored_outcome(pool_id: str, pos: int, attempt: int, out: Any) -> dict[str, Any]:
@@ -578,6 +654,7 @@ def run_message(
     ``[lane, item]`` when the pool is capped by ``max_workers`` (default None). Returns
     ``{"pool_id", "positions", "attempts"}`` (deterministic; results are in the record).
     """
+    began = time.monotonic()
     summary = {"pool_id": pool_id, "positions": positions, "attempts": attempts}
     redelivered = bool((request.delivery_info or {}).get("redelivered"))
     host = request.hostname or ""
@@ -649,8 +726,16 @@ def run_message(
             ERROR,
             {"ok": False, "value": None, "error": err},
         )
+    if to_run and (meta.get("constants") or meta.get("args_folder")):
+        to_run = _with_constants(meta, to_run, recorder)
+    stragglers = None
     if to_run:
         soft = (request.timelimit or (None, None))[1] or float(meta.get("soft_time_limit") or 0)
-        _run(meta["udf_obj"], to_run, max(1, int(meta.get("threads") or 1)), recorder, soft)
+        threads = max(1, int(meta.get("threads") or 1))
+        stragglers = _run(meta["udf_obj"], to_run, threads, recorder, soft)
     recorder.close()
+    if stragglers is not None:
+        hard = (request.timelimit or (None, None))[0] or float(meta.get("time_limit") or 0)
+        _end_stragglers(stragglers, began + hard if hard else None)
+    blob_sweep.maybe_sweep()
     return summary

@@ -394,8 +394,25 @@ job_set_fields = Script(
     rest=("fields", ("field", "value")),
     uses=("job_common",),
 )
+#: Add instance-seconds of a task to the job's cost (``cost_s:<instance type>``).
+job_add_cost = Script(
+    "job_add_cost", keys=JOB_PARTS, argv=(*_JOB_ARGV, "field", "amount"), uses=("job_common",)
+)
 #: Read only: the log lines after a sequence number.
 job_logs_after = Script("job_logs_after", keys=("meta", "logs"), argv=("seq",))
+
+# The autoscaler (fused_celery.autoscale): keys.POOLS_INDEX and kombu's unacked hash; the leader
+# lock keys.AUTOSCALE_LEADER.
+
+#: Read every queue's backlog in one call (read only).
+autoscale_backlog = Script(
+    "autoscale_backlog",
+    keys=("pools", "unacked"),
+    argv=("since", "pool_prefix", "suffixes"),
+    rest=("queues", ("queue",)),
+)
+#: Take or renew the leader lock.
+autoscale_leader = Script("autoscale_leader", keys=("lock",), argv=("owner", "ttl_ms"))
 
 #: Every declared script, by name.
 SCRIPTS: tuple[Script, ...] = tuple(v for v in list(globals().values()) if isinstance(v, Script))
