@@ -48,6 +48,8 @@ __all__ = [
     "StepUdfError",
     "StepOutputError",
     "StepSchemaError",
+    "ProtectedEnvError",
+    "UdfImportError",
     "JobFailedError",
     "JobCanceledError",
     "JobTimeoutError",
@@ -318,6 +320,17 @@ class StepOutputError(FusedError, TypeError):
 class StepSchemaError(FusedError, ValueError):
     """The outputs of two chunks of a map step cannot go in one table (different CRSs, geometry
     columns or column types that do not unify); the message names the two chunks."""
+
+
+class ProtectedEnvError(FusedError, ValueError):
+    """``additional_env`` names a variable the workers need for themselves (the broker URL and
+    the other ``FUSED_CELERY_*`` settings, credentials such as ``AWS_*``, ``PATH``,
+    ``PYTHONPATH``, ``HOME``, ``LD_*``); the message names it."""
+
+
+class UdfImportError(FusedError, ImportError):
+    """``validate_imports``: a module a job step's UDF imports cannot be found; the message
+    names the UDF and the module."""
 
 
 class JobNotFoundError(FusedError, LookupError):

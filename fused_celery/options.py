@@ -191,6 +191,9 @@ class Options(BaseSettings):
         back to their queue within two such timeouts, instead of after ``visibility_timeout``.
         A worker that cannot reach Redis, or whose main process is stalled, for that long counts
         as dead too (its work may then run twice; results are still recorded once).
+    staged_expires: seconds the staged work of a job (its steps' finished units, under
+        ``<storage_root>/_staged``) is kept for a ``resume=True`` rerun (default 7 days); older
+        entries are swept when a job is planned.
     join_cache_bytes: bytes of right-side rows a join keeps per worker process (an LRU of
         right chunks, or the one right file of ``join_singlefile``, which must fit; default
         512 MiB).
@@ -304,6 +307,7 @@ class Options(BaseSettings):
     join_cache_bytes: int = Field(default=512 << 20, ge=1)
     job_stall_timeout: float | None = Field(default=None, gt=0)
     worker_heartbeat_timeout: float = Field(default=30.0, gt=0)
+    staged_expires: float = Field(default=7 * 24 * 3600, gt=0)
     worker_preload: list[str] = Field(
         default_factory=lambda: ["pandas", "pyarrow.parquet", "shapely", "geopandas"]
     )

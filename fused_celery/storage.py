@@ -310,6 +310,23 @@ def list_file_times(url: str, *, recursive: bool = False) -> dict[str, float]:
     return {name: (info.mtime_ns or 0) / 1e9 for name, info in _file_infos(url, recursive).items()}
 
 
+def modified_times(url: str) -> dict[str, float]:
+    """``{path relative to the folder url: last modification, epoch seconds}`` of every file
+    under ``url`` (recursive; temporary files left out, a missing folder gives ``{}``)."""
+    loc = parse(url)
+    selector = pafs.FileSelector(loc.path, recursive=True, allow_not_found=True)
+    infos = _call("list", loc, lambda: loc.filesystem.get_file_info(selector))
+    base = loc.path.rstrip("/") + "/"
+    times = {}
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.startswith(base):
+            continue
+        name = info.path[len(base) :]
+        if TEMP_MARKER not in name.rsplit("/", 1)[-1] and info.mtime is not None:
+            times[name] = info.mtime.timestamp()
+    return times
+
+
 def read_bytes(url: str) -> bytes:
     """The content of the file at ``url`` (``FileNotFoundError`` when there is none)."""
     loc = parse(url)

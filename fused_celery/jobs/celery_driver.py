@@ -20,6 +20,9 @@ callback does not launch a stage twice); the last stage's collect (the commit) r
 depends only on their inputs, so a task redelivered after its worker died returns the same encoded
 value and the Redis chord counts it once.
 
+Every task runs with the job's ``additional_env`` set (``run.options.env``, restored after the
+task: :func:`~fused_celery.worker_env.applied_env`).
+
 Cancellation is the job's durable flag (``JobRecord.request_cancel``), never a revoke: a revoked
 chord member would leave its chord hanging. Members check the flag before working; the next
 callback discards and ends the job ``Canceled``. The watchdog sends again a member whose message
@@ -57,6 +60,7 @@ from fused_celery.jobs.stages import (
     StageRun,
     StageSequence,
     error_text,
+    in_stage,
     jsonable,
     load_sequence,
     sequence_target,
@@ -68,6 +72,7 @@ from fused_celery.state.connection import redis_client
 from fused_celery.state.job_record import JobRecord
 from fused_celery.state.statuses import JOB_CANCELED, JOB_DONE, JOB_FAILED
 from fused_celery.task_display import stage_options
+from fused_celery.worker_env import applied_env
 
 __all__ = ["COLLECT", "MEMBER", "START", "WATCHDOG", "heartbeat", "submit"]
 
@@ -150,20 +155,25 @@ def _sig(name: str, args: tuple[Any, ...], queue: str) -> Any:
 def _end(
     record: JobRecord, seq: StageSequence[Any], run: StageRun, status: str, reason: str
 ) -> None:
-    """Discard the run and end the job ``status`` (Failed or Canceled) with ``reason``."""
+    """Discard the run (logging what the sequence says stays) and end the job ``status``
+    (Failed or Canceled) with ``reason``."""
     try:
-        seq.discard(run)
+        line = seq.discard(run)
     except Exception as exc:  # still end the job; say what was left
         reason = f"{reason} (and discarding the run failed: {error_text(exc)})"
+    else:
+        if line:
+            record.log(line, level="WARNING")
     record.finish(status, reason=reason)  # the record logs the end with its reason
 
 
 def _guarded(
     record: JobRecord, seq: StageSequence[Any], run: StageRun, what: str, fn: Callable[[], None]
 ) -> None:
-    """Run a start's or callback's own work; an exception fails the job (the run discarded)."""
+    """Run a start's or callback's own work (with the job's ``additional_env``); an exception
+    fails the job (the run discarded)."""
     try:
-        with heartbeat(record):
+        with heartbeat(record), applied_env(run.options.env):
             fn()
     except Exception as exc:
         logger.exception("job %s: %s failed", record.job_id, what)
@@ -206,6 +216,8 @@ def _launch(
         raise ValueError(f"stage {stage.name!r} has items with the same key: {keys[:20]}")
     if not record.start_stage(stage.name, len(items)):
         return
+    if stage.units is not None:
+        record.set_stage_units(stage.name, sum(stage.units(i) for i in items), stage.unit)
     if stage.describe is not None:
         record.log(stage.describe(run, items))
     data = run.model_dump(mode="json")
@@ -397,16 +409,18 @@ def run_member(
     task_key = f"{stage}:{key}"
     started = time.time()
     try:
-        with heartbeat(record):
-            seq = load_sequence(target)
-            value = jsonable(seq.stage(stage).member(seq.load_run(data), item))
+        seq = load_sequence(target)
+        run = seq.load_run(data)
+        current = seq.stage(stage)
+        with heartbeat(record), applied_env(run.options.env), in_stage(stage):
+            value = jsonable(current.member(run, item))
     except Exception as exc:  # every failure becomes a deterministic value
         message = error_text(exc)
         _add_cost(record, time.time() - started)
         record.task_failed(task_key, message)  # logged there, at ERROR
         return MemberOutcome(key=key, status="error", error=message).model_dump(mode="json")
     _add_cost(record, time.time() - started)
-    record.task_done(task_key)
+    record.task_done(task_key, units=current.units(item) if current.units else 0)
     return MemberOutcome(key=key, status="ok", value=value).model_dump(mode="json")
 
 

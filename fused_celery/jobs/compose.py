@@ -9,7 +9,8 @@ back. So both drivers run a job exactly as they run one step: one job record, on
 stage, task ids and progress per step-stage, the first stage of each step logging which step
 starts and what the step before committed. A failed stage fails the job: the driver's
 ``discard`` removes the staging of the step that failed and of the steps not yet run; tables
-that earlier steps committed stay (and a line of the job's log says so).
+that earlier steps committed stay (a line of the job's log, or a note of the error raised on
+this machine, says so).
 
 Sequences are named by their parts: the sequence of steps with sequences ``a:A``, ``b:B`` is
 ``fused_celery.jobs.compose:a:A|b:B`` (:func:`composed_target`); this module's ``__getattr__``
@@ -18,8 +19,6 @@ builds it from the name in any process (the drivers import sequences by name).
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -33,12 +32,9 @@ from fused_celery.jobs.stages import (
 
 __all__ = ["JobRun", "composed_target", "compose"]
 
-logger = logging.getLogger(__name__)
 
 KIND = "job"
 _SEPARATOR = "|"
-#: Job id -> the line saying where a local job stopped (taken by ``JobConfig.run_local``).
-STOPPED: dict[str, str] = {}
 
 
 class JobRun(StageRun):
@@ -121,6 +117,8 @@ def _wrap(
         key=stage.key,
         collect_name=f"step{k + 1}.{stage.collector}",
         describe=describe,
+        units=stage.units,
+        unit=stage.unit,
     )
 
 
@@ -130,9 +128,10 @@ def _result(run: JobRun) -> tuple[dict[str, Any], str]:
     return result, f"done: {len(run.targets)} step(s); last: {run.lines[-1] if run.lines else ''}"
 
 
-def _discard(run: JobRun) -> None:
+def _discard(run: JobRun) -> str:
     """Discard the step that stopped and the steps after it (their staging); committed tables
-    of earlier steps stay. On the cluster, log which."""
+    of earlier steps stay. Returns the line saying which (the drivers log it or add it as a
+    note to the error)."""
     current = min(len(run.results), len(run.targets) - 1)
     errors = []
     for k in range(current, len(run.targets)):
@@ -147,16 +146,9 @@ def _discard(run: JobRun) -> None:
         + (f"tables committed by earlier steps stay ({'; '.join(kept)})" if kept else
            "no earlier step committed a table")
     )  # fmt: skip
-    if run.remote:
-        with contextlib.suppress(Exception):
-            from fused_celery.state.job_record import JobRecord
-
-            JobRecord.open(run.job_id).log(line, level="WARNING")
-    else:
-        logger.warning("job %s: %s", run.job_id, line)
-        STOPPED[run.job_id] = line
     if errors:
-        raise RuntimeError("; ".join(errors))
+        raise RuntimeError(f"{line}; discarding failed: {'; '.join(errors)}")
+    return line
 
 
 def compose(targets: Sequence[str]) -> StageSequence[JobRun]:

@@ -25,10 +25,11 @@ from pydantic import BaseModel, ConfigDict, SerializeAsAny, StrictStr, field_val
 
 from fused_celery.errors import StepInputError
 from fused_celery.jobs.compose import JobRun, composed_target
+from fused_celery.jobs.run_options import RunOptions, prepare_step, run_options
 from fused_celery.jobs.runners import registered_types, runner_for
 from fused_celery.jobs.stages import StageRun, load_sequence, sequence_target
 from fused_celery.jobs.step import JobStepConfig
-from fused_celery.options import DEFAULT_QUEUE, options
+from fused_celery.options import options
 
 if TYPE_CHECKING:
     from fused_celery.jobs.response import RunResponse
@@ -111,14 +112,35 @@ class JobConfig(BaseModel):
             out.append(step)
         return out
 
-    def _plan(self, job_id: str, *, overwrite: bool | None, **kwargs: Any) -> JobRun:
+    def _plan(
+        self,
+        job_id: str,
+        *,
+        overwrite: bool | None,
+        run_options: RunOptions,
+        validate_imports: bool | None = None,
+        **kwargs: Any,
+    ) -> JobRun:
         """The job's run: each step's run made by its ``make_run`` (a step without input bound
-        to the previous step's output). On any error the runs made so far are discarded."""
+        to the previous step's output; ``ignore_no_udf`` and ``validate_imports`` applied by
+        :func:`~fused_celery.jobs.run_options.prepare_step`), every run given ``run_options``.
+        On any error the runs made so far are discarded."""
         runs: list[StageRun] = []
         targets: list[str] = []
         outputs: list[str | None] = []
         try:
             for k, step in enumerate(self._steps_with(kwargs)):
+                step = prepare_step(step, run_options, validate_imports=validate_imports)
+                field = step._output_field
+                if (
+                    field in type(step).model_fields
+                    and getattr(step, field) is None
+                    and not run_options.ignore_no_output
+                ):
+                    raise StepInputError(
+                        f"step {k + 1} ({step.type}) has no output table; set_output(url) on "
+                        "it, or pass ignore_no_output=True to run it without writing one"
+                    )
                 chained = False
                 bind = getattr(step, "bind_inputs", None)
                 if bind is not None:  # a step of two inputs (a join) binds them itself
@@ -138,7 +160,7 @@ class JobConfig(BaseModel):
                     chained = True
                 make = runner_for(step.type).load("make_run")
                 run = make(step, None, job_id=job_id, overwrite=overwrite, check_input=not chained)
-                runs.append(run)
+                runs.append(run.model_copy(update={"options": run_options}))
                 targets.append(sequence_target(step.type))
                 config = getattr(run, "config", None)
                 outputs.append(getattr(config, "output", None) if step.type != "udf" else None)
@@ -159,6 +181,7 @@ class JobConfig(BaseModel):
             runs=tuple(r.model_dump(mode="json") for r in runs),
             labels=labels,
             outputs=tuple(outputs),
+            options=run_options,
         )
 
     # --- running ----------------------------------------------------------------------------
@@ -175,42 +198,49 @@ class JobConfig(BaseModel):
         ignore_no_output: bool = False,
         validate_imports: bool | None = None,
         overwrite: bool | None = None,
+        resume: bool = False,
         **kwargs: Any,
     ) -> RunResponse:
         """Run the steps on the cluster as one job; returns its RunResponse at once (its
         ``get_results()``: ``{"steps": [each step's result], "output": the last table,
         "failed": [...]}``).
 
-        instance_type: the queue (default None: ``fused``). region / disk_size_gb /
-        additional_env / image_name: recorded with the job (defaults None). ignore_no_udf /
-        ignore_no_output / validate_imports: accepted for the SDK's signature (defaults False,
-        False, None). overwrite: for every step (default None: each step's own). kwargs: UDF
-        parameters, given to each step whose UDF takes them. Bad steps, inputs or existing
-        outputs are raised here, before anything is submitted.
+        instance_type / region / image_name / disk_size_gb / additional_env / ignore_no_udf /
+        ignore_no_output / validate_imports / resume: as for a step's ``run_remote``
+        (:meth:`JobStepConfig.run_remote`), for every step. overwrite: for every step (default
+        None: each step's own). kwargs: UDF parameters, given to each step whose UDF takes them.
+        Bad steps, inputs or existing outputs are raised here, before anything is submitted.
         """
         from fused_celery.jobs import celery_driver
         from fused_celery.jobs.response import RunResponse
-        from fused_celery.jobs.step import fleet_options
         from fused_celery.state.connection import check_reachable
 
-        del ignore_no_udf, ignore_no_output, validate_imports
-        extra = fleet_options(
+        found = run_options(
             instance_type,
             region=region,
             disk_size_gb=disk_size_gb,
             additional_env=additional_env,
             image_name=image_name,
+            ignore_no_udf=ignore_no_udf,
+            ignore_no_output=ignore_no_output,
+            resume=resume,
         )
-        queue = instance_type or DEFAULT_QUEUE
+        queue = found.queue
         check_reachable(options.broker_url)
-        run = self._plan(uuid.uuid4().hex, overwrite=overwrite, **kwargs)
+        run = self._plan(
+            uuid.uuid4().hex,
+            overwrite=overwrite,
+            run_options=found,
+            validate_imports=validate_imports,
+            **kwargs,
+        )
         record = celery_driver.submit(
             run,
             queue=queue,
             name=self.name,
             instance_type=instance_type,
             output=next((o for o in reversed(run.outputs) if o), None),
-            config={**self.model_dump(mode="json"), **extra},
+            config={**self.model_dump(mode="json"), **found.record_fields()},
             message=f"submitted: job of {len(run.targets)} step(s) "
             f"({', '.join(run.labels)}) on queue {queue!r}",
             target=composed_target(run.targets),
@@ -218,28 +248,43 @@ class JobConfig(BaseModel):
         return RunResponse.from_record(record)
 
     def run_local(
-        self, *, engine: str | None = "local", overwrite: bool | None = None, **kwargs: Any
+        self,
+        *,
+        engine: str | None = "local",
+        overwrite: bool | None = None,
+        additional_env: list[str] | dict[str, str] | None = None,
+        ignore_no_udf: bool = False,
+        ignore_no_output: bool = False,
+        validate_imports: bool | None = None,
+        resume: bool = False,
+        **kwargs: Any,
     ) -> dict[str, Any]:
         """Run the steps on this machine, the same stages as :meth:`run_remote`; returns the
         job's result (``{"steps": [...], "output": ..., "failed": [...]}``).
 
         engine: ``"local"`` (worker processes, default) or None (this process). overwrite: for
-        every step (default None: each step's own). kwargs: UDF parameters, as for
-        :meth:`run_remote`. A failed step raises its error (a note says which step and which
-        earlier tables stay); its output is not committed."""
+        every step (default None: each step's own). additional_env / ignore_no_udf /
+        ignore_no_output / validate_imports / resume: as for :meth:`run_remote` (defaults
+        None / False). kwargs: UDF parameters, as for :meth:`run_remote`. A failed step raises
+        its error (a note says which step and which earlier tables stay); its output is not
+        committed."""
         from fused_celery.jobs.local_driver import run_stages
 
-        run = self._plan(uuid.uuid4().hex, overwrite=overwrite, **kwargs)
+        found = run_options(
+            additional_env=additional_env,
+            ignore_no_udf=ignore_no_udf,
+            ignore_no_output=ignore_no_output,
+            resume=resume,
+        )
+        run = self._plan(
+            uuid.uuid4().hex,
+            overwrite=overwrite,
+            run_options=found,
+            validate_imports=validate_imports,
+            **kwargs,
+        )
         target = composed_target(run.targets)
-        try:
-            done = run_stages(run, engine=engine, target=target)
-        except Exception as exc:
-            from fused_celery.jobs.compose import STOPPED
-
-            line = STOPPED.pop(run.job_id, "a step failed; its output was not committed")
-            if hasattr(exc, "add_note"):  # Python >= 3.11
-                exc.add_note(f"job {self.name or run.job_id}: {line}")
-            raise
+        done = run_stages(run, engine=engine, target=target)
         result, _ = load_sequence(target).result(done)
         _warn_rows(result.get("steps") or [])
         return {**result, "failed": [f.model_dump(mode="json") for f in done.failed]}

@@ -46,8 +46,12 @@ def stage_member(sequence: str, stage: str, run: dict, item):
 def run_member(target: str, stage: str, data: dict[str, Any], item: Any) -> Any:
     """The value of ``stage``'s member on ``item`` for run ``data`` (JSON), in a worker process;
     target: the sequence's ``"module:NAME"``."""
+    from fused_celery.worker_env import applied_env
+
     seq = load_sequence(target)
-    return jsonable(seq.stage(stage).member(seq.load_run(data), item))
+    run = seq.load_run(data)
+    with applied_env(run.options.env):
+        return jsonable(seq.stage(stage).member(run, item))
 
 
 def _own_error(exc: BaseException) -> BaseException:
@@ -121,23 +125,33 @@ def run_stages(run: R, *, engine: str | None = "local", target: str | None = Non
     engine: ``"local"`` (worker processes, default) or None (everything in this process).
     target: the sequence's ``"module:NAME"`` (default None: the one registered for ``run.kind``).
     On any error the sequence's ``discard`` runs and the error is raised (see the module
-    docstring).
+    docstring), with the line ``discard`` returns (what stays) as a note. The job's
+    ``additional_env`` (``run.options.env``) is set while it runs, in this process and around
+    every member in the worker processes, and restored after.
     """
+    from fused_celery.worker_env import applied_env
+
     target = target or sequence_target(run.kind)
     seq = load_sequence(target)
     try:
-        for stage in seq.stages:
-            run, items = stage.items(run)
-            items = list(items)
-            ok, failed, first = _map(target, stage, run, items, engine=engine)
-            if first is not None and not ok:
-                raise first
-            run = run.model_copy(update={"failed": (*run.failed, *failed)})
-            run = stage.collect(run, ok, failed)
-    except BaseException:
+        with applied_env(run.options.env):
+            for stage in seq.stages:
+                run, items = stage.items(run)
+                items = list(items)
+                ok, failed, first = _map(target, stage, run, items, engine=engine)
+                if first is not None and not ok:
+                    raise first
+                run = run.model_copy(update={"failed": (*run.failed, *failed)})
+                run = stage.collect(run, ok, failed)
+    except BaseException as exc:
         try:
-            seq.discard(run)
+            line = seq.discard(run)
         except Exception:
             logger.warning("job %s: discard failed", run.job_id, exc_info=True)
+        else:
+            if line and hasattr(exc, "add_note"):  # Python >= 3.11
+                exc.add_note(f"job {run.job_id}: {line}")
+            elif line:
+                logger.warning("job %s: %s", run.job_id, line)
         raise
     return run

@@ -20,7 +20,7 @@ from fused_celery.options import options
 from fused_celery.state.job_record import JobRecord, JobSnapshot
 from fused_celery.state.statuses import JOB_CANCELED, JOB_DONE, JOB_FAILED, JOB_PENDING
 
-_BAR_FORMAT = "{l_bar}{bar} | {n_fmt}/{total_fmt} tasks | {elapsed}"
+_BAR_FORMAT = "{l_bar}{bar} | {n_fmt}/{total_fmt} {unit} | {elapsed}"
 
 #: Seconds between polls while ``cancel(wait=True)`` waits.
 CANCEL_POLL_SECONDS = 0.2
@@ -36,26 +36,39 @@ def format_log_line(entry: dict[str, Any]) -> str:
 
 
 class _Bar:
-    """A tqdm bar of finished/total tasks described by the stage, made on first use (only when
-    ``options.show.enable_tqdm``)."""
+    """A tqdm bar of the current stage's progress, made on first use (only when
+    ``options.show.enable_tqdm``): its units of work when the stage counts them (a map step's
+    chunks: ``step2.map | 12/40 chunks``), else the job's finished/total tasks."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and options.show.enable_tqdm
         self.bar: Any = None
+        self.shown: tuple[str | None, str] | None = None
 
     def update(self, snap: JobSnapshot) -> None:
         if not self.enabled:
             return
+        progress = snap.progress.get(snap.stage or "")
+        if progress is not None:
+            total, done, unit = progress.total, progress.done, f"{progress.unit}s"
+        else:
+            total, done, unit = snap.total_tasks, snap.finished_tasks, "tasks"
         if self.bar is None:
             if snap.terminal:  # nothing to watch
                 return
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=snap.total_tasks, bar_format=_BAR_FORMAT)
-        if self.bar.total != snap.total_tasks:
-            self.bar.total = snap.total_tasks
+            self.bar = tqdm(total=total, bar_format=_BAR_FORMAT, unit=unit)
+        shown = (snap.stage, unit)
+        if shown != self.shown:  # another stage: a bar of its own units
+            if self.shown is not None:
+                self.bar.reset(total=total)
+            self.bar.unit = unit
+            self.shown = shown
+        if self.bar.total != total:
+            self.bar.total = total
         self.bar.set_description_str(snap.stage or snap.status, refresh=False)
-        self.bar.update(snap.finished_tasks - self.bar.n)
+        self.bar.update(done - self.bar.n)
 
     def write(self, line: str) -> None:
         if self.bar is not None:
@@ -278,6 +291,14 @@ class RunResponse(BaseModel):
             except JobTimeoutError:
                 pass
         return self.get_status()
+
+    def resume(self, **overrides: Any) -> RunResponse:
+        """Run this ``Failed`` or ``Canceled`` job again with ``resume=True``: only the work
+        its run did not stage is redone (:func:`fused_celery.jobs.resume.resume_job`); returns
+        the new job's RunResponse. overrides: other ``run_remote`` arguments."""
+        from fused_celery.jobs.resume import resume_job
+
+        return resume_job(self.job_id, **overrides)
 
     # ------------------------------------------------------------------ display
 

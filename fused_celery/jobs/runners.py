@@ -6,8 +6,10 @@ that defines a step type registers its runners here by dotted name (``"module:fu
 ``type`` and import them on first use. So models stay importable without Celery or the
 stage code, and no import cycle can form between a model and its runner.
 
-A remote runner is called ``submit(step, output, *, instance_type, overwrite, extra)`` and
-returns a :class:`~fused_celery.jobs.response.RunResponse`; a local runner is called
+A step type with a ``make_run`` is submitted by :func:`fused_celery.jobs.submit.submit_step`
+(its run made, the job's :class:`~fused_celery.jobs.run_options.RunOptions` set on it); one
+without registers a remote runner ``submit(step, output, *, options, overwrite)`` returning a
+:class:`~fused_celery.jobs.response.RunResponse`. A local runner is called
 ``run_local(step, output, *, overwrite)`` and returns the step's local result. A step that runs
 as fan-out stages also names its declared :class:`~fused_celery.jobs.stages.StageSequence`
 (``stages``), which the drivers find from a run's ``kind`` (the step type), and may name
@@ -32,7 +34,9 @@ class Runner:
     ``stages``, the ``"package.module:NAME"`` of its stage sequence (None: it has none), and
     ``make_run``, the function building its run inside a multi-step job (None: it cannot be one
     step of a ``JobConfig``), and ``model``, the ``"module:Class"`` of its step model (a
-    ``JobConfig`` read from JSON builds its steps by ``type``)."""
+    ``JobConfig`` read from JSON builds its steps by ``type``), and ``response``, the
+    ``"module:Class"`` of the :class:`~fused_celery.jobs.response.RunResponse` subclass its
+    ``run_remote`` returns (None: ``RunResponse``)."""
 
     step_type: str
     submit: str | None = None
@@ -40,6 +44,7 @@ class Runner:
     stages: str | None = None
     make_run: str | None = None
     model: str | None = None
+    response: str | None = None
 
     def load(self, which: str) -> Callable[..., Any]:
         """The runner ``which`` ("submit", "run_local", "stages", "make_run" or "model"),
@@ -69,9 +74,11 @@ def register(
     stages: str | None = None,
     make_run: str | None = None,
     model: str | None = None,
+    response: str | None = None,
 ) -> None:
     """Register the runners of ``step_type`` (dotted ``"module:function"`` names), its stage
-    sequence (``"module:NAME"``), its ``make_run`` and its ``model``; defaults None.
+    sequence (``"module:NAME"``), its ``make_run``, its ``model`` and its ``response``; defaults
+    None.
     Registering the same names again is allowed; other names for a known type are an error."""
     runner = Runner(
         step_type,
@@ -80,6 +87,7 @@ def register(
         stages=stages,
         make_run=make_run,
         model=model,
+        response=response,
     )
     known = _RUNNERS.get(step_type)
     if known is not None and known != runner:

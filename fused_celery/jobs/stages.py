@@ -16,7 +16,9 @@ thing every message carries — and its :class:`Stage` s, each made of
   is idempotent — except the last stage's (the commit), which the drivers run at most once;
 
 then ``result(run) -> (result, line)``, the Done job's JSON result and its last log line, and
-``discard(run)``, which removes what a failed or cancelled run left behind.
+``discard(run)``, which removes what a failed or cancelled run left behind and may return a line
+saying what stays (the drivers log it on the cluster, and add it as a note to the error raised on
+this machine).
 
 Two drivers run any sequence: :mod:`.celery_driver` (chained chords, the job record as guard) and
 :mod:`.local_driver` (this machine). A step package registers its sequence by dotted name
@@ -26,15 +28,18 @@ from the run's ``kind`` (:func:`sequence_target`), so ``jobs`` imports no step p
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_jsonable_python
 
 from fused_celery.errors import FusedError
+from fused_celery.jobs.run_options import RunOptions
 from fused_celery.jobs.runners import runner_for
 
 __all__ = [
@@ -43,7 +48,9 @@ __all__ = [
     "Stage",
     "StageRun",
     "StageSequence",
+    "current_stage",
     "error_text",
+    "in_stage",
     "jsonable",
     "load_sequence",
     "sequence_target",
@@ -70,8 +77,10 @@ class StageRun(BaseModel):
     record's, and the stem of every task id). ignore_errors: leave failed members out and list
     them in ``failed`` instead of failing the job (default False). failed: the members left out
     so far (default none). remote: run by the Celery driver, so a job record exists to log to
-    (set by its ``submit``; default False). Keep it small: no rows, no per-item lists that grow
-    with the input.
+    (set by its ``submit``; default False). options: the job's
+    :class:`~fused_celery.jobs.run_options.RunOptions` (``additional_env`` applied around every
+    task by the drivers; the fleet fields for routing; default: none asked). Keep it small: no
+    rows, no per-item lists that grow with the input.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -81,6 +90,7 @@ class StageRun(BaseModel):
     ignore_errors: bool = False
     failed: tuple[FailedItem, ...] = ()
     remote: bool = False
+    options: RunOptions = Field(default_factory=RunOptions)
 
 
 R = TypeVar("R", bound=StageRun)
@@ -107,7 +117,8 @@ class Stage(Generic[R]):
     functions. key: an item's key, unique in the stage, for its task id and failure (default
     None: its position). collect_name: what the collect is called in logs and reasons (default
     None: ``<name>-collect``). describe: the log line when the stage starts, from the run and
-    the items (default None: none).
+    the items (default None: none). units: the units of work in an item (e.g. its chunks), for
+    progress bars (default None: progress in tasks). unit: their name (default ``"task"``).
     """
 
     name: str
@@ -117,6 +128,8 @@ class Stage(Generic[R]):
     key: Callable[[Any], str] | None = None
     collect_name: str | None = None
     describe: Callable[[R, Sequence[Any]], str] | None = None
+    units: Callable[[Any], int] | None = None
+    unit: str = "task"
 
     @property
     def collector(self) -> str:
@@ -132,14 +145,14 @@ class Stage(Generic[R]):
 class StageSequence(Generic[R]):
     """A staged job, declared once: kind (its step type), run_type (its :class:`StageRun`
     subclass), stages (run in order), result (``run -> (JSON result, log line)`` once the last
-    collect returned) and discard (``run -> None``: remove what a failed or cancelled run left;
-    it must not fail when there is nothing to remove)."""
+    collect returned) and discard (``run -> str | None``: remove what a failed or cancelled run
+    left, and optionally say what stays; it must not fail when there is nothing to remove)."""
 
     kind: str
     run_type: type[R]
     stages: tuple[Stage[R], ...]
     result: Callable[[R], tuple[dict[str, Any], str]]
-    discard: Callable[[R], None]
+    discard: Callable[[R], str | None]
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]
@@ -169,6 +182,25 @@ class StageSequence(Generic[R]):
         if run.kind != self.kind:
             raise ValueError(f"a {run.kind!r} run given to the {self.kind!r} stage sequence")
         return run
+
+
+_current_stage: ContextVar[str | None] = ContextVar("fused_celery_stage", default=None)
+
+
+def current_stage() -> str | None:
+    """The stage whose task runs in this context (set by the drivers; None outside a task), for
+    log lines that say where they come from."""
+    return _current_stage.get()
+
+
+@contextlib.contextmanager
+def in_stage(name: str) -> Iterator[None]:
+    """Run the block as a task of stage ``name`` (:func:`current_stage`)."""
+    token = _current_stage.set(name)
+    try:
+        yield
+    finally:
+        _current_stage.reset(token)
 
 
 def error_text(exc: BaseException) -> str:

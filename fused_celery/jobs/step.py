@@ -18,33 +18,7 @@ from fused_celery.validation import describe
 
 if TYPE_CHECKING:
     from fused_celery.jobs.response import RunResponse
-
-
-def fleet_options(
-    instance_type: str | None,
-    *,
-    region: str | None = None,
-    disk_size_gb: int | None = None,
-    additional_env: list[str] | dict[str, str] | None = None,
-    image_name: str | None = None,
-) -> dict[str, Any]:
-    """The worker-fleet options of a ``run_remote`` (of a step or a whole job), checked: a
-    whitelisted ``instance_type`` (default None), ``disk_size_gb`` a positive integer,
-    ``additional_env`` ``KEY=value`` strings; returns ``region``, ``disk_size_gb``,
-    ``additional_env`` (parsed) and ``image_name`` for the job record (all default None)."""
-    from fused_celery.engines import check_instance_type
-    from fused_celery.worker_env import parse_additional_env
-
-    if instance_type is not None:
-        check_instance_type(instance_type, what="instance type")
-    if disk_size_gb is not None and (isinstance(disk_size_gb, bool) or disk_size_gb <= 0):
-        raise ValueError(f"disk_size_gb must be a positive integer, got {disk_size_gb!r}")
-    return {
-        "region": region,
-        "disk_size_gb": disk_size_gb,
-        "additional_env": parse_additional_env(additional_env),
-        "image_name": image_name,
-    }
+    from fused_celery.jobs.run_options import RunOptions
 
 
 def _problem(what: str, exc: ValidationError) -> str:
@@ -110,7 +84,7 @@ class JobStepConfig(BaseModel):
         if out is None and not ignore_no_output:
             raise StepConfigError(
                 "this job step has no output table: pass output_table=... or call "
-                "set_output(url) first"
+                "set_output(url) first (or ignore_no_output=True to run it without one)"
             )
         return out
 
@@ -129,26 +103,35 @@ class JobStepConfig(BaseModel):
         ignore_no_output: bool = False,
         validate_imports: bool | None = None,
         overwrite: bool | None = None,
+        resume: bool = False,
     ) -> RunResponse:
         """Run this step on the cluster; returns at once with the job's RunResponse.
 
-        output_table: table URL (default the step's output). instance_type: a whitelisted
-        instance type, i.e. the queue (default None: ``fused``). region / disk_size_gb /
-        additional_env (``KEY=value`` strings, validated) / image_name: recorded with the job for
-        the worker fleet (defaults None). ignore_no_udf / ignore_no_output: allow a step without
-        UDF / output (default False). validate_imports: unused by steps without a UDF (default
-        None). overwrite: replace an existing table (default None: the step's ``overwrite``).
+        output_table: table URL (default the step's output). instance_type / region /
+        image_name: where the tasks go (:func:`fused_celery.queues.queue_name`; defaults None:
+        the ``fused`` queue), carried by every task message with disk_size_gb (default None).
+        additional_env: ``KEY=value`` strings set on the worker for every task of the job and
+        restored after it (default None; protected variables are refused). ignore_no_udf: a
+        step without UDF passes its input through (default False). ignore_no_output: run
+        without an output table (default False). validate_imports: check here that the UDF's
+        imports resolve (default None: no check). overwrite: replace an existing table
+        (default None: the step's ``overwrite``). resume: reuse what a failed or cancelled run
+        of the same step staged, redoing only the rest (default False).
         """
-        extra = fleet_options(
+        from fused_celery.jobs.run_options import run_options
+
+        found = run_options(
             instance_type,
             region=region,
             disk_size_gb=disk_size_gb,
             additional_env=additional_env,
             image_name=image_name,
+            ignore_no_udf=ignore_no_udf,
+            ignore_no_output=ignore_no_output,
+            resume=resume,
         )
-        del ignore_no_udf, validate_imports
         output = self._output(output_table, ignore_no_output)
-        return self._submit(output, instance_type=instance_type, overwrite=overwrite, extra=extra)
+        return self._submit(output, found, overwrite=overwrite, validate_imports=validate_imports)
 
     def run_local(self, output_table: str | None = None, *, overwrite: bool | None = None) -> Any:
         """Run this step in this process and return its result (for an ingest: the opened
@@ -158,13 +141,21 @@ class JobStepConfig(BaseModel):
     def _submit(
         self,
         output: str | None,
+        run_options: RunOptions,
         *,
-        instance_type: str | None,
         overwrite: bool | None,
-        extra: dict[str, Any],
+        validate_imports: bool | None = None,
     ) -> RunResponse:
-        submit = runner_for(getattr(self, "type", None)).load("submit")
-        return submit(self, output, instance_type=instance_type, overwrite=overwrite, extra=extra)
+        from fused_celery.jobs.run_options import prepare_step
+
+        runner = runner_for(getattr(self, "type", None))
+        step = prepare_step(self, run_options, validate_imports=validate_imports)
+        if runner.make_run is None:
+            submit = runner.load("submit")
+            return submit(step, output, options=run_options, overwrite=overwrite)
+        from fused_celery.jobs.submit import submit_step
+
+        return submit_step(step, output, run_options=run_options, overwrite=overwrite)
 
     def _run_here(self, output: str | None, *, overwrite: bool | None) -> Any:
         run_local = runner_for(getattr(self, "type", None)).load("run_local")

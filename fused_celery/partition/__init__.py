@@ -6,14 +6,14 @@ centroids), :mod:`.plan` (kd-tree into files and chunks, pure numpy), :mod:`.run
 what every message carries), :mod:`.workfiles` (what stages leave for the next ones), one module
 per stage (:mod:`.stage_prepare`, :mod:`.stage_plan`, :mod:`.stage_scatter`, :mod:`.stage_write`,
 :mod:`.stage_commit`), :mod:`.sequence` (the stages declared once, run by the drivers of
-:mod:`fused_celery.jobs`) and :mod:`.runners` (``submit_ingest``, ``run_ingest``).
+:mod:`fused_celery.jobs`) and :mod:`.runners` (``make_ingest_run``, ``run_ingest``; submitted by
+:func:`fused_celery.jobs.submit.submit_step`).
 """
 
 from fused_celery.jobs.runners import register
 
 register(
     "partition_geospatial",
-    submit="fused_celery.partition.runners:submit_ingest",
     run_local="fused_celery.partition.runners:run_ingest",
     stages="fused_celery.partition.sequence:INGEST",
     make_run="fused_celery.partition.runners:make_ingest_run",

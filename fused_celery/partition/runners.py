@@ -1,6 +1,7 @@
-"""The runners registered for ``partition_geospatial``: :func:`submit_ingest` (on the cluster,
-through :mod:`fused_celery.jobs.celery_driver`) and :func:`run_ingest` (on this machine, through
-:mod:`fused_celery.jobs.local_driver`). Both check the output, write an in-memory input to the
+"""The runners registered for ``partition_geospatial``: :func:`make_ingest_run` (its run, submitted
+to the cluster by :func:`fused_celery.jobs.submit.submit_step`, or one step of a job) and
+:func:`run_ingest` (on this machine, through :mod:`fused_celery.jobs.local_driver`). Both check
+the output, write an in-memory input to the
 work folder, build the :class:`~.run.IngestRun` and hand it to the driver, which runs
 :data:`~.sequence.INGEST`.
 """
@@ -9,11 +10,11 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fused_celery import storage
 from fused_celery.errors import IngestInputError, IngestRowsWarning
-from fused_celery.options import DEFAULT_QUEUE, options
+from fused_celery.options import options
 from fused_celery.partition.config import GeospatialPartitionJobStepConfig
 from fused_celery.partition.row_report import RowReport
 from fused_celery.partition.run import IngestRun
@@ -21,7 +22,6 @@ from fused_celery.partition.stage_commit import discard_staging
 from fused_celery.partition.workfiles import input_url
 
 if TYPE_CHECKING:
-    from fused_celery.jobs.response import RunResponse
     from fused_celery.table import Table, TableWriter
 
 
@@ -90,48 +90,6 @@ def make_ingest_run(
     ow = config.overwrite if overwrite is None else bool(overwrite)
     writer = TableWriter(url, overwrite=ow, run_id=job_id)
     return new_run(config, writer, job_id=job_id, overwrite=ow)
-
-
-def submit_ingest(
-    config: GeospatialPartitionJobStepConfig,
-    output: str,
-    *,
-    instance_type: str | None = None,
-    overwrite: bool | None = None,
-    extra: dict[str, Any] | None = None,
-) -> RunResponse:
-    """Start ``config`` on the cluster, writing table ``output``; returns its RunResponse.
-
-    instance_type: the queue (default None: ``fused``). overwrite: replace an existing table
-    (default None: ``config.overwrite``). extra: more fields for the job record (region,
-    additional_env, ...; default None). An existing table without overwrite, a missing bucket or
-    an unreachable broker is raised here, before anything is submitted; on any error nothing is
-    left half-submitted.
-    """
-    from fused_celery.engines import check_instance_type
-    from fused_celery.jobs import celery_driver
-    from fused_celery.jobs.response import RunResponse
-    from fused_celery.state.connection import check_reachable
-    from fused_celery.table import TableWriter
-
-    if instance_type is not None:
-        check_instance_type(instance_type)
-    queue = instance_type or DEFAULT_QUEUE
-    check_reachable(options.broker_url)
-    job_id = uuid.uuid4().hex
-    ow = config.overwrite if overwrite is None else bool(overwrite)
-    writer = TableWriter(output, overwrite=ow, run_id=job_id)
-    run = new_run(config, writer, job_id=job_id, overwrite=ow)
-    record = celery_driver.submit(
-        run,
-        queue=queue,
-        name=config.name,
-        instance_type=instance_type,
-        output=writer.url,
-        config={**run.config.model_dump(mode="json"), **(extra or {})},
-        message=f"submitted: ingest {run.config.input!r} -> {writer.url} on queue {queue!r}",
-    )
-    return RunResponse.from_record(record)
 
 
 def run_ingest(

@@ -84,12 +84,25 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 # --------------------------------------------------------------------------- snapshot
 
 
+#: Meta field prefixes of a stage's units of work (:meth:`JobRecord.set_stage_units`).
+UNITS_TOTAL, UNITS_DONE, UNITS_NAME = "units_total:", "units_done:", "units_name:"
+
+
+class StageProgress(BaseModel):
+    """Units of work (e.g. chunks) of one stage: done, total and their name."""
+
+    done: int = 0
+    total: int = 0
+    unit: str = "task"
+
+
 class JobSnapshot(BaseModel):
     """A job's state read in one round trip (times in epoch seconds, None when not reached).
 
     ``finished_tasks`` counts distinct finished task keys (done or failed), ``failed_tasks`` the
     failed ones; ``errors`` maps task key -> error text (at most ``MAX_ERRORS``; empty when read
-    with ``errors=False``).
+    with ``errors=False``); ``progress`` maps a stage that counts units of work (chunks, ...) to
+    its :class:`StageProgress`.
     """
 
     job_id: str
@@ -110,6 +123,7 @@ class JobSnapshot(BaseModel):
     last_progress_at: float | None = None
     result: dict[str, Any] | None = None
     cancel_requested: bool = False
+    progress: dict[str, StageProgress] = Field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -144,7 +158,22 @@ def _snapshot_from(
         last_progress_at=_float(meta.get("last_progress_at")),
         result=json.loads(result) if result else None,
         cancel_requested=meta.get("cancel_requested") == "1",
+        progress=_progress(meta),
     )
+
+
+def _progress(meta: dict[str, str]) -> dict[str, StageProgress]:
+    """The stages' units of work, from their ``units_*:<stage>`` meta fields."""
+    out = {}
+    for field, value in meta.items():
+        if field.startswith(UNITS_TOTAL):
+            stage = field[len(UNITS_TOTAL) :]
+            out[stage] = StageProgress(
+                done=int(meta.get(UNITS_DONE + stage) or 0),
+                total=int(value or 0),
+                unit=meta.get(UNITS_NAME + stage) or "task",
+            )
+    return out
 
 
 def _parse_logs(lines: list[str]) -> list[dict[str, Any]]:
@@ -307,9 +336,23 @@ class JobRecord:
             raise ValueError(f"total must be >= 0, not {total}")
         return bool(self._run(scripts.job_start_stage, stage=stage, total=int(total)))
 
-    def task_done(self, task_key: str) -> bool:
-        """Mark task ``task_key`` finished (idempotent); True the first time."""
-        return bool(self._run(scripts.job_task_done, task_key=task_key))
+    def task_done(self, task_key: str, units: int = 0) -> bool:
+        """Mark task ``task_key`` (``<stage>:<key>``) finished (idempotent); True the first
+        time, when its ``units`` of work (default 0) are also added to its stage's progress."""
+        stage = task_key.partition(":")[0]
+        return bool(
+            self._run(
+                scripts.job_task_done,
+                task_key=task_key,
+                units_field=UNITS_DONE + stage if units else "",
+                units=int(units),
+            )
+        )
+
+    def set_stage_units(self, stage: str, total: int, unit: str) -> None:
+        """Record that stage ``stage`` has ``total`` units of work called ``unit`` (e.g.
+        ``"chunk"``), shown by progress bars (:attr:`JobSnapshot.progress`)."""
+        self.set_fields(**{UNITS_TOTAL + stage: int(total), UNITS_NAME + stage: unit})
 
     def task_failed(self, task_key: str, error: str) -> bool:
         """Mark task ``task_key`` failed with ``error`` (text capped at ``MAX_ERROR_CHARS``): it

@@ -10,15 +10,14 @@ from fused_celery.jobs.runners import register
 
 register(
     "udf",
-    submit="fused_celery.steps.udf_stages:submit_udf_step",
     run_local="fused_celery.steps.udf_stages:run_udf_step",
     stages="fused_celery.steps.udf_stages:UDF_STEP",
     make_run="fused_celery.steps.udf_stages:make_udf_run",
     model="fused_celery.steps.udf:UdfJobStepConfig",
+    response="fused_celery.steps.udf_stages:UdfStepResponse",
 )
 register(
     "map",
-    submit="fused_celery.steps.map_runners:submit_map",
     run_local="fused_celery.steps.map_runners:run_map",
     stages="fused_celery.steps.map_stages:MAP_STEP",
     make_run="fused_celery.steps.map_runners:make_map_run",
@@ -30,7 +29,6 @@ for _kind, _sequence, _model in (
 ):  # the join runs through the map step's runners, with its own make_run and stages
     register(
         _kind,
-        submit="fused_celery.steps.map_runners:submit_map",
         run_local="fused_celery.steps.map_runners:run_map",
         stages=f"fused_celery.steps.join_stages:{_sequence}",
         make_run="fused_celery.steps.join_runners:make_join_run",

@@ -1,13 +1,17 @@
-"""What the UDF steps share: the ``udf`` field (coerced from a :class:`~fused_celery.udf.Udf`,
-its JSON dict or its code), ``set_udf``, calling the UDF through :mod:`fused_celery.execute`
-(its output in the job's log), and removing a failed run's staging from an output table."""
+"""What the UDF steps share: :class:`UdfStepConfig` (the ``udf`` field, coerced from a
+:class:`~fused_celery.udf.Udf`, its JSON dict or its code; ``set_udf`` and ``set_input``),
+calling the UDF through :mod:`fused_celery.execute` (its output in the job's log), and removing
+a failed run's staging from an output table."""
 
 from __future__ import annotations
 
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+from pydantic import field_validator
+
 from fused_celery.errors import StepUdfError, error_from_dict
+from fused_celery.jobs.step import JobStepConfig
 from fused_celery.udf import Udf
 
 if TYPE_CHECKING:
@@ -53,6 +57,49 @@ def with_udf(
     return found
 
 
+class UdfStepConfig(JobStepConfig):
+    """A job step that runs a UDF (map, UDF, join steps). udf: a ``@fused.udf`` function, its
+    JSON dict or its code (default None: set it with :meth:`set_udf`). Subclasses define
+    ``input`` and may check a UDF (:meth:`_check_udf`) or drop caches when the input changes
+    (:meth:`_input_changed`)."""
+
+    udf: Udf | None = None
+
+    @field_validator("udf", mode="before")
+    @classmethod
+    def _coerce_udf(cls, value: Any) -> Any:
+        return coerce_udf(value)
+
+    def set_udf(
+        self,
+        udf: Any,
+        parameters: dict[str, Any] | None = None,
+        replace_parameters: bool = False,
+        inplace: bool = False,
+    ) -> Any:
+        """This step with ``udf`` (a Udf, its dict or code). parameters: set on the UDF (default
+        None: unchanged). replace_parameters: drop the ones not given (default False).
+        inplace: change this object instead of a copy (default False)."""
+        found = with_udf(udf, parameters, replace_parameters)
+        self._check_udf(found)
+        target = self if inplace else self.model_copy(deep=True)
+        target.udf = found
+        return target
+
+    def _set_input(self, input: Any, inplace: bool) -> Any:
+        """This step (or a copy, unless ``inplace``) with ``input`` (validated by the field)."""
+        target = self if inplace else self.model_copy(deep=True)
+        target.input = input
+        target._input_changed()
+        return target
+
+    def _check_udf(self, udf: Udf) -> None:
+        """Raise :class:`StepUdfError` when ``udf`` does not fit this step (default: any)."""
+
+    def _input_changed(self) -> None:
+        """Called after ``input`` changed (default: nothing)."""
+
+
 def require_udf(step: Any) -> Udf:
     """The step's UDF, or a :class:`StepUdfError` saying how to set one."""
     if step.udf is None:
@@ -64,9 +111,16 @@ def require_udf(step: Any) -> Udf:
 
 def job_log(run: StageRun, message: str, level: str = "INFO") -> None:
     """Append ``message`` to the job's log when ``run`` runs on the cluster (a job record
-    exists); on this machine, nothing. Never raises: a log line is not worth a task."""
+    exists); on this machine, nothing. Each line of it starts with ``[<stage>]`` when a task of
+    a stage runs (e.g. ``[step2.map] chunk 0/3: ...``: the step, file and chunk it came from).
+    Never raises: a log line is not worth a task."""
     if not run.remote:
         return
+    from fused_celery.jobs.stages import current_stage
+
+    stage = current_stage()
+    if stage:
+        message = "\n".join(f"[{stage}] {line}" for line in message.splitlines() or [""])
     with contextlib.suppress(Exception):
         from fused_celery.state.job_record import JobRecord
 
@@ -93,7 +147,8 @@ def call_udf(
     if logs:
         print(logs, end="", flush=True)
         if run is not None:
-            job_log(run, f"{where}: {logs.rstrip()[-JOB_LOG_CHARS:]}")
+            kept = logs.rstrip()[-JOB_LOG_CHARS:]
+            job_log(run, "\n".join(f"{where}: {line}" for line in kept.splitlines()))
     if not outcome["ok"]:
         error = dict(outcome["error"] or {})
         error["message"] = f"{where}: {error.get('message', '')}"

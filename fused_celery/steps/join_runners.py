@@ -1,7 +1,8 @@
-"""The run of a join step (:func:`make_join_run`), checked before any work; it runs through the
-map step's runners (``submit_map`` / ``run_map`` in :mod:`fused_celery.steps.map_runners`, which
-make the run with the ``make_run`` registered for the step's type) and the join's stage
-sequences (:mod:`fused_celery.steps.join_stages`)."""
+"""The run of a join step (:func:`make_join_run`), checked before any work; it is submitted by
+:func:`fused_celery.jobs.submit.submit_step` and run here by ``run_map``
+(:mod:`fused_celery.steps.map_runners`), both of which make the run with the ``make_run``
+registered for the step's type, through the join's stage sequences
+(:mod:`fused_celery.steps.join_stages`)."""
 
 from __future__ import annotations
 

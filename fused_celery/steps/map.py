@@ -8,19 +8,19 @@ that run it on the cluster or this machine are in :mod:`fused_celery.steps.map_s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, StrictBool, field_validator
 
 from fused_celery.errors import StepInputError, StepUdfError
-from fused_celery.jobs.step import JobStepConfig
-from fused_celery.steps.base import call_udf, coerce_udf, require_udf, with_udf
+from fused_celery.steps.base import UdfStepConfig, call_udf, require_udf
 from fused_celery.udf import Udf
 
 if TYPE_CHECKING:
     import geopandas as gpd
     import pandas as pd
 
+    from fused_celery.maps.output import MapFile
     from fused_celery.table import Table
 
 METADATA_PARAMETER = "metadata"
@@ -68,7 +68,7 @@ def input_url(value: Any) -> Any:
     )
 
 
-class MapJobStepConfig(JobStepConfig):
+class MapJobStepConfig(UdfStepConfig):
     """A UDF mapped over the chunks of a table.
 
     udf: the UDF (default None: :meth:`set_udf`). input: the table's URL (default None: the
@@ -83,18 +83,14 @@ class MapJobStepConfig(JobStepConfig):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     type: Literal["map"] = "map"
-    udf: Udf | None = None
     input: str | None = None
     output: str | None = None
     overwrite: StrictBool = False
     chunks_per_task: int | None = Field(default=None, ge=1)
 
     _samples: dict[tuple[str, int], Any] = PrivateAttr(default_factory=dict)
-
-    @field_validator("udf", mode="before")
-    @classmethod
-    def _coerce_udf(cls, value: Any) -> Any:
-        return coerce_udf(value)
+    #: The UDF of a step run without one (``ignore_no_udf``): each chunk passes through.
+    _identity_udf: ClassVar[str] = "def identity(gdf):\n    return gdf\n"
 
     def __eq__(self, other: object) -> bool:  # the sample cache is not part of the step
         return isinstance(other, MapJobStepConfig) and self.model_dump() == other.model_dump()
@@ -120,26 +116,13 @@ class MapJobStepConfig(JobStepConfig):
         """This step reading ``input`` (a table URL, a Table or a step with an output; default
         None: the previous step's output in a job). inplace: change this object (default
         False: a copy)."""
-        target = self if inplace else self.model_copy(deep=True)
-        target.input = input
-        target._samples = {}
-        return target
+        return self._set_input(input, inplace)
 
-    def set_udf(
-        self,
-        udf: Any,
-        parameters: dict[str, Any] | None = None,
-        replace_parameters: bool = False,
-        inplace: bool = False,
-    ) -> MapJobStepConfig:
-        """This step with ``udf`` (a Udf, its dict or code). parameters: set on the UDF (default
-        None: unchanged). replace_parameters: drop the ones not given (default False).
-        inplace: change this object instead of a copy (default False)."""
-        target = self if inplace else self.model_copy(deep=True)
-        found = with_udf(udf, parameters, replace_parameters)
-        frame_parameter(found)
-        target.udf = found
-        return target
+    def _input_changed(self) -> None:
+        self._samples = {}
+
+    def _check_udf(self, udf: Udf) -> None:
+        frame_parameter(udf)
 
     def _input(self) -> str:
         if self.input is None:
@@ -208,12 +191,16 @@ class MapJobStepConfig(JobStepConfig):
         file_id / chunk_id / n_rows / use_cache: the sample, as :meth:`get_sample`. sample: a
         frame to use instead (default None). validate_output: return the output as the table
         would store it, a GeoDataFrame (default True; a non-frame output raises
-        :class:`~fused_celery.errors.StepOutputError`). validate_imports: unused (default
-        None). kwargs: more keyword arguments of the call."""
+        :class:`~fused_celery.errors.StepOutputError`). validate_imports: first check that the
+        UDF's imports resolve (default None: no check). kwargs: more keyword arguments of the
+        call."""
         from fused_celery.steps.map_stages import output_frame
 
-        del validate_imports
         udf = require_udf(self)
+        if validate_imports:
+            from fused_celery.jobs.run_options import check_imports
+
+            check_imports(self, udf)
         if sample is not None:
             meta = {"file_id": None, "chunk_id": None, "bbox": None, "num_rows": len(sample)}
             frame = sample
@@ -253,11 +240,42 @@ class MapJobStepConfig(JobStepConfig):
         fid = table.chunk_metadata[0].file_id if file_id is None else str(file_id)
         return table.get_chunk(fid, 0 if chunk_id is None else int(chunk_id))
 
-    def show(self, dataset_config: Any = None, **kwargs: Any) -> Any:
-        """An offline HTML map of the output table (:meth:`Table.show`); dataset_config:
-        unused (default None); kwargs: passed on."""
-        del dataset_config
-        return self.open_output().show(**kwargs)
+    def show(self, dataset_config: dict[str, Any] | None = None, **kwargs: Any) -> MapFile:
+        """An offline HTML map of the committed output table (chunk bboxes coloured by file, a
+        sample of rows, a legend): :meth:`Table.show <fused_celery.table.Table.show>`, i.e.
+        :func:`fused_celery.maps.table_map.show_table`. Returns the ``MapFile`` (``.path``;
+        inline in Jupyter).
+
+        dataset_config: the map's options as a dict (``path``, ``sample_rows``, ``title``,
+        ``tiles``, ``tiles_attribution``; default None), kwargs: the same, taking precedence.
+        The title defaults to the step's name, else the table's. An unknown option is a
+        ``TypeError`` listing the known ones; an output not committed yet a
+        :class:`~fused_celery.errors.StepInputError`.
+        """
+        import inspect
+
+        from fused_celery.errors import TableNotFoundError
+        from fused_celery.maps.table_map import show_table
+
+        if dataset_config is not None and not isinstance(dataset_config, dict):
+            raise TypeError(
+                f"dataset_config must be a dict of map options, not {type(dataset_config).__name__}"
+            )
+        given = {**(dataset_config or {}), **kwargs}
+        known = [p for p in inspect.signature(show_table).parameters if p != "table"]
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise TypeError(f"unknown map option(s) {unknown}; known: {', '.join(known)}")
+        if self.name and "title" not in given:
+            given["title"] = self.name
+        try:
+            table = self.open_output()
+        except TableNotFoundError as exc:
+            raise StepInputError(
+                f"the output of this map step is not committed yet ({exc}); run the step first "
+                "(run_remote().wait_for_job(), or JobConfig(steps=[step]).run_local())"
+            ) from exc
+        return show_table(table, **given)
 
 
 def map_table(

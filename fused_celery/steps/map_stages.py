@@ -3,19 +3,25 @@
     map × chunk batches ─► route (check CRS/schema, group by file) ─► write × files ─► commit
 
 A ``map`` member reads its chunks (one row group each), runs the UDF through
-:mod:`fused_celery.execute` and writes each output chunk to ``<staging>/_work/parts/<file>/<chunk>
-.parquet`` (deterministic names: a redelivered member overwrites the same object); it returns
-only row counts, CRS and schema. ``route`` checks that the chunks' outputs fit one table.
-A ``write`` member assembles one output file from its chunks' parts (one row group per chunk,
-chunk metadata recomputed from the rows) in the table writer's staging; ``commit`` (the last
-collect, once) moves the files into place, ``_sample`` last. On failure the staging is removed:
-no partial table. The runners are in :mod:`fused_celery.steps.map_runners`.
+:mod:`fused_celery.execute` and stages each output chunk as staged work
+(:mod:`fused_celery.jobs.staged`: ``<storage_root>/_staged/<key>/part.parquet``, ``key`` a
+digest of the input table's version, the chunk's metadata and the UDF's code and parameters;
+deterministic, so a redelivered member overwrites the same object); it returns only row counts,
+CRS, schema and the key. With ``resume`` the fan-out leaves out the chunks already staged by an
+earlier run of the same work, and ``route`` takes their staged results. ``route`` checks that the
+chunks' outputs fit one table. A ``write`` member assembles one output file from its chunks'
+parts (one row group per chunk, chunk metadata recomputed from the rows) in the table writer's
+staging; ``commit`` (the last collect, once) moves the files into place, ``_sample`` last, and
+drops the staged parts. On failure the writer's staging is removed (no partial table; the
+staged parts stay for a resume). A step without output table (``ignore_no_output``) runs the
+map stage only. The runners are in :mod:`fused_celery.steps.map_runners`.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fused_celery import storage
 from fused_celery.errors import StepInputError, StepOutputError, StepSchemaError
+from fused_celery.jobs import staged
 from fused_celery.jobs.stages import FailedItem, Stage, StageRun, StageSequence, error_text
 from fused_celery.steps.base import call_udf, discard_writer, require_udf
 from fused_celery.steps.map import MapJobStepConfig, chunk_kwargs
@@ -34,6 +41,8 @@ if TYPE_CHECKING:
     from fused_celery.table import ChunkMetadata, TableWriter
 
 KIND = "map"
+#: The staged parts' format, in their keys (bump when it changes: old parts are not reused).
+PART_FORMAT = "map-part-3"
 #: Rows a map task takes at least when ``chunks_per_task`` is None (small chunks share a task).
 TASK_ROWS = 20_000
 #: Chunks a map task takes at most when ``chunks_per_task`` is None.
@@ -41,11 +50,12 @@ MAX_CHUNKS_PER_TASK = 64
 
 
 class TableSummary(BaseModel):
-    """The committed output table: its URL and its files, chunks and rows."""
+    """The committed output table: its URL (None: the step wrote none, ``ignore_no_output``)
+    and its files, chunks and rows (without a table: the chunks run and rows returned)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    output: str
+    output: str | None
     num_files: int
     num_chunks: int
     num_rows: int
@@ -53,13 +63,17 @@ class TableSummary(BaseModel):
 
 class MapRun(StageRun):
     """One map step, small and JSON-able. config: the step (input and output URLs set).
-    writer: the output's ``TableWriter.to_dict()``. work: the work folder. Filled in on the way:
-    crs (the outputs' CRS, PROJJSON text), write_tasks (route) and table (commit)."""
+    writer: the output's ``TableWriter.to_dict()`` (None: no output table). work: the work
+    folder. Filled in on the way: input_version (the input table's version, in every chunk's
+    staged key), reused (chunks taken from staged work), crs (the outputs' CRS, PROJJSON text),
+    write_tasks (route) and table (commit)."""
 
     kind: Literal["map"] = KIND
     config: MapJobStepConfig
-    writer: dict[str, Any]
+    writer: dict[str, Any] | None
     work: str
+    input_version: str | None = None
+    reused: int = 0
     crs: str | None = None
     write_tasks: int = 0
     table: TableSummary | None = None
@@ -68,6 +82,8 @@ class MapRun(StageRun):
         """The run's table writer (rebuilt without checking the target again)."""
         from fused_celery.table import TableWriter
 
+        if self.writer is None:
+            raise RuntimeError(f"job {self.job_id}: the map step writes no table (no writer)")
         return TableWriter.from_dict(self.writer)
 
     def chunk_output(
@@ -148,17 +164,9 @@ def output_frame(value: Any, crs: Any, *, where: str) -> gpd.GeoDataFrame | None
     )
 
 
-def _schema_text(frame: gpd.GeoDataFrame) -> str:
-    """The frame's column types as base64 Arrow schema (geometries as binary)."""
-    import geopandas as gpd
-    import pandas as pd
-    import pyarrow as pa
-
-    geo = [c for c in frame.columns if isinstance(frame[c].dtype, gpd.array.GeometryDtype)]
-    plain = pd.DataFrame(frame.drop(columns=geo))
-    schema = pa.Schema.from_pandas(plain, preserve_index=False).remove_metadata()
-    for c in geo:
-        schema = schema.append(pa.field(str(c), pa.binary()))
+def _schema_text(table: pa.Table) -> str:
+    """The table's column types as base64 Arrow schema (no metadata)."""
+    schema = table.schema.remove_metadata()
     return base64.b64encode(schema.serialize().to_pybytes()).decode()
 
 
@@ -168,9 +176,40 @@ def _schema(text: str) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
 
 
-def part_url(work: str, file_id: str, chunk_id: int) -> str:
-    """Where the output of chunk ``file_id/chunk_id`` is staged."""
-    return storage.join(work, "parts", str(file_id), f"{int(chunk_id)}.parquet")
+def input_version(url: str) -> str:
+    """The version of table ``url``: a digest of its ``_sample`` and its data files' times, so
+    a rewritten input gives other staged keys."""
+    import hashlib
+
+    from fused_celery.table.format import _sample_url
+
+    sample = hashlib.sha256(storage.read_bytes(_sample_url(url))).hexdigest()
+    times = {n: t for n, t in storage.modified_times(url).items() if "/" not in n}
+    return staged.work_key(sample, times)
+
+
+def chunk_key(run: MapRun, meta: dict[str, Any]) -> str:
+    """The staged key of chunk ``meta``'s output: the input's version and the chunk's metadata,
+    and the step's config but its output (the UDF's code, entrypoint and parameters...). Only
+    the map step's keys are shared across runs (reused by ``resume``); a step built on these
+    stages (the join, whose right input has a version of its own) stages per run."""
+    config = run.config.model_dump(
+        mode="json", exclude={"output", "overwrite", "name", "metadata", "ignore_chunk_error"}
+    )
+    scope = None if run.kind == KIND else run.job_id
+    return staged.work_key(PART_FORMAT, scope, run.input_version, meta, config)
+
+
+def part_url(key: str) -> str:
+    """Where the output of the chunk with staged key ``key`` is: the rows as the table stores
+    them (:func:`~fused_celery.table.format.frame_to_arrow`: ISO WKB, the bbox covering), an
+    Arrow IPC file (no encoding to pay twice), so the write stage decodes no geometry."""
+    return staged.entry_url(key, "part.arrow")
+
+
+def facts_url(key: str) -> str:
+    """The facts of the chunk's output (frame_to_arrow's: CRS, geometry columns, metadata)."""
+    return staged.entry_url(key, "facts.json")
 
 
 # --- stage map --------------------------------------------------------------------------------
@@ -178,8 +217,9 @@ def part_url(work: str, file_id: str, chunk_id: int) -> str:
 
 def map_items(run: MapRun) -> tuple[MapRun, list[list[dict[str, Any]]]]:
     """The map fan-out: the input's chunks in (file, chunk) order, grouped by
-    ``chunks_per_task`` (or by :data:`TASK_ROWS`). An input that is not a table or is empty is a
-    :class:`StepInputError`."""
+    ``chunks_per_task`` (or by :data:`TASK_ROWS`); with ``resume``, without the chunks already
+    staged (their results go to ``reused.json`` for :func:`route`). An input that is not a table
+    or is empty is a :class:`StepInputError`."""
     from fused_celery.table import read_chunk_metadata
 
     url = run.config.input
@@ -192,6 +232,16 @@ def map_items(run: MapRun) -> tuple[MapRun, list[list[dict[str, Any]]]]:
     if not chunks:
         raise StepInputError(f"the map step's input table {url} is empty (no chunks)")
     metas = [chunk_metadata_dict(c) for c in sorted(chunks, key=lambda c: (c.file_id, c.chunk_id))]
+    run = run.model_copy(update={"input_version": input_version(url)})
+    reused: list[dict[str, Any]] = []
+    if run.options.resume:
+        todo = []
+        for m in metas:
+            info = staged.staged_info(chunk_key(run, m))
+            (todo if info is None else reused).append(info or m)
+        metas = todo
+    storage.write_bytes(storage.join(run.work, "reused.json"), json.dumps(reused).encode())
+    run = run.model_copy(update={"reused": len(reused)})
     per = run.config.chunks_per_task
     items: list[list[dict[str, Any]]] = []
     current: list[dict[str, Any]] = []
@@ -218,29 +268,47 @@ def describe_map(run: MapRun, items: Sequence[list[dict[str, Any]]]) -> str:
     """The log line when map starts."""
     n = sum(len(i) for i in items)
     udf = run.config.udf.name if run.config.udf else "?"
-    return f"map: UDF {udf} on {n} chunk(s) of {run.config.input} in {len(items)} task(s)"
+    line = f"map: UDF {udf} on {n} chunk(s) of {run.config.input} in {len(items)} task(s)"
+    if run.reused:
+        line += f"; {run.reused} chunk(s) staged by an earlier run reused (resume)"
+    return line
 
 
 def map_chunk(
     run: MapRun, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None = None
 ) -> dict[str, Any]:
-    """Run the UDF on one chunk (``run.chunk_output``) and stage its output; returns its
-    ``rows``, ``crs`` (PROJJSON text or None), ``geometry`` (column name) and ``schema``.
-    chunks: as :func:`read_chunk`."""
+    """Run the UDF on one chunk (``run.chunk_output``) and stage its output (:func:`part_url`, then
+    :func:`~fused_celery.jobs.staged.mark_done`); returns its ``key``, ``rows``, ``crs``
+    (PROJJSON text or None), ``geometry`` (column name) and ``schema``. chunks: as
+    :func:`read_chunk`."""
     where = f"chunk {meta['file_id']}/{meta['chunk_id']}"
+    key = chunk_key(run, meta)
     out = run.chunk_output(meta, chunks, where=where)
-    info = {"file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "rows": 0}
-    if out is None:
-        return info
-    with storage.atomic_output(part_url(run.work, meta["file_id"], meta["chunk_id"])) as f:
-        out.to_parquet(f, index=False)
-    return {
-        **info,
-        "rows": len(out),
-        "crs": out.crs.to_json() if out.crs is not None and len(out) else None,
-        "geometry": out.geometry.name,
-        "schema": _schema_text(out),
-    }
+    info: dict[str, Any] = {
+        "file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "key": key, "rows": 0
+    }  # fmt: skip
+    if out is not None:
+        import pyarrow as pa
+
+        from fused_celery.table.format import frame_to_arrow
+
+        table, facts = frame_to_arrow(out)
+        # scratch: not fsynced (a part torn by an OS crash fails the write stage, naming it)
+        with (
+            storage.atomic_output(part_url(key), durable=False) as f,
+            pa.ipc.new_file(f, table.schema) as writer,
+        ):
+            writer.write_table(table)
+        storage.write_bytes(facts_url(key), json.dumps(facts).encode(), durable=False)
+        info = {
+            **info,
+            "rows": len(out),
+            "crs": out.crs.to_json() if out.crs is not None and len(out) else None,
+            "geometry": out.geometry.name,
+            "schema": _schema_text(table),
+        }
+    staged.mark_done(key, info)
+    return info
 
 
 def map_member(run: MapRun, item: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -328,9 +396,11 @@ def check_outputs(infos: list[dict[str, Any]]) -> str | None:
 
 def route(run: MapRun, ok: list[list[dict[str, Any]]], failed: list[FailedItem]) -> MapRun:
     """The collect of map: the outputs checked (:func:`check_outputs`), chunks left out under
-    ``ignore_chunk_error`` listed, and one write task per input file (its chunks with output,
-    in order) written to ``route.json``."""
-    infos = [i for batch in ok for i in batch]
+    ``ignore_chunk_error`` listed, the chunks reused from staged work (``resume``) added, and
+    one write task per input file (its chunks with output, in order, with their staged keys)
+    written to ``route.json`` (none without an output table)."""
+    reused = json.loads(storage.read_bytes(storage.join(run.work, "reused.json")))
+    infos = [i for batch in ok for i in batch] + reused
     left_out = [
         FailedItem(stage="map", key=f"{i['file_id']}.{i['chunk_id']}", error=i["error"])
         for i in infos
@@ -338,12 +408,18 @@ def route(run: MapRun, ok: list[list[dict[str, Any]]], failed: list[FailedItem])
     ]
     infos = [i for i in infos if "error" not in i]
     crs = check_outputs(infos)
-    files: dict[str, list[int]] = {}
+    files: dict[str, list[list[Any]]] = {}
     for i in sorted(infos, key=lambda i: (i["file_id"], i["chunk_id"])):
         if "schema" in i:
-            files.setdefault(i["file_id"], []).append(int(i["chunk_id"]))
-    groups = [[fid, cids] for fid, cids in files.items()]
-    storage.write_bytes(storage.join(run.work, "route.json"), json.dumps(groups).encode())
+            files.setdefault(i["file_id"], []).append([int(i["chunk_id"]), i["key"]])
+    groups = [[fid, parts] for fid, parts in files.items()] if run.writer is not None else []
+    route_data = {
+        "groups": groups,
+        "keys": [i["key"] for i in infos],
+        "chunks": len(infos),
+        "rows": sum(int(i["rows"]) for i in infos),
+    }
+    storage.write_bytes(storage.join(run.work, "route.json"), json.dumps(route_data).encode())
     del failed
     return run.model_copy(
         update={"crs": crs, "write_tasks": len(groups), "failed": (*run.failed, *left_out)}
@@ -353,62 +429,94 @@ def route(run: MapRun, ok: list[list[dict[str, Any]]], failed: list[FailedItem])
 # --- stage write ------------------------------------------------------------------------------
 
 
+def _route(run: MapRun) -> dict[str, Any]:
+    return json.loads(storage.read_bytes(storage.join(run.work, "route.json")))
+
+
 def write_items(run: MapRun) -> tuple[MapRun, list[list[Any]]]:
-    """The write fan-out: one ``[file_id, chunk_ids]`` per output file."""
-    return run, json.loads(storage.read_bytes(storage.join(run.work, "route.json")))
+    """The write fan-out: one ``[file_id, [[chunk_id, staged key], ...]]`` per output file
+    (none without an output table)."""
+    return run, _route(run)["groups"]
 
 
 def describe_write(run: MapRun, items: Sequence[list[Any]]) -> str:
     """The log line when write starts."""
+    if run.writer is None:
+        return "write: no output table (ignore_no_output)"
     return f"write: {len(items)} file(s) to {run.config.output}"
 
 
 def write_output_file(run: MapRun, item: list[Any]) -> list[dict[str, Any]]:
-    """The write member: output file ``item[0]`` from its chunks' parts ``item[1]`` (in order),
-    written to the table writer's staging; returns its chunks' metadata."""
-    import geopandas as gpd
-    from pyproj import CRS
+    """The write member: output file ``item[0]`` from its chunks' staged parts ``item[1]`` (in
+    order), written to the table writer's staging; returns its chunks' metadata."""
+    import pyarrow as pa
 
-    fid, chunk_ids = str(item[0]), [int(c) for c in item[1]]
-    crs = CRS.from_json(run.crs) if run.crs else None
-    frames = []
-    for cid in chunk_ids:
-        with storage.open_input_file(part_url(run.work, fid, cid)) as f:
-            frame = gpd.read_parquet(f)
-        if not len(frame) or crs is not None:
-            frame = frame.set_crs(crs, allow_override=True)
-        frames.append(frame)
-    metas = run.table_writer().write_file(fid, frames)
+    fid, keys = str(item[0]), [str(key) for _, key in item[1]]
+    crs = json.loads(run.crs) if run.crs else None
+    converted = []
+    for key in keys:
+        try:
+            with storage.open_input_file(part_url(key)) as f:
+                table = pa.ipc.open_file(f).read_all()
+            facts = json.loads(storage.read_bytes(facts_url(key)))
+        except Exception as exc:
+            raise StepInputError(
+                f"the staged output {part_url(key)} of a chunk of file {fid} cannot be read "
+                f"({error_text(exc)}); run the step again without resume"
+            ) from exc
+        meta = facts["metadata"]
+        facts["metadata"] = {k: math.nan if v is None else v for k, v in meta.items()}
+        if crs is not None:
+            facts["crs"] = crs  # checked equal to every chunk's by route
+        converted.append((table, facts))
+    metas = run.table_writer().write_converted(fid, converted)
     return [m.model_dump(mode="json") for m in metas]
 
 
 def commit(run: MapRun, written: list[list[dict[str, Any]]], failed: list[FailedItem]) -> MapRun:
-    """The collect of write (once): the table committed, ``_sample`` last; the run with its
-    ``table``."""
+    """The collect of write (once): the table committed, ``_sample`` last, then the staged parts
+    dropped; the run with its ``table`` (without an output table: the chunks run and rows
+    returned)."""
     del failed
-    table = run.table_writer().commit([m for file in written for m in file])
-    summary = TableSummary(
-        output=table.url,
-        num_files=table.num_files,
-        num_chunks=table.num_chunks,
-        num_rows=table.num_rows,
-    )
+    route_data = _route(run)
+    if run.writer is None:
+        summary = TableSummary(
+            output=None, num_files=0, num_chunks=route_data["chunks"], num_rows=route_data["rows"]
+        )
+        storage.delete_prefix(run.work)
+    else:
+        table = run.table_writer().commit([m for file in written for m in file])
+        summary = TableSummary(
+            output=table.url,
+            num_files=table.num_files,
+            num_chunks=table.num_chunks,
+            num_rows=table.num_rows,
+        )
+    staged.drop(route_data["keys"])
     return run.model_copy(update={"table": summary})
 
 
 def map_result(run: MapRun) -> tuple[dict[str, Any], str]:
     """The Done step's result (``output, num_files, num_chunks, num_rows``) and log line."""
     t = run.table
-    assert t is not None, "map_result needs a committed run"
+    if t is None:
+        raise RuntimeError(f"job {run.job_id}: the map step has no result before its commit")
     line = (
         f"done: {t.num_rows} rows in {t.num_files} file(s), {t.num_chunks} chunk(s) at {t.output}"
+        if t.output is not None
+        else f"done: UDF ran on {t.num_chunks} chunk(s), {t.num_rows} rows returned; no output "
+        "table (ignore_no_output)"
     )
     return t.model_dump(mode="json"), line
 
 
 def map_discard(run: MapRun) -> None:
-    """Remove the run's staging (parts included); no partial table is left."""
-    discard_writer(run.table_writer())
+    """Remove the run's staging and work folder; no partial table is left. The staged parts
+    stay, for a ``resume`` (swept after ``options.staged_expires``)."""
+    if run.writer is None:
+        storage.delete_prefix(run.work)
+    else:
+        discard_writer(run.table_writer())
 
 
 MAP_STEP: StageSequence[MapRun] = StageSequence(
@@ -423,6 +531,8 @@ MAP_STEP: StageSequence[MapRun] = StageSequence(
             key=map_key,
             collect_name="route",
             describe=describe_map,
+            units=len,
+            unit="chunk",
         ),
         Stage(
             "write",

@@ -8,12 +8,11 @@ once, without arguments). :meth:`UdfJobStepConfig.run_local` runs one sample in 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, field_validator
 
-from fused_celery.jobs.step import JobStepConfig
-from fused_celery.steps.base import call_udf, coerce_udf, require_udf, with_udf
+from fused_celery.steps.base import UdfStepConfig, call_udf, require_udf
 from fused_celery.udf import Udf
 
 
@@ -33,7 +32,7 @@ def input_kwargs(udf: Udf, value: Any, *, present: bool) -> dict[str, Any]:
     return {names[0]: value}
 
 
-class UdfJobStepConfig(JobStepConfig):
+class UdfJobStepConfig(UdfStepConfig):
     """A job step of running a UDF. udf: the UDF (a ``@fused.udf`` function, its JSON dict or
     code; default None: set it with :meth:`set_udf`). input: JSON-able values, one call each
     (default None: one call without arguments). name, metadata, ignore_chunk_error: as
@@ -42,34 +41,22 @@ class UdfJobStepConfig(JobStepConfig):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     type: Literal["udf"] = "udf"
-    udf: Udf | None = None
     input: list[Any] | None = None
 
-    @field_validator("udf", mode="before")
+    #: The UDF of a step run without one (``ignore_no_udf``): each input is its output.
+    _identity_udf: ClassVar[str] = "def identity(value=None):\n    return value\n"
+
+    @field_validator("input", mode="before")
     @classmethod
-    def _coerce_udf(cls, value: Any) -> Any:
-        return coerce_udf(value)
+    def _listed(cls, value: Any) -> Any:
+        if value is None or isinstance(value, (list, str, bytes, dict)):
+            return value
+        return list(value)
 
     def set_input(self, input: list[Any] | None, inplace: bool = False) -> UdfJobStepConfig:
         """This step with ``input`` (a list of JSON-able values, or None to run once without
         arguments). inplace: change this object instead of a copy (default False)."""
-        target = self if inplace else self.model_copy(deep=True)
-        target.input = None if input is None else list(input)
-        return target
-
-    def set_udf(
-        self,
-        udf: Any,
-        parameters: dict[str, Any] | None = None,
-        replace_parameters: bool = False,
-        inplace: bool = False,
-    ) -> UdfJobStepConfig:
-        """This step with ``udf`` (a Udf, its dict or code). parameters: set on the UDF (default
-        None: unchanged). replace_parameters: drop the ones not given (default False).
-        inplace: change this object instead of a copy (default False)."""
-        target = self if inplace else self.model_copy(deep=True)
-        target.udf = with_udf(udf, parameters, replace_parameters)
-        return target
+        return self._set_input(input, inplace)
 
     def run_local(  # type: ignore[override]
         self,
@@ -82,11 +69,14 @@ class UdfJobStepConfig(JobStepConfig):
 
         sample: the value given to the UDF's first parameter (default ``...``: the first input,
         or no argument when the step has no input). validate_output: check that the output can
-        be a job result (encodable on the wire; default False). validate_imports: unused
-        (default None). kwargs: more keyword arguments of the call. Raises the UDF's error as a
-        :class:`~fused_celery.errors.UdfRuntimeError`."""
-        del validate_imports
+        be a job result (encodable on the wire; default False). validate_imports: first check
+        that the UDF's imports resolve (default None: no check). kwargs: more keyword arguments
+        of the call. Raises the UDF's error as a :class:`~fused_celery.errors.UdfRuntimeError`."""
         udf = require_udf(self)
+        if validate_imports:
+            from fused_celery.jobs.run_options import check_imports
+
+            check_imports(self, udf)
         if sample is ...:
             present = bool(self.input)
             value = self.input[0] if present else None

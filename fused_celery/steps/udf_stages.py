@@ -1,6 +1,6 @@
 """The UDF step as one fan-out stage (:data:`UDF_STEP`): one member per input value, the outputs
-gathered in input order; and its runners (:func:`submit_udf_step`, :func:`run_udf_step`,
-:func:`make_udf_run`).
+gathered in input order; and its runners (:func:`make_udf_run`, submitted by
+:func:`fused_celery.jobs.submit.submit_step`, and :func:`run_udf_step`).
 
 Outputs are small values (numbers, short lists, small frames): each travels back encoded by
 :mod:`fused_celery.codec` and the job's result holds them; :class:`UdfStepResponse` decodes them.
@@ -15,7 +15,6 @@ from typing import Any, Literal
 from fused_celery import codec
 from fused_celery.jobs.response import RunResponse
 from fused_celery.jobs.stages import FailedItem, Stage, StageRun, StageSequence
-from fused_celery.options import DEFAULT_QUEUE, options
 from fused_celery.steps.base import call_udf, require_udf
 from fused_celery.steps.udf import UdfJobStepConfig, input_kwargs
 
@@ -121,33 +120,6 @@ def make_udf_run(
     del output, overwrite, check_input
     require_udf(step)
     return UdfRun(job_id=job_id, ignore_errors=step.ignore_chunk_error, config=step)
-
-
-def submit_udf_step(
-    step: UdfJobStepConfig,
-    output: str | None = None,
-    *,
-    instance_type: str | None = None,
-    overwrite: bool | None = None,
-    extra: dict[str, Any] | None = None,
-) -> UdfStepResponse:
-    """Start ``step`` on the cluster (queue ``instance_type``, default ``fused``); returns its
-    :class:`UdfStepResponse` at once. extra: more fields for the job record (default None)."""
-    from fused_celery.jobs import celery_driver
-    from fused_celery.state.connection import check_reachable
-
-    queue = instance_type or DEFAULT_QUEUE
-    check_reachable(options.broker_url)
-    run = make_udf_run(step, output, job_id=uuid.uuid4().hex, overwrite=overwrite)
-    record = celery_driver.submit(
-        run,
-        queue=queue,
-        name=step.name,
-        instance_type=instance_type,
-        config={**step.model_dump(mode="json"), **(extra or {})},
-        message=f"submitted: UDF step {run.config.udf.name} on queue {queue!r}",
-    )
-    return UdfStepResponse.from_record(record)
 
 
 def run_udf_step(

@@ -100,6 +100,57 @@ class RowFacts:
             shapely.has_z(geoms),
         )
 
+    @classmethod
+    def of_projected(cls, geometries: np.ndarray, crs: Any) -> RowFacts:
+        """The facts of shapely ``geometries`` in ``crs`` (a projected or other non-EPSG:4326
+        CRS), without reprojecting their vertices: each row's bounds are taken in ``crs`` and
+        the four corners of that box transformed to EPSG:4326 (the row's box there is the box
+        of the four; a row whose corners fall on both sides of the antimeridian spans
+        -180..180, as its reprojected vertices would). Area and length are the ones in ``crs``
+        scaled by the projection's local scale at the row (from its box's transformed edges):
+        area by the scale's determinant (exact to first order for any projection), length by
+        its square root (direction-blind: within the ratio of a degree of longitude to one of
+        latitude there). Hand-written: pyproj transforms the corners, shapely measures."""
+        return cls.of(np.asarray(geometries, dtype=object)).projected_to_wgs84(crs)
+
+    def projected_to_wgs84(self, crs: Any) -> RowFacts:
+        """These facts, of rows in ``crs``, as :meth:`of_projected` gives them in EPSG:4326."""
+        from pyproj import Transformer
+
+        base = self
+        n = len(base.type_id)
+        if not n:
+            return base
+        b = base.bounds
+        ok = ~np.isnan(b[:, 0])
+        to_wgs84 = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+        xs = np.concatenate([b[ok, 0], b[ok, 2], b[ok, 0], b[ok, 2]])
+        ys = np.concatenate([b[ok, 1], b[ok, 1], b[ok, 3], b[ok, 3]])
+        lon, lat = (np.asarray(v).reshape(4, -1) for v in to_wgs84.transform(xs, ys))
+        lo, hi = lon.min(0), lon.max(0)
+        across = hi - lo > 180.0  # corners on both sides of the antimeridian
+        lo[across], hi[across] = -180.0, 180.0
+        bounds = np.full((n, 4), np.nan)
+        bounds[ok] = np.column_stack([lo, lat.min(0), hi, lat.max(0)])
+        # the projection's local scale from the box's edges (corner 0 -> 1 along x, 0 -> 2
+        # along y): area scales by |det J|, length by its square root (exact for conformal
+        # projections such as UTM and Mercator, a heuristic otherwise)
+        w, h = (b[ok, 2] - b[ok, 0]), (b[ok, 3] - b[ok, 1])
+        ex = np.stack([_wrap(lon[1] - lon[0]), lat[1] - lat[0]])
+        ey = np.stack([_wrap(lon[2] - lon[0]), lat[2] - lat[0]])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            det = np.abs(ex[0] * ey[1] - ex[1] * ey[0]) / (w * h)
+            along_x = np.hypot(ex[0], ex[1]) / w
+            along_y = np.hypot(ey[0], ey[1]) / h
+        scale_area = np.where((w > 0) & (h > 0), det, 0.0)
+        scale_length = np.where(
+            (w > 0) & (h > 0), np.sqrt(det), np.where(w > 0, along_x, np.where(h > 0, along_y, 0))
+        )
+        area, length = np.zeros(n), np.zeros(n)
+        area[ok] = np.nan_to_num(base.area[ok]) * scale_area
+        length[ok] = np.nan_to_num(base.length[ok]) * scale_length
+        return RowFacts(bounds, area, length, base.num_coords, base.type_id, base.has_z)
+
     def take(self, rows: slice | np.ndarray) -> RowFacts:
         """The facts of ``rows``."""
         return RowFacts(
@@ -198,6 +249,11 @@ class RowFacts:
             file_id=str(file_id), chunk_id=int(chunk_id), bbox_minx=nan, bbox_miny=nan,
             bbox_maxx=nan, bbox_maxy=nan, sum_area=0.0, sum_length=0.0, num_coords=0, num_rows=0,
         )  # fmt: skip
+
+
+def _wrap(dlon: np.ndarray) -> np.ndarray:
+    """Longitude differences in [-180, 180) (across the antimeridian, the short way)."""
+    return (dlon + 180.0) % 360.0 - 180.0
 
 
 def compute_chunk_metadata(file_id: str, chunk_id: int, geometries: np.ndarray) -> ChunkMetadata:

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from fused_celery import storage
 from fused_celery.errors import InvalidNameError, TableFormatError
 from fused_celery.options import options
-from fused_celery.table.facts import ChunkMetadata, geometry_types
+from fused_celery.table.facts import ChunkMetadata, RowFacts, geometry_types
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -309,8 +309,10 @@ def frame_to_arrow(frame: gpd.GeoDataFrame) -> tuple[pa.Table, dict[str, Any]]:
     Geometry columns become ISO WKB; the ``bbox`` covering struct is appended (a column named
     ``bbox`` in ``frame`` is replaced by it); the index is dropped. The facts are
     ``{"primary": name, "crs": PROJJSON, "columns": {name: {"geometry_types", "bbox"}},
-    "wgs84": shapely geometries of the primary column in EPSG:4326}``. A frame without CRS is
-    taken to be in EPSG:4326.
+    "metadata": the chunk's ChunkMetadata fields (bbox and measures in EPSG:4326), as JSON}``;
+    all JSON-able. In another CRS than EPSG:4326 the metadata is computed without reprojecting
+    the vertices (:meth:`RowFacts.of_projected`). A frame without CRS is taken to be in
+    EPSG:4326.
     """
     import geopandas as gpd
     import pandas as pd
@@ -341,26 +343,26 @@ def frame_to_arrow(frame: gpd.GeoDataFrame) -> tuple[pa.Table, dict[str, Any]]:
         geoms = np.asarray(frame[col].array, dtype=object)
         wkb = shapely.to_wkb(geoms, flavor="iso") if n else np.empty(0, dtype=object)
         arrays[col] = pa.array(wkb, type=pa.binary())
-        bounds = shapely.bounds(geoms) if n else np.empty((0, 4))
+        rows = RowFacts.of(geoms) if col == primary else None
+        bounds = (
+            rows.bounds if rows is not None else shapely.bounds(geoms) if n else np.empty((0, 4))
+        )
         ok = ~np.isnan(bounds).any(axis=1)
         bbox = (
             [bounds[ok, 0].min(), bounds[ok, 1].min(), bounds[ok, 2].max(), bounds[ok, 3].max()]
             if ok.any()
             else None
         )
-        facts["columns"][col] = {"geometry_types": geometry_types(geoms), "bbox": bbox}
-        if col == primary:
+        types = rows.geometry_types() if rows is not None else geometry_types(geoms)
+        facts["columns"][col] = {"geometry_types": types, "bbox": bbox}
+        if rows is not None:
             covering = pa.StructArray.from_arrays(
                 [pa.array(bounds[:, i], type=pa.float64()) for i in range(4)],
                 names=["xmin", "ymin", "xmax", "ymax"],
                 mask=pa.array(~ok, type=pa.bool_()),
             )
-            wgs84 = (
-                geoms
-                if _is_wgs84(crs)
-                else np.asarray(gpd.GeoSeries(geoms, crs=crs).to_crs(4326).array, dtype=object)
-            )
-            facts["wgs84"] = wgs84
+            wgs84 = rows if _is_wgs84(crs) else rows.projected_to_wgs84(crs)
+            facts["metadata"] = wgs84.chunk_metadata("0", 0).model_dump(mode="json")
     # Keep the frame's column order; the covering goes last.
     columns, names = [], []
     for col in frame.columns:

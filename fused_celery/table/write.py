@@ -41,7 +41,6 @@ from fused_celery.errors import (
 from fused_celery.table.facts import (
     ChunkMetadata,
     RowFacts,
-    compute_chunk_metadata,
     evenly_spaced,
     geometry_types,
 )
@@ -228,10 +227,18 @@ class TableWriter:
         """
         import geopandas as gpd
 
-        fid = validate_name(file_id, "file_id")
         if isinstance(chunks, gpd.GeoDataFrame):
             chunks = [chunks]
-        converted = [frame_to_arrow(c) for c in chunks]
+        return self.write_converted(file_id, [frame_to_arrow(c) for c in chunks])
+
+    def write_converted(
+        self, file_id: str | int, converted: Sequence[tuple[pa.Table, Mapping[str, Any]]]
+    ) -> list[ChunkMetadata]:
+        """:meth:`write_file` for chunks already converted by
+        :func:`~fused_celery.table.format.frame_to_arrow` (``(table, facts)`` each, e.g. made
+        where the chunk was computed and staged as Arrow): no geometry is decoded here."""
+        fid = validate_name(file_id, "file_id")
+        converted = list(converted)
         if not converted:
             raise ValueError(f"write_file({fid!r}) got no chunks; pass at least one GeoDataFrame")
         crs = {json.dumps(f["crs"], sort_keys=True) for _, f in converted}
@@ -243,7 +250,10 @@ class TableWriter:
         schema = _unify([t for t, _ in converted])
         primary = converted[0][1]["primary"]
         nonempty = [(t, f) for t, f in converted if t.num_rows]
-        metas = [compute_chunk_metadata(fid, i, f["wgs84"]) for i, (_, f) in enumerate(nonempty)]
+        metas = [
+            ChunkMetadata(**{**f["metadata"], "file_id": fid, "chunk_id": i})
+            for i, (_, f) in enumerate(nonempty)
+        ]
         facts = [f for _, f in (nonempty or converted)]
         geo = geo_metadata(_merge_geo_columns(facts), primary)
         schema = schema.with_metadata({b"geo": json.dumps(geo).encode()})

@@ -166,6 +166,21 @@ def test_whole_step_keeps_layout_metadata_and_crs(tmp_path, table, points):
     assert direct.num_rows == len(points) and direct.num_chunks == len(inp)
 
 
+def test_show_delegates_to_the_table_map(tmp_path, table):
+    step = fused.map(table, udf=double, output_table=str(tmp_path / "out"), name="doubled")
+    with pytest.raises(StepInputError, match="not committed yet"):
+        step.show(path=str(tmp_path / "early.html"))
+    run_step(step)
+    shown = step.show({"path": str(tmp_path / "a.html"), "title": "from config"}, sample_rows=5)
+    assert "from config" in Path(shown.path).read_text()
+    named = step.show(path=str(tmp_path / "b.html"))
+    assert "doubled" in Path(named.path).read_text()  # the step's name is the default title
+    with pytest.raises(TypeError, match=r"unknown map option\(s\) \['colour'\]; known: path"):
+        step.show(colour="red")
+    with pytest.raises(TypeError, match="dataset_config must be a dict"):
+        step.show("red")
+
+
 def test_crs_is_kept_and_outputs_of_other_kinds(tmp_path):
     src = make_points(200).to_crs(3857)
     url = ingest_table(src, str(tmp_path / "in"), per_file=100, per_chunk=40)
@@ -282,7 +297,7 @@ def test_input_that_is_not_a_table_or_empty_or_missing(tmp_path, table):
         run_step(fused.map(empty.url, udf=double, output_table=str(tmp_path / "o")))
     with pytest.raises(StepInputError, match="no input"):
         run_step(fused.map(None, udf=double, output_table=str(tmp_path / "o")))
-    with pytest.raises(StepInputError, match="needs an output"):
+    with pytest.raises(StepInputError, match="no output table"):
         run_step(fused.map(table, udf=double))
     with pytest.raises(StepInputError, match="is its input"):
         run_step(fused.map(table, udf=double, output_table=table))
@@ -354,10 +369,10 @@ def test_a_redelivered_member_returns_the_same_value_and_object(tmp_path, table)
 
     step = fused.map(table, udf=double, output_table=str(tmp_path / "out"), chunks_per_task=2)
     run = make_map_run(step, None, job_id="j1")
-    _, items = map_items(run)
+    run, items = map_items(run)
     first = map_member(run, items[0])
-    part = Path(part_url(run.work, items[0][0]["file_id"], items[0][0]["chunk_id"]))
+    part = Path(part_url(first[0]["key"]))
     size = part.stat().st_size
     assert json.dumps(map_member(run, items[0])) == json.dumps(first)
-    assert part.stat().st_size == size and len(list(part.parent.iterdir())) == 2
+    assert part.stat().st_size == size and len(list(part.parent.iterdir())) == 3
     assert [i["rows"] for i in first] == [m["num_rows"] for m in items[0]]

@@ -132,12 +132,51 @@ def test_projected_data_keeps_its_crs_and_metadata_is_wgs84(tmp_path):
     url = str(tmp_path / "utm")
     table = write_table(url, {"0": [wgs.to_crs(32632)]})
     m = table.chunk_metadata[0]
-    assert m.bbox == pytest.approx(tuple(wgs.total_bounds), abs=1e-6)
+    # computed from each row's box in UTM, its corners transformed (no vertex reprojected): it
+    # holds every row and is within a few metres of the reprojected rows' bbox
+    b, eps = wgs.total_bounds, 1e-9  # a point's round trip through UTM moves it by ~1e-15°
+    assert m.bbox_minx <= b[0] + eps and m.bbox_miny <= b[1] + eps
+    assert m.bbox_maxx >= b[2] - eps and m.bbox_maxy >= b[3] - eps
+    assert m.bbox == pytest.approx(tuple(b), abs=1e-3)
+    exact = compute_chunk_metadata("0", 0, np.asarray(wgs.geometry.array, dtype=object))
+    assert m.sum_area == pytest.approx(exact.sum_area, rel=0.02)
+    assert m.sum_length == pytest.approx(exact.sum_length, rel=0.15)  # direction-blind
+    assert (m.num_coords, m.num_rows) == (exact.num_coords, exact.num_rows)
     chunk = get_chunk_from_table(url, "0", 0)
     assert chunk.crs.to_epsg() == 32632
     got = read_bbox(url, (10.0, 50.0, 10.5, 50.5))
     want = wgs[wgs.intersects(shapely.box(10.0, 50.0, 10.5, 50.5))]
     assert sorted(got["id"]) == sorted(want["id"])
+
+
+def test_projected_rows_across_the_antimeridian_span_it(tmp_path):
+    """Rows in a Pacific CRS on both sides of 180°: the chunk's WGS84 bbox spans -180..180 (as
+    the reprojected rows' would), so a query on either side finds them."""
+    lon = np.array([179.95, -179.95, 179.9, -179.9])
+    wgs = gpd.GeoDataFrame(
+        {"id": np.arange(4)},
+        geometry=[
+            shapely.Point(lon[0], 10.0),
+            shapely.Point(lon[1], 10.0),
+            shapely.box(lon[2], 11.0, lon[2] + 0.01, 11.01),
+            shapely.box(lon[3], 12.0, lon[3] + 0.01, 12.01),
+        ],
+        crs="EPSG:4326",
+    )
+    pacific = wgs.to_crs(3832)  # WGS 84 / PDC Mercator, central meridian 150°E
+    crossing = pacific.copy()
+    crossing.loc[4] = [4, pacific.geometry.iloc[0].buffer(20_000)]  # a polygon across 180°
+    url = str(tmp_path / "pacific")
+    m = write_table(url, {"0": [crossing]}).chunk_metadata[0]
+    reprojected = crossing.to_crs(4326).total_bounds
+    assert m.bbox_minx <= -179.9 and m.bbox_maxx >= 179.9
+    assert m.bbox_minx <= reprojected[0] and m.bbox_maxx >= reprojected[2]
+    assert m.bbox_miny == pytest.approx(reprojected[1], abs=1e-3)
+    assert m.bbox_maxy == pytest.approx(reprojected[3], abs=1e-3)
+    assert set(read_bbox(url, (179.8, 9.0, 180.0, 13.0))["id"]) >= {0, 2}
+    assert set(read_bbox(url, (-180.0, 9.0, -179.8, 13.0))["id"]) >= {1, 3}
+    alone = write_table(str(tmp_path / "east"), {"0": [pacific.iloc[[0, 2]]]}).chunk_metadata[0]
+    assert alone.bbox == pytest.approx((179.9, 10.0, 179.95, 11.01), abs=1e-6)  # no spurious span
 
 
 def test_sample_of_another_format_version_or_without_fused_metadata(tmp_path):

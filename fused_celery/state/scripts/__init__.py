@@ -364,7 +364,10 @@ job_start_stage = Script(
     "job_start_stage", keys=JOB_PARTS, argv=(*_JOB_ARGV, "stage", "total"), uses=("job_common",)
 )
 job_task_done = Script(
-    "job_task_done", keys=JOB_PARTS, argv=(*_JOB_ARGV, "task_key"), uses=("job_common",)
+    "job_task_done",
+    keys=JOB_PARTS,
+    argv=(*_JOB_ARGV, "task_key", "units_field", "units"),
+    uses=("job_common",),
 )
 job_task_failed = Script(
     "job_task_failed",
