@@ -327,6 +327,13 @@ def modified_times(url: str) -> dict[str, float]:
     return times
 
 
+def file_version(url: str) -> str:
+    """``"<size>:<modification time, ns>"`` of file ``url`` (a rewritten file has another)."""
+    loc = parse(url)
+    info = _call("stat", loc, lambda: loc.filesystem.get_file_info(loc.path))
+    return f"{info.size}:{info.mtime_ns}"
+
+
 def read_bytes(url: str) -> bytes:
     """The content of the file at ``url`` (``FileNotFoundError`` when there is none)."""
     loc = parse(url)

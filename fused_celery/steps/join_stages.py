@@ -27,6 +27,7 @@ from pydantic import Field
 
 from fused_celery import storage
 from fused_celery.errors import RightInputTooLargeError, StepInputError
+from fused_celery.jobs import staged
 from fused_celery.jobs.stages import Stage, StageSequence, error_text
 from fused_celery.options import options
 from fused_celery.steps.base import call_udf, job_log
@@ -39,6 +40,7 @@ from fused_celery.steps.join import (
 from fused_celery.steps.map_stages import (
     MAP_STEP,
     MapRun,
+    input_version,
     map_discard,
     map_items,
     map_key,
@@ -318,6 +320,16 @@ class JoinRun(MapRun):
     config: Annotated[  # type: ignore[assignment]
         JoinJobStepConfig | JoinSinglefileJobStepConfig, Field(discriminator="type")
     ]
+
+    def inputs_version(self) -> str:
+        """Both inputs' versions: the left table's, and the right table's or, for
+        ``join_singlefile``, the right file's size and modification time."""
+        right = self.config._right()
+        if isinstance(self.config, JoinSinglefileJobStepConfig):
+            other = storage.file_version(right)
+        else:
+            other = input_version(right)
+        return staged.work_key(input_version(self.config._left()), other)
 
     def chunk_output(
         self, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None, *, where: str

@@ -86,6 +86,11 @@ class MapRun(StageRun):
             raise RuntimeError(f"job {self.job_id}: the map step writes no table (no writer)")
         return TableWriter.from_dict(self.writer)
 
+    def inputs_version(self) -> str:
+        """The version of what the step reads (in every chunk's staged key): its input table's
+        (:func:`input_version`); the join adds its right input's."""
+        return input_version(self.config.input)
+
     def chunk_output(
         self, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None, *, where: str
     ) -> gpd.GeoDataFrame | None:
@@ -189,15 +194,14 @@ def input_version(url: str) -> str:
 
 
 def chunk_key(run: MapRun, meta: dict[str, Any]) -> str:
-    """The staged key of chunk ``meta``'s output: the input's version and the chunk's metadata,
-    and the step's config but its output (the UDF's code, entrypoint and parameters...). Only
-    the map step's keys are shared across runs (reused by ``resume``); a step built on these
-    stages (the join, whose right input has a version of its own) stages per run."""
+    """The staged key of chunk ``meta``'s output: the step type, the inputs' version
+    (:meth:`MapRun.inputs_version`: the join's right input too), the chunk's metadata, and the
+    step's config but its output (the UDF's code, entrypoint and parameters...); shared across
+    runs, so ``resume`` reuses it."""
     config = run.config.model_dump(
         mode="json", exclude={"output", "overwrite", "name", "metadata", "ignore_chunk_error"}
     )
-    scope = None if run.kind == KIND else run.job_id
-    return staged.work_key(PART_FORMAT, scope, run.input_version, meta, config)
+    return staged.work_key(PART_FORMAT, run.kind, run.input_version, meta, config)
 
 
 def part_url(key: str) -> str:
@@ -232,7 +236,7 @@ def map_items(run: MapRun) -> tuple[MapRun, list[list[dict[str, Any]]]]:
     if not chunks:
         raise StepInputError(f"the map step's input table {url} is empty (no chunks)")
     metas = [chunk_metadata_dict(c) for c in sorted(chunks, key=lambda c: (c.file_id, c.chunk_id))]
-    run = run.model_copy(update={"input_version": input_version(url)})
+    run = run.model_copy(update={"input_version": run.inputs_version()})
     reused: list[dict[str, Any]] = []
     if run.options.resume:
         todo = []

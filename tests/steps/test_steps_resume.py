@@ -5,6 +5,7 @@ parameter never reuses them; the finished table equals a clean run's; staged wor
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -168,3 +169,52 @@ def test_remote_cancelled_job_resumed_by_id_runs_fewer_tasks(on_shared_cluster, 
     assert_same_table(out, clean)
     with pytest.raises(StepInputError, match="only a Failed or Canceled job"):
         again.resume()
+
+
+@fused.udf
+def counted_join(left, right, metadata=None, log: str = "", fail_flag: str = ""):
+    """The left rows with their count of right rows; appends ``<file>/<chunk>`` to ``log`` per
+    call; raises on left file 1 while ``fail_flag`` exists."""
+    import os
+
+    with open(log, "a") as f:
+        f.write(f"{metadata['file_id']}/{metadata['chunk_id']}\n")
+    if fail_flag and os.path.exists(fail_flag) and metadata["file_id"] == "1":
+        raise ValueError("failing until the flag goes")
+    out = left.copy()
+    out["n_right"] = len(right)
+    return out
+
+
+def test_join_resume_redoes_only_what_was_not_staged(tmp_path, table):
+    """A join is resumable like the map step: its staged keys hold both inputs' versions, so a
+    rerun reuses the left chunks already joined; a rewritten right input reuses nothing."""
+    from join_tables import make_polygons
+
+    right = ingest_table(make_polygons(60), str(tmp_path / "right"), 30, 10)
+    n = len(read_chunk_metadata(table))
+    log, flag, out = tmp_path / "calls.log", tmp_path / "flag", str(tmp_path / "out")
+    clean = str(tmp_path / "clean")
+    params = {"log": str(tmp_path / "clean.log")}
+    JobConfig(steps=[fused.join(table, right, output_table=clean).set_udf(
+        counted_join, parameters=params)]).run_local(engine=None)  # fmt: skip
+    flag.touch()
+    step = fused.join(table, right, output_table=out, chunks_per_task=1).set_udf(
+        counted_join, parameters={"log": str(log), "fail_flag": str(flag)}
+    )
+    with pytest.raises(UdfRuntimeError, match="failing until the flag goes"):
+        JobConfig(steps=[step]).run_local(engine=None)
+    first = calls(log)
+    flag.unlink()
+    log.unlink()
+    JobConfig(steps=[step]).run_local(engine=None, resume=True)  # the same step, resumed
+    again = calls(log)
+    assert 0 < len(again) < n, (first, again)  # the chunks joined before the failure reused
+    assert_same_table(out, clean)
+    # a rewritten right input: nothing reused
+    shutil.rmtree(right)
+    ingest_table(make_polygons(60), right, 30, 10)
+    log.unlink()
+    out2 = str(tmp_path / "out2")
+    JobConfig(steps=[step.model_copy(update={"output": out2})]).run_local(engine=None, resume=True)
+    assert len(calls(log)) == n
