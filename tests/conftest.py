@@ -14,13 +14,19 @@ port.
   started once for the tests that run the same assertions on every engine; yields the URL.
 - ``celery_workers`` (function): a factory ``celery_workers(n=2, queues=("fused",),
   concurrency=1, env=None)`` starting worker subprocesses; all are stopped by pid at teardown.
+
+The session's storage root and result cache are a temporary folder (``FUSED_CELERY_STORAGE_ROOT``
+and ``FUSED_CELERY_CACHE_DIR``, inherited by every worker), removed at the end: tests never
+write under the user's ``~/.cache/fused-celery``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +40,22 @@ from fused_celery.cluster.redis_server import RedisServer
 from fused_celery.options import DEFAULT_QUEUE, options
 
 WORKER_START_TIMEOUT = 90.0
+
+_SESSION_HOME: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point the storage root and the result cache at a session folder (see the docstring)."""
+    global _SESSION_HOME
+    _SESSION_HOME = Path(tempfile.mkdtemp(prefix="fused-celery-tests-"))
+    for name, sub in (("storage_root", "storage"), ("cache_dir", "udf-cache")):
+        os.environ[f"FUSED_CELERY_{name.upper()}"] = str(_SESSION_HOME / sub)
+        setattr(options, name, str(_SESSION_HOME / sub))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SESSION_HOME is not None:
+        shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
