@@ -15,6 +15,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import boto3
@@ -163,6 +164,7 @@ def test_user_data_installs_the_pinned_version_and_starts_the_worker_with_the_ss
         monkeypatch.setattr(options, "broker_url", protected_redis.url)
         monkeypatch.setattr(options, "result_backend", protected_redis.url)
         monkeypatch.setattr(options.show, "enable_tqdm", False)
+        wait_until_served("m5.large", log_dir / "worker.log")
         pool = triple.map([1, 2, 3], instance_type="m5.large", engine="remote")
         pool.wait(timeout=180)
         worker_log = (log_dir / "worker.log").read_text()
@@ -176,6 +178,25 @@ def test_user_data_installs_the_pinned_version_and_starts_the_worker_with_the_ss
                 os.killpg(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def wait_until_served(queue: str, log: Path, timeout: float = 90.0) -> None:
+    """Until a live worker heartbeats ``queue`` (the started worker is up; a submit before that
+    is refused with QueueNotServedError, as for any queue nothing serves)."""
+    from fused_celery.errors import QueueNotServedError
+    from fused_celery.state.workers import check_queue
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            check_queue(queue)
+            return
+        except QueueNotServedError:
+            if time.monotonic() > deadline:
+                tail = log.read_text()[-3000:] if log.exists() else "(no log)"
+                message = f"no worker served {queue} after {timeout} s:\n{tail}"
+                raise AssertionError(message) from None
+            time.sleep(0.2)
 
 
 def _facts() -> Facts:
