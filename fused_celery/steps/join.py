@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, PrivateAttr, StrictBool, field_validator
 
 from fused_celery.errors import StepInputError, StepUdfError
-from fused_celery.jobs.step import JobStepConfig
-from fused_celery.steps.base import call_udf, coerce_udf, with_udf
+from fused_celery.steps.base import UdfStepConfig, call_udf, coerce_udf
 from fused_celery.steps.map import METADATA_PARAMETER, MapJobStepConfig, input_url
 from fused_celery.steps.overlap import check_buffer_distance
 from fused_celery.udf import Udf
@@ -83,12 +82,11 @@ class JoinInput:
 JoinSingleFileInput = JoinInput
 
 
-class _JoinStep(JobStepConfig):
+class _JoinStep(UdfStepConfig):
     """What the two join steps share (fields and methods; see the subclasses)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    udf: Udf | None = None
     input_left: str | None = None
     input_right: str | None = None
     output: str | None = None
@@ -157,19 +155,9 @@ class _JoinStep(JobStepConfig):
         target._samples = {}
         return target
 
-    def set_udf(
-        self,
-        udf: Any,
-        parameters: dict[str, Any] | None = None,
-        replace_parameters: bool = False,
-        inplace: bool = False,
-    ) -> Any:
-        """This step with ``udf`` (a Udf, its dict or code). parameters: set on the UDF (default
-        None: unchanged). replace_parameters: drop the ones not given (default False).
-        inplace: change this object instead of a copy (default False)."""
-        target = self if inplace else self.model_copy(deep=True)
-        target.udf = with_udf(udf, parameters, replace_parameters)
-        return target
+    def _check_udf(self, udf: Udf) -> None:
+        """A join UDF takes ``(left, right)`` (:func:`join_parameters`)."""
+        join_parameters(udf)
 
     def bind_inputs(self, outputs: list[str | None]) -> tuple[Any, bool]:
         """This step inside a ``JobConfig`` after steps writing ``outputs``: with neither input
