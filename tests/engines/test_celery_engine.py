@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+from aof_redis import AofRedis
 
 from fused_celery import codec
 from fused_celery.cluster.redis_server import free_port
@@ -646,60 +647,12 @@ def test_sigkill_one_of_two_workers(
         assert _peak_concurrency(engine) <= max_workers
 
 
-class _AofRedis:
-    """redis-server with appendonly on a fixed port, restartable on that port at once.
-
-    (``RedisServer.start`` refuses a port that still has TIME_WAIT connections; redis-server
-    itself binds with SO_REUSEADDR, so a restart on the same port works.)
-    """
-
-    def __init__(self, path: Path) -> None:
-        from fused_celery.cluster.redis_server import find_redis_server
-
-        self.dir = path
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.binary = find_redis_server()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> _AofRedis:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-             str(self.dir), "--appendonly", "yes", "--save", "", "--logfile",
-             str(self.dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping():
-                    return self
-            except redis.exceptions.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on {self.url}")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        try:
-            redis.Redis.from_url(self.url, socket_timeout=5).shutdown(nosave=True)
-        except redis.exceptions.RedisError:
-            pass
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.mark.slow
 def test_redis_restart_mid_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fused_celery.cluster.local_cluster import child_env, wait_for_workers, worker_command
     from fused_celery.cluster.processes import ManagedProcess, stop_all
 
-    server = _AofRedis(tmp_path / "aof").start()
+    server = AofRedis(tmp_path / "aof").start()
     url = server.url
     monkeypatch.setattr(options, "broker_url", url)
     monkeypatch.setattr(options, "result_backend", url)

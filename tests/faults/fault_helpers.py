@@ -10,7 +10,6 @@ import random
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -19,11 +18,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import redis
-
 import fused_celery as fused
 from fused_celery.cluster.processes import descendants
-from fused_celery.cluster.redis_server import LOOPBACK, find_redis_server, free_port
+from fused_celery.cluster.redis_server import LOOPBACK
 
 # The step tests' small tables (random points with a ``uid``; ingested in this process).
 sys.path.append(str(Path(__file__).resolve().parents[1] / "steps"))
@@ -117,64 +114,6 @@ def assert_no_partial_table(folder: Path) -> None:
         assert not any("_staging" in p.parts for p in files), f"staging left in {folder}"
         return
     assert not files, f"partial table at {folder}: {[str(p) for p in files[:10]]}"
-
-
-# --------------------------------------------------------------------------- redis with AOF
-
-
-class AofRedis:
-    """redis-server with ``appendonly yes`` (``appendfsync everysec``, as the embedded one of
-    :mod:`fused_celery.cluster.redis_server`) on a fixed loopback port, which can be SIGKILLed
-    and started again on the same port (redis-server binds with SO_REUSEADDR)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.dir = folder
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"redis://{LOOPBACK}:{self.port}/0"
-        self.binary = find_redis_server()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> AofRedis:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", LOOPBACK, "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfilename", "appendonly.aof", "--save", "",
-             "--logfile", str(self.dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
-                if client.ping():
-                    client.close()
-                    return self
-            except redis.exceptions.BusyLoadingError:
-                time.sleep(0.05)
-            except redis.exceptions.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on {self.url}")
-
-    def kill(self) -> None:
-        """SIGKILL: whatever the AOF did not fsync (up to a second) is lost."""
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            proc.kill()
-            proc.wait()
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        try:
-            redis.Redis.from_url(self.url, socket_timeout=5).shutdown(nosave=True)
-        except redis.exceptions.RedisError:
-            pass
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --------------------------------------------------------------------------- TCP proxy

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 import redis
+from aof_redis import AofRedis
 from fault_helpers import (
-    AofRedis,
     TcpProxy,
     assert_exactly_once,
     assert_no_partial_table,
