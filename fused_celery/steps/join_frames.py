@@ -13,15 +13,34 @@ columns null.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 if TYPE_CHECKING:
     import geopandas as gpd
+    import pandas as pd
+    import pyarrow as pa
     from pyproj import CRS
 
-__all__ = ["RIGHT_SUFFIX", "join_pairs", "metric_crs", "spatial_join"]
+    from fused_celery.table.facts import RowFacts
+
+__all__ = [
+    "RIGHT_SUFFIX",
+    "join_pairs",
+    "joined_columns",
+    "joined_table",
+    "metric_crs",
+    "pairs",
+    "reproject",
+    "reproject_points",
+    "spatial_join",
+    "points_facts",
+    "wgs84_bounds",
+    "wgs84_box",
+    "wkb_points_xy",
+]
 
 RIGHT_SUFFIX = "_right"
 
@@ -43,16 +62,91 @@ def metric_crs(bounds: Any) -> CRS:
     return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
 
-def _wgs84_bounds(frame: gpd.GeoDataFrame) -> tuple[float, float, float, float]:
-    if not len(frame):
+def wgs84_bounds(geoms: np.ndarray, crs: Any) -> tuple[float, float, float, float]:
+    """The box of shapely ``geoms`` (in ``crs``; None: EPSG:4326) in EPSG:4326; zeros when
+    there are none."""
+    import shapely
+
+    if not len(geoms):
         return (0.0, 0.0, 0.0, 0.0)
-    if frame.crs is None or frame.crs.equals("EPSG:4326"):
-        return tuple(frame.total_bounds)  # type: ignore[return-value]
+    with np.errstate(invalid="ignore"):
+        return wgs84_box(shapely.total_bounds(geoms), crs)
+
+
+def wgs84_box(box: Any, crs: Any) -> tuple[float, float, float, float]:
+    """``box`` (minx, miny, maxx, maxy in ``crs``; None: EPSG:4326) in EPSG:4326."""
+    from pyproj import CRS, Transformer
+
+    minx, miny, maxx, maxy = (float(v) for v in box)
+    if crs is None or CRS.from_user_input(crs).equals("EPSG:4326"):
+        return (minx, miny, maxx, maxy)
+    t = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    return t.transform_bounds(minx, miny, maxx, maxy)
+
+
+def _wgs84_bounds(frame: gpd.GeoDataFrame) -> tuple[float, float, float, float]:
+    return wgs84_bounds(np.asarray(frame.geometry.array, dtype=object), frame.crs)
+
+
+def reproject(geoms: np.ndarray, src: Any, dst: Any) -> np.ndarray:
+    """Shapely ``geoms`` from CRS ``src`` (None: EPSG:4326) to ``dst``, as geopandas'
+    ``to_crs`` does it (same coordinates)."""
+    from geopandas.array import GeometryArray
+
+    array = GeometryArray(np.asarray(geoms, dtype=object), crs=src or "EPSG:4326")
+    return np.asarray(array.to_crs(dst), dtype=object)
+
+
+#: ISO WKB of a 2D point, little-endian: byte order, type (1), x, y.
+_WKB_POINT = np.dtype([("order", "u1"), ("type", "<u4"), ("x", "<f8"), ("y", "<f8")])
+
+
+def wkb_points_xy(wkb: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+    """The ``(n, 2)`` coordinates of ``wkb`` (a binary Arrow array) when every value is a
+    non-empty 2D point in little-endian ISO WKB (what the table layer writes), read without
+    decoding one geometry; None otherwise (nulls, empties, other types or encodings)."""
+    import pyarrow as pa
+
+    if isinstance(wkb, pa.ChunkedArray):
+        wkb = wkb.combine_chunks()
+    n = len(wkb)
+    if wkb.null_count or wkb.type != pa.binary():
+        return None
+    if not n:
+        return np.empty((0, 2))
+    offsets = np.frombuffer(wkb.buffers()[1], np.int32, n + 1, wkb.offset * 4)
+    if offsets[-1] - offsets[0] != n * _WKB_POINT.itemsize:
+        return None
+    if (np.diff(offsets) != _WKB_POINT.itemsize).any():
+        return None
+    rows = np.frombuffer(wkb.buffers()[2], _WKB_POINT, n, int(offsets[0]))
+    if (rows["order"] != 1).any() or (rows["type"] != 1).any():
+        return None
+    xy = np.column_stack([rows["x"], rows["y"]])
+    return xy if np.isfinite(xy).all() else None
+
+
+def points_facts(xy: np.ndarray) -> RowFacts:
+    """The :class:`~fused_celery.table.facts.RowFacts` of 2D points at ``xy`` (what
+    ``RowFacts.of`` gives for them)."""
+    from fused_celery.table.facts import RowFacts
+
+    n = len(xy)
+    return RowFacts(
+        np.column_stack([xy, xy]), np.zeros(n), np.zeros(n), np.ones(n, np.int64),
+        np.zeros(n, np.int8), np.zeros(n, bool),
+    )  # fmt: skip
+
+
+def reproject_points(xy: np.ndarray, src: Any, dst: Any) -> np.ndarray:
+    """Shapely points at ``xy`` (``(n, 2)`` in CRS ``src``) in CRS ``dst``: the coordinates
+    :func:`reproject` gives the points, without making them in ``src`` first."""
+    import shapely
     from pyproj import Transformer
 
-    minx, miny, maxx, maxy = frame.total_bounds
-    t = Transformer.from_crs(frame.crs, "EPSG:4326", always_xy=True)
-    return t.transform_bounds(minx, miny, maxx, maxy)
+    t = Transformer.from_crs(src or "EPSG:4326", dst, always_xy=True)
+    x, y = t.transform(xy[:, 0], xy[:, 1])
+    return shapely.points(np.asarray(x), np.asarray(y))
 
 
 def join_pairs(
@@ -69,14 +163,23 @@ def join_pairs(
     if distance_m > 0:
         crs = metric_crs(_wgs84_bounds(left))
         src = left.crs or "EPSG:4326"
-        lg = np.asarray(left.geometry.set_crs(src, allow_override=True).to_crs(crs).array)
-        rg = np.asarray(right.geometry.set_crs(src, allow_override=True).to_crs(crs).array)
-    predicate = "dwithin" if distance_m > 0 else "intersects"
-    distance = distance_m if distance_m > 0 else None
+        lg, rg = reproject(lg, src, crs), reproject(rg, src, crs)
+    return pairs(lg, rg, distance_m)
+
+
+def pairs(lg: np.ndarray, rg: np.ndarray, distance: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(left positions, right positions)`` of shapely ``lg`` and ``rg`` (one CRS, metric when
+    ``distance`` > 0) that intersect (``distance`` 0, default) or lie within ``distance`` of
+    each other; sorted by left then right position."""
+    if not len(lg) or not len(rg):
+        empty = np.empty(0, np.int64)
+        return empty, empty
+    predicate = "dwithin" if distance > 0 else "intersects"
+    within = distance if distance > 0 else None
     if _tree_on_left(lg, rg):
-        l_idx, r_idx = _query(lg, rg, predicate, distance)
+        l_idx, r_idx = _query(lg, rg, predicate, within)
     else:
-        r_idx, l_idx = _query(rg, lg, predicate, distance)
+        r_idx, l_idx = _query(rg, lg, predicate, within)
     order = np.lexsort((r_idx, l_idx))
     return l_idx[order].astype(np.int64), r_idx[order].astype(np.int64)
 
@@ -133,11 +236,80 @@ def spatial_join(
         order = np.argsort(li, kind="stable")
         li, ri = li[order], ri[order]
     geometry = left.geometry.name
-    attrs = pd.DataFrame(right.drop(columns=[right.geometry.name])).reset_index(drop=True)
-    taken = attrs.reindex(ri) if (ri < 0).any() else attrs.take(ri)
-    taken = taken.rename(
-        columns={c: f"{c}{RIGHT_SUFFIX}" for c in taken.columns if c in left.columns}
-    ).reset_index(drop=True)
-    base = pd.DataFrame(left).take(li).reset_index(drop=True)
-    out = pd.concat([base, taken], axis=1)
+    right_attrs = pd.DataFrame(right.drop(columns=[right.geometry.name]))
+    out = joined_columns(pd.DataFrame(left), right_attrs, li, ri)
     return gpd.GeoDataFrame(out, geometry=geometry, crs=left.crs)
+
+
+def joined_columns(
+    left: pd.DataFrame,
+    right: pd.DataFrame,
+    li: np.ndarray,
+    ri: np.ndarray,
+    left_names: Collection[str] = (),
+) -> pd.DataFrame:
+    """Rows ``li`` of ``left`` beside rows ``ri`` of ``right`` (-1: nulls), index dropped; a
+    right column whose name the left has (or is in ``left_names``, default none more) gets
+    :data:`RIGHT_SUFFIX`."""
+    import pandas as pd
+
+    attrs = right.reset_index(drop=True)
+    taken = attrs.reindex(ri) if (ri < 0).any() else attrs.take(ri)
+    names = {*left.columns, *left_names}
+    taken = taken.rename(
+        columns={c: f"{c}{RIGHT_SUFFIX}" for c in taken.columns if c in names}
+    ).reset_index(drop=True)
+    base = left.take(li).reset_index(drop=True)
+    return pd.concat([base, taken], axis=1)
+
+
+def joined_table(
+    left: pa.Table,
+    geometry: str,
+    rows: RowFacts,
+    crs: Any,
+    right: pd.DataFrame,
+    li: np.ndarray,
+    ri: np.ndarray,
+) -> tuple[pa.Table, dict[str, Any]]:
+    """The inner join's rows as the table stores them, and their facts: what
+    :func:`~fused_celery.table.format.frame_to_arrow` gives for :func:`spatial_join`'s frame,
+    without decoding or encoding a geometry. left: the left chunk as read (its ``geometry``
+    column ISO WKB in ``crs``, no covering column; no other geometry column); rows: the left
+    rows' facts; right: the right rows' columns but geometry; li / ri: the pairs
+    (:func:`pairs`, no -1)."""
+    import pyarrow as pa
+
+    from fused_celery.table.format import COVERING_COLUMN, _crs_json, _is_wgs84
+
+    plain_left = left.drop_columns([geometry]).to_pandas()
+    plain = joined_columns(plain_left, right, li, ri, left_names=left.column_names)
+    plain = plain.drop(columns=[COVERING_COLUMN], errors="ignore")
+    attrs = pa.Table.from_pandas(plain, preserve_index=False).replace_schema_metadata(None)
+    taken = rows.take(li)
+    bounds = taken.bounds
+    ok = ~np.isnan(bounds).any(axis=1)
+    bbox = (
+        [bounds[ok, 0].min(), bounds[ok, 1].min(), bounds[ok, 2].max(), bounds[ok, 3].max()]
+        if ok.any()
+        else None
+    )
+    wgs84 = taken if _is_wgs84(crs) else taken.projected_to_wgs84(crs)
+    facts: dict[str, Any] = {
+        "primary": geometry,
+        "columns": {geometry: {"geometry_types": taken.geometry_types(), "bbox": bbox}},
+        "crs": _crs_json(crs),
+        "metadata": wgs84.chunk_metadata("0", 0).model_dump(mode="json"),
+    }
+    covering = pa.StructArray.from_arrays(
+        [pa.array(bounds[:, i], type=pa.float64()) for i in range(4)],
+        names=["xmin", "ymin", "xmax", "ymax"],
+        mask=pa.array(~ok, type=pa.bool_()),
+    )
+    wkb = left.column(geometry).take(pa.array(li, type=pa.int64()))
+    if wkb.type != pa.binary():
+        wkb = wkb.cast(pa.binary())
+    names = [c for c in left.column_names if c != COVERING_COLUMN]
+    names += [c for c in plain.columns if c not in names]
+    columns = [wkb if c == geometry else attrs.column(c) for c in names]
+    return pa.Table.from_arrays([*columns, covering], names=[*names, COVERING_COLUMN]), facts

@@ -17,6 +17,7 @@ CRS than the left's are reprojected to it, and the job's log says so once per wo
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -40,13 +41,17 @@ from fused_celery.steps.join import (
 from fused_celery.steps.map_stages import (
     MAP_STEP,
     MapRun,
+    _schema_text,
+    chunk_key,
+    facts_url,
     input_version,
+    map_chunk,
     map_discard,
     map_items,
     map_key,
-    map_member,
     map_result,
     output_frame,
+    part_url,
     read_chunk,
     route,
 )
@@ -54,6 +59,10 @@ from fused_celery.steps.overlap import buffered_parts, right_chunks_per_left
 
 if TYPE_CHECKING:
     import geopandas as gpd
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    from pyproj import CRS
 
     from fused_celery.table import ChunkMetadata
 
@@ -79,7 +88,7 @@ class ByteLRU:
         self._bytes = 0
         self._max = max_bytes
         self._lock = threading.Lock()
-        self.reads = 0  # values put: how many reads the cache did not save
+        self.reads = 0  # values read and put: how many reads the cache did not save
 
     @property
     def max_bytes(self) -> int:
@@ -100,10 +109,12 @@ class ByteLRU:
             self._items.move_to_end(key)
             return found[0]
 
-    def put(self, key: Hashable, value: Any, nbytes: int) -> None:
-        """Keep ``value`` as ``nbytes`` bytes, dropping the least recent values to fit."""
+    def put(self, key: Hashable, value: Any, nbytes: int, *, derived: bool = False) -> None:
+        """Keep ``value`` as ``nbytes`` bytes, dropping the least recent values to fit.
+        derived: the value is computed from another one kept here, not read (default False;
+        not counted in :attr:`reads`)."""
         with self._lock:
-            self.reads += 1
+            self.reads += 0 if derived else 1
             old = self._items.pop(key, None)
             if old is not None:
                 self._bytes -= old[1]
@@ -313,6 +324,198 @@ def join_input(
     return JoinInput(left, right, {**meta, "right_chunks": used})
 
 
+def _read_left(url: str, meta: dict[str, Any]) -> tuple[pa.Table, dict[str, Any] | None]:
+    """Left chunk ``meta`` as stored (its row group, geometry as WKB, no covering column) and
+    the file's GeoParquet metadata; a read error is a :class:`StepInputError` naming the chunk,
+    as :func:`~fused_celery.steps.map_stages.read_chunk` says it."""
+    from fused_celery.table.format import _file_url, resolve_table_url
+    from fused_celery.table.read import _read_row_groups
+
+    fid, cid = meta["file_id"], meta["chunk_id"]
+    try:
+        return _read_row_groups(_file_url(resolve_table_url(url), str(fid)), [int(cid)], None)
+    except Exception as exc:
+        raise StepInputError(
+            f"cannot read chunk {fid}/{cid} of table {url}: {error_text(exc)}; check the table "
+            "(rewrite it, or pass ignore_chunk_error=True to leave the chunk out)"
+        ) from exc
+
+
+def _right_rows(
+    url: str,
+    meta: ChunkMetadata,
+    job_id: str | None,
+    left_crs: CRS,
+    metric: CRS | None,
+    run: Any,
+) -> tuple[np.ndarray, pd.DataFrame] | None:
+    """Right chunk ``meta``'s geometries in the left's CRS, then in ``metric`` (None: left's),
+    and its other columns: reprojected once per worker per job (cached beside the chunk).
+    None when the chunk has more than one geometry column (the frame path joins it)."""
+    import geopandas as gpd
+    import numpy as np
+    import pandas as pd
+
+    from fused_celery.steps.join_frames import reproject
+
+    key = ("rows", job_id, url, meta.file_id, meta.chunk_id, left_crs.to_string(), str(metric))
+    found = right_cache.get(key)
+    if found is not None:
+        return found
+    frame = _right_chunk(url, meta, job_id)
+    geometry = frame.geometry.name
+    if any(
+        c != geometry and isinstance(frame[c].dtype, gpd.array.GeometryDtype) for c in frame.columns
+    ):
+        return None
+    geoms = np.asarray(frame.geometry.array, dtype=object)
+    crs = frame.crs
+    if crs is not None and not crs.equals(left_crs):
+        _log_once(
+            run,
+            job_id,
+            url,
+            f"the right input {url} is in {crs.to_string()}, the left in "
+            f"{left_crs.to_string()}: right rows are reprojected to the left's CRS",
+        )
+        geoms = reproject(geoms, crs, left_crs)
+    if metric is not None and len(geoms):
+        geoms = reproject(geoms, left_crs, metric)
+    found = (geoms, pd.DataFrame(frame.drop(columns=[geometry])))
+    right_cache.put(key, found, _frame_bytes(frame, meta.num_coords), derived=True)
+    return found
+
+
+def builtin_join_table(
+    run: JoinRun, meta: dict[str, Any]
+) -> tuple[pa.Table, dict[str, Any], CRS, str] | None:
+    """The built-in inner join of left chunk ``meta`` of a join step (no UDF, ``how="inner"``,
+    a right table) as the table stores it: ``(rows, facts, CRS, geometry column)``, the same
+    as :func:`~fused_celery.table.format.frame_to_arrow` of
+    :func:`~fused_celery.steps.join_frames.spatial_join`'s frame, but the left geometries are
+    decoded once and never encoded again (the output's WKB is the left's, taken), the right
+    rows reprojected once per worker per job. None when the inputs have more than one geometry
+    column (the frame path joins them)."""
+    import numpy as np
+    import pandas as pd
+    import shapely
+
+    from fused_celery.steps.join_frames import (
+        joined_table,
+        metric_crs,
+        pairs,
+        points_facts,
+        reproject,
+        reproject_points,
+        wgs84_box,
+        wkb_points_xy,
+    )
+    from fused_celery.table.facts import RowFacts
+    from fused_celery.table.format import _crs_from_json
+
+    step = run.config
+    table, geo = _read_left(step._left(), meta)
+    columns = (geo or {}).get("columns", {})
+    primary = (geo or {}).get("primary_column")
+    if [c for c in columns if c in table.column_names] != [primary]:
+        return None
+    crs = _crs_from_json(columns[primary].get("crs"))
+    # 2D points (most left tables) are read from their WKB as coordinates: no geometry is
+    # decoded, and within a distance only their metric points are made
+    xy = wkb_points_xy(table.column(primary))
+    lg = None if xy is not None else shapely.from_wkb(table.column(primary).to_numpy(False))
+    rows = points_facts(xy) if xy is not None else RowFacts.of(lg)
+    metric = None
+    if step.distance > 0 and table.num_rows:
+        with np.errstate(invalid="ignore"):
+            metric = metric_crs(wgs84_box(rows.bbox(), crs))
+    url = step._right()
+    chunks = _right_chunks(url, run.job_id)
+    bounds = np.array([c.bbox for c in chunks], dtype=float).reshape(-1, 4)
+    needed = right_chunks_per_left(np.array([meta["bbox"]], dtype=float), bounds, step.distance)
+    parts = [_right_rows(url, chunks[i], run.job_id, crs, metric, run) for i in needed[0]]
+    if any(p is None for p in parts):
+        return None
+    if not parts:
+        empty = _right_empty(url, run.job_id)
+        attrs = pd.DataFrame(empty.drop(columns=[empty.geometry.name]))
+        parts = [(np.empty(0, dtype=object), attrs)]
+    rg = np.concatenate([p[0] for p in parts])  # type: ignore[index]
+    right = parts[0][1] if len(parts) == 1 else pd.concat([p[1] for p in parts], ignore_index=True)  # type: ignore[index]
+    if metric is not None and len(rg):
+        if xy is not None:
+            li, ri = pairs(reproject_points(xy, crs, metric), rg, step.distance)
+        else:
+            li, ri = pairs(reproject(lg, crs, metric), rg, step.distance)
+    elif len(rg):
+        li, ri = pairs(shapely.points(xy) if lg is None else lg, rg, step.distance)
+    else:
+        li = ri = np.empty(0, np.int64)
+    out, facts = joined_table(table, primary, rows, crs, right, li, ri)
+    return out, facts, crs, primary
+
+
+def join_chunk(
+    run: JoinRun, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None = None
+) -> dict[str, Any]:
+    """:func:`~fused_celery.steps.map_stages.map_chunk` of a join step: the built-in inner join
+    of a right table staged from :func:`builtin_join_table` (its rows already as the table
+    stores them), anything else (a UDF, ``how="left"``, a single file, several geometry
+    columns) through ``map_chunk``."""
+    step = run.config
+    fast = step.udf is None and step.how == "inner" and isinstance(step, JoinJobStepConfig)
+    made = builtin_join_table(run, meta) if fast else None
+    if made is None:
+        return map_chunk(run, meta, chunks)
+    import pyarrow as pa
+
+    table, facts, crs, geometry = made
+    key = chunk_key(run, meta)
+    # scratch, as map_chunk stages it: not fsynced
+    with (
+        storage.atomic_output(part_url(key), durable=False) as f,
+        pa.ipc.new_file(f, table.schema) as writer,
+    ):
+        writer.write_table(table)
+    storage.write_bytes(facts_url(key), json.dumps(facts).encode(), durable=False)
+    info = {
+        "file_id": meta["file_id"],
+        "chunk_id": meta["chunk_id"],
+        "key": key,
+        "rows": table.num_rows,
+        "crs": crs.to_json() if table.num_rows else None,
+        "geometry": geometry,
+        "schema": _schema_text(table),
+    }
+    staged.mark_done(key, info)
+    return info
+
+
+def join_member(run: JoinRun, item: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The join member: :func:`join_chunk` for each left chunk of ``item``, failures handled
+    as :func:`~fused_celery.steps.map_stages.map_member` does (``ignore_chunk_error``)."""
+    from fused_celery.table import read_chunk_metadata
+
+    out: list[dict[str, Any]] = []
+    first: Exception | None = None
+    try:
+        chunks = read_chunk_metadata(run.config.input) if len(item) > 1 else None
+    except Exception:  # each chunk's read says what is wrong
+        chunks = None
+    for meta in item:
+        try:
+            out.append(join_chunk(run, meta, chunks))
+        except Exception as exc:
+            if not run.ignore_errors or len(item) == 1:
+                raise
+            first = first or exc
+            out.append({"file_id": meta["file_id"], "chunk_id": meta["chunk_id"],
+                        "error": error_text(exc)})  # fmt: skip
+    if first is not None and all("error" in o for o in out):
+        raise first  # the whole task failed: the driver counts it
+    return out
+
+
 class JoinRun(MapRun):
     """One join step: a :class:`MapRun` (same fields) of a join step's config."""
 
@@ -388,7 +591,7 @@ def _sequence(kind: str) -> StageSequence[JoinRun]:
     join = Stage(
         "join",
         items=join_items,
-        member=map_member,
+        member=join_member,
         collect=route,
         key=map_key,
         collect_name="route",

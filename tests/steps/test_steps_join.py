@@ -9,6 +9,7 @@ import logging
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import shapely
 from join_tables import join_inputs, make_polygons, pairs, sjoin_pairs
@@ -26,7 +27,9 @@ from fused_celery.jobs.config import JobConfig
 from fused_celery.options import options
 from fused_celery.steps import join_stages
 from fused_celery.steps.join import JoinInput, JoinJobStepConfig, JoinSinglefileJobStepConfig
-from fused_celery.table import open_table, read_chunk_metadata, write_table
+from fused_celery.steps.join_frames import spatial_join, wkb_points_xy
+from fused_celery.steps.map_stages import read_chunk
+from fused_celery.table import frame_to_arrow, open_table, read_chunk_metadata, write_table
 
 
 @fused.udf
@@ -152,6 +155,57 @@ def test_buffer_distance_equals_sjoin_dwithin_in_utm(tmp_path):
     got = pairs(step.open_output().get_dataframe())
     assert got == sjoin_pairs(points, polygons, distance=2_000)
     assert len(got) > len(sjoin_pairs(points, polygons))  # the buffer adds pairs
+
+
+@pytest.mark.parametrize("distance", [None, 2_000])
+@pytest.mark.parametrize("projected", ["right", "left", "none, polygons left"])
+def test_the_built_in_join_stages_what_the_frame_join_gives(tmp_path, distance, projected):
+    """Per left chunk, the rows and facts the step stages equal frame_to_arrow of
+    spatial_join's frame (a column in both sides; one side in EPSG:3857, or points right)."""
+    points = near_meridian(make_points(400))
+    polygons = near_meridian(make_polygons(60))
+    if projected == "none, polygons left":
+        left = ingest_table(polygons, str(tmp_path / "left"), 30, 10)
+        right = ingest_table(points, str(tmp_path / "right"))
+    elif projected == "right":
+        in_3857 = polygons.to_crs(3857)
+        right = write_table(str(tmp_path / "right"), [in_3857.iloc[:30], in_3857.iloc[30:]]).url
+        left = ingest_table(points, str(tmp_path / "left"))
+    else:
+        in_3857 = points.to_crs(3857)
+        left = write_table(
+            str(tmp_path / "left"), [in_3857.iloc[i : i + 50] for i in range(0, 400, 50)]
+        ).url
+        right = ingest_table(polygons, str(tmp_path / "right"), 30, 10)
+    step = fused.join(left, right, buffer_distance=distance, output_table=str(tmp_path / "o"))
+    run = join_stages.JoinRun.model_construct(config=step, job_id="built-in")
+    found = 0
+    for c in read_chunk_metadata(left):
+        meta = {"file_id": c.file_id, "chunk_id": int(c.chunk_id), "bbox": list(c.bbox),
+                "num_rows": int(c.num_rows)}  # fmt: skip
+        frame = join_stages.join_input(step, read_chunk(left, meta), meta, job_id=None)
+        expected = frame_to_arrow(spatial_join(frame.left, frame.right, distance_m=step.distance))
+        table, facts, _, _ = join_stages.builtin_join_table(run, meta)
+        assert table.equals(expected[0]) and facts == expected[1]
+        found += table.num_rows
+    assert found > 0 and "v_right" in table.column_names
+
+
+def test_wkb_points_are_read_as_coordinates_only_when_plain_2d_points():
+    xy = np.array([[1.5, -2.0], [3.0, 4.25]])
+    plain = pa.array(shapely.to_wkb(shapely.points(xy), flavor="iso"), pa.binary())
+    assert np.array_equal(wkb_points_xy(plain), xy)
+    assert np.array_equal(wkb_points_xy(pa.chunked_array([plain[1:]])), xy[1:])
+    assert wkb_points_xy(pa.array([], pa.binary())).shape == (0, 2)
+    others = [
+        shapely.to_wkb(shapely.points(xy), flavor="iso", byte_order=0),  # big-endian
+        shapely.to_wkb(shapely.points([[1.0, 2.0, 3.0]]), flavor="iso"),  # 3D
+        shapely.to_wkb(shapely.from_wkt(["POINT EMPTY"]), flavor="iso"),
+        shapely.to_wkb(shapely.box(0, 0, 1, 1), flavor="iso"),
+        [shapely.to_wkb(shapely.Point(1, 2), flavor="iso"), None],
+    ]
+    for values in others:
+        assert wkb_points_xy(pa.array(list(np.atleast_1d(values)), pa.binary())) is None
 
 
 def test_a_right_chunk_is_read_once_per_job(tmp_path):
