@@ -282,10 +282,7 @@ def joined_table(
 
     from fused_celery.table.format import COVERING_COLUMN, _crs_json, _is_wgs84
 
-    plain_left = left.drop_columns([geometry]).to_pandas()
-    plain = joined_columns(plain_left, right, li, ri, left_names=left.column_names)
-    plain = plain.drop(columns=[COVERING_COLUMN], errors="ignore")
-    attrs = pa.Table.from_pandas(plain, preserve_index=False).replace_schema_metadata(None)
+    attrs = _joined_attributes(left.drop_columns([geometry]), left.column_names, right, li, ri)
     taken = rows.take(li)
     bounds = taken.bounds
     ok = ~np.isnan(bounds).any(axis=1)
@@ -310,6 +307,36 @@ def joined_table(
     if wkb.type != pa.binary():
         wkb = wkb.cast(pa.binary())
     names = [c for c in left.column_names if c != COVERING_COLUMN]
-    names += [c for c in plain.columns if c not in names]
+    names += [c for c in attrs.column_names if c not in names]
     columns = [wkb if c == geometry else attrs.column(c) for c in names]
     return pa.Table.from_arrays([*columns, covering], names=[*names, COVERING_COLUMN]), facts
+
+
+def _joined_attributes(
+    left: pa.Table, left_names: Collection[str], right: pd.DataFrame, li: np.ndarray, ri: np.ndarray
+) -> pa.Table:
+    """The columns but geometry of the join's rows, as ``frame_to_arrow`` of
+    :func:`joined_columns`' frame makes them (``bbox`` left out): taken in Arrow when that
+    gives the same types (the left's survive the trip through pandas, the right's are numpy
+    numbers, booleans or times), through pandas otherwise."""
+    import pyarrow as pa
+
+    from fused_celery.table.format import COVERING_COLUMN
+
+    plain_left = left.to_pandas()
+    through = pa.Schema.from_pandas(plain_left, preserve_index=False)
+    same_left = [f.type for f in through] == list(left.schema.types)
+    numeric_right = all(isinstance(t, np.dtype) and t.kind in "biufmM" for t in right.dtypes)
+    if not (same_left and numeric_right):
+        plain = joined_columns(plain_left, right, li, ri, left_names=left_names)
+        plain = plain.drop(columns=[COVERING_COLUMN], errors="ignore")
+        return pa.Table.from_pandas(plain, preserve_index=False).replace_schema_metadata(None)
+    taken_left = left.take(pa.array(li, pa.int64()))
+    plain_right = pa.Table.from_pandas(right.reset_index(drop=True), preserve_index=False)
+    taken_right = plain_right.take(pa.array(ri, pa.int64()))
+    names = {*left.column_names, *left_names}
+    columns = dict(zip(taken_left.column_names, taken_left.columns))
+    for name, column in zip(taken_right.column_names, taken_right.columns):
+        columns[f"{name}{RIGHT_SUFFIX}" if name in names else name] = column
+    columns.pop(COVERING_COLUMN, None)
+    return pa.Table.from_arrays(list(columns.values()), names=list(columns))
