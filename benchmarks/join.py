@@ -225,6 +225,7 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
         resp = warm_join.run_remote(overwrite=True).wait_for_job(0.1, timeout=300)
         if resp.status != "Done":
             raise SystemExit(f"warm-up join ended {resp.status}: {resp.get_logs()[-3:]}")
+        cpu_before = tree_cpu_seconds()
         started = time.perf_counter()
         step = fused.join(
             spec["points_table"], spec["polygons_table"], buffer_distance=distance,
@@ -233,13 +234,31 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
         resp = step.run_remote()
         resp.wait_for_job(poll_interval_seconds=0.05, timeout=spec["timeout"])
         seconds = time.perf_counter() - started
+        cpu = tree_cpu_seconds() - cpu_before
         status = str(resp.status)
         if status != "Done":
             raise SystemExit(f"join ended {status}: {resp.get_logs()[-5:]}")
         stages = stage_seconds(resp.get_logs())
     finally:
         cluster.stop()
-    return {"seconds": seconds, "stages": stages, "files": table_files(spec["out"])}
+    return {"seconds": seconds, "cpu": cpu, "stages": stages, "files": table_files(spec["out"])}
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and its descendants alive now
+    (the cluster's Redis and workers): under load, a figure that depends less on the other
+    processes than the wall clock does."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
 
 
 def run_geopandas(spec: dict[str, Any]) -> dict[str, Any]:
@@ -462,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  {variant} {name}: {got['seconds']:.2f} s, {got['pairs']:,} pairs, "
                     f"peak RSS {mib(got['peak_rss'])} MiB (load {load()})"
-                    + (f", stages {got['stages']}" if "stages" in got else ""),
+                    + (f", stages {got['stages']}" if "stages" in got else "")
+                    + (f", CPU {got['cpu']:.2f} s" if "cpu" in got else ""),
                     flush=True,
                 )
                 samples[name].append(got)
