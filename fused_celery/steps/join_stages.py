@@ -9,9 +9,8 @@ the map step gains later) are the same code::
 (:func:`join_input`) and runs the UDF or the built-in join. The built-in inner join of a right
 table skips the frames: :func:`builtin_join_table` makes the rows as the table stores them (the
 left's WKB taken, 2D points read from it as coordinates, right rows reprojected once per worker
-per job), and :func:`join_member` stages them as ``map_member`` stages converted chunks (a copy
-of its loop with :func:`join_convert`: one seam, the map step taking a run's own conversion,
-would remove it).
+per job), through :meth:`JoinRun.convert`, so the map step's members stage them as they stage
+any converted chunk.
 
 Right rows are read once per worker process per job and kept in an LRU bounded in bytes
 (``options.join_cache_bytes``): a right table by chunk (one row group each, only the chunks the
@@ -22,7 +21,6 @@ CRS than the left's are reprojected to it, and the job's log says so once per wo
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import OrderedDict
@@ -46,23 +44,16 @@ from fused_celery.steps.join import (
 from fused_celery.steps.map_stages import (
     MAP_STEP,
     MapRun,
-    _by_file,
     _schema_text,
-    _whole_files,
-    _whole_files_allowed,
-    chunk_key,
-    convert_chunk,
-    facts_url,
     input_version,
     map_discard,
     map_items,
     map_key,
+    map_member,
     map_result,
     output_frame,
-    part_url,
     read_chunk,
     route,
-    stage_file,
 )
 from fused_celery.steps.overlap import buffered_parts, right_chunks_per_left
 
@@ -464,95 +455,6 @@ def builtin_join_table(
     return out, facts, crs, primary
 
 
-def join_convert(
-    run: JoinRun, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None = None
-) -> tuple[dict[str, Any], tuple[pa.Table, dict[str, Any]] | None]:
-    """:func:`~fused_celery.steps.map_stages.convert_chunk` of a join step: the built-in inner
-    join of a right table from :func:`builtin_join_table` (its rows already as the table
-    stores them), anything else (a UDF, ``how="left"``, a single file, several geometry
-    columns) through ``convert_chunk``."""
-    step = run.config
-    fast = step.udf is None and step.how == "inner" and isinstance(step, JoinJobStepConfig)
-    made = builtin_join_table(run, meta) if fast else None
-    if made is None:
-        return convert_chunk(run, meta, chunks)
-    table, facts, crs, geometry = made
-    info = {
-        "file_id": meta["file_id"],
-        "chunk_id": meta["chunk_id"],
-        "rows": table.num_rows,
-        "crs": crs.to_json() if table.num_rows else None,
-        "geometry": geometry,
-        "schema": _schema_text(table),
-    }
-    return info, (table, facts)
-
-
-def join_chunk(
-    run: JoinRun, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None = None
-) -> dict[str, Any]:
-    """:func:`~fused_celery.steps.map_stages.map_chunk` with :func:`join_convert`: the chunk's
-    output staged as a chunk part; returns its info with its staged ``key``."""
-    import pyarrow as pa
-
-    key = chunk_key(run, meta)
-    info, converted = join_convert(run, meta, chunks)
-    info = {**info, "key": key}
-    if converted is not None:
-        table, facts = converted
-        # scratch, as map_chunk stages it: not fsynced
-        with (
-            storage.atomic_output(part_url(key), durable=False) as f,
-            pa.ipc.new_file(f, table.schema) as writer,
-        ):
-            writer.write_table(table)
-        storage.write_bytes(facts_url(key), json.dumps(facts).encode(), durable=False)
-    staged.mark_done(key, info)
-    return info
-
-
-def join_member(run: JoinRun, item: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """:func:`~fused_celery.steps.map_stages.map_member` with :func:`join_convert` /
-    :func:`join_chunk`: each left file of which ``item`` holds every chunk written whole
-    (``stage_file``), each other chunk staged as a part; failures as ``map_member`` handles
-    them (``ignore_chunk_error``). Kept in step with ``map_member`` until the map step takes
-    its conversion from the run (see the module docstring)."""
-    from fused_celery.table import read_chunk_metadata
-
-    out: list[dict[str, Any]] = []
-    first: Exception | None = None
-    try:
-        wanted = len(item) > 1 or _whole_files_allowed(run)
-        chunks = read_chunk_metadata(run.config.input) if wanted else None
-    except Exception:  # each chunk's read says what is wrong
-        chunks = None
-    whole = _whole_files(run, item, chunks)
-    for fid, metas in _by_file(item).items():
-        done = []
-        for meta in metas:
-            try:
-                if fid not in whole:
-                    out.append(join_chunk(run, meta, chunks))
-                    continue
-                info, converted = join_convert(run, meta, chunks)
-                if converted is not None:
-                    done.append((info, converted))
-            except Exception as exc:
-                if not run.ignore_errors or len(item) == 1:
-                    raise
-                first = first or exc
-                out.append({"file_id": meta["file_id"], "chunk_id": meta["chunk_id"],
-                            "error": error_text(exc)})  # fmt: skip
-        if fid in whole:
-            complete = not any(o.get("file_id") == fid and "error" in o for o in out)
-            info = stage_file(run, metas, done, complete=complete)
-            if info is not None:
-                out.append(info)
-    if first is not None and all("error" in o for o in out):
-        raise first  # the whole task failed: the driver counts it
-    return out
-
-
 class JoinRun(MapRun):
     """One join step: a :class:`MapRun` (same fields) of a join step's config."""
 
@@ -570,6 +472,28 @@ class JoinRun(MapRun):
         else:
             other = input_version(right)
         return staged.work_key(input_version(self.config._left()), other)
+
+    def convert(
+        self, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None, *, where: str
+    ) -> tuple[dict[str, Any], tuple[pa.Table, dict[str, Any]] | None]:
+        """:meth:`MapRun.convert` of a join step: the built-in inner join of a right table from
+        :func:`builtin_join_table` (its rows already as the table stores them), anything else
+        (a UDF, ``how="left"``, a single file, several geometry columns) through the frames."""
+        step = self.config
+        fast = step.udf is None and step.how == "inner" and isinstance(step, JoinJobStepConfig)
+        made = builtin_join_table(self, meta) if fast else None
+        if made is None:
+            return super().convert(meta, chunks, where=where)
+        table, facts, crs, geometry = made
+        info = {
+            "file_id": meta["file_id"],
+            "chunk_id": meta["chunk_id"],
+            "rows": table.num_rows,
+            "crs": crs.to_json() if table.num_rows else None,
+            "geometry": geometry,
+            "schema": _schema_text(table),
+        }
+        return info, (table, facts)
 
     def chunk_output(
         self, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None, *, where: str
@@ -628,7 +552,7 @@ def _sequence(kind: str) -> StageSequence[JoinRun]:
     join = Stage(
         "join",
         items=join_items,
-        member=join_member,
+        member=map_member,
         collect=route,
         key=map_key,
         collect_name="route",

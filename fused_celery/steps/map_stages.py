@@ -106,6 +106,31 @@ class MapRun(StageRun):
         (:func:`input_version`); the join adds its right input's."""
         return input_version(self.config.input)
 
+    def convert(
+        self, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None, *, where: str
+    ) -> tuple[dict[str, Any], tuple[pa.Table, dict[str, Any]] | None]:
+        """Run the UDF on chunk ``meta`` (:meth:`chunk_output`) and convert its output as the
+        table stores it (:func:`~fused_celery.table.format.frame_to_arrow`); returns the
+        chunk's info (``file_id``, ``chunk_id``, ``rows``, and with rows ``crs`` (PROJJSON
+        text or None), ``geometry`` (column name), ``schema``) and the ``(table, facts)``
+        (None: no output). chunks: as :func:`read_chunk`; where: the chunk, for errors. A step
+        that makes its rows another way (the built-in join) overrides this."""
+        out = self.chunk_output(meta, chunks, where=where)
+        info: dict[str, Any] = {"file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "rows": 0}
+        if out is None:
+            return info, None
+        from fused_celery.table.format import frame_to_arrow
+
+        table, facts = frame_to_arrow(out)
+        info = {
+            **info,
+            "rows": len(out),
+            "crs": out.crs.to_json() if out.crs is not None and len(out) else None,
+            "geometry": out.geometry.name,
+            "schema": _schema_text(table),
+        }
+        return info, (table, facts)
+
     def chunk_output(
         self, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None, *, where: str
     ) -> gpd.GeoDataFrame | None:
@@ -363,27 +388,8 @@ def describe_map(run: MapRun, items: Sequence[list[dict[str, Any]]]) -> str:
 def convert_chunk(
     run: MapRun, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None = None
 ) -> tuple[dict[str, Any], tuple[pa.Table, dict[str, Any]] | None]:
-    """Run the UDF on one chunk (``run.chunk_output``) and convert its output as the table stores
-    it (:func:`~fused_celery.table.format.frame_to_arrow`); returns the chunk's info
-    (``file_id``, ``chunk_id``, ``rows``, and with rows ``crs`` (PROJJSON text or None),
-    ``geometry`` (column name), ``schema``) and the ``(table, facts)`` (None: no output).
-    chunks: as :func:`read_chunk`."""
-    where = f"chunk {meta['file_id']}/{meta['chunk_id']}"
-    out = run.chunk_output(meta, chunks, where=where)
-    info: dict[str, Any] = {"file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "rows": 0}
-    if out is None:
-        return info, None
-    from fused_celery.table.format import frame_to_arrow
-
-    table, facts = frame_to_arrow(out)
-    info = {
-        **info,
-        "rows": len(out),
-        "crs": out.crs.to_json() if out.crs is not None and len(out) else None,
-        "geometry": out.geometry.name,
-        "schema": _schema_text(table),
-    }
-    return info, (table, facts)
+    """One chunk's output as the table stores it, and its info: :meth:`MapRun.convert`."""
+    return run.convert(meta, chunks, where=f"chunk {meta['file_id']}/{meta['chunk_id']}")
 
 
 def map_chunk(
