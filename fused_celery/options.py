@@ -153,6 +153,10 @@ class Options(BaseSettings):
     result_expires: seconds a pool's states, results and logs are kept in Redis (default 7 days).
     cache_max_age: default seconds a cached UDF result may be reused (default 12 h).
     max_log_bytes: per-entry cap on captured stdout/stderr (default 64 KiB).
+    local_start_method: how the local engine starts its worker processes: ``"auto"`` (default:
+        forked when the calling process has one thread, ~10 ms, else a fresh interpreter,
+        ~0.3 s), ``"fork"`` (always forked; a thread's held lock can hang a worker) or
+        ``"spawn"`` (always a fresh interpreter).
     large_result_bytes: results larger than this go to storage, not Redis (default 1 MiB).
     large_argument_bytes: a remote pool's argument or constant keyword argument whose encoded
         size is over this goes to storage (under ``storage_root``), Redis keeping only a
@@ -283,6 +287,7 @@ class Options(BaseSettings):
     result_expires: int = 7 * 24 * 3600
     cache_max_age: int = 12 * 3600
     max_log_bytes: int = 64 * 1024
+    local_start_method: Literal["auto", "fork", "spawn"] = "auto"
     large_result_bytes: int = 1024 * 1024
     large_argument_bytes: int = Field(default=64 * 1024, ge=1)
     max_argument_bytes: int = Field(default=256 * 1024 * 1024, ge=1)

@@ -97,6 +97,26 @@ def test_write_read_list_exists_delete(root):
     storage.delete_prefix(root)  # nothing to delete is fine
 
 
+def test_copy_within_and_across_filesystems(root, tmp_path):
+    src, dst = storage.join(root, "a.bin"), storage.join(root, "sub", "copy.bin")
+    storage.write_bytes(src, b"first")
+    storage.write_bytes(dst, b"old")
+    storage.copy(src, dst)  # replaces, the source stays
+    assert storage.read_bytes(dst) == b"first" and storage.read_bytes(src) == b"first"
+    if not root.startswith("s3://"):  # a hard link: no bytes copied
+        assert os.stat(src).st_ino == os.stat(dst).st_ino
+    storage.write_bytes(src, b"second")  # writes replace files: the copy keeps its bytes
+    assert storage.read_bytes(dst) == b"first"
+    other = str(tmp_path / "elsewhere" / "b.bin")  # local to S3 and local to local
+    storage.write_bytes(other, os.urandom(3 << 20))
+    storage.copy(other, storage.join(root, "big.bin"))
+    assert storage.read_bytes(storage.join(root, "big.bin")) == storage.read_bytes(other)
+    assert storage.list_files(root, recursive=True) == ["a.bin", "big.bin", "sub/copy.bin"]
+    with pytest.raises(FileNotFoundError):
+        storage.copy(storage.join(root, "missing"), storage.join(root, "x"))
+    assert "x" not in storage.list_files(root)
+
+
 def test_atomic_output_leaves_nothing_when_the_writer_fails(root):
     url = storage.join(root, "x.bin")
     storage.write_bytes(url, b"old")

@@ -234,3 +234,12 @@ def block_one(x, gate, blocked=6):
             fh.write("1")
         _wait_for(os.path.join(gate, "release"))
     return x
+
+
+@fused.udf
+def started_as(x: int):
+    """How this entry's worker process was started: "spawn" (a fresh interpreter running the
+    worker module) or "fork" (a copy of the caller)."""
+    import sys
+
+    return "spawn" if "local_worker" in sys.argv[0] else "fork"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -36,6 +35,7 @@ from fused_celery.engines.base import (
     Notifier,
     PoolSpec,
 )
+from fused_celery.engines.local_process import WorkerProcess, can_fork, start_worker
 from fused_celery.errors import UdfTimeoutError, UdfWorkerLostError
 from fused_celery.execute import Outcome
 from fused_celery.options import cpu_count, options
@@ -45,19 +45,17 @@ from fused_celery.result_cache import DiskCache, cache_key
 _BATCH_SECONDS = 0.01
 #: Largest adaptive batch.
 _MAX_BATCH = 64
+#: Seconds a worker process may take to start before its entries count as overrun.
+_START_SECONDS = 120.0
 
 
 class _Worker:
     """One worker subprocess and the entries it holds, in the order it runs them."""
 
-    def __init__(self, init_msg: tuple[Any, ...]) -> None:
+    def __init__(self, init_msg: tuple[Any, ...], *, fork: bool = False) -> None:
         p2c_r, p2c_w = os.pipe()
         c2p_r, c2p_w = os.pipe()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fused_celery.engines.local_worker", str(p2c_r), str(c2p_w)],
-            pass_fds=(p2c_r, c2p_w),
-            close_fds=True,
-        )
+        self.proc: WorkerProcess = start_worker(p2c_r, c2p_w, fork=fork)
         os.close(p2c_r)
         os.close(c2p_w)
         self.tx = Connection(p2c_w, readable=False)
@@ -65,6 +63,8 @@ class _Worker:
         self.batches: deque[tuple[list[int], int]] = deque()  # (positions, threads)
         self.progress_at = time.time()
         self.batch_started = time.time()  # when the first of ``batches`` began running
+        self.spawned = time.time()
+        self.ready = False  # the process said it has started (its imports are done)
         self.dead = False
         self._send_lock = threading.Lock()  # the dispatcher and cancel() both send
         self.send(init_msg)
@@ -73,11 +73,20 @@ class _Worker:
     def inflight(self) -> list[int]:
         return [p for positions, _ in self.batches for p in positions]
 
+    def started(self) -> None:
+        """The process reported ready: the time of what it holds counts from now."""
+        self.ready = True
+        self.progress_at = self.batch_started = time.time()
+
     def overran(self, now: float, limit: float) -> bool:
         """True when an entry has run longer than ``limit`` s: one entry without progress
-        for that long, or a batch on threads (its entries run together) begun that long ago."""
+        for that long, or a batch on threads (its entries run together) begun that long ago.
+        Before the process is ready (starting an interpreter under load can take seconds),
+        only a start longer than ``limit`` and :data:`_START_SECONDS` counts."""
         if not self.batches:
             return False
+        if not self.ready:
+            return now - self.spawned > max(limit, _START_SECONDS)
         if self.batches[0][1] > 1 and now - self.batch_started > limit:
             return True
         return now - self.progress_at > limit
@@ -194,8 +203,19 @@ class LocalEngine(Engine):
                         self._record(pos, hit, SUCCESS)
                         continue
                 self._queue.append(pos)
+            self._prestart()
             self._ensure_thread()
         self._notifier.pulse()
+
+    def _prestart(self) -> None:
+        """Under the lock, before the dispatcher thread exists: start the worker processes
+        from the caller's thread, forked when that is safe (:func:`can_fork`; the dispatcher
+        starts later workers, e.g. replacements, as fresh interpreters)."""
+        if not self._queue or self._dispatching or self._workers:
+            return
+        fork = can_fork(options.local_start_method)
+        while len(self._workers) < self._n_processes():
+            self._workers.append(_Worker(self._init_msg(), fork=fork))
 
     def states(self) -> list[EntryState]:
         with self._lock:
@@ -427,7 +447,11 @@ class LocalEngine(Engine):
             return False
         try:
             while w.rx.poll():
-                _, done = w.rx.recv()
+                kind, done = w.rx.recv()
+                if kind == "ready":  # its imports are done: its entries' clocks start now
+                    with self._lock:
+                        w.started()
+                    continue
                 with self._lock:
                     for pos, outcome in done:
                         w.finished(pos)

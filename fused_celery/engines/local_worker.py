@@ -4,7 +4,8 @@ Reads messages from file descriptor RFD and answers on WFD (``multiprocessing.co
 framing). Messages in: ``("udf", udf_json, max_log_bytes, cache_dir)`` once, then
 ``("run", [(position, encoded_kwargs, cache_key_or_None), ...], threads)``;
 ``("cancel", [position, ...])`` (queued entries to skip, reported as cancelled); ``None`` stops.
-Messages out: ``("done", [(position, outcome), ...])``: finished entries, flushed at the end of
+Messages out: ``("ready", None)`` once its imports are done (the parent's time limits count from
+there); ``("done", [(position, outcome), ...])``: finished entries, flushed at the end of
 each batch and at least every 20 ms, so tiny entries cost one message per batch.
 
 A reader thread drains the input continuously, so neither side can block the other on a full
@@ -85,6 +86,7 @@ def main(rfd: int, wfd: int) -> None:
     inbox: queue.Queue[Any] = queue.Queue()
     cancelled: set[int] = set()
     threading.Thread(target=_reader, args=(rconn, inbox, cancelled), daemon=True).start()
+    wconn.send(("ready", None))  # imports done: the parent starts its entries' clocks
     send_lock = threading.Lock()
     udf: dict[str, Any] = {}
     max_log = 64 * 1024

@@ -1,20 +1,28 @@
 """The map step as stages (:data:`MAP_STEP`), run by the drivers of :mod:`fused_celery.jobs`::
 
-    map × chunk batches ─► route (check CRS/schema, group by file) ─► write × files ─► commit
+    map × tasks ─► route (check CRS/schema, group by file) ─► write × files ─► commit
 
-A ``map`` member reads its chunks (one row group each), runs the UDF through
-:mod:`fused_celery.execute` and stages each output chunk as staged work
-(:mod:`fused_celery.jobs.staged`: ``<storage_root>/_staged/<key>/part.parquet``, ``key`` a
-digest of the input table's version, the chunk's metadata and the UDF's code and parameters;
-deterministic, so a redelivered member overwrites the same object); it returns only row counts,
-CRS, schema and the key. With ``resume`` the fan-out leaves out the chunks already staged by an
-earlier run of the same work, and ``route`` takes their staged results. ``route`` checks that the
-chunks' outputs fit one table. A ``write`` member assembles one output file from its chunks'
-parts (one row group per chunk, chunk metadata recomputed from the rows) in the table writer's
-staging; ``commit`` (the last collect, once) moves the files into place, ``_sample`` last, and
-drops the staged parts. On failure the writer's staging is removed (no partial table; the
-staged parts stay for a resume). A step without output table (``ignore_no_output``) runs the
-map stage only. The runners are in :mod:`fused_celery.steps.map_runners`.
+A ``map`` member reads its chunks (one row group each) and runs the UDF through
+:mod:`fused_celery.execute`. Work is staged (:mod:`fused_celery.jobs.staged`, under
+``<storage_root>/_staged/<key>``, ``key`` a digest of the input table's version, the chunks'
+metadata and the UDF's code and parameters; deterministic, so a redelivered member overwrites the
+same objects) in one of two forms:
+
+* a *whole file*: when a task holds every chunk of an input file (the default batching gives each
+  file of at most :data:`FILE_TASK_ROWS` rows a task of its own), it writes that file's output
+  as the table stores it (``data.parquet``, its sample sidecar and facts) and the ``commit``
+  links it into the table: no part is written, read back and written again;
+* a *chunk part*: otherwise (``chunks_per_task`` set, files split across tasks), each chunk's
+  output as Arrow IPC, assembled into output files by the ``write`` stage.
+
+Members return only row counts, CRS, schema, keys (and a whole file's chunk metadata). With
+``resume`` the fan-out leaves out the files and chunks already staged by an earlier run of the
+same work, and ``route`` takes their staged results. ``route`` checks that the outputs fit one
+table; a whole file whose column types or CRS text differ from the table's is rewritten by the
+``write`` stage. ``commit`` (the last collect, once) takes the files into place, ``_sample``
+last, and drops the staged work. On failure the writer's staging is removed (no partial table;
+the staged work stays for a resume). A step without output table (``ignore_no_output``) runs
+the map stage only, as chunk parts. The runners are in :mod:`fused_celery.steps.map_runners`.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import base64
 import json
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -47,6 +56,12 @@ PART_FORMAT = "map-part-3"
 TASK_ROWS = 20_000
 #: Chunks a map task takes at most when ``chunks_per_task`` is None.
 MAX_CHUNKS_PER_TASK = 64
+#: Rows of an input file up to which the default batching gives the file a task of its own
+#: (its output written whole by the task); larger files are split into chunk tasks.
+FILE_TASK_ROWS = 250_000
+#: Whole-file tasks are planned when there are at least this many (or as many as chunk
+#: batches would give): fewer, larger tasks would leave workers idle.
+MIN_FILE_TASKS = 8
 
 
 class TableSummary(BaseModel):
@@ -216,6 +231,27 @@ def facts_url(key: str) -> str:
     return staged.entry_url(key, "facts.json")
 
 
+def file_key(run: MapRun, metas: Sequence[dict[str, Any]]) -> str:
+    """The staged key of the whole output file of input chunks ``metas`` (every chunk of one
+    input file, in order): their :func:`chunk_key` s."""
+    return staged.work_key(PART_FORMAT, "file", [chunk_key(run, m) for m in metas])
+
+
+def file_data_url(key: str) -> str:
+    """Where the whole output file staged under ``key`` is (as the table stores it)."""
+    return staged.entry_url(key, "data.parquet")
+
+
+def file_sample_url(key: str) -> str:
+    """Where the sample sidecar of the whole output file staged under ``key`` is."""
+    return staged.entry_url(key, "sample.parquet")
+
+
+def _whole_files_allowed(run: MapRun) -> bool:
+    """Whole-file work: the step writes a table and ``chunks_per_task`` is the default."""
+    return run.writer is not None and run.config.chunks_per_task is None
+
+
 # --- stage map --------------------------------------------------------------------------------
 
 
@@ -240,13 +276,37 @@ def map_items(run: MapRun) -> tuple[MapRun, list[list[dict[str, Any]]]]:
     reused: list[dict[str, Any]] = []
     if run.options.resume:
         todo = []
-        for m in metas:
-            info = staged.staged_info(chunk_key(run, m))
-            (todo if info is None else reused).append(info or m)
+        for file_metas in _by_file(metas).values():
+            allowed = _whole_files_allowed(run)
+            whole = staged.staged_info(file_key(run, file_metas)) if allowed else None
+            if whole is not None:
+                reused.append(whole)
+                continue
+            for m in file_metas:
+                info = staged.staged_info(chunk_key(run, m))
+                (todo if info is None else reused).append(info or m)
         metas = todo
     storage.write_bytes(storage.join(run.work, "reused.json"), json.dumps(reused).encode())
-    run = run.model_copy(update={"reused": len(reused)})
-    per = run.config.chunks_per_task
+    run = run.model_copy(update={"reused": sum(int(i.get("chunks", 1)) for i in reused)})
+    chunk_plan = _chunk_batches(metas, run.config.chunks_per_task)
+    if not _whole_files_allowed(run):
+        return run, chunk_plan
+    file_plan = _file_batches(metas)
+    use_files = len(file_plan) >= min(len(chunk_plan), MIN_FILE_TASKS)
+    return run, file_plan if use_files else chunk_plan
+
+
+def _by_file(metas: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """``metas`` grouped by input file (in order)."""
+    files: dict[str, list[dict[str, Any]]] = {}
+    for m in metas:
+        files.setdefault(m["file_id"], []).append(m)
+    return files
+
+
+def _chunk_batches(metas: Sequence[dict[str, Any]], per: int | None) -> list[list[dict[str, Any]]]:
+    """``metas`` in batches of ``per`` chunks (None: of at least :data:`TASK_ROWS` rows and at
+    most :data:`MAX_CHUNKS_PER_TASK` chunks)."""
     items: list[list[dict[str, Any]]] = []
     current: list[dict[str, Any]] = []
     rows = 0
@@ -259,7 +319,29 @@ def map_items(run: MapRun) -> tuple[MapRun, list[list[dict[str, Any]]]]:
             current, rows = [], 0
     if current:
         items.append(current)
-    return run, items
+    return items
+
+
+def _file_batches(metas: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``metas`` in whole-file batches: each file of at most :data:`FILE_TASK_ROWS` rows whole
+    in one batch (small files share one up to :data:`TASK_ROWS` rows); larger files in chunk
+    batches of their own."""
+    items: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    rows = 0
+    for file_metas in _by_file(metas).values():
+        file_rows = sum(m["num_rows"] for m in file_metas)
+        if file_rows > FILE_TASK_ROWS:
+            items.extend(_chunk_batches(file_metas, None))
+            continue
+        current.extend(file_metas)
+        rows += file_rows
+        if rows >= TASK_ROWS or len(current) >= MAX_CHUNKS_PER_TASK:
+            items.append(current)
+            current, rows = [], 0
+    if current:
+        items.append(current)
+    return items
 
 
 def map_key(item: list[dict[str, Any]]) -> str:
@@ -278,25 +360,44 @@ def describe_map(run: MapRun, items: Sequence[list[dict[str, Any]]]) -> str:
     return line
 
 
+def convert_chunk(
+    run: MapRun, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None = None
+) -> tuple[dict[str, Any], tuple[pa.Table, dict[str, Any]] | None]:
+    """Run the UDF on one chunk (``run.chunk_output``) and convert its output as the table stores
+    it (:func:`~fused_celery.table.format.frame_to_arrow`); returns the chunk's info
+    (``file_id``, ``chunk_id``, ``rows``, and with rows ``crs`` (PROJJSON text or None),
+    ``geometry`` (column name), ``schema``) and the ``(table, facts)`` (None: no output).
+    chunks: as :func:`read_chunk`."""
+    where = f"chunk {meta['file_id']}/{meta['chunk_id']}"
+    out = run.chunk_output(meta, chunks, where=where)
+    info: dict[str, Any] = {"file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "rows": 0}
+    if out is None:
+        return info, None
+    from fused_celery.table.format import frame_to_arrow
+
+    table, facts = frame_to_arrow(out)
+    info = {
+        **info,
+        "rows": len(out),
+        "crs": out.crs.to_json() if out.crs is not None and len(out) else None,
+        "geometry": out.geometry.name,
+        "schema": _schema_text(table),
+    }
+    return info, (table, facts)
+
+
 def map_chunk(
     run: MapRun, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None = None
 ) -> dict[str, Any]:
-    """Run the UDF on one chunk (``run.chunk_output``) and stage its output (:func:`part_url`, then
-    :func:`~fused_celery.jobs.staged.mark_done`); returns its ``key``, ``rows``, ``crs``
-    (PROJJSON text or None), ``geometry`` (column name) and ``schema``. chunks: as
-    :func:`read_chunk`."""
-    where = f"chunk {meta['file_id']}/{meta['chunk_id']}"
+    """:func:`convert_chunk`, its output staged as a chunk part (:func:`part_url`, then
+    :func:`~fused_celery.jobs.staged.mark_done`); returns its info with its staged ``key``."""
+    import pyarrow as pa
+
     key = chunk_key(run, meta)
-    out = run.chunk_output(meta, chunks, where=where)
-    info: dict[str, Any] = {
-        "file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "key": key, "rows": 0
-    }  # fmt: skip
-    if out is not None:
-        import pyarrow as pa
-
-        from fused_celery.table.format import frame_to_arrow
-
-        table, facts = frame_to_arrow(out)
+    info, converted = convert_chunk(run, meta, chunks)
+    info = {**info, "key": key}
+    if converted is not None:
+        table, facts = converted
         # scratch: not fsynced (a part torn by an OS crash fails the write stage, naming it)
         with (
             storage.atomic_output(part_url(key), durable=False) as f,
@@ -304,38 +405,106 @@ def map_chunk(
         ):
             writer.write_table(table)
         storage.write_bytes(facts_url(key), json.dumps(facts).encode(), durable=False)
-        info = {
-            **info,
-            "rows": len(out),
-            "crs": out.crs.to_json() if out.crs is not None and len(out) else None,
-            "geometry": out.geometry.name,
-            "schema": _schema_text(table),
-        }
     staged.mark_done(key, info)
     return info
 
 
+def stage_file(
+    run: MapRun,
+    metas: Sequence[dict[str, Any]],
+    done: Sequence[tuple[dict[str, Any], tuple[pa.Table, dict[str, Any]]]],
+    *,
+    complete: bool,
+) -> dict[str, Any] | None:
+    """Write the whole output file of input chunks ``metas`` (every chunk of one input file)
+    from its chunks' :func:`convert_chunk` results ``done`` (the chunks with output) into
+    staged work (:func:`file_data_url`, :func:`file_sample_url`); returns the file's info
+    (``file_id``, ``chunk_id`` (its first chunk with output), ``file`` True, ``key``,
+    ``chunks`` (input chunks run), ``rows``, ``crs``, ``geometry``, ``schema`` and ``metas``,
+    its chunks' metadata), None when no chunk had output. complete: no chunk failed, so a
+    ``resume`` may reuse it (marked done). The chunks' outputs must fit one file
+    (:func:`check_outputs`)."""
+    from fused_celery.table.write import write_converted_file
+
+    if not done:
+        return None
+    infos = [i for i, _ in done]
+    crs, schema = check_outputs(infos)
+    assert schema is not None  # every chunk in done has output
+    converted = []
+    for _, (table, facts) in done:
+        if crs is not None:
+            facts = {**facts, "crs": json.loads(crs)}  # checked equal to every chunk's
+        converted.append((table, facts))
+    fid = str(metas[0]["file_id"])
+    key = file_key(run, metas)
+    written = write_converted_file(fid, converted, file_data_url(key), file_sample_url(key))
+    info: dict[str, Any] = {
+        "file_id": metas[0]["file_id"],
+        "chunk_id": infos[0]["chunk_id"],  # names the file's output in check_outputs' errors
+        "file": True,
+        "key": key,
+        "chunks": len(metas),
+        "rows": sum(int(i["rows"]) for i in infos),
+        "crs": crs,
+        "geometry": infos[0].get("geometry"),
+        "schema": _schema_text(schema.empty_table()),
+        "metas": [m.model_dump(mode="json") for m in written],
+    }
+    if complete:
+        staged.mark_done(key, info)
+    return info
+
+
+def _whole_files(
+    run: MapRun, item: Sequence[dict[str, Any]], chunks: Sequence[ChunkMetadata] | None
+) -> set[str]:
+    """The input files of which ``item`` holds every chunk (written whole by the task)."""
+    if not _whole_files_allowed(run) or chunks is None:
+        return set()
+    in_table: dict[str, int] = {}
+    for c in chunks:
+        in_table[c.file_id] = in_table.get(c.file_id, 0) + 1
+    return {f for f, ms in _by_file(item).items() if in_table.get(f) == len(ms)}
+
+
 def map_member(run: MapRun, item: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The map member: :func:`map_chunk` for each chunk of ``item``. Under
+    """The map member: each input file of which ``item`` holds every chunk written whole
+    (:func:`stage_file`), each other chunk staged as a part (:func:`map_chunk`). Under
     ``ignore_chunk_error`` a failed chunk is returned as ``{"file_id", "chunk_id", "error"}``
-    (left out by the collect) unless every chunk of the task failed."""
+    (left out by the collect; its file is written without it) unless every chunk of the task
+    failed."""
     from fused_celery.table import read_chunk_metadata
 
     out: list[dict[str, Any]] = []
     first: Exception | None = None
     try:
-        chunks = read_chunk_metadata(run.config.input) if len(item) > 1 else None
+        wanted = len(item) > 1 or _whole_files_allowed(run)
+        chunks = read_chunk_metadata(run.config.input) if wanted else None
     except Exception:  # each chunk's read says what is wrong
         chunks = None
-    for meta in item:
-        try:
-            out.append(map_chunk(run, meta, chunks))
-        except Exception as exc:
-            if not run.ignore_errors or len(item) == 1:
-                raise
-            first = first or exc
-            out.append({"file_id": meta["file_id"], "chunk_id": meta["chunk_id"],
-                        "error": error_text(exc)})  # fmt: skip
+    whole = _whole_files(run, item, chunks)
+    for fid, metas in _by_file(item).items():
+        done = []
+        for meta in metas:
+            try:
+                if fid not in whole:
+                    out.append(map_chunk(run, meta, chunks))
+                    continue
+                info, converted = convert_chunk(run, meta, chunks)
+                if converted is not None:
+                    done.append((info, converted))
+            except Exception as exc:
+                if not run.ignore_errors or len(item) == 1:
+                    raise
+                first = first or exc
+                out.append({"file_id": meta["file_id"], "chunk_id": meta["chunk_id"],
+                            "error": error_text(exc)})  # fmt: skip
+        if fid in whole:
+            complete = not any(o.get("file_id") == fid and "error" in o for o in out)
+            info = stage_file(run, metas, done, complete=complete)
+            if info is not None:
+                out.append(info)
     if first is not None and all("error" in o for o in out):
         raise first  # the whole task failed: the driver counts it
     return out
@@ -348,8 +517,9 @@ def _same_crs(a: str, b: str) -> bool:
     return ca == cb or ca.equals(cb, ignore_axis_order=True)
 
 
-def check_outputs(infos: list[dict[str, Any]]) -> str | None:
-    """The outputs' common CRS (PROJJSON text, None when no chunk has rows); a
+def check_outputs(infos: list[dict[str, Any]]) -> tuple[str | None, pa.Schema | None]:
+    """The outputs' common CRS (PROJJSON text, None when no chunk has rows) and unified column
+    types (None: no output); a
     :class:`StepSchemaError` naming two chunks whose CRS, geometry column or column types do
     not fit one table (types unify where safe: int with float, null with anything)."""
     import pyarrow as pa
@@ -395,14 +565,15 @@ def check_outputs(infos: list[dict[str, Any]]) -> str | None:
                 ) from None
         for f in this:
             owner.setdefault(f.name, name)
-    return crs
+    return crs, schema
 
 
 def route(run: MapRun, ok: list[list[dict[str, Any]]], failed: list[FailedItem]) -> MapRun:
     """The collect of map: the outputs checked (:func:`check_outputs`), chunks left out under
-    ``ignore_chunk_error`` listed, the chunks reused from staged work (``resume``) added, and
-    one write task per input file (its chunks with output, in order, with their staged keys)
-    written to ``route.json`` (none without an output table)."""
+    ``ignore_chunk_error`` listed, the work reused from staged work (``resume``) added, and
+    written to ``route.json``: the whole files for the commit (``[file_id, key, metas]``) and
+    one write task per other input file (its chunks with output, in order, with their staged
+    keys; none without an output table)."""
     reused = json.loads(storage.read_bytes(storage.join(run.work, "reused.json")))
     infos = [i for batch in ok for i in batch] + reused
     left_out = [
@@ -411,16 +582,18 @@ def route(run: MapRun, ok: list[list[dict[str, Any]]], failed: list[FailedItem])
         if "error" in i
     ]
     infos = [i for i in infos if "error" not in i]
-    crs = check_outputs(infos)
+    crs, _ = check_outputs(infos)
+    whole = sorted((i for i in infos if i.get("file")), key=lambda i: i["file_id"])
     files: dict[str, list[list[Any]]] = {}
-    for i in sorted(infos, key=lambda i: (i["file_id"], i["chunk_id"])):
-        if "schema" in i:
-            files.setdefault(i["file_id"], []).append([int(i["chunk_id"]), i["key"]])
+    parts = (i for i in infos if not i.get("file") and "schema" in i)
+    for i in sorted(parts, key=lambda i: (i["file_id"], i["chunk_id"])):
+        files.setdefault(i["file_id"], []).append([int(i["chunk_id"]), i["key"]])
     groups = [[fid, parts] for fid, parts in files.items()] if run.writer is not None else []
     route_data = {
         "groups": groups,
+        "whole": [[i["file_id"], i["key"], i["metas"]] for i in whole],
         "keys": [i["key"] for i in infos],
-        "chunks": len(infos),
+        "chunks": sum(int(i.get("chunks", 1)) for i in infos),
         "rows": sum(int(i["rows"]) for i in infos),
     }
     storage.write_bytes(storage.join(run.work, "route.json"), json.dumps(route_data).encode())
@@ -447,7 +620,9 @@ def describe_write(run: MapRun, items: Sequence[list[Any]]) -> str:
     """The log line when write starts."""
     if run.writer is None:
         return "write: no output table (ignore_no_output)"
-    return f"write: {len(items)} file(s) to {run.config.output}"
+    whole = len(_route(run).get("whole", []))
+    line = f"write: {len(items)} file(s) to {run.config.output}"
+    return f"{line}; {whole} file(s) written whole by the map tasks" if whole else line
 
 
 def write_output_file(run: MapRun, item: list[Any]) -> list[dict[str, Any]]:
@@ -477,10 +652,14 @@ def write_output_file(run: MapRun, item: list[Any]) -> list[dict[str, Any]]:
     return [m.model_dump(mode="json") for m in metas]
 
 
+def _adopt(writer: TableWriter, file_id: str, key: str) -> None:
+    writer.adopt_file(file_id, file_data_url(key), file_sample_url(key))
+
+
 def commit(run: MapRun, written: list[list[dict[str, Any]]], failed: list[FailedItem]) -> MapRun:
-    """The collect of write (once): the table committed, ``_sample`` last, then the staged parts
-    dropped; the run with its ``table`` (without an output table: the chunks run and rows
-    returned)."""
+    """The collect of write (once): the whole files taken from staged work and the table
+    committed, ``_sample`` last, then the staged work dropped; the run with its ``table``
+    (without an output table: the chunks run and rows returned)."""
     del failed
     route_data = _route(run)
     if run.writer is None:
@@ -489,7 +668,13 @@ def commit(run: MapRun, written: list[list[dict[str, Any]]], failed: list[Failed
         )
         storage.delete_prefix(run.work)
     else:
-        table = run.table_writer().commit([m for file in written for m in file])
+        writer = run.table_writer()
+        whole = route_data.get("whole", [])
+        if whole:
+            with ThreadPoolExecutor(max_workers=min(16, len(whole))) as pool:
+                list(pool.map(lambda w: _adopt(writer, w[0], w[1]), whole))
+        metas = [m for file in written for m in file] + [m for _, _, ms in whole for m in ms]
+        table = writer.commit(metas)
         summary = TableSummary(
             output=table.url,
             num_files=table.num_files,

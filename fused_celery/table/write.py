@@ -238,39 +238,22 @@ class TableWriter:
         :func:`~fused_celery.table.format.frame_to_arrow` (``(table, facts)`` each, e.g. made
         where the chunk was computed and staged as Arrow): no geometry is decoded here."""
         fid = validate_name(file_id, "file_id")
-        converted = list(converted)
-        if not converted:
-            raise ValueError(f"write_file({fid!r}) got no chunks; pass at least one GeoDataFrame")
-        crs = {json.dumps(f["crs"], sort_keys=True) for _, f in converted}
-        if len(crs) > 1:
-            raise ValueError(
-                f"the chunks of file {fid!r} have different CRSs; reproject them to one "
-                "(e.g. to_crs(4326)) before writing"
-            )
-        schema = _unify([t for t, _ in converted])
-        primary = converted[0][1]["primary"]
-        nonempty = [(t, f) for t, f in converted if t.num_rows]
-        metas = [
-            ChunkMetadata(**{**f["metadata"], "file_id": fid, "chunk_id": i})
-            for i, (_, f) in enumerate(nonempty)
-        ]
-        facts = [f for _, f in (nonempty or converted)]
-        geo = geo_metadata(_merge_geo_columns(facts), primary)
-        schema = schema.with_metadata({b"geo": json.dumps(geo).encode()})
-        tables = [_conform(t, schema) for t, _ in nonempty]
-        staged = self.staged_file_url(fid)
-        if tables:
-            with (
-                storage.atomic_output(staged) as out,
-                pq.ParquetWriter(out, schema, **writer_options(schema)) as writer,
-            ):
-                for t in tables:
-                    writer.write_table(t, row_group_size=max(1, t.num_rows))
-        else:
-            storage.delete_file(staged)
-        sample = _sample_rows(tables, SAMPLE_ROWS_PER_FILE) if tables else schema.empty_table()
-        storage.write_bytes(self._sidecar_url(fid), _parquet_bytes(sample), durable=False)
-        return metas
+        return write_converted_file(
+            fid, converted, self.staged_file_url(fid), self._sidecar_url(fid)
+        )
+
+    def adopt_file(self, file_id: str | int, data_url: str, sample_url: str) -> None:
+        """Take data file ``file_id`` written elsewhere by :func:`write_converted_file` (its
+        ``data_url`` and ``sample_url``) into staging, as :meth:`write_converted` would have
+        written it: linked or copied (:func:`~fused_celery.storage.copy`), the originals left.
+        Idempotent; a missing original is skipped (the commit names missing files)."""
+        fid = validate_name(file_id, "file_id")
+        for src, dst in (
+            (data_url, self.staged_file_url(fid)),
+            (sample_url, self._sidecar_url(fid)),
+        ):
+            if storage.is_file(src):
+                storage.copy(src, dst)
 
     def write_arrow_file(
         self,
@@ -595,6 +578,50 @@ def _geometry_only_table() -> pa.Table:
         {"geometry": {"geometry_types": [], "crs": _crs_json(None), "bbox": None}}, "geometry"
     )
     return schema.with_metadata({b"geo": json.dumps(geo).encode()}).empty_table()
+
+
+def write_converted_file(
+    fid: str,
+    converted: Sequence[tuple[pa.Table, Mapping[str, Any]]],
+    data_url: str,
+    sample_url: str,
+) -> list[ChunkMetadata]:
+    """Data file ``fid`` at ``data_url`` (one row group per non-empty chunk, in order; none when
+    every chunk is empty) and its sample sidecar at ``sample_url``, from chunks converted by
+    :func:`~fused_celery.table.format.frame_to_arrow`; returns the chunks' metadata (chunk_ids
+    0..n-1 over the non-empty chunks). The chunks must share a CRS."""
+    converted = list(converted)
+    if not converted:
+        raise ValueError(f"write_file({fid!r}) got no chunks; pass at least one GeoDataFrame")
+    crs = {json.dumps(f["crs"], sort_keys=True) for _, f in converted}
+    if len(crs) > 1:
+        raise ValueError(
+            f"the chunks of file {fid!r} have different CRSs; reproject them to one "
+            "(e.g. to_crs(4326)) before writing"
+        )
+    schema = _unify([t for t, _ in converted])
+    primary = converted[0][1]["primary"]
+    nonempty = [(t, f) for t, f in converted if t.num_rows]
+    metas = [
+        ChunkMetadata(**{**f["metadata"], "file_id": fid, "chunk_id": i})
+        for i, (_, f) in enumerate(nonempty)
+    ]
+    facts = [f for _, f in (nonempty or converted)]
+    geo = geo_metadata(_merge_geo_columns(facts), primary)
+    schema = schema.with_metadata({b"geo": json.dumps(geo).encode()})
+    tables = [_conform(t, schema) for t, _ in nonempty]
+    if tables:
+        with (
+            storage.atomic_output(data_url) as out,
+            pq.ParquetWriter(out, schema, **writer_options(schema)) as writer,
+        ):
+            for t in tables:
+                writer.write_table(t, row_group_size=max(1, t.num_rows))
+    else:
+        storage.delete_file(data_url)
+    sample = _sample_rows(tables, SAMPLE_ROWS_PER_FILE) if tables else schema.empty_table()
+    storage.write_bytes(sample_url, _parquet_bytes(sample), durable=False)
+    return metas
 
 
 def _sample_rows(tables: Sequence[pa.Table], k: int) -> pa.Table:

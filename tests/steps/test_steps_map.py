@@ -376,3 +376,72 @@ def test_a_redelivered_member_returns_the_same_value_and_object(tmp_path, table)
     assert json.dumps(map_member(run, items[0])) == json.dumps(first)
     assert part.stat().st_size == size and len(list(part.parent.iterdir())) == 3
     assert [i["rows"] for i in first] == [m["num_rows"] for m in items[0]]
+
+
+# --- whole files --------------------------------------------------------------------------------
+
+
+@fused.udf
+def fails_on_chunk_1(gdf, metadata=None):
+    if metadata["chunk_id"] == 1:
+        raise ValueError("chunk 1 is bad")
+    return gdf
+
+
+def test_default_batching_writes_whole_files_once_and_staged(tmp_path, table):
+    """Tasks that hold every chunk of a file write its output file whole into staged work (no
+    chunk parts); a redelivered member returns the same value and overwrites the same file."""
+    from fused_celery.jobs import staged
+    from fused_celery.steps.map_runners import make_map_run
+    from fused_celery.steps.map_stages import file_data_url, map_member
+
+    step = fused.map(table, udf=double, output_table=str(tmp_path / "out"))
+    run, items = map_items(make_map_run(step, None, job_id="j1"))
+    infos = map_member(run, items[0])
+    files = {c.file_id for c in read_chunk_metadata(table)}
+    assert {i["file_id"] for i in infos} == files and all(i["file"] for i in infos)
+    for info in infos:
+        data = Path(file_data_url(info["key"]))
+        assert data.is_file() and staged.staged_info(info["key"]) == info
+        assert not list(data.parent.glob("part*"))
+        chunks = pa.parquet.ParquetFile(data).metadata.num_row_groups
+        assert chunks == len(info["metas"]) == info["chunks"]
+    again = map_member(run, items[0])
+    assert json.dumps(again) == json.dumps(infos)
+
+
+def test_whole_files_and_chunk_parts_give_the_same_table(tmp_path, table, monkeypatch):
+    monkeypatch.setattr(fused.options, "storage_root", str(tmp_path / "root"))
+    whole = str(tmp_path / "whole")
+    parts = str(tmp_path / "parts")
+    run_step(fused.map(table, udf=double, output_table=whole))
+    run_step(fused.map(table, udf=double, output_table=parts, chunks_per_task=1))
+    got = open_table(whole).get_dataframe().sort_values("uid").reset_index(drop=True)
+    want = open_table(parts).get_dataframe().sort_values("uid").reset_index(drop=True)
+    assert got.equals(want) and len(got) == 400
+    assert read_chunk_metadata(whole) == read_chunk_metadata(parts)
+    staged_files = [p for p in (tmp_path / "root").rglob("*") if p.is_file()]
+    assert staged_files == []  # committed: the staged work is dropped
+
+
+def test_a_whole_file_with_a_failed_chunk_is_written_without_it_and_not_reused(tmp_path, table):
+    from fused_celery.jobs import staged
+    from fused_celery.steps.map_runners import make_map_run
+    from fused_celery.steps.map_stages import map_member
+
+    step = fused.map(
+        table, udf=fails_on_chunk_1, output_table=str(tmp_path / "out"), ignore_chunk_error=True
+    )
+    run, items = map_items(make_map_run(step, None, job_id="j2").model_copy(
+        update={"ignore_errors": True}))  # fmt: skip
+    infos = map_member(run, items[0])
+    errors = [i for i in infos if "error" in i]
+    assert errors and all(e["chunk_id"] == 1 and "chunk 1 is bad" in e["error"] for e in errors)
+    for info in (i for i in infos if "error" not in i):
+        failed_here = any(e["file_id"] == info["file_id"] for e in errors)
+        assert (staged.staged_info(info["key"]) is None) == failed_here  # a resume redoes it
+    result = run_step(step)
+    kept = read_chunk_metadata(str(tmp_path / "out"))
+    lost = sum(c.num_rows for c in read_chunk_metadata(table) if c.chunk_id == 1)
+    assert result["steps"][0]["num_rows"] == sum(c.num_rows for c in kept) == 400 - lost
+    assert {f["key"] for f in result["failed"]} == {f"{e['file_id']}.1" for e in errors}

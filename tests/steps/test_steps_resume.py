@@ -65,12 +65,18 @@ def clean(tmp_path, table) -> str:
     return url
 
 
-@pytest.mark.parametrize("engine", [None, "local"])
-def test_local_resume_redoes_only_what_was_not_staged(tmp_path, table, clean, engine):
+@pytest.mark.parametrize(
+    ("engine", "per_task"),
+    [(None, 1), ("local", 1), (None, None), ("local", None)],
+    ids=["in-process-parts", "local-parts", "in-process-whole-files", "local-whole-files"],
+)
+def test_local_resume_redoes_only_what_was_not_staged(tmp_path, table, clean, engine, per_task):
+    """Chunk parts (``chunks_per_task=1``) and whole files (the default batching: one task
+    writes file 0 whole, then fails on file 1) are both reused."""
     n = len(read_chunk_metadata(table))
     log, flag, out = tmp_path / "calls.log", tmp_path / "flag", str(tmp_path / "out")
     flag.touch()
-    step = fused.map(table, output_table=out, chunks_per_task=1).set_udf(
+    step = fused.map(table, output_table=out, chunks_per_task=per_task).set_udf(
         counted, parameters={"log": str(log), "fail_flag": str(flag)}
     )
     with pytest.raises(UdfRuntimeError, match="failing until the flag goes"):
