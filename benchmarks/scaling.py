@@ -17,7 +17,10 @@ Curves (each point one fresh child process, as in the scripts they reuse):
   points into 64 files × 8 chunks: the number of files grows with the input, as a user's would):
   microseconds per row and the peak RSS of the largest process of the tree;
 * map (``map_step.py``'s ``ours``): the 10 m UTM buffer map step over 1M / 5M point tables
-  (16 files per million rows): microseconds per row and the largest process's peak RSS.
+  (16 files per million rows): microseconds per row and the largest process's peak RSS;
+* join (``join.py``'s ``ours``, ``intersects``): 1M / 5M clustered points joined with the same
+  10,000 polygons: microseconds per point and the largest process's peak RSS, each output
+  checked pair for pair against ``join.py``'s geopandas contender.
 
 "flat" means the largest per-unit figure within 1.3x of the smallest (issue 19). Raw results go
 to ``benchmarks/.work/scaling.json``. Nothing leaves loopback.
@@ -142,6 +145,48 @@ def map_curve(sizes: list[int], seed: int, timeout: float) -> list[dict[str, Any
     return out
 
 
+def join_curve(sizes: list[int], seed: int, timeout: float) -> list[dict[str, Any]]:
+    """``join.py``'s ``ours`` (points-in-polygon, ``intersects``) per number of clustered points,
+    against its 10,000 polygons; each output checked pair for pair against ``join.py``'s
+    geopandas contender on the same inputs (count and fingerprint)."""
+    import join
+
+    out = []
+    for n in sizes:
+        sizes_spec = {"points": n, "polygons": 10_000, "seed": seed}
+        files = join.paths(sizes_spec)
+        if not files["meta"].exists():
+            join.run_child(Path(join.__file__), Path(sys.executable),
+                           {"kind": "generate", **sizes_spec}, 3600)  # fmt: skip
+        got: dict[str, dict[str, Any]] = {}
+        for name in (join.OURS, join.GEOPANDAS):
+            dest = WORK / "scaling-out" / f"join-{name}"
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            spec = {
+                "kind": name, "variant": "intersects", "distance": None,
+                "points": str(files["points"]), "polygons": str(files["polygons"]),
+                "points_table": str(files["points_table"]),
+                "polygons_table": str(files["polygons_table"]),
+                "out": str(dest), "workers": 2, "timeout": timeout,
+                "cluster_dir": str(WORK / "scaling-cluster"),
+            }  # fmt: skip
+            res = join.run_child(Path(join.__file__), Path(sys.executable), spec, timeout + 300)
+            got[name] = {**res, **join.fingerprint(res["files"])}
+        ours, peer = got[join.OURS], got[join.GEOPANDAS]
+        row = {
+            "n": n,
+            "seconds": ours["seconds"],
+            "us_per_unit": ours["seconds"] / n * 1e6,
+            "peak_rss_mib": ours["peak_rss"] / 2**20,
+            "pairs": ours["pairs"],
+            "ok": (ours["pairs"], ours["fingerprint"]) == (peer["pairs"], peer["fingerprint"]),
+        }
+        print(f"  join {n:>11,}: {json.dumps(row)}", flush=True)
+        out.append(row)
+    return out
+
+
 def spread(rows: list[dict[str, Any]], key: str) -> float:
     """Largest over smallest of ``key`` across ``rows`` (1.0 when fewer than two)."""
     values = [r[key] for r in rows if r.get(key) is not None and r[key] > 0]
@@ -229,12 +274,13 @@ def sizes_arg(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    p.add_argument("--parts", default="dispatch,ingest,map", help="curves to run")
+    p.add_argument("--parts", default="dispatch,ingest,map,join", help="curves to run")
     p.add_argument("--dispatch-sizes", type=sizes_arg, default=[1_000, 10_000, 100_000])
     p.add_argument(
         "--ingest-sizes", type=sizes_arg, default=[1_000_000, 2_000_000, 5_000_000, 10_000_000]
     )
     p.add_argument("--map-sizes", type=sizes_arg, default=[1_000_000, 5_000_000])
+    p.add_argument("--join-sizes", type=sizes_arg, default=[1_000_000, 5_000_000])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per point")
     add_load_arguments(p)
@@ -253,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         curves["ingest"] = ingest_curve(opts.ingest_sizes, opts.seed, opts.timeout)
     if "map" in parts:
         curves["map"] = map_curve(opts.map_sizes, opts.seed, opts.timeout)
+    if "join" in parts:
+        curves["join"] = join_curve(opts.join_sizes, opts.seed, opts.timeout)
     print()
     print(report(curves))
     plot(curves, PNG)

@@ -11,6 +11,7 @@ import numpy as np
 from fused_celery.partition.run import IngestRun
 from fused_celery.partition.stage_plan import load_tree
 from fused_celery.partition.stage_prepare import reread_points
+from fused_celery.partition.take import take_rows
 from fused_celery.partition.workfiles import (
     CHUNK,
     ID,
@@ -51,7 +52,7 @@ def scatter_slice(run: IngestRun, slice_id: int) -> ScatteredSlice:
     )
     table = table.append_column(CHUNK, pa.array(chunk_index, pa.int32()))
     order = _sort_by_chunk(file_index, chunk_index)
-    table = table.take(pa.array(order)).combine_chunks()
+    table = take_rows(table, order)
     sorted_files = file_index[order]
     starts = (
         np.flatnonzero(np.r_[True, sorted_files[1:] != sorted_files[:-1]]) if len(order) else []

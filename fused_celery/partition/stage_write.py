@@ -22,6 +22,7 @@ from fused_celery.partition.plan import plan_partitions
 from fused_celery.partition.run import IngestRun
 from fused_celery.partition.stage_plan import plan_options
 from fused_celery.partition.stage_scatter import ScatteredSlice
+from fused_celery.partition.take import take_rows
 from fused_celery.partition.workfiles import (
     CHUNK,
     FACT_COLUMNS,
@@ -179,7 +180,6 @@ def _write_merged(
     run: IngestRun, file_index: int, table: pa.Table, facts: RowFacts
 ) -> dict[str, Any]:
     """:func:`write_file` once its rows are in chunk order."""
-    import pyarrow as pa
 
     chunk = table.column(CHUNK).to_numpy()
     m = table.column(M).to_numpy()
@@ -195,7 +195,7 @@ def _write_merged(
     )
     order = np.argsort(chunk, kind="stable")  # split chunks are in kd order, not row order
     if not (order == np.arange(len(order))).all():
-        table = table.take(pa.array(order))
+        table = take_rows(table, order)
         chunk, m, facts = chunk[order], m[order], facts.take(order)
     n_chunks = int(chunk.max()) + 1 if len(chunk) else 0
     chunk_measure = np.bincount(chunk, weights=m, minlength=n_chunks)

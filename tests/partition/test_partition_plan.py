@@ -11,6 +11,7 @@ from fused_celery.partition.plan import (
     PartitionPlan,
     plan_partitions,
     resolve_maxima,
+    search_right,
     utm_zone_ids,
 )
 
@@ -275,3 +276,35 @@ def test_grid_route_equals_the_tree_descent(pts, force_utm, grid_on, seed):
     # The planned rows route to their planned chunks.
     f0, c0 = tree.route(x, y)
     assert np.array_equal(f0, plan.file_index) and np.array_equal(c0, plan.chunk_index)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31), st.integers(2, 2000), st.floats(1e-6, 100.0))
+def test_search_right_equals_searchsorted(seed, n_lines, spread):
+    """The bucketed search gives np.searchsorted's answer for values between, on, just below and
+    outside the lines, infinities and NaN, with lines bunched or spread out."""
+    rng = np.random.default_rng(seed)
+    lines = np.unique(np.r_[rng.normal(0, spread, n_lines), rng.uniform(-180, 180, 2)])
+    on = rng.choice(lines, 2000)
+    v = np.r_[
+        rng.normal(0, spread, 5000), rng.uniform(-200, 200, 2000), on,
+        np.nextafter(on, -np.inf), np.nextafter(on, np.inf),
+        [np.nan, np.inf, -np.inf, 1e300, -1e300, lines[0], lines[-1]],
+    ]  # fmt: skip
+    assert len(v) >= 4096  # the bucketed path, not the plain search
+    got = search_right(lines, v)
+    assert np.array_equal(got, np.searchsorted(lines, v, side="right"))
+    assert np.array_equal(search_right(lines, v[:10]), np.searchsorted(lines, v[:10], "right"))
+
+
+def test_grid_route_of_many_points_equals_the_tree_descent():
+    """Routing many points (the bucketed grid search) gives the tree's leaves."""
+    rng = np.random.default_rng(5)
+    x = np.r_[rng.normal(10, 0.01, 20_000), rng.uniform(-180, 180, 20_000)]
+    y = np.r_[rng.normal(45, 0.01, 20_000), rng.uniform(-90, 90, 20_000)]
+    plan = plan_partitions(x, y, np.ones(len(x)), max_per_file=4000, max_per_chunk=500,
+                           force_utm=None, split_method="median")  # fmt: skip
+    tree = plan.tree
+    assert tree.grid is not None
+    f, c = tree.route(x, y)
+    assert np.array_equal(f, plan.file_index) and np.array_equal(c, plan.chunk_index)
