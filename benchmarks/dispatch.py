@@ -14,17 +14,21 @@ In one run it starts two private ``redis-server`` processes on loopback and two 
   the same settings as the pool);
 * the out-of-the-box peer: two ``celery -A _plain_celery worker`` processes of a plain ``Celery``
   app with Celery's defaults (prefetch 4, acks on receipt, no events) on a Redis without AOF,
-  the same ``--concurrency``.
+  the same ``--concurrency``;
+* the floor peer, on that same Redis (database 1): two ``celery -A _plain_celery:reliable_app
+  worker`` processes of a plain app with only the project's reliability settings (acks late,
+  reject on worker lost, prefetch 1) and no task events: what Celery itself costs per message
+  with the delivery guarantees the pool needs, apart from events and AOF.
 
 Then it measures, with the implementations interleaved and every throughput figure the median of
 ``--repeats`` runs (default 3):
 
 * (a) 10,000 trivial entries, one message each: raw ``group(noop.s(i) ...).apply_async().get()``
-  on both clusters against ``udf.map(range(n), engine="remote", cache=False).results()``;
+  on the three clusters against ``udf.map(range(n), engine="remote", cache=False).results()``;
 * (b) the same, batched: Celery's ``noop.chunks(zip(range(n)), 100)`` (defaults) against the pool
   with ``n_processes_per_worker=100`` (100 entries per message, 100 threads);
 * (c) single-entry round trips, ``--latency-n`` (500) sequential calls per run: raw
-  ``noop.apply_async((x,)).get()`` (both clusters) against ``udf(x, engine="remote",
+  ``noop.apply_async((x,)).get()`` (the three clusters) against ``udf(x, engine="remote",
   cache=False)``, alternating in blocks of ``--latency-block`` (50) calls; median and p95 over all
   calls of all runs;
 * (d) client memory of a 100,000-entry pool (submit + wait + ``results()``, unbatched), in a
@@ -71,8 +75,13 @@ fc_options.show.enable_tqdm = False
 
 RAW, POOL, BATCHED = "raw Celery group", "JobPool", "JobPool, n_processes_per_worker=100"
 RAW_DEF = "raw Celery group, Celery defaults"
+RAW_REL = "raw Celery group, acks late + prefetch 1, no events"
 CHUNKS = "Celery chunks(100), Celery defaults"
-PEERS = {RAW: "raw Celery, project settings", RAW_DEF: "raw Celery, Celery's defaults"}
+PEERS = {
+    RAW: "raw Celery, project settings",
+    RAW_REL: "raw Celery, acks late + prefetch 1 only",
+    RAW_DEF: "raw Celery, Celery's defaults",
+}
 
 
 @fused.udf
@@ -154,7 +163,9 @@ class Cluster:
 
 
 class PlainCluster:
-    """A second private Redis (no AOF) plus ``workers`` workers of the plain Celery app."""
+    """A second private Redis (no AOF) plus ``workers`` workers of each plain Celery app
+    (``_plain_celery``: Celery's defaults on database 0; ``_plain_celery:reliable_app``: acks
+    late + prefetch 1, no events, on database 1)."""
 
     def __init__(self, workers: int, concurrency: int) -> None:
         self.workers, self.concurrency = workers, concurrency
@@ -170,25 +181,28 @@ class PlainCluster:
         os.environ["BENCH_PLAIN_URL"] = self.server.url
         path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "PYTHONPATH": path, "BENCH_PLAIN_URL": self.server.url}
-        names = [f"plain{i}@dispatch" for i in range(self.workers)]
-        for name in names:
-            cmd = [
-                sys.executable, "-m", "celery", "-A", "_plain_celery", "worker",
-                "--hostname", name, "--concurrency", str(self.concurrency),
-                "--loglevel", "WARNING",
-            ]  # fmt: skip
-            self.procs.append(
-                ManagedProcess(name, cmd, env=env, log_path=self.dir / f"{name}.log").start()
-            )
-        from _plain_celery import app
+        apps = (("_plain_celery", "plain"), ("_plain_celery:reliable_app", "reliable"))
+        for spec, prefix in apps:
+            for i in range(self.workers):
+                name = f"{prefix}{i}@dispatch"
+                cmd = [
+                    sys.executable, "-m", "celery", "-A", spec, "worker",
+                    "--hostname", name, "--concurrency", str(self.concurrency),
+                    "--loglevel", "WARNING",
+                ]  # fmt: skip
+                self.procs.append(
+                    ManagedProcess(name, cmd, env=env, log_path=self.dir / f"{name}.log").start()
+                )
+        from _plain_celery import app, reliable_app
 
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            replies = app.control.ping(timeout=1.0) or []
-            if len(replies) >= self.workers:
-                break
-        else:
-            raise RuntimeError(f"plain Celery workers did not answer; logs in {self.dir}")
+        for each in (app, reliable_app):
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                replies = each.control.ping(timeout=1.0) or []
+                if len(replies) >= self.workers:
+                    break
+            else:
+                raise RuntimeError(f"plain Celery workers did not answer; logs in {self.dir}")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -218,10 +232,13 @@ def raw_group(n: int) -> dict[str, Any]:
     return {"seconds": seconds, "rows": len(values), "checksum": sum(values)}
 
 
-def plain_group(n: int) -> dict[str, Any]:
-    """Raw ``group`` on the plain app (Celery's defaults)."""
-    from _plain_celery import noop
+def plain_group(n: int, reliable: bool = False) -> dict[str, Any]:
+    """Raw ``group`` on the plain app (Celery's defaults; ``reliable``: acks late + prefetch 1)."""
+    from _plain_celery import noop, reliable_noop
     from celery import group
+
+    if reliable:
+        noop = reliable_noop
 
     started = time.perf_counter()
     result = group(noop.s(i) for i in range(n)).apply_async()
@@ -243,9 +260,13 @@ def plain_chunks(n: int, size: int = 100) -> dict[str, Any]:
     return {"seconds": seconds, "rows": len(values), "checksum": sum(values)}
 
 
-def plain_latency(n: int, offset: int) -> list[float]:
-    """Sequential ``apply_async().get()`` round trips on the plain app."""
-    from _plain_celery import noop
+def plain_latency(n: int, offset: int, reliable: bool = False) -> list[float]:
+    """Sequential ``apply_async().get()`` round trips on the plain app (``reliable``: acks
+    late + prefetch 1)."""
+    from _plain_celery import noop, reliable_noop
+
+    if reliable:
+        noop = reliable_noop
 
     out = []
     for i in range(n):
@@ -378,7 +399,9 @@ def table(res: dict[str, Any], n: int, lat_n: int, mem_n: int) -> str:
     lat = res.get("latency") or {}
     mem = res.get("memory") or {}
     floor = res.get("floor") or {}
-    eps = {k: n / res[k]["median"] for k in (RAW, RAW_DEF, CHUNKS, POOL, BATCHED) if k in res}
+    eps = {
+        k: n / res[k]["median"] for k in (RAW, RAW_REL, RAW_DEF, CHUNKS, POOL, BATCHED) if k in res
+    }
     rows = [
         "| measurement | peer | peer | ours | ours ÷ peer | target | met |",
         "|---|---|---|---|---|---|---|",
@@ -400,10 +423,11 @@ def table(res: dict[str, Any], n: int, lat_n: int, mem_n: int) -> str:
 
     speed(f"(a) {n:,} trivial, unbatched: entries/s", POOL, RAW, 2.0)
     speed(f"(a) {n:,} trivial, unbatched: entries/s", POOL, RAW_DEF, 1.5)
+    speed(f"(a) {n:,} trivial, unbatched: entries/s", POOL, RAW_REL, None)
     speed(f"(b) {n:,} trivial, 100 per message: entries/s", BATCHED, CHUNKS, 1.2)
     speed(f"(b) {n:,} trivial, 100 per message: entries/s", BATCHED, RAW, None)
     if POOL in lat:
-        for peer, target in ((RAW, 1.0), (RAW_DEF, None)):
+        for peer, target in ((RAW, 1.0), (RAW_DEF, None), (RAW_REL, None)):
             if peer not in lat:
                 continue
             for stat in ("median", "p95"):
@@ -501,19 +525,22 @@ def main(argv: list[str] | None = None) -> int:
 
     n = opts.n
     expected = n * (n - 1) // 2
-    samples: dict[str, list[float]] = {RAW: [], RAW_DEF: [], POOL: [], CHUNKS: [], BATCHED: []}
-    lat: dict[str, list[float]] = {RAW: [], RAW_DEF: [], POOL: []}
+    samples: dict[str, list[float]] = {
+        RAW: [], RAW_REL: [], RAW_DEF: [], POOL: [], CHUNKS: [], BATCHED: []
+    }  # fmt: skip
+    lat: dict[str, list[float]] = {RAW: [], RAW_REL: [], RAW_DEF: [], POOL: []}
     failures: list[str] = []
     parts = set(opts.parts.lower())
     runs = {
         RAW: lambda: raw_group(n),
+        RAW_REL: lambda: plain_group(n, reliable=True),
         RAW_DEF: lambda: plain_group(n),
         POOL: lambda: pool_map(n, None),
         CHUNKS: lambda: plain_chunks(n, 100),
         BATCHED: lambda: pool_map(n, 100),
     }
     if "a" not in parts:
-        del runs[POOL], runs[RAW_DEF]
+        del runs[POOL], runs[RAW_DEF], runs[RAW_REL]
     if "b" not in parts:
         del runs[BATCHED], runs[CHUNKS]
     if not parts & {"a", "b"}:
@@ -522,8 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {}
     with Cluster(opts.workers, opts.concurrency), PlainCluster(opts.workers, opts.concurrency):
         raw_group(50), pool_map(50, None), pool_map(200, 100)  # warm-up
-        plain_group(50), plain_chunks(200, 100)
+        plain_group(50), plain_group(50, reliable=True), plain_chunks(200, 100)
         raw_latency(20, 0), pool_latency(20, 0), plain_latency(20, 0)
+        plain_latency(20, 0, reliable=True)
         for rep in range(opts.repeats if runs or "c" in parts else 0):
             for name, run in runs.items():
                 s = run()
@@ -536,13 +564,16 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             offset = rep * opts.latency_n
-            got_run: dict[str, list[float]] = {RAW: [], RAW_DEF: [], POOL: []}
+            got_run: dict[str, list[float]] = {RAW: [], RAW_REL: [], RAW_DEF: [], POOL: []}
             block = max(1, opts.latency_block)
             for start in range(0, opts.latency_n, block) if "c" in parts else ():
                 size = min(block, opts.latency_n - start)
                 for name, fn in (
-                    (RAW, raw_latency), (RAW_DEF, plain_latency), (POOL, pool_latency)
-                ):  # fmt: skip
+                    (RAW, raw_latency),
+                    (RAW_REL, lambda k, o: plain_latency(k, o, reliable=True)),
+                    (RAW_DEF, plain_latency),
+                    (POOL, pool_latency),
+                ):
                     got_run[name] += fn(size, offset + start)
             for name, got in got_run.items() if "c" in parts else ():
                 lat[name] += got

@@ -189,12 +189,16 @@ class CeleryEngine(Engine):
 
     def _publish(self, messages: Sequence[tuple[str, list[int], list[int], Any]]) -> None:
         """Publish ``(task_id, positions, attempts, lane)`` messages through one producer,
-        pipelined when the transport supports it."""
+        pipelined when the transport supports it. The first message declares the queue on the
+        producer's connection (as Celery does for every message); the others skip kombu's
+        ``maybe_declare``, which binds a copy of the queue before it finds it declared (a
+        quarter of a publish's time in a profile of a 3,000-entry submit)."""
         app = get_app(results=False)
         soft, hard = self._limits
         shown = self._display
         with app.producer_or_acquire() as producer:
             batch = producer.batch() if hasattr(producer, "batch") else contextlib.nullcontext()
+            declare: list[Any] | None = None  # None: Celery declares the message's queue
             with batch:
                 for task_id, positions, attempts, lane in messages:
                     app.send_task(
@@ -203,10 +207,12 @@ class CeleryEngine(Engine):
                         task_id=task_id,
                         queue=self.queue,
                         producer=producer,
+                        declare=declare,
                         soft_time_limit=soft,
                         time_limit=hard,
                         **shown.options(positions),
                     )
+                    declare = []
 
     @functools.cached_property
     def _display(self) -> PoolDisplay:
