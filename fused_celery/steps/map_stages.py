@@ -10,19 +10,20 @@ same objects) in one of two forms:
 
 * a *whole file*: when a task holds every chunk of an input file (the default batching gives each
   file of at most :data:`FILE_TASK_ROWS` rows a task of its own), it writes that file's output
-  as the table stores it (``data.parquet``, its sample sidecar and facts) and the ``commit``
-  links it into the table: no part is written, read back and written again;
+  as the table stores it (``data.parquet`` and its sample sidecar) and the ``commit`` links it
+  into the table: no part is written, read back and written again;
 * a *chunk part*: otherwise (``chunks_per_task`` set, files split across tasks), each chunk's
   output as Arrow IPC, assembled into output files by the ``write`` stage.
 
 Members return only row counts, CRS, schema, keys (and a whole file's chunk metadata). With
 ``resume`` the fan-out leaves out the files and chunks already staged by an earlier run of the
 same work, and ``route`` takes their staged results. ``route`` checks that the outputs fit one
-table; a whole file whose column types or CRS text differ from the table's is rewritten by the
-``write`` stage. ``commit`` (the last collect, once) takes the files into place, ``_sample``
-last, and drops the staged work. On failure the writer's staging is removed (no partial table;
-the staged work stays for a resume). A step without output table (``ignore_no_output``) runs
-the map stage only, as chunk parts. The runners are in :mod:`fused_celery.steps.map_runners`.
+table (one CRS, one geometry column, column types that unify; each file keeps its own unified
+types, as files assembled by the ``write`` stage do). ``commit`` (the last collect, once) takes
+the files into place, ``_sample`` last, and drops the staged work. On failure the writer's
+staging is removed (no partial table; the staged work stays for a resume). A step without
+output table (``ignore_no_output``) runs the map stage only, as chunk parts. The runners are
+in :mod:`fused_celery.steps.map_runners`.
 """
 
 from __future__ import annotations
@@ -525,9 +526,9 @@ def _same_crs(a: str, b: str) -> bool:
 
 def check_outputs(infos: list[dict[str, Any]]) -> tuple[str | None, pa.Schema | None]:
     """The outputs' common CRS (PROJJSON text, None when no chunk has rows) and unified column
-    types (None: no output); a
-    :class:`StepSchemaError` naming two chunks whose CRS, geometry column or column types do
-    not fit one table (types unify where safe: int with float, null with anything)."""
+    types (None: no output); a :class:`StepSchemaError` naming two chunks whose CRS, geometry
+    column or column types do not fit one table (types unify where safe: int with float, null
+    with anything)."""
     import pyarrow as pa
 
     crs, crs_owner, geometry, geometry_owner = None, "", None, ""
