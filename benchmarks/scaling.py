@@ -43,6 +43,7 @@ sys.path.insert(0, str(HERE))
 from _common import WORK, add_load_arguments, load, machine, prefault_memory, wait_for_quiet  # noqa: E402
 
 FLAT = 1.3
+ALL_PARTS = ("dispatch", "ingest", "map", "join")
 PNG = HERE / "scaling.png"
 
 
@@ -274,7 +275,7 @@ def sizes_arg(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    p.add_argument("--parts", default="dispatch,ingest,map,join", help="curves to run")
+    p.add_argument("--parts", default=",".join(ALL_PARTS), help="curves to run")
     p.add_argument("--dispatch-sizes", type=sizes_arg, default=[1_000, 10_000, 100_000])
     p.add_argument(
         "--ingest-sizes", type=sizes_arg, default=[1_000_000, 2_000_000, 5_000_000, 10_000_000]
@@ -283,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--join-sizes", type=sizes_arg, default=[1_000_000, 5_000_000])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per point")
+    p.add_argument(
+        "--png", type=Path, default=None,
+        help="where the plot goes (default: benchmarks/scaling.png for all curves, "
+        "benchmarks/scaling-<parts>.png for some)",
+    )  # fmt: skip
     add_load_arguments(p)
     opts = p.parse_args(argv)
     parts = {s.strip() for s in opts.parts.split(",") if s.strip()}
@@ -303,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         curves["join"] = join_curve(opts.join_sizes, opts.seed, opts.timeout)
     print()
     print(report(curves))
-    plot(curves, PNG)
-    print(f"\nplot: {PNG.relative_to(HERE.parent)}; load average at end: {load()}")
+    png = opts.png or (PNG if set(ALL_PARTS) <= parts else HERE / f"scaling-{'-'.join(curves)}.png")
+    plot(curves, png)
+    print(f"\nplot: {png.resolve().relative_to(HERE.parent)}; load average at end: {load()}")
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "scaling.json").write_text(json.dumps({"date": stamp, "curves": curves}, indent=2))
     bad = [f"{name} {r['n']}" for name, rows in curves.items() for r in rows if not r["ok"]]

@@ -34,7 +34,8 @@ __all__ = [
     "metric_crs",
     "pairs",
     "reproject",
-    "reproject_points",
+    "reproject_xy",
+    "point_pairs",
     "spatial_join",
     "points_facts",
     "wgs84_bounds",
@@ -138,15 +139,13 @@ def points_facts(xy: np.ndarray) -> RowFacts:
     )  # fmt: skip
 
 
-def reproject_points(xy: np.ndarray, src: Any, dst: Any) -> np.ndarray:
-    """Shapely points at ``xy`` (``(n, 2)`` in CRS ``src``) in CRS ``dst``: the coordinates
-    :func:`reproject` gives the points, without making them in ``src`` first."""
-    import shapely
+def reproject_xy(xy: np.ndarray, src: Any, dst: Any) -> np.ndarray:
+    """Coordinates ``xy`` (``(n, 2)`` in CRS ``src``, None: EPSG:4326) in CRS ``dst``."""
     from pyproj import Transformer
 
     t = Transformer.from_crs(src or "EPSG:4326", dst, always_xy=True)
     x, y = t.transform(xy[:, 0], xy[:, 1])
-    return shapely.points(np.asarray(x), np.asarray(y))
+    return np.column_stack([np.asarray(x, np.float64), np.asarray(y, np.float64)])
 
 
 def join_pairs(
@@ -182,6 +181,41 @@ def pairs(lg: np.ndarray, rg: np.ndarray, distance: float = 0.0) -> tuple[np.nda
         r_idx, l_idx = _query(rg, lg, predicate, within)
     order = np.lexsort((r_idx, l_idx))
     return l_idx[order].astype(np.int64), r_idx[order].astype(np.int64)
+
+
+def point_pairs(
+    xy: np.ndarray, rg: np.ndarray, distance: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pairs` of points given as coordinates ``xy`` (n × 2; NaN: an empty point) and
+    shapely ``rg`` (one CRS, metric when ``distance`` > 0): candidates from a grid of the right
+    boxes (:func:`~fused_celery.steps.point_candidates.points_in_boxes`, each box grown by
+    ``distance``), then the exact predicate on the candidates only (``intersects_xy``, or
+    ``dwithin`` of the candidate points), the right geometries prepared once (they stay
+    prepared, e.g. in the join's per-worker cache): no tree, and no point object per row for
+    ``intersects``. Falls back to :func:`pairs` when one grid cannot serve the boxes."""
+    import shapely
+
+    from fused_celery.steps.point_candidates import points_in_boxes
+
+    empty = np.empty(0, np.int64)
+    if not len(xy) or not len(rg):
+        return empty, empty
+    boxes = shapely.bounds(rg)
+    if distance > 0:
+        boxes = boxes + np.array([-distance, -distance, distance, distance])
+    found = points_in_boxes(xy[:, 0], xy[:, 1], boxes)
+    if found is None:
+        return pairs(shapely.points(xy), rg, distance)
+    li, ri = found
+    if len(li):
+        shapely.prepare(rg)
+        if distance > 0:
+            hit = shapely.dwithin(rg[ri], shapely.points(xy[li]), distance)
+        else:
+            hit = shapely.intersects_xy(rg[ri], xy[li, 0], xy[li, 1])
+        li, ri = li[hit], ri[hit]
+    order = np.lexsort((ri, li))
+    return li[order], ri[order]
 
 
 def _tree_on_left(lg: np.ndarray, rg: np.ndarray) -> bool:

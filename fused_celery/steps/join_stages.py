@@ -404,9 +404,10 @@ def builtin_join_table(
         joined_table,
         metric_crs,
         pairs,
+        point_pairs,
         points_facts,
         reproject,
-        reproject_points,
+        reproject_xy,
         wgs84_box,
         wkb_points_xy,
     )
@@ -444,11 +445,11 @@ def builtin_join_table(
     right = parts[0][1] if len(parts) == 1 else pd.concat([p[1] for p in parts], ignore_index=True)  # type: ignore[index]
     if metric is not None and len(rg):
         if xy is not None:
-            li, ri = pairs(reproject_points(xy, crs, metric), rg, step.distance)
+            li, ri = point_pairs(reproject_xy(xy, crs, metric), rg, step.distance)
         else:
             li, ri = pairs(reproject(lg, crs, metric), rg, step.distance)
     elif len(rg):
-        li, ri = pairs(shapely.points(xy) if lg is None else lg, rg, step.distance)
+        li, ri = pairs(lg, rg, step.distance) if xy is None else point_pairs(xy, rg)
     else:
         li = ri = np.empty(0, np.int64)
     out, facts = joined_table(table, primary, rows, crs, right, li, ri)

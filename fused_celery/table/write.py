@@ -627,7 +627,6 @@ def write_converted_file(
 def _sample_rows(tables: Sequence[pa.Table], k: int) -> pa.Table:
     """``k`` rows spread evenly over the rows of ``tables`` (in order), taken from each table
     apart: a ``take`` over their concatenation would copy every row's WKB first."""
-
     offsets = np.cumsum([0, *(t.num_rows for t in tables)])
     picks = evenly_spaced(int(offsets[-1]), k)
     which = np.searchsorted(offsets, picks, side="right") - 1
