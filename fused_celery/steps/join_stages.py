@@ -445,7 +445,9 @@ def builtin_join_table(
     right = parts[0][1] if len(parts) == 1 else pd.concat([p[1] for p in parts], ignore_index=True)  # type: ignore[index]
     if metric is not None and len(rg):
         if xy is not None:
-            li, ri = point_pairs(reproject_xy(xy, crs, metric), rg, step.distance)
+            # a tree of the points, queried by the grown polygons: for dwithin faster than
+            # point_pairs' grid (whose candidates are then tested pair by pair)
+            li, ri = pairs(shapely.points(reproject_xy(xy, crs, metric)), rg, step.distance)
         else:
             li, ri = pairs(reproject(lg, crs, metric), rg, step.distance)
     elif len(rg):
