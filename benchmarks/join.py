@@ -174,6 +174,28 @@ def generate(spec: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
+def contender_spec(
+    name: str,
+    variant: str,
+    distance: float | None,
+    files: dict[str, Path],
+    out: Path,
+    *,
+    workers: int,
+    timeout: float,
+    cluster_dir: Path,
+) -> dict[str, Any]:
+    """What a contender's child process gets: its name, the variant, the inputs (``files``, from
+    :func:`paths`), where its output goes and the cluster's size, timeout and folder."""
+    return {
+        "kind": name, "variant": variant, "distance": distance,
+        "points": str(files["points"]), "polygons": str(files["polygons"]),
+        "points_table": str(files["points_table"]),
+        "polygons_table": str(files["polygons_table"]),
+        "out": str(out), "workers": workers, "timeout": timeout, "cluster_dir": str(cluster_dir),
+    }  # fmt: skip
+
+
 def describe_table(url: Path) -> str:
     import fused_celery as fused
 
@@ -463,14 +485,9 @@ def main(argv: list[str] | None = None) -> int:
                 out = OUT / f"{variant}-{name}"
                 shutil.rmtree(out, ignore_errors=True)
                 out.parent.mkdir(parents=True, exist_ok=True)
-                spec = {
-                    "kind": name, "variant": variant, "distance": opts.distance,
-                    "points": str(files["points"]), "polygons": str(files["polygons"]),
-                    "points_table": str(files["points_table"]),
-                    "polygons_table": str(files["polygons_table"]),
-                    "out": str(out), "workers": opts.workers, "timeout": opts.timeout,
-                    "cluster_dir": str(CLUSTER_DIR),
-                }  # fmt: skip
+                spec = contender_spec(name, variant, opts.distance, files, out,
+                                      workers=opts.workers, timeout=opts.timeout,
+                                      cluster_dir=CLUSTER_DIR)  # fmt: skip
                 python = duck_py if name == DUCKDB else Path(sys.executable)
                 try:
                     got = run_child(Path(__file__), python, spec, opts.timeout + 300)

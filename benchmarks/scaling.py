@@ -164,14 +164,10 @@ def join_curve(sizes: list[int], seed: int, timeout: float) -> list[dict[str, An
             dest = WORK / "scaling-out" / f"join-{name}"
             shutil.rmtree(dest, ignore_errors=True)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            spec = {
-                "kind": name, "variant": "intersects", "distance": None,
-                "points": str(files["points"]), "polygons": str(files["polygons"]),
-                "points_table": str(files["points_table"]),
-                "polygons_table": str(files["polygons_table"]),
-                "out": str(dest), "workers": 2, "timeout": timeout,
-                "cluster_dir": str(WORK / "scaling-cluster"),
-            }  # fmt: skip
+            spec = join.contender_spec(
+                name, "intersects", None, files, dest,
+                workers=2, timeout=timeout, cluster_dir=WORK / "scaling-cluster",
+            )  # fmt: skip
             res = join.run_child(Path(join.__file__), Path(sys.executable), spec, timeout + 300)
             got[name] = {**res, **join.fingerprint(res["files"])}
         ours, peer = got[join.OURS], got[join.GEOPANDAS]

@@ -280,8 +280,9 @@ def is_file(url: str) -> bool:
     return info.type == pafs.FileType.File
 
 
-def _file_infos(url: str, recursive: bool) -> dict[str, pafs.FileInfo]:
-    """Files under the folder ``url`` by path relative to it (see :func:`list_files`)."""
+def _file_infos(url: str, recursive: bool, *, check: bool = True) -> dict[str, pafs.FileInfo]:
+    """Files under the folder ``url`` by path relative to it (see :func:`list_files`). check:
+    an empty S3 listing checks that the bucket exists (default True)."""
     loc = parse(url)
     selector = pafs.FileSelector(loc.path, recursive=recursive, allow_not_found=True)
     infos = _call("list", loc, lambda: loc.filesystem.get_file_info(selector))
@@ -294,7 +295,7 @@ def _file_infos(url: str, recursive: bool) -> dict[str, pafs.FileInfo]:
         if TEMP_MARKER in name.rsplit("/", 1)[-1]:
             continue
         found[name] = info
-    if not infos and loc.scheme == "s3":
+    if check and not infos and loc.scheme == "s3":
         check_bucket(loc.url)  # an empty listing may be a missing bucket
     return found
 
@@ -316,18 +317,8 @@ def list_file_times(url: str, *, recursive: bool = False) -> dict[str, float]:
 def modified_times(url: str) -> dict[str, float]:
     """``{path relative to the folder url: last modification, epoch seconds}`` of every file
     under ``url`` (recursive; temporary files left out, a missing folder gives ``{}``)."""
-    loc = parse(url)
-    selector = pafs.FileSelector(loc.path, recursive=True, allow_not_found=True)
-    infos = _call("list", loc, lambda: loc.filesystem.get_file_info(selector))
-    base = loc.path.rstrip("/") + "/"
-    times = {}
-    for info in infos:
-        if info.type != pafs.FileType.File or not info.path.startswith(base):
-            continue
-        name = info.path[len(base) :]
-        if TEMP_MARKER not in name.rsplit("/", 1)[-1] and info.mtime is not None:
-            times[name] = info.mtime.timestamp()
-    return times
+    infos = _file_infos(url, True, check=False)
+    return {name: i.mtime.timestamp() for name, i in infos.items() if i.mtime is not None}
 
 
 def file_version(url: str) -> str:

@@ -213,8 +213,12 @@ class LocalEngine(Engine):
         starts later workers, e.g. replacements, as fresh interpreters)."""
         if not self._queue or self._dispatching or self._workers:
             return
-        fork = can_fork(options.local_start_method)
-        while len(self._workers) < self._n_processes():
+        self._fill_workers(fork=can_fork(options.local_start_method))
+
+    def _fill_workers(self, *, fork: bool = False) -> None:
+        """Under the lock: start worker processes (forked or fresh interpreters) while work is
+        queued and there are fewer than :meth:`_n_processes`."""
+        while self._queue and len(self._workers) < self._n_processes():
             self._workers.append(_Worker(self._init_msg(), fork=fork))
 
     def states(self) -> list[EntryState]:
@@ -338,8 +342,7 @@ class LocalEngine(Engine):
         if self._cancelled:
             return sends
         self._workers[:] = [w for w in self._workers if not w.dead]
-        while self._queue and len(self._workers) < self._n_processes():
-            self._workers.append(_Worker(self._init_msg()))
+        self._fill_workers()
         size, threads, window = self._batch_plan()
         for w in self._workers:
             while self._queue and len(w.batches) < window:

@@ -44,7 +44,7 @@ from fused_celery.steps.join import (
 from fused_celery.steps.map_stages import (
     MAP_STEP,
     MapRun,
-    _schema_text,
+    converted_info,
     input_version,
     map_discard,
     map_items,
@@ -488,15 +488,7 @@ class JoinRun(MapRun):
         if made is None:
             return super().convert(meta, chunks, where=where)
         table, facts, crs, geometry = made
-        info = {
-            "file_id": meta["file_id"],
-            "chunk_id": meta["chunk_id"],
-            "rows": table.num_rows,
-            "crs": crs.to_json() if table.num_rows else None,
-            "geometry": geometry,
-            "schema": _schema_text(table),
-        }
-        return info, (table, facts)
+        return converted_info(meta, table, crs, geometry), (table, facts)
 
     def chunk_output(
         self, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None, *, where: str

@@ -117,20 +117,12 @@ class MapRun(StageRun):
         (None: no output). chunks: as :func:`read_chunk`; where: the chunk, for errors. A step
         that makes its rows another way (the built-in join) overrides this."""
         out = self.chunk_output(meta, chunks, where=where)
-        info: dict[str, Any] = {"file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "rows": 0}
         if out is None:
-            return info, None
+            return {"file_id": meta["file_id"], "chunk_id": meta["chunk_id"], "rows": 0}, None
         from fused_celery.table.format import frame_to_arrow
 
         table, facts = frame_to_arrow(out)
-        info = {
-            **info,
-            "rows": len(out),
-            "crs": out.crs.to_json() if out.crs is not None and len(out) else None,
-            "geometry": out.geometry.name,
-            "schema": _schema_text(table),
-        }
-        return info, (table, facts)
+        return converted_info(meta, table, out.crs, out.geometry.name), (table, facts)
 
     def chunk_output(
         self, meta: dict[str, Any], chunks: Sequence[ChunkMetadata] | None, *, where: str
@@ -208,6 +200,23 @@ def output_frame(value: Any, crs: Any, *, where: str) -> gpd.GeoDataFrame | None
         f"{where}: the UDF returned a {type(value).__module__}.{type(value).__name__}; a map UDF "
         "returns a GeoDataFrame, a DataFrame, a pyarrow Table or None"
     )
+
+
+def converted_info(
+    meta: dict[str, Any], table: pa.Table, crs: Any, geometry: str
+) -> dict[str, Any]:
+    """The info of chunk ``meta``'s output converted to ``table`` (as the table stores it):
+    ``file_id``, ``chunk_id``, ``rows``, ``crs`` (PROJJSON text; None without rows or CRS),
+    ``geometry`` (the column's name) and ``schema``."""
+    rows = table.num_rows
+    return {
+        "file_id": meta["file_id"],
+        "chunk_id": meta["chunk_id"],
+        "rows": rows,
+        "crs": crs.to_json() if crs is not None and rows else None,
+        "geometry": geometry,
+        "schema": _schema_text(table),
+    }
 
 
 def _schema_text(table: pa.Table) -> str:

@@ -14,6 +14,7 @@ import time
 import pytest
 import udfs_sample as s
 
+from fused_celery.cluster.processes import descendants
 from fused_celery.engines.local_process import can_fork
 from fused_celery.errors import UdfTimeoutError, UdfWorkerLostError
 from fused_celery.options import options
@@ -28,19 +29,8 @@ def method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_
 
 
 def children() -> set[int]:
-    """The live (not zombie) child processes of this process."""
-    out = set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == os.getpid() and fields[0] != "Z":
-            out.add(int(pid))
-    return out
+    """The live (not zombie) descendants of this process."""
+    return set(descendants(os.getpid()))
 
 
 def wait_until(check, timeout: float = 10.0) -> bool:
