@@ -36,6 +36,8 @@ __all__ = [
     "reproject",
     "reproject_xy",
     "point_pairs",
+    "point_dwithin_pairs",
+    "polygon_segments",
     "spatial_join",
     "points_facts",
     "wgs84_bounds",
@@ -207,6 +209,83 @@ def point_pairs(xy: np.ndarray, rg: np.ndarray) -> tuple[np.ndarray, np.ndarray]
         shapely.prepare(rg)
         hit = shapely.intersects_xy(rg[ri], xy[li, 0], xy[li, 1])
         li, ri = li[hit], ri[hit]
+    order = np.lexsort((ri, li))
+    return li[order], ri[order]
+
+
+def polygon_segments(rg: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(segments, owners)`` of shapely ``rg``'s boundaries: every ring's edges as rows (ax,
+    ay, bx, by), in order of geometry, and the position in ``rg`` of the geometry each belongs
+    to; None unless every geometry is a valid Polygon or MultiPolygon (the only ones
+    :func:`point_dwithin_pairs` measures itself)."""
+    import shapely
+
+    types = shapely.get_type_id(rg)
+    if not np.isin(types, (3, 6)).all() or not shapely.is_valid(rg).all():
+        return None
+    parts, part_of = shapely.get_parts(rg, return_index=True)
+    rings, ring_of = shapely.get_rings(parts, return_index=True)
+    coords, coord_of = shapely.get_coordinates(rings, return_index=True)
+    same = coord_of[1:] == coord_of[:-1]
+    segments = np.column_stack([coords[:-1][same], coords[1:][same]])
+    return segments, part_of[ring_of[coord_of[:-1][same]]].astype(np.int64)
+
+
+def point_dwithin_pairs(
+    xy: np.ndarray,
+    rg: np.ndarray,
+    distance: float,
+    segments: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pairs` (within ``distance`` > 0) of points given as coordinates ``xy`` (n × 2,
+    finite, metric CRS) and shapely ``rg`` (same CRS), the same pairs as GEOS, with no point
+    object per row: candidates from a grid of the right boxes grown by the distance
+    (:func:`~fused_celery.steps.point_candidates.points_in_boxes`); most are decided by a disc
+    inside and a disc around their polygon
+    (:func:`~fused_celery.steps.segment_distance.disc_test`); of the rest, one in its polygon
+    (``intersects_xy``, the polygons prepared once) is within, the others are measured against
+    the polygon's edges (:func:`~fused_celery.steps.segment_distance.within_distance`), the few
+    within rounding of the distance decided by ``shapely.dwithin``. segments:
+    :func:`polygon_segments` of ``rg`` when known (default: computed). Falls back to the tree
+    (:func:`pairs`) unless ``rg`` is all valid polygons of few edges whose boxes fit one
+    grid."""
+    import shapely
+
+    from fused_celery.steps.point_candidates import points_in_boxes
+    from fused_celery.steps.segment_distance import (
+        disc_test,
+        padded_edges,
+        polygon_discs,
+        scale_of,
+        tolerance,
+        within_distance,
+    )
+
+    empty = np.empty(0, np.int64)
+    if not len(xy) or not len(rg):
+        return empty, empty
+    if segments is None:
+        segments = polygon_segments(rg)
+    edges = None if segments is None else padded_edges(*segments, len(rg))
+    boxes = shapely.bounds(rg) + np.array([-distance, -distance, distance, distance])
+    found = None if edges is None else points_in_boxes(xy[:, 0], xy[:, 1], boxes)
+    if found is None:
+        return pairs(shapely.points(xy), rg, distance)
+    li, ri = found
+    px, py = xy[li, 0], xy[li, 1]
+    tol = tolerance(scale_of(xy[:, 0], xy[:, 1], edges), distance)
+    hit, beyond = disc_test(px, py, polygon_discs(edges), ri, distance, tol)
+    rest = np.flatnonzero(~(hit | beyond))
+    shapely.prepare(rg)
+    inside = shapely.intersects_xy(rg[ri[rest]], px[rest], py[rest])
+    hit[rest[inside]] = True
+    rest = rest[~inside]
+    sure, unsure = within_distance(px[rest], py[rest], edges, ri[rest], distance, tol)
+    hit[rest[sure]] = True
+    check = rest[unsure]
+    if len(check):
+        hit[check] = shapely.dwithin(shapely.points(xy[li[check]]), rg[ri[check]], distance)
+    li, ri = li[hit], ri[hit]
     order = np.lexsort((ri, li))
     return li[order], ri[order]
 

@@ -348,15 +348,17 @@ def _right_rows(
     left_crs: CRS,
     metric: CRS | None,
     run: Any,
-) -> tuple[np.ndarray, pd.DataFrame] | None:
+) -> tuple[np.ndarray, pd.DataFrame, tuple[np.ndarray, np.ndarray] | None] | None:
     """Right chunk ``meta``'s geometries in the left's CRS, then in ``metric`` (None: left's),
-    and its other columns: reprojected once per worker per job (cached beside the chunk).
-    None when the chunk has more than one geometry column (the frame path joins it)."""
+    its other columns, and with a ``metric`` its geometries' boundary segments
+    (:func:`~fused_celery.steps.join_frames.polygon_segments`; None without a metric or when
+    not all valid polygons): made once per worker per job (cached beside the chunk). None when
+    the chunk has more than one geometry column (the frame path joins it)."""
     import geopandas as gpd
     import numpy as np
     import pandas as pd
 
-    from fused_celery.steps.join_frames import reproject
+    from fused_celery.steps.join_frames import polygon_segments, reproject
 
     key = ("rows", job_id, url, meta.file_id, meta.chunk_id, left_crs.to_string(), str(metric))
     found = right_cache.get(key)
@@ -379,11 +381,28 @@ def _right_rows(
             f"{left_crs.to_string()}: right rows are reprojected to the left's CRS",
         )
         geoms = reproject(geoms, crs, left_crs)
+    segments = None
     if metric is not None and len(geoms):
         geoms = reproject(geoms, left_crs, metric)
-    found = (geoms, pd.DataFrame(frame.drop(columns=[geometry])))
+        segments = polygon_segments(geoms)
+    found = (geoms, pd.DataFrame(frame.drop(columns=[geometry])), segments)
     right_cache.put(key, found, _frame_bytes(frame, meta.num_coords), derived=True)
     return found
+
+
+def _joined_segments(
+    parts: Sequence[tuple[np.ndarray, np.ndarray] | None], counts: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The boundary segments of right chunks concatenated (``counts`` geometries each), owners
+    counted across them; None when a chunk has none."""
+    import numpy as np
+
+    if any(p is None for p in parts):
+        return None
+    offsets = np.cumsum([0, *counts[:-1]])
+    segments = np.concatenate([p[0] for p in parts])  # type: ignore[index]
+    owners = np.concatenate([p[1] + o for p, o in zip(parts, offsets)])  # type: ignore[index]
+    return segments, owners
 
 
 def builtin_join_table(
@@ -404,6 +423,7 @@ def builtin_join_table(
         joined_table,
         metric_crs,
         pairs,
+        point_dwithin_pairs,
         point_pairs,
         points_facts,
         reproject,
@@ -440,14 +460,14 @@ def builtin_join_table(
     if not parts:
         empty = _right_empty(url, run.job_id)
         attrs = pd.DataFrame(empty.drop(columns=[empty.geometry.name]))
-        parts = [(np.empty(0, dtype=object), attrs)]
+        parts = [(np.empty(0, dtype=object), attrs, None)]
     rg = np.concatenate([p[0] for p in parts])  # type: ignore[index]
     right = parts[0][1] if len(parts) == 1 else pd.concat([p[1] for p in parts], ignore_index=True)  # type: ignore[index]
     if metric is not None and len(rg):
         if xy is not None:
-            # a tree of the points, queried by the grown polygons: for dwithin faster than
-            # point_pairs' grid (whose candidates are then tested pair by pair)
-            li, ri = pairs(shapely.points(reproject_xy(xy, crs, metric)), rg, step.distance)
+            segments = _joined_segments([p[2] for p in parts], [len(p[0]) for p in parts])  # type: ignore[index]
+            metric_xy = reproject_xy(xy, crs, metric)
+            li, ri = point_dwithin_pairs(metric_xy, rg, step.distance, segments)
         else:
             li, ri = pairs(reproject(lg, crs, metric), rg, step.distance)
     elif len(rg):
