@@ -185,15 +185,19 @@ def pairs(lg: np.ndarray, rg: np.ndarray, distance: float = 0.0) -> tuple[np.nda
     return l_idx[order].astype(np.int64), r_idx[order].astype(np.int64)
 
 
-def point_pairs(xy: np.ndarray, rg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def point_pairs(
+    xy: np.ndarray, rg: np.ndarray, segments: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`pairs` (``intersects``) of points given as coordinates ``xy`` (n × 2; NaN: an
     empty point) and shapely ``rg`` (one CRS): candidates from a grid of the right boxes
     (:func:`~fused_celery.steps.point_candidates.points_in_boxes`), then ``intersects_xy`` on
     the candidates only, the right geometries prepared once (they stay prepared, e.g. in the
     join's per-worker cache): no tree and no point object per row, 2-4x faster than
-    :func:`pairs` on the join benchmark's chunks. Falls back to :func:`pairs` when one grid
-    cannot serve the boxes. (Within a distance the tree stays faster: the grown boxes give
-    many candidates, each tested on its own.)"""
+    :func:`pairs` on the join benchmark's chunks. segments: :func:`polygon_segments` of ``rg``
+    when known (default None: not used); with them, most candidates are decided by a disc
+    inside and a disc around their polygon
+    (:func:`~fused_celery.steps.segment_distance.disc_test`) and only the rest by GEOS. Falls
+    back to :func:`pairs` when one grid cannot serve the boxes."""
     import shapely
 
     from fused_celery.steps.point_candidates import points_in_boxes
@@ -205,12 +209,47 @@ def point_pairs(xy: np.ndarray, rg: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     if found is None:
         return pairs(shapely.points(xy), rg)
     li, ri = found
-    if len(li):
+    hit, _ = _inside(xy, rg, li, ri, _edges(segments, len(rg)), 0.0)
+    return li[hit], ri[hit]  # points_in_boxes' order: by left, then right position
+
+
+def _edges(segments: tuple[np.ndarray, np.ndarray] | None, count: int) -> np.ndarray | None:
+    """:func:`~fused_celery.steps.segment_distance.padded_edges` of ``segments`` (None: None)."""
+    from fused_celery.steps.segment_distance import padded_edges
+
+    return None if segments is None else padded_edges(*segments, count)
+
+
+def _inside(
+    xy: np.ndarray,
+    rg: np.ndarray,
+    li: np.ndarray,
+    ri: np.ndarray,
+    edges: np.ndarray | None,
+    distance: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(hit, rest)`` for candidate pairs ``(li, ri)`` of points ``xy`` and polygons ``rg``:
+    ``hit`` where the point is surely within ``distance`` of its polygon (its discs, with
+    ``edges``) or in it (``intersects_xy``); ``rest``: positions of the candidates neither
+    decides (outside the polygon, neither disc sure)."""
+    import shapely
+
+    from fused_celery.steps.segment_distance import disc_test, polygon_discs, scale_of, tolerance
+
+    px, py = xy[li, 0], xy[li, 1]
+    if edges is None:
+        hit = np.zeros(len(li), bool)
+        rest = np.arange(len(li))
+    else:
+        tol = tolerance(scale_of(xy[:, 0], xy[:, 1], edges), distance)
+        hit, beyond = disc_test(px, py, polygon_discs(edges), ri, distance, tol)
+        rest = np.flatnonzero(~(hit | beyond))
+    if len(rest):
         shapely.prepare(rg)
-        hit = shapely.intersects_xy(rg[ri], xy[li, 0], xy[li, 1])
-        li, ri = li[hit], ri[hit]
-    order = np.lexsort((ri, li))
-    return li[order], ri[order]
+        inside = shapely.intersects_xy(rg[ri[rest]], px[rest], py[rest])
+        hit[rest[inside]] = True
+        rest = rest[~inside]
+    return hit, rest
 
 
 def polygon_segments(rg: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -252,42 +291,27 @@ def point_dwithin_pairs(
     import shapely
 
     from fused_celery.steps.point_candidates import points_in_boxes
-    from fused_celery.steps.segment_distance import (
-        disc_test,
-        padded_edges,
-        polygon_discs,
-        scale_of,
-        tolerance,
-        within_distance,
-    )
+    from fused_celery.steps.segment_distance import scale_of, tolerance, within_distance
 
     empty = np.empty(0, np.int64)
     if not len(xy) or not len(rg):
         return empty, empty
     if segments is None:
         segments = polygon_segments(rg)
-    edges = None if segments is None else padded_edges(*segments, len(rg))
+    edges = _edges(segments, len(rg))
     boxes = shapely.bounds(rg) + np.array([-distance, -distance, distance, distance])
     found = None if edges is None else points_in_boxes(xy[:, 0], xy[:, 1], boxes)
-    if found is None:
+    if found is None or edges is None:
         return pairs(shapely.points(xy), rg, distance)
     li, ri = found
-    px, py = xy[li, 0], xy[li, 1]
+    hit, rest = _inside(xy, rg, li, ri, edges, distance)
     tol = tolerance(scale_of(xy[:, 0], xy[:, 1], edges), distance)
-    hit, beyond = disc_test(px, py, polygon_discs(edges), ri, distance, tol)
-    rest = np.flatnonzero(~(hit | beyond))
-    shapely.prepare(rg)
-    inside = shapely.intersects_xy(rg[ri[rest]], px[rest], py[rest])
-    hit[rest[inside]] = True
-    rest = rest[~inside]
-    sure, unsure = within_distance(px[rest], py[rest], edges, ri[rest], distance, tol)
+    sure, unsure = within_distance(xy[li[rest], 0], xy[li[rest], 1], edges, ri[rest], distance, tol)
     hit[rest[sure]] = True
     check = rest[unsure]
     if len(check):
         hit[check] = shapely.dwithin(shapely.points(xy[li[check]]), rg[ri[check]], distance)
-    li, ri = li[hit], ri[hit]
-    order = np.lexsort((ri, li))
-    return li[order], ri[order]
+    return li[hit], ri[hit]  # points_in_boxes' order: by left, then right position
 
 
 def _tree_on_left(lg: np.ndarray, rg: np.ndarray) -> bool:

@@ -348,11 +348,12 @@ def _right_rows(
     left_crs: CRS,
     metric: CRS | None,
     run: Any,
+    segments: bool = False,
 ) -> tuple[np.ndarray, pd.DataFrame, tuple[np.ndarray, np.ndarray] | None] | None:
     """Right chunk ``meta``'s geometries in the left's CRS, then in ``metric`` (None: left's),
-    its other columns, and with a ``metric`` its geometries' boundary segments
-    (:func:`~fused_celery.steps.join_frames.polygon_segments`; None without a metric or when
-    not all valid polygons): made once per worker per job (cached beside the chunk). None when
+    its other columns, and when ``segments`` (default False) its geometries' boundary segments
+    (:func:`~fused_celery.steps.join_frames.polygon_segments`; None when not asked for or not
+    all valid polygons): made once per worker per job (cached beside the chunk). None when
     the chunk has more than one geometry column (the frame path joins it)."""
     import geopandas as gpd
     import numpy as np
@@ -360,7 +361,16 @@ def _right_rows(
 
     from fused_celery.steps.join_frames import polygon_segments, reproject
 
-    key = ("rows", job_id, url, meta.file_id, meta.chunk_id, left_crs.to_string(), str(metric))
+    key = (
+        "rows",
+        job_id,
+        url,
+        meta.file_id,
+        meta.chunk_id,
+        left_crs.to_string(),
+        str(metric),
+        segments,
+    )
     found = right_cache.get(key)
     if found is not None:
         return found
@@ -381,11 +391,10 @@ def _right_rows(
             f"{left_crs.to_string()}: right rows are reprojected to the left's CRS",
         )
         geoms = reproject(geoms, crs, left_crs)
-    segments = None
     if metric is not None and len(geoms):
         geoms = reproject(geoms, left_crs, metric)
-        segments = polygon_segments(geoms)
-    found = (geoms, pd.DataFrame(frame.drop(columns=[geometry])), segments)
+    boundary = polygon_segments(geoms) if segments else None
+    found = (geoms, pd.DataFrame(frame.drop(columns=[geometry])), boundary)
     right_cache.put(key, found, _frame_bytes(frame, meta.num_coords), derived=True)
     return found
 
@@ -454,7 +463,8 @@ def builtin_join_table(
     chunks = _right_chunks(url, run.job_id)
     bounds = np.array([c.bbox for c in chunks], dtype=float).reshape(-1, 4)
     needed = right_chunks_per_left(np.array([meta["bbox"]], dtype=float), bounds, step.distance)
-    parts = [_right_rows(url, chunks[i], run.job_id, crs, metric, run) for i in needed[0]]
+    points = xy is not None
+    parts = [_right_rows(url, chunks[i], run.job_id, crs, metric, run, points) for i in needed[0]]
     if any(p is None for p in parts):
         return None
     if not parts:
@@ -463,15 +473,15 @@ def builtin_join_table(
         parts = [(np.empty(0, dtype=object), attrs, None)]
     rg = np.concatenate([p[0] for p in parts])  # type: ignore[index]
     right = parts[0][1] if len(parts) == 1 else pd.concat([p[1] for p in parts], ignore_index=True)  # type: ignore[index]
+    segments = _joined_segments([p[2] for p in parts], [len(p[0]) for p in parts])  # type: ignore[index]
     if metric is not None and len(rg):
         if xy is not None:
-            segments = _joined_segments([p[2] for p in parts], [len(p[0]) for p in parts])  # type: ignore[index]
             metric_xy = reproject_xy(xy, crs, metric)
             li, ri = point_dwithin_pairs(metric_xy, rg, step.distance, segments)
         else:
             li, ri = pairs(reproject(lg, crs, metric), rg, step.distance)
     elif len(rg):
-        li, ri = pairs(lg, rg, step.distance) if xy is None else point_pairs(xy, rg)
+        li, ri = pairs(lg, rg, step.distance) if xy is None else point_pairs(xy, rg, segments)
     else:
         li = ri = np.empty(0, np.int64)
     out, facts = joined_table(table, primary, rows, crs, right, li, ri)

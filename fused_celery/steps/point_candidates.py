@@ -9,7 +9,7 @@ geopandas' / dask-geopandas' joins go through that tree.
 
 The grid's cell is the median box's longer side, so a typical box covers at most four cells and
 a point is in one cell: each box is listed under the cells it covers, the points are looked up
-by cell with one ``searchsorted``, and the pairs are filtered by the exact box test. A point and
+by cell (a table of the cells, or a ``searchsorted`` for huge grids), and the pairs are filtered by the exact box test. A point and
 a box edge with the same coordinate fall in the same cell (one formula for both), so no pair is
 lost to rounding. Boxes that would cover very many cells (a few huge ones among small ones) make
 the grid a poor fit: :func:`points_in_boxes` then returns None and the caller uses a tree.
@@ -24,12 +24,15 @@ __all__ = ["points_in_boxes"]
 #: Grid cells all boxes may cover together, per box (beyond it the grid is a poor fit).
 MAX_CELLS_PER_BOX = 16
 
+#: Grids of at most this many cells look points up in a table of cells (else by binary search).
+_DENSE_CELLS = 1 << 20
+
 
 def points_in_boxes(
     x: np.ndarray, y: np.ndarray, boxes: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """``(point positions, box positions)`` of the pairs where point ``(x[i], y[i])`` lies in
-    box ``boxes[j]`` = (minx, miny, maxx, maxy), edges included; in no particular order. Points
+    box ``boxes[j]`` = (minx, miny, maxx, maxy), edges included; sorted by point, then box. Points
     or boxes with NaN coordinates match nothing. None when the boxes' sizes differ too much for
     one grid (more than :data:`MAX_CELLS_PER_BOX` cells a box on average)."""
     x = np.asarray(x, np.float64)
@@ -70,8 +73,13 @@ def points_in_boxes(
         inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
     points = np.flatnonzero(inside)
     pcell = px[points].astype(np.int64) * ny + py[points].astype(np.int64)
-    lo = np.searchsorted(cell, pcell, side="left")
-    count = np.searchsorted(cell, pcell, side="right") - lo
+    if nx * ny <= _DENSE_CELLS:  # a table of every cell's first entry: a gather, not a search
+        first_of = np.searchsorted(cell, np.arange(nx * ny + 1))
+        lo = first_of[pcell]
+        count = first_of[pcell + 1] - lo
+    else:
+        lo = np.searchsorted(cell, pcell, side="left")
+        count = np.searchsorted(cell, pcell, side="right") - lo
     n_pairs = int(count.sum())
     if not n_pairs:
         return empty, empty

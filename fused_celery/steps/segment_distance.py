@@ -139,10 +139,13 @@ def disc_test(
 
 
 def scale_of(px: np.ndarray, py: np.ndarray, edges: np.ndarray) -> float:
-    """The largest coordinate magnitude among points and edges (for :func:`tolerance`)."""
-    finite = np.abs(edges[np.isfinite(edges)])
-    top = max(float(np.abs(px).max(initial=0.0)), float(np.abs(py).max(initial=0.0)))
-    return max(float(finite.max(initial=0.0)), top)
+    """The largest finite coordinate magnitude among points and edges (for
+    :func:`tolerance`)."""
+    top = 0.0
+    for values in (px, py, edges):
+        values = np.abs(np.asarray(values, np.float64))
+        top = max(top, float(values[np.isfinite(values)].max(initial=0.0)))
+    return top
 
 
 def within_distance(

@@ -52,6 +52,7 @@ def test_the_grid_gives_exactly_the_brute_force_pairs(layout):
     li, bi = got
     pairs = set(zip(li.tolist(), bi.tolist()))
     assert len(pairs) == len(li)  # no pair twice
+    assert np.array_equal(np.lexsort((bi, li)), np.arange(len(li)))  # by point, then box
     assert pairs == brute(x, y, boxes)
 
 

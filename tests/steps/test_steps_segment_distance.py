@@ -1,8 +1,8 @@
 """Points within a distance of polygons from coordinate arrays (``steps.segment_distance`` and
-``join_frames.point_dwithin_pairs``): exactly GEOS's pairs (``STRtree`` ``dwithin``), points
-placed at the distance from edges and vertices included, at metric coordinates' magnitudes;
-each shortcut (the discs, the edge distances) never contradicts GEOS; polygons it cannot serve
-go to the tree."""
+``join_frames.point_dwithin_pairs``): exactly GEOS's pairs (``STRtree`` ``dwithin``; and
+``intersects`` for ``point_pairs`` with the discs), points placed at the distance from edges and
+vertices included, at metric coordinates' magnitudes; each shortcut (the discs, the edge
+distances) never contradicts GEOS; polygons it cannot serve go to the tree."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fused_celery.steps.join_frames import pairs, point_dwithin_pairs, polygon_segments
+from fused_celery.steps.join_frames import (
+    pairs,
+    point_dwithin_pairs,
+    point_pairs,
+    polygon_segments,
+)
 from fused_celery.steps.segment_distance import (
     MAX_EDGES,
     disc_test,
@@ -85,6 +90,15 @@ def test_the_pairs_are_exactly_geos(layout):
     xy, rg, distance = layout
     li, ri = point_dwithin_pairs(xy, rg, distance)
     ei, er = tree_pairs(xy, rg, distance)
+    assert np.array_equal(li, ei) and np.array_equal(ri, er)
+
+
+@settings(max_examples=100, deadline=None)
+@given(layouts())
+def test_points_in_polygons_with_the_discs_are_exactly_geos(layout):
+    xy, rg, _ = layout  # points on vertices and edge midpoints among them
+    li, ri = point_pairs(xy, rg, polygon_segments(rg))
+    ei, er = pairs(shapely.points(xy), rg)
     assert np.array_equal(li, ei) and np.array_equal(ri, er)
 
 
