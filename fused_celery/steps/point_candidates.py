@@ -9,10 +9,11 @@ geopandas' / dask-geopandas' joins go through that tree.
 
 The grid's cell is the median box's longer side, so a typical box covers at most four cells and
 a point is in one cell: each box is listed under the cells it covers, the points are looked up
-by cell (a table of the cells, or a ``searchsorted`` for huge grids), and the pairs are filtered by the exact box test. A point and
-a box edge with the same coordinate fall in the same cell (one formula for both), so no pair is
-lost to rounding. Boxes that would cover very many cells (a few huge ones among small ones) make
-the grid a poor fit: :func:`points_in_boxes` then returns None and the caller uses a tree.
+by cell (in a table of the cells, or by ``searchsorted`` for huge grids), and the pairs are
+filtered by the exact box test. A point and a box edge with the same coordinate fall in the same
+cell (one formula for both), so no pair is lost to rounding. Boxes that would cover very many
+cells (a few huge ones among small ones) make the grid a poor fit: :func:`points_in_boxes` then
+returns None and the caller uses a tree.
 """
 
 from __future__ import annotations
