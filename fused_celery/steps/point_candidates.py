@@ -7,13 +7,14 @@ join needs no point geometries and no tree; the exact test then runs on these ca
 geometries (making a point object per row costs more than this whole join of boxes) and
 geopandas' / dask-geopandas' joins go through that tree.
 
-The grid's cell is the median box's longer side, so a typical box covers at most four cells and
-a point is in one cell: each box is listed under the cells it covers, the points are looked up
-by cell (in a table of the cells, or by ``searchsorted`` for huge grids), and the pairs are
-filtered by the exact box test. A point and a box edge with the same coordinate fall in the same
-cell (one formula for both), so no pair is lost to rounding. Boxes that would cover very many
-cells (a few huge ones among small ones) make the grid a poor fit: :func:`points_in_boxes` then
-returns None and the caller uses a tree.
+The grid's cell is the median box's longer side (half of it when there are many points a box),
+so a typical box covers at most four (nine) cells and a point is in one cell: each box is listed
+under the cells it covers, the points are looked up by cell (in a table of the cells, or by
+``searchsorted`` for huge grids), and the pairs are filtered by the exact box test. Only boxes
+reaching the points' extent are listed. A point and a box edge with the same coordinate fall in
+the same cell (one formula for both), so no pair is lost to rounding. Boxes that would cover very
+many cells (a few huge ones among small ones) make the grid a poor fit: :func:`points_in_boxes`
+then returns None and the caller uses a tree.
 """
 
 from __future__ import annotations
@@ -43,11 +44,20 @@ def points_in_boxes(
     with np.errstate(invalid="ignore"):
         ordered = (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])
     ok = np.isfinite(boxes).all(axis=1) & ordered
+    finite = np.isfinite(x) & np.isfinite(y)
+    if not finite.any():
+        return empty, empty
+    fx, fy = x[finite], y[finite]
+    # only boxes that reach the points' extent go into the grid
+    ok &= (boxes[:, 2] >= fx.min()) & (boxes[:, 0] <= fx.max())
+    ok &= (boxes[:, 3] >= fy.min()) & (boxes[:, 1] <= fy.max())
     kept = np.flatnonzero(ok)
-    if not len(x) or not len(kept):
+    if not len(kept):
         return empty, empty
     b = boxes[kept]
     size = float(np.median(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])))
+    if len(x) > 8 * len(b):  # many points a box: finer cells hold fewer boxes a point
+        size /= 2
     span = max(float(b[:, 2].max() - b[:, 0].min()), float(b[:, 3].max() - b[:, 1].min()))
     size = max(size, span / 4096, 1e-12)  # at most ~4096 cells a side
     x0, y0 = float(b[:, 0].min()), float(b[:, 1].min())
