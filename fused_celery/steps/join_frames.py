@@ -1,6 +1,8 @@
 """The join of two GeoDataFrames a join step performs when it has no UDF: every pair of a left
 row and a right row whose geometries intersect, or lie within ``distance_m`` metres of each
-other, found with shapely's STRtree (``tree.query(geoms, predicate=...)``, vectorised).
+other, found with shapely's STRtree (``tree.query(geoms, predicate=...)``, vectorised); left
+points given as coordinates are matched without point objects or a tree
+(:func:`point_pairs`, :func:`point_dwithin_pairs`: the same pairs).
 
 Distances are measured in a metric projection chosen from the left rows' extent
 (:func:`metric_crs`: the UTM zone of their centre, UPS beyond 84°N / 80°S), every pair within
