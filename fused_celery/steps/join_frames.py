@@ -264,7 +264,10 @@ def polygon_segments(rg: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     types = shapely.get_type_id(rg)
     if not np.isin(types, (3, 6)).all() or not shapely.is_valid(rg).all():
         return None
-    parts, part_of = shapely.get_parts(rg, return_index=True)
+    if (types == 3).all():  # polygons are their own parts (get_parts would copy them)
+        parts, part_of = rg, np.arange(len(rg))
+    else:
+        parts, part_of = shapely.get_parts(rg, return_index=True)
     rings, ring_of = shapely.get_rings(parts, return_index=True)
     coords, coord_of = shapely.get_coordinates(rings, return_index=True)
     same = coord_of[1:] == coord_of[:-1]
