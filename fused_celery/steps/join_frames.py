@@ -15,8 +15,8 @@ columns null.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyproj import CRS
 
+    from fused_celery.steps.segment_distance import Discs
     from fused_celery.table.facts import RowFacts
 
 __all__ = [
@@ -39,7 +40,9 @@ __all__ = [
     "reproject_xy",
     "point_pairs",
     "point_dwithin_pairs",
-    "polygon_segments",
+    "Boundaries",
+    "concat_boundaries",
+    "polygon_boundaries",
     "spatial_join",
     "points_facts",
     "wgs84_bounds",
@@ -188,16 +191,16 @@ def pairs(lg: np.ndarray, rg: np.ndarray, distance: float = 0.0) -> tuple[np.nda
 
 
 def point_pairs(
-    xy: np.ndarray, rg: np.ndarray, segments: tuple[np.ndarray, np.ndarray] | None = None
+    xy: np.ndarray, rg: np.ndarray, boundaries: Boundaries | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`pairs` (``intersects``) of points given as coordinates ``xy`` (n × 2; NaN: an
     empty point) and shapely ``rg`` (one CRS): candidates from a grid of the right boxes
     (:func:`~fused_celery.steps.point_candidates.points_in_boxes`), then ``intersects_xy`` on
     the candidates only, the right geometries prepared once (they stay prepared, e.g. in the
     join's per-worker cache): no tree and no point object per row, 2-4x faster than
-    :func:`pairs` on the join benchmark's chunks. segments: :func:`polygon_segments` of ``rg``
-    when known (default None: not used); with them, most candidates are decided by a disc
-    inside and a disc around their polygon
+    :func:`pairs` on the join benchmark's chunks. boundaries: :func:`polygon_boundaries` of
+    ``rg`` when known (default None: not used); with their discs, most candidates are decided
+    by a disc inside and a disc around their polygon
     (:func:`~fused_celery.steps.segment_distance.disc_test`) and only the rest by GEOS. Falls
     back to :func:`pairs` when one grid cannot serve the boxes."""
     import shapely
@@ -211,15 +214,9 @@ def point_pairs(
     if found is None:
         return pairs(shapely.points(xy), rg)
     li, ri = found
-    hit, _ = _inside(xy, rg, li, ri, _edges(segments, len(rg)), 0.0)
+    discs = None if boundaries is None else boundaries.discs
+    hit, _ = _inside(xy, rg, li, ri, discs, 0.0)
     return li[hit], ri[hit]  # points_in_boxes' order: by left, then right position
-
-
-def _edges(segments: tuple[np.ndarray, np.ndarray] | None, count: int) -> np.ndarray | None:
-    """:func:`~fused_celery.steps.segment_distance.padded_edges` of ``segments`` (None: None)."""
-    from fused_celery.steps.segment_distance import padded_edges
-
-    return None if segments is None else padded_edges(*segments, count)
 
 
 def _inside(
@@ -227,24 +224,24 @@ def _inside(
     rg: np.ndarray,
     li: np.ndarray,
     ri: np.ndarray,
-    edges: np.ndarray | None,
+    discs: Discs | None,
     distance: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(hit, rest)`` for candidate pairs ``(li, ri)`` of points ``xy`` and polygons ``rg``:
-    ``hit`` where the point is surely within ``distance`` of its polygon (its discs, with
-    ``edges``) or in it (``intersects_xy``); ``rest``: positions of the candidates neither
-    decides (outside the polygon, neither disc sure)."""
+    ``hit`` where the point is surely within ``distance`` of its polygon (its ``discs``, when
+    given) or in it (``intersects_xy``); ``rest``: positions of the candidates neither decides
+    (outside the polygon, neither disc sure)."""
     import shapely
 
-    from fused_celery.steps.segment_distance import disc_test, polygon_discs, scale_of, tolerance
+    from fused_celery.steps.segment_distance import disc_test, scale_of, tolerance
 
     px, py = xy[li, 0], xy[li, 1]
-    if edges is None:
+    if discs is None:
         hit = np.zeros(len(li), bool)
         rest = np.arange(len(li))
     else:
-        tol = tolerance(scale_of(xy[:, 0], xy[:, 1], edges), distance)
-        hit, beyond = disc_test(px, py, polygon_discs(edges), ri, distance, tol)
+        tol = tolerance(scale_of(xy[:, 0], xy[:, 1], discs), distance)
+        hit, beyond = disc_test(px, py, discs, ri, distance, tol)
         rest = np.flatnonzero(~(hit | beyond))
     if len(rest):
         shapely.prepare(rg)
@@ -254,12 +251,25 @@ def _inside(
     return hit, rest
 
 
-def polygon_segments(rg: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(segments, owners)`` of shapely ``rg``'s boundaries: every ring's edges as rows (ax,
-    ay, bx, by), in order of geometry, and the position in ``rg`` of the geometry each belongs
-    to; None unless every geometry is a valid Polygon or MultiPolygon (the only ones
-    :func:`point_dwithin_pairs` measures itself)."""
+class Boundaries(NamedTuple):
+    """The boundaries of polygons, for matching points against them from coordinates:
+    ``segments`` (m × 4: every ring's edges as ax, ay, bx, by, in order of polygon),
+    ``owners`` (m: the polygon each belongs to) and their
+    :class:`~fused_celery.steps.segment_distance.Discs` (None when a polygon has more than
+    :data:`~fused_celery.steps.segment_distance.MAX_EDGES` edges)."""
+
+    segments: np.ndarray
+    owners: np.ndarray
+    discs: Discs | None
+
+
+def polygon_boundaries(rg: np.ndarray) -> Boundaries | None:
+    """The :class:`Boundaries` of shapely ``rg``; None unless every geometry is a valid
+    Polygon or MultiPolygon (the only ones :func:`point_pairs` and
+    :func:`point_dwithin_pairs` measure themselves)."""
     import shapely
+
+    from fused_celery.steps.segment_distance import padded_edges, polygon_discs
 
     types = shapely.get_type_id(rg)
     if not np.isin(types, (3, 6)).all() or not shapely.is_valid(rg).all():
@@ -272,14 +282,36 @@ def polygon_segments(rg: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     coords, coord_of = shapely.get_coordinates(rings, return_index=True)
     same = coord_of[1:] == coord_of[:-1]
     segments = np.column_stack([coords[:-1][same], coords[1:][same]])
-    return segments, part_of[ring_of[coord_of[:-1][same]]].astype(np.int64)
+    owners = part_of[ring_of[coord_of[:-1][same]]].astype(np.int64)
+    edges = padded_edges(segments, owners, len(rg))
+    return Boundaries(segments, owners, None if edges is None else polygon_discs(edges))
+
+
+def concat_boundaries(
+    parts: Sequence[Boundaries | None], counts: Sequence[int]
+) -> Boundaries | None:
+    """The :class:`Boundaries` of groups of ``counts`` polygons each, in order (owners
+    counted across them); None when a group has none."""
+    from fused_celery.steps.segment_distance import concat_discs
+
+    if not parts or any(p is None for p in parts):
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    known = [p for p in parts if p is not None]
+    offsets = np.cumsum([0, *counts[:-1]])
+    segments = np.concatenate([p.segments for p in known])
+    owners = np.concatenate([p.owners + o for p, o in zip(known, offsets)])
+    discs = [p.discs for p in known if p.discs is not None]
+    joined = concat_discs(discs) if len(discs) == len(known) else None
+    return Boundaries(segments, owners, joined)
 
 
 def point_dwithin_pairs(
     xy: np.ndarray,
     rg: np.ndarray,
     distance: float,
-    segments: tuple[np.ndarray, np.ndarray] | None = None,
+    boundaries: Boundaries | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`pairs` (within ``distance`` > 0) of points given as coordinates ``xy`` (n × 2,
     finite, metric CRS) and shapely ``rg`` (same CRS), the same pairs as GEOS, with no point
@@ -289,33 +321,45 @@ def point_dwithin_pairs(
     (:func:`~fused_celery.steps.segment_distance.disc_test`); of the rest, one in its polygon
     (``intersects_xy``, the polygons prepared once) is within, the others are measured against
     the polygon's edges (:func:`~fused_celery.steps.segment_distance.within_distance`), the few
-    within rounding of the distance decided by ``shapely.dwithin``. segments:
-    :func:`polygon_segments` of ``rg`` when known (default: computed). Falls back to the tree
+    within rounding of the distance decided by ``shapely.dwithin``. boundaries:
+    :func:`polygon_boundaries` of ``rg`` when known (default: computed). Falls back to the tree
     (:func:`pairs`) unless ``rg`` is all valid polygons of few edges whose boxes fit one
     grid."""
     import shapely
 
     from fused_celery.steps.point_candidates import points_in_boxes
-    from fused_celery.steps.segment_distance import scale_of, tolerance, within_distance
+    from fused_celery.steps.segment_distance import (
+        padded_edges,
+        scale_of,
+        tolerance,
+        within_distance,
+    )
 
     empty = np.empty(0, np.int64)
     if not len(xy) or not len(rg):
         return empty, empty
-    if segments is None:
-        segments = polygon_segments(rg)
-    edges = _edges(segments, len(rg))
-    boxes = shapely.bounds(rg) + np.array([-distance, -distance, distance, distance])
-    found = None if edges is None else points_in_boxes(xy[:, 0], xy[:, 1], boxes)
-    if found is None or edges is None:
+    if boundaries is None:
+        boundaries = polygon_boundaries(rg)
+    discs = None if boundaries is None else boundaries.discs
+    found = None
+    if discs is not None:
+        boxes = shapely.bounds(rg) + np.array([-distance, -distance, distance, distance])
+        found = points_in_boxes(xy[:, 0], xy[:, 1], boxes)
+    if found is None or boundaries is None or discs is None:
         return pairs(shapely.points(xy), rg, distance)
     li, ri = found
-    hit, rest = _inside(xy, rg, li, ri, edges, distance)
-    tol = tolerance(scale_of(xy[:, 0], xy[:, 1], edges), distance)
-    sure, unsure = within_distance(xy[li[rest], 0], xy[li[rest], 1], edges, ri[rest], distance, tol)
-    hit[rest[sure]] = True
-    check = rest[unsure]
-    if len(check):
-        hit[check] = shapely.dwithin(shapely.points(xy[li[check]]), rg[ri[check]], distance)
+    hit, rest = _inside(xy, rg, li, ri, discs, distance)
+    if len(rest):
+        edges = padded_edges(boundaries.segments, boundaries.owners, len(rg))
+        assert edges is not None  # discs exist, so every polygon fits a row
+        tol = tolerance(scale_of(xy[:, 0], xy[:, 1], discs), distance)
+        rx, ry = xy[li[rest], 0], xy[li[rest], 1]
+        sure, unsure = within_distance(rx, ry, edges, ri[rest], distance, tol)
+        hit[rest[sure]] = True
+        check = rest[unsure]
+        if len(check):
+            points = shapely.points(xy[li[check]])
+            hit[check] = shapely.dwithin(points, rg[ri[check]], distance)
     return li[hit], ri[hit]  # points_in_boxes' order: by left, then right position
 
 
@@ -458,6 +502,8 @@ def _joined_attributes(
 
     from fused_celery.table.format import COVERING_COLUMN
 
+    if COVERING_COLUMN in left.column_names:  # never output (a dict per row through pandas)
+        left = left.drop_columns([COVERING_COLUMN])
     plain_left = left.to_pandas()
     through = pa.Schema.from_pandas(plain_left, preserve_index=False)
     same_left = [f.type for f in through] == list(left.schema.types)

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyproj import CRS
 
+    from fused_celery.steps.join_frames import Boundaries
     from fused_celery.table import ChunkMetadata
 
 logger = logging.getLogger(__name__)
@@ -348,18 +349,18 @@ def _right_rows(
     left_crs: CRS,
     metric: CRS | None,
     run: Any,
-    segments: bool = False,
-) -> tuple[np.ndarray, pd.DataFrame, tuple[np.ndarray, np.ndarray] | None] | None:
+    boundaries: bool = False,
+) -> tuple[np.ndarray, pd.DataFrame, Boundaries | None] | None:
     """Right chunk ``meta``'s geometries in the left's CRS, then in ``metric`` (None: left's),
-    its other columns, and when ``segments`` (default False) its geometries' boundary segments
-    (:func:`~fused_celery.steps.join_frames.polygon_segments`; None when not asked for or not
+    its other columns, and when ``boundaries`` (default False) its geometries' boundaries
+    (:func:`~fused_celery.steps.join_frames.polygon_boundaries`; None when not asked for or not
     all valid polygons): made once per worker per job (cached beside the chunk). None when
     the chunk has more than one geometry column (the frame path joins it)."""
     import geopandas as gpd
     import numpy as np
     import pandas as pd
 
-    from fused_celery.steps.join_frames import polygon_segments, reproject
+    from fused_celery.steps.join_frames import polygon_boundaries, reproject
 
     key = (
         "rows",
@@ -369,7 +370,7 @@ def _right_rows(
         meta.chunk_id,
         left_crs.to_string(),
         str(metric),
-        segments,
+        boundaries,
     )
     found = right_cache.get(key)
     if found is not None:
@@ -393,25 +394,11 @@ def _right_rows(
         geoms = reproject(geoms, crs, left_crs)
     if metric is not None and len(geoms):
         geoms = reproject(geoms, left_crs, metric)
-    boundary = polygon_segments(geoms) if segments else None
+    boundary = polygon_boundaries(geoms) if boundaries else None
     found = (geoms, pd.DataFrame(frame.drop(columns=[geometry])), boundary)
-    right_cache.put(key, found, _frame_bytes(frame, meta.num_coords), derived=True)
+    extra = 0 if boundary is None else boundary.segments.nbytes * 2 + 32 * len(geoms)
+    right_cache.put(key, found, _frame_bytes(frame, meta.num_coords) + extra, derived=True)
     return found
-
-
-def _joined_segments(
-    parts: Sequence[tuple[np.ndarray, np.ndarray] | None], counts: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The boundary segments of right chunks concatenated (``counts`` geometries each), owners
-    counted across them; None when a chunk has none."""
-    import numpy as np
-
-    if any(p is None for p in parts):
-        return None
-    offsets = np.cumsum([0, *counts[:-1]])
-    segments = np.concatenate([p[0] for p in parts])  # type: ignore[index]
-    owners = np.concatenate([p[1] + o for p, o in zip(parts, offsets)])  # type: ignore[index]
-    return segments, owners
 
 
 def builtin_join_table(
@@ -429,6 +416,7 @@ def builtin_join_table(
     import shapely
 
     from fused_celery.steps.join_frames import (
+        concat_boundaries,
         joined_table,
         metric_crs,
         pairs,
@@ -473,15 +461,15 @@ def builtin_join_table(
         parts = [(np.empty(0, dtype=object), attrs, None)]
     rg = np.concatenate([p[0] for p in parts])  # type: ignore[index]
     right = parts[0][1] if len(parts) == 1 else pd.concat([p[1] for p in parts], ignore_index=True)  # type: ignore[index]
-    segments = _joined_segments([p[2] for p in parts], [len(p[0]) for p in parts])  # type: ignore[index]
+    boundaries = concat_boundaries([p[2] for p in parts], [len(p[0]) for p in parts])  # type: ignore[index]
     if metric is not None and len(rg):
         if xy is not None:
             metric_xy = reproject_xy(xy, crs, metric)
-            li, ri = point_dwithin_pairs(metric_xy, rg, step.distance, segments)
+            li, ri = point_dwithin_pairs(metric_xy, rg, step.distance, boundaries)
         else:
             li, ri = pairs(reproject(lg, crs, metric), rg, step.distance)
     elif len(rg):
-        li, ri = pairs(lg, rg, step.distance) if xy is None else point_pairs(xy, rg, segments)
+        li, ri = pairs(lg, rg, step.distance) if xy is None else point_pairs(xy, rg, boundaries)
     else:
         li = ri = np.empty(0, np.int64)
     out, facts = joined_table(table, primary, rows, crs, right, li, ri)

@@ -23,6 +23,7 @@ import numpy as np
 __all__ = [
     "MAX_EDGES",
     "Discs",
+    "concat_discs",
     "disc_test",
     "padded_edges",
     "polygon_discs",
@@ -134,18 +135,23 @@ def disc_test(
     farther (beyond its outer disc grown by the distance, plus ``tol``); neither: undecided."""
     with np.errstate(invalid="ignore"):
         q = (px - discs.x[rows]) ** 2 + (py - discs.y[rows]) ** 2
-        near = np.maximum(discs.inner[rows] + distance - tol, 0.0)
-        return q <= near * near, q > (discs.outer[rows] + distance + tol) ** 2
+        near = discs.inner[rows] + distance - tol  # negative: no point is sure
+        return (near >= 0) & (q <= near * near), q > (discs.outer[rows] + distance + tol) ** 2
 
 
-def scale_of(px: np.ndarray, py: np.ndarray, edges: np.ndarray) -> float:
-    """The largest finite coordinate magnitude among points and edges (for
-    :func:`tolerance`)."""
+def scale_of(px: np.ndarray, py: np.ndarray, discs: Discs) -> float:
+    """The largest finite coordinate magnitude among points and polygons (a bound: each
+    polygon's centre plus its outer radius), for :func:`tolerance`."""
     top = 0.0
-    for values in (px, py, edges):
+    for values in (px, py, np.abs(discs.x) + discs.outer, np.abs(discs.y) + discs.outer):
         values = np.abs(np.asarray(values, np.float64))
         top = max(top, float(values[np.isfinite(values)].max(initial=0.0)))
     return top
+
+
+def concat_discs(parts: list[Discs]) -> Discs:
+    """The :class:`Discs` of several groups of polygons, in order."""
+    return Discs(*(np.concatenate([getattr(d, f) for d in parts]) for f in Discs._fields))
 
 
 def within_distance(

@@ -12,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fused_celery.steps.join_frames import (
+    concat_boundaries,
     pairs,
     point_dwithin_pairs,
     point_pairs,
-    polygon_segments,
+    polygon_boundaries,
 )
 from fused_celery.steps.segment_distance import (
     MAX_EDGES,
@@ -91,13 +92,20 @@ def test_the_pairs_are_exactly_geos(layout):
     li, ri = point_dwithin_pairs(xy, rg, distance)
     ei, er = tree_pairs(xy, rg, distance)
     assert np.array_equal(li, ei) and np.array_equal(ri, er)
+    # the boundaries of two groups of polygons (two right chunks) concatenated serve the same
+    k = len(rg) // 2
+    both = concat_boundaries(
+        [polygon_boundaries(rg[:k]), polygon_boundaries(rg[k:])], [k, len(rg) - k]
+    )
+    li, ri = point_dwithin_pairs(xy, rg, distance, both)
+    assert np.array_equal(li, ei) and np.array_equal(ri, er)
 
 
 @settings(max_examples=100, deadline=None)
 @given(layouts())
 def test_points_in_polygons_with_the_discs_are_exactly_geos(layout):
     xy, rg, _ = layout  # points on vertices and edge midpoints among them
-    li, ri = point_pairs(xy, rg, polygon_segments(rg))
+    li, ri = point_pairs(xy, rg, polygon_boundaries(rg))
     ei, er = pairs(shapely.points(xy), rg)
     assert np.array_equal(li, ei) and np.array_equal(ri, er)
 
@@ -106,13 +114,15 @@ def test_points_in_polygons_with_the_discs_are_exactly_geos(layout):
 @given(layouts())
 def test_each_shortcut_agrees_with_geos_distance(layout):
     xy, rg, distance = layout
-    segments = polygon_segments(rg)
-    edges = padded_edges(*segments, len(rg))
+    found = polygon_boundaries(rg)
+    edges = padded_edges(found.segments, found.owners, len(rg))
     rows = np.repeat(np.arange(len(rg)), len(xy))
     px, py = np.tile(xy[:, 0], len(rg)), np.tile(xy[:, 1], len(rg))
     geos = shapely.distance(shapely.points(px, py), rg[rows])
-    tol = tolerance(scale_of(px, py, edges), distance)
-    within, beyond = disc_test(px, py, polygon_discs(edges), rows, distance, tol)
+    discs = polygon_discs(edges)
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(discs, found.discs))
+    tol = tolerance(scale_of(px, py, discs), distance)
+    within, beyond = disc_test(px, py, discs, rows, distance, tol)
     assert not (within & beyond).any()
     assert (geos[within] <= distance).all() and (geos[beyond] > distance).all()
     sure, unsure = within_distance(px, py, edges, rows, distance, tol)
@@ -123,7 +133,8 @@ def test_each_shortcut_agrees_with_geos_distance(layout):
 
 def test_padding_adds_no_distance_and_an_empty_polygon_is_never_within():
     rg = np.array([shapely.box(0, 0, 1, 1), shapely.Point(5, 5).buffer(1), shapely.Polygon()])
-    edges = padded_edges(*polygon_segments(rg), len(rg))
+    found = polygon_boundaries(rg)
+    edges = padded_edges(found.segments, found.owners, len(rg))
     assert edges.shape[:2] == (4, 3) and np.isnan(edges[:, 2]).all()
     px, py = np.array([1.5, 2.0, 2.0, 5.0]), np.array([0.5, 0.5, 0.5, 5.0])
     sure, unsure = within_distance(px, py, edges, np.array([0, 0, 2, 2]), 1.0, 1e-9)
@@ -139,9 +150,30 @@ def test_what_it_cannot_measure_goes_to_the_tree():
     bowtie = shapely.Polygon([(10, 10), (40, 40), (40, 10), (10, 40)])
     many = shapely.Point(60, 60).buffer(20, quad_segs=MAX_EDGES)  # more edges than a row holds
     line = shapely.LineString([(0, 50), (100, 55)])
-    assert padded_edges(*polygon_segments(np.array([many])), 1) is None
+    found = polygon_boundaries(np.array([many]))
+    assert padded_edges(found.segments, found.owners, 1) is None and found.discs is None
     for rg in ([bowtie, shapely.box(0, 0, 5, 5)], [many], [line, shapely.box(0, 0, 5, 5)]):
         rg = np.array(rg, dtype=object)
         li, ri = point_dwithin_pairs(xy, rg, 3.0)
         ei, er = tree_pairs(xy, rg, 3.0)
         assert np.array_equal(li, ei) and np.array_equal(ri, er) and len(li)
+
+
+def test_a_point_at_the_centre_of_a_polygon_around_nothing_is_not_matched():
+    """The centre of a ring's hole, or of an L's box, lies outside the polygon: its inner disc
+    is negative and decides nothing (it once matched the centre point itself)."""
+    ring = shapely.Point(0, 0).buffer(10, quad_segs=4).difference(shapely.Point(0, 0).buffer(5, 4))
+    ell = shapely.Polygon([(0, 0), (8, 0), (8, 2), (2, 2), (2, 8), (0, 8)])
+    rg = np.array([ring, ell], dtype=object)
+    assert polygon_boundaries(rg).discs is not None
+    xy = np.array([[0.0, 0.0], [4.0, 4.0]])  # the two box centres
+    for distance in (0.0, 0.5, 2.5):
+        li, ri = (
+            point_pairs(xy, rg, polygon_boundaries(rg))
+            if distance == 0
+            else point_dwithin_pairs(xy, rg, distance)
+        )
+        ei, er = tree_pairs(xy, rg, distance) if distance else pairs(shapely.points(xy), rg)
+        assert np.array_equal(li, ei) and np.array_equal(ri, er), distance
+    li, ri = point_pairs(xy, rg, polygon_boundaries(rg))
+    assert not ({(0, 0), (1, 1)} & set(zip(li.tolist(), ri.tolist())))  # neither its own centre
