@@ -329,15 +329,26 @@ def _read_left(url: str, meta: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]
     """Left chunk ``meta`` as stored (its row group, geometry as WKB, no covering column) and
     the file's GeoParquet metadata; a read error is a :class:`StepInputError` naming the chunk,
     as :func:`~fused_celery.steps.map_stages.read_chunk` says it."""
+    return _read_chunk(url, meta, "table")
+
+
+def _read_chunk(
+    url: str, meta: dict[str, Any] | ChunkMetadata, what: str
+) -> tuple[pa.Table, dict[str, Any] | None]:
+    """Chunk ``meta`` of table ``url`` as stored (see :func:`_read_left`); ``what`` names the
+    table in the error."""
     from fused_celery.table.format import _file_url, resolve_table_url
     from fused_celery.table.read import _read_row_groups
 
-    fid, cid = meta["file_id"], meta["chunk_id"]
+    if isinstance(meta, dict):
+        fid, cid = meta["file_id"], meta["chunk_id"]
+    else:
+        fid, cid = meta.file_id, meta.chunk_id
     try:
         return _read_row_groups(_file_url(resolve_table_url(url), str(fid)), [int(cid)], None)
     except Exception as exc:
         raise StepInputError(
-            f"cannot read chunk {fid}/{cid} of table {url}: {error_text(exc)}; check the table "
+            f"cannot read chunk {fid}/{cid} of {what} {url}: {error_text(exc)}; check the table "
             "(rewrite it, or pass ignore_chunk_error=True to leave the chunk out)"
         ) from exc
 
@@ -354,13 +365,12 @@ def _right_rows(
     """Right chunk ``meta``'s geometries in the left's CRS, then in ``metric`` (None: left's),
     its other columns, and when ``boundaries`` (default False) its geometries' boundaries
     (:func:`~fused_celery.steps.join_frames.polygon_boundaries`; None when not asked for or not
-    all valid polygons): made once per worker per job (cached beside the chunk). None when
+    all valid polygons): read and made once per worker per job (cached). None when
     the chunk has more than one geometry column (the frame path joins it)."""
-    import geopandas as gpd
-    import numpy as np
-    import pandas as pd
+    import shapely
 
     from fused_celery.steps.join_frames import polygon_boundaries, reproject
+    from fused_celery.table.format import _crs_from_json
 
     key = (
         "rows",
@@ -375,15 +385,18 @@ def _right_rows(
     found = right_cache.get(key)
     if found is not None:
         return found
-    frame = _right_chunk(url, meta, job_id)
-    geometry = frame.geometry.name
-    if any(
-        c != geometry and isinstance(frame[c].dtype, gpd.array.GeometryDtype) for c in frame.columns
-    ):
+    # read as Arrow and decoded here (no GeoDataFrame: on small chunks its making costs more
+    # than the join of the chunk's rows)
+    table, geo = _read_chunk(url, meta, "the right table")
+    columns = (geo or {}).get("columns", {})
+    present = [c for c in columns if c in table.column_names]
+    if len(present) != 1:
         return None
-    geoms = np.asarray(frame.geometry.array, dtype=object)
-    crs = frame.crs
-    if crs is not None and not crs.equals(left_crs):
+    geometry = present[0]
+    crs = _crs_from_json(columns[geometry].get("crs"))
+    geoms = shapely.from_wkb(table.column(geometry).to_numpy(zero_copy_only=False))
+    attrs = table.drop_columns([geometry]).to_pandas()
+    if not crs.equals(left_crs):
         _log_once(
             run,
             job_id,
@@ -395,9 +408,12 @@ def _right_rows(
     if metric is not None and len(geoms):
         geoms = reproject(geoms, left_crs, metric)
     boundary = polygon_boundaries(geoms) if boundaries else None
-    found = (geoms, pd.DataFrame(frame.drop(columns=[geometry])), boundary)
-    extra = 0 if boundary is None else boundary.segments.nbytes * 2 + 32 * len(geoms)
-    right_cache.put(key, found, _frame_bytes(frame, meta.num_coords) + extra, derived=True)
+    found = (geoms, attrs, boundary)
+    nbytes = int(attrs.memory_usage(index=False, deep=False).sum()) + 16 * int(meta.num_coords)
+    nbytes += 64 * len(geoms)
+    if boundary is not None:
+        nbytes += boundary.segments.nbytes * 2 + 32 * len(geoms)
+    right_cache.put(key, found, nbytes)
     return found
 
 
