@@ -202,7 +202,8 @@ class Options(BaseSettings):
         right chunks, or the one right file of ``join_singlefile``, which must fit; default
         512 MiB).
     worker_preload: modules every worker process imports when it starts, so the first task does
-        not pay for them (default pandas, pyarrow, shapely, geopandas; [] for none).
+        not pay for them (default pandas, pyarrow, shapely, geopandas and the job steps'
+        stages: ingest, UDF, map and join; [] for none).
     job_stall_timeout: seconds without progress (no task finished, no heartbeat) after which the
         watchdog fails a job (default None: ``visibility_timeout`` + 300, so that a task
         redelivered after its worker died is waited for).
@@ -314,7 +315,15 @@ class Options(BaseSettings):
     worker_heartbeat_timeout: float = Field(default=30.0, gt=0)
     staged_expires: float = Field(default=7 * 24 * 3600, gt=0)
     worker_preload: list[str] = Field(
-        default_factory=lambda: ["pandas", "pyarrow.parquet", "shapely", "geopandas"]
+        default_factory=lambda: [
+            "pandas",
+            "pyarrow.parquet",
+            "shapely",
+            "geopandas",
+            "fused_celery.partition.sequence",
+            "fused_celery.steps.udf_stages",
+            "fused_celery.steps.join_stages",  # and the map stages it builds on
+        ]
     )
 
     security_key: str | None = None
