@@ -491,6 +491,18 @@ def joined_table(
     return pa.Table.from_arrays([*columns, covering], names=[*names, COVERING_COLUMN]), facts
 
 
+def _plain_numbers(table: pa.Table) -> bool:
+    """Whether every column of ``table`` is integers, floats or booleans without a null (which
+    pandas holds as numpy arrays of the same type, and gives back unchanged)."""
+    import pyarrow as pa
+
+    return all(
+        (pa.types.is_integer(c.type) or pa.types.is_floating(c.type) or pa.types.is_boolean(c.type))
+        and c.null_count == 0
+        for c in table.columns
+    )
+
+
 def _joined_attributes(
     left: pa.Table, left_names: Collection[str], right: pd.DataFrame, li: np.ndarray, ri: np.ndarray
 ) -> pa.Table:
@@ -504,11 +516,17 @@ def _joined_attributes(
 
     if COVERING_COLUMN in left.column_names:  # never output (a dict per row through pandas)
         left = left.drop_columns([COVERING_COLUMN])
-    plain_left = left.to_pandas()
-    through = pa.Schema.from_pandas(plain_left, preserve_index=False)
-    same_left = [f.type for f in through] == list(left.schema.types)
     numeric_right = all(isinstance(t, np.dtype) and t.kind in "biufmM" for t in right.dtypes)
+    plain_left = None
+    if _plain_numbers(left):  # numbers without nulls: the same types after pandas, surely
+        same_left = True
+    else:
+        plain_left = left.to_pandas()
+        through = pa.Schema.from_pandas(plain_left, preserve_index=False)
+        same_left = [f.type for f in through] == list(left.schema.types)
     if not (same_left and numeric_right):
+        if plain_left is None:
+            plain_left = left.to_pandas()
         plain = joined_columns(plain_left, right, li, ri, left_names=left_names)
         plain = plain.drop(columns=[COVERING_COLUMN], errors="ignore")
         return pa.Table.from_pandas(plain, preserve_index=False).replace_schema_metadata(None)

@@ -410,3 +410,20 @@ def test_ignore_chunk_error_leaves_failed_chunks_out(tmp_path):
     assert failed and all("left file 0 breaks" in f["error"] for f in failed)
     assert res["steps"][0]["num_rows"] == 400 - n_file_0
     assert "0" not in step.open_output().files
+
+
+@pytest.mark.parametrize(
+    "kind", [pa.int8(), pa.int32(), pa.int64(), pa.uint64(), pa.float32(), pa.float64(), pa.bool_()]
+)
+def test_number_columns_skip_the_trip_through_pandas_only_when_it_keeps_their_type(kind):
+    """The join's output takes left columns in Arrow without checking them through pandas only
+    when pandas would give their type back: numbers and booleans without a null."""
+    from fused_celery.steps.join_frames import _plain_numbers
+
+    values = [True, False] if kind == pa.bool_() else [0, 1]
+    table = pa.table({"c": pa.array(values, kind)})
+    back = pa.Schema.from_pandas(table.to_pandas(), preserve_index=False).field("c").type
+    assert _plain_numbers(table) and back == kind
+    with_null = pa.table({"c": pa.array([*values, None], kind)})
+    assert not _plain_numbers(with_null)
+    assert not _plain_numbers(pa.table({"s": pa.array(["a"])}))
