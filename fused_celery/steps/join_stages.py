@@ -8,8 +8,9 @@ the map step gains later) are the same code::
 :meth:`~JoinRun.chunk_output` reads the left chunk, the right rows it needs
 (:func:`join_input`) and runs the UDF or the built-in join. The built-in inner join of a right
 table skips the frames: :func:`builtin_join_table` makes the rows as the table stores them (the
-left's WKB taken, 2D points read from it as coordinates, right rows reprojected once per worker
-per job), through :meth:`JoinRun.convert`, so the map step's members stage them as they stage
+left's WKB taken, 2D points read from it as coordinates and matched without point objects,
+right rows read as Arrow, decoded and reprojected once per worker per job with their polygons'
+boundaries), through :meth:`JoinRun.convert`, so the map step's members stage them as they stage
 any converted chunk.
 
 Right rows are read once per worker process per job and kept in an LRU bounded in bytes

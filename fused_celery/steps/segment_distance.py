@@ -7,11 +7,14 @@ points needs no point object per row (making them costs more than GEOS's test) a
 Hand-written because no library measures point-to-edge distances from coordinate arrays:
 shapely and GEOS take geometries, one per pair.
 
-Each polygon's edges are held as a row of :func:`padded_edges` (the last edge repeated up to the
-longest row), so the distances of many points to their polygons' edges are one vectorised
-computation and a minimum along the row. The computed distance may differ from GEOS's in the
-last bits: :func:`within_distance` reports a pair whose distance lies within :func:`tolerance`
-of ``d`` as unsure, for the caller to decide with GEOS itself, so the join's pairs are GEOS's.
+Most pairs never reach the edges: :func:`polygon_discs` gives each polygon a disc around it and
+one inside it, and :func:`disc_test` decides every point beyond the first or inside the second
+(each grown by the distance). For the rest, each polygon's edges are held as a row of
+:func:`padded_edges` (zero-length edges at its last vertex up to the longest row), so the
+distances of many points to their polygons' edges are one vectorised computation and a minimum
+along the row. A computed distance may differ from GEOS's in the last bits: every test leaves
+undecided what lies within :func:`tolerance` of its bound, and :func:`within_distance` reports
+such a pair as unsure, for the caller to decide with GEOS itself, so the join's pairs are GEOS's.
 """
 
 from __future__ import annotations
