@@ -544,13 +544,29 @@ class JoinRun(MapRun):
 
 def join_items(run: JoinRun) -> tuple[JoinRun, list[list[dict[str, Any]]]]:
     """The join fan-out: the right input checked (a table / a readable file that fits the
-    cache), then the left chunks batched as the map step does."""
+    cache), then the left chunks batched as the map step does, the batches in spatial order
+    (the left's files by number: an ingest numbers them along its kd-tree) handed out in
+    :func:`~fused_celery.steps.task_order.spread_order`, so that each worker process sweeps its
+    own part of the area and reads only the right chunks there."""
+    from fused_celery.steps.task_order import spread_order
+
     url = run.config._right()
     if isinstance(run.config, JoinSinglefileJobStepConfig):
         check_right_file(url)
     else:
         check_right_table(url)
-    return map_items(run)  # type: ignore[return-value]
+    run, batches = map_items(run)
+    batches = sorted(batches, key=_spatial_key)
+    return run, [batches[i] for i in spread_order(len(batches))]  # type: ignore[return-value]
+
+
+def _spatial_key(batch: list[dict[str, Any]]) -> tuple[int, int, str, int]:
+    """A batch's place in the table's spatial order: its first chunk's file number (file ids
+    that are not numbers after all of them, by name), then chunk."""
+    first = batch[0]
+    fid = str(first["file_id"])
+    number = int(fid) if fid.isdigit() else -1
+    return (0 if number >= 0 else 1, number, fid, int(first["chunk_id"]))
 
 
 def check_right_table(url: str) -> None:
