@@ -215,8 +215,16 @@ def point_pairs(
         return pairs(shapely.points(xy), rg)
     li, ri = found
     discs = None if boundaries is None else boundaries.discs
-    hit, _ = _inside(xy, rg, li, ri, discs, 0.0)
+    hit, _ = _inside(xy, rg, li, ri, discs, 0.0, _tolerance(xy, discs, 0.0))
     return li[hit], ri[hit]  # points_in_boxes' order: by left, then right position
+
+
+def _tolerance(xy: np.ndarray, discs: Discs | None, distance: float) -> float:
+    """:func:`~fused_celery.steps.segment_distance.tolerance` of points ``xy`` and polygons of
+    ``discs`` (0 without discs: nothing is decided by them)."""
+    from fused_celery.steps.segment_distance import scale_of, tolerance
+
+    return 0.0 if discs is None else tolerance(scale_of(xy[:, 0], xy[:, 1], discs), distance)
 
 
 def _inside(
@@ -226,21 +234,21 @@ def _inside(
     ri: np.ndarray,
     discs: Discs | None,
     distance: float,
+    tol: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(hit, rest)`` for candidate pairs ``(li, ri)`` of points ``xy`` and polygons ``rg``:
     ``hit`` where the point is surely within ``distance`` of its polygon (its ``discs``, when
-    given) or in it (``intersects_xy``); ``rest``: positions of the candidates neither decides
-    (outside the polygon, neither disc sure)."""
+    given, less ``tol``: :func:`_tolerance`) or in it (``intersects_xy``); ``rest``: positions
+    of the candidates neither decides (outside the polygon, neither disc sure)."""
     import shapely
 
-    from fused_celery.steps.segment_distance import disc_test, scale_of, tolerance
+    from fused_celery.steps.segment_distance import disc_test
 
     px, py = xy[li, 0], xy[li, 1]
     if discs is None:
         hit = np.zeros(len(li), bool)
         rest = np.arange(len(li))
     else:
-        tol = tolerance(scale_of(xy[:, 0], xy[:, 1], discs), distance)
         hit, beyond = disc_test(px, py, discs, ri, distance, tol)
         rest = np.flatnonzero(~(hit | beyond))
     if len(rest):
@@ -294,11 +302,11 @@ def concat_boundaries(
     counted across them); None when a group has none."""
     from fused_celery.steps.segment_distance import concat_discs
 
-    if not parts or any(p is None for p in parts):
-        return None
-    if len(parts) == 1:
-        return parts[0]
     known = [p for p in parts if p is not None]
+    if not known or len(known) < len(parts):
+        return None
+    if len(known) == 1:
+        return known[0]
     offsets = np.cumsum([0, *counts[:-1]])
     segments = np.concatenate([p.segments for p in known])
     owners = np.concatenate([p.owners + o for p, o in zip(known, offsets)])
@@ -328,12 +336,7 @@ def point_dwithin_pairs(
     import shapely
 
     from fused_celery.steps.point_candidates import points_in_boxes
-    from fused_celery.steps.segment_distance import (
-        padded_edges,
-        scale_of,
-        tolerance,
-        within_distance,
-    )
+    from fused_celery.steps.segment_distance import padded_edges, within_distance
 
     empty = np.empty(0, np.int64)
     if not len(xy) or not len(rg):
@@ -348,11 +351,11 @@ def point_dwithin_pairs(
     if found is None or boundaries is None or discs is None:
         return pairs(shapely.points(xy), rg, distance)
     li, ri = found
-    hit, rest = _inside(xy, rg, li, ri, discs, distance)
+    tol = _tolerance(xy, discs, distance)
+    hit, rest = _inside(xy, rg, li, ri, discs, distance, tol)
     if len(rest):
         edges = padded_edges(boundaries.segments, boundaries.owners, len(rg))
         assert edges is not None  # discs exist, so every polygon fits a row
-        tol = tolerance(scale_of(xy[:, 0], xy[:, 1], discs), distance)
         rx, ry = xy[li[rest], 0], xy[li[rest], 1]
         sure, unsure = within_distance(rx, ry, edges, ri[rest], distance, tol)
         hit[rest[sure]] = True

@@ -146,10 +146,16 @@ def _frame_bytes(frame: gpd.GeoDataFrame, num_coords: int | None = None) -> int:
     the geometries."""
     import shapely
 
-    plain = int(frame.memory_usage(index=False, deep=False).sum())
     if num_coords is None:
         num_coords = int(shapely.get_num_coordinates(frame.geometry.array).sum())
-    return plain + 16 * int(num_coords) + 64 * len(frame)
+    return _rows_bytes(frame, num_coords, len(frame))
+
+
+def _rows_bytes(columns: pd.DataFrame, num_coords: int, rows: int) -> int:
+    """About the memory of ``rows`` rows: their ``columns``, and 16 bytes a coordinate + 64 a
+    row for the geometries."""
+    plain = int(columns.memory_usage(index=False, deep=False).sum())
+    return plain + 16 * int(num_coords) + 64 * rows
 
 
 def _right_chunks(url: str, job_id: str | None) -> list[ChunkMetadata]:
@@ -330,21 +336,15 @@ def _read_left(url: str, meta: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]
     """Left chunk ``meta`` as stored (its row group, geometry as WKB, no covering column) and
     the file's GeoParquet metadata; a read error is a :class:`StepInputError` naming the chunk,
     as :func:`~fused_celery.steps.map_stages.read_chunk` says it."""
-    return _read_chunk(url, meta, "table")
+    return _read_chunk(url, meta["file_id"], meta["chunk_id"], "table")
 
 
-def _read_chunk(
-    url: str, meta: dict[str, Any] | ChunkMetadata, what: str
-) -> tuple[pa.Table, dict[str, Any] | None]:
-    """Chunk ``meta`` of table ``url`` as stored (see :func:`_read_left`); ``what`` names the
-    table in the error."""
+def _read_chunk(url: str, fid: str, cid: int, what: str) -> tuple[pa.Table, dict[str, Any] | None]:
+    """Chunk ``cid`` of file ``fid`` of table ``url`` as stored (see :func:`_read_left`);
+    ``what`` names the table in the error."""
     from fused_celery.table.format import _file_url, resolve_table_url
     from fused_celery.table.read import _read_row_groups
 
-    if isinstance(meta, dict):
-        fid, cid = meta["file_id"], meta["chunk_id"]
-    else:
-        fid, cid = meta.file_id, meta.chunk_id
     try:
         return _read_row_groups(_file_url(resolve_table_url(url), str(fid)), [int(cid)], None)
     except Exception as exc:
@@ -388,7 +388,7 @@ def _right_rows(
         return found
     # read as Arrow and decoded here (no GeoDataFrame: on small chunks its making costs more
     # than the join of the chunk's rows)
-    table, geo = _read_chunk(url, meta, "the right table")
+    table, geo = _read_chunk(url, meta.file_id, meta.chunk_id, "the right table")
     columns = (geo or {}).get("columns", {})
     present = [c for c in columns if c in table.column_names]
     if len(present) != 1:
@@ -410,8 +410,7 @@ def _right_rows(
         geoms = reproject(geoms, left_crs, metric)
     boundary = polygon_boundaries(geoms) if boundaries else None
     found = (geoms, attrs, boundary)
-    nbytes = int(attrs.memory_usage(index=False, deep=False).sum()) + 16 * int(meta.num_coords)
-    nbytes += 64 * len(geoms)
+    nbytes = _rows_bytes(attrs, meta.num_coords, len(geoms))
     if boundary is not None:
         nbytes += boundary.segments.nbytes * 2 + 32 * len(geoms)
     right_cache.put(key, found, nbytes)
