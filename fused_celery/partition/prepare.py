@@ -8,7 +8,9 @@
 3. the CRS: a frame in another CRS is reprojected to EPSG:4326 (an error names the CRS when that
    is impossible); a frame without CRS is taken as EPSG:4326 when at least half of its rows lie
    within [-180, 180] × [-90, 90], and is an error otherwise ("cannot be degrees");
-4. invalid geometries are repaired with ``shapely.make_valid`` (counted in the report);
+4. invalid geometries are repaired with ``shapely.make_valid`` (counted in the report); single-ring
+   polygons that :mod:`~fused_celery.partition.ring_shapes` proves valid from their coordinates
+   skip GEOS's check, and their centroids (step 8) come from the same coordinates;
 5. ``explode_geometries``: multi-part geometries become one row per part;
 6. ``drop_out_of_bounds`` (None means True): rows whose bbox is not within the WGS84 bounds are
    dropped (counted); with False they are kept, but non-finite coordinates are still an error.
@@ -29,7 +31,7 @@ An input with no rows left is an :class:`IngestInputError`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -280,6 +282,82 @@ def _polygonal(geoms: np.ndarray) -> np.ndarray:
     return geoms
 
 
+#: Polygons whose rings :func:`single_rings` measures at a time (bounds its temporary arrays to
+#: a few MB each, which stay in the CPU's caches).
+RING_BATCH = 16_384
+
+
+class SingleRings(NamedTuple):
+    """What :mod:`~fused_celery.partition.ring_shapes` tells of the single-ring polygons among
+    some geometries: their positions (``single``), whether each is surely valid (``simple``),
+    and their centroids (``cx``, ``cy``; ``ok`` False where GEOS must give it)."""
+
+    single: np.ndarray
+    simple: np.ndarray
+    cx: np.ndarray
+    cy: np.ndarray
+    ok: np.ndarray
+
+
+def single_rings(geoms: np.ndarray) -> SingleRings:
+    """The :class:`SingleRings` of shapely ``geoms``: the polygons without holes, their
+    coordinates read (``get_coordinates``) and measured :data:`RING_BATCH` at a time."""
+    import shapely
+
+    from fused_celery.partition.ring_shapes import ring_centroids, rings_of, surely_simple
+
+    single = np.flatnonzero(
+        (shapely.get_type_id(geoms) == 3) & (shapely.get_num_interior_rings(geoms) == 0)
+    )
+    simple, ok = np.zeros(len(single), bool), np.zeros(len(single), bool)
+    cx, cy = np.full(len(single), np.nan), np.full(len(single), np.nan)
+    for a in range(0, len(single), RING_BATCH):
+        part = geoms[single[a : a + RING_BATCH]]
+        xy, owner = shapely.get_coordinates(part, return_index=True)
+        rings = rings_of(xy[:, 0], xy[:, 1], owner, len(part))
+        b = a + len(part)
+        simple[a:b] = surely_simple(rings)
+        cx[a:b], cy[a:b], ok[a:b] = ring_centroids(rings)
+    return SingleRings(single, simple, cx, cy, ok)
+
+
+def geometries_valid(geoms: np.ndarray, rings: SingleRings | None = None) -> np.ndarray:
+    """``shapely.is_valid`` of ``geoms``, with the single-ring polygons that
+    :func:`~fused_celery.partition.ring_shapes.surely_simple` proves valid from their
+    coordinates left out of GEOS's check (most of them: a few times cheaper than GEOS's).
+    rings: :func:`single_rings` of ``geoms`` when known (default None: computed)."""
+    import shapely
+
+    found = rings if rings is not None else single_rings(geoms)
+    valid = np.zeros(len(geoms), bool)
+    valid[found.single] = found.simple
+    rest = np.flatnonzero(~valid)
+    if len(rest):
+        valid[rest] = shapely.is_valid(geoms[rest])
+    return valid
+
+
+def centroids_xy(
+    geoms: np.ndarray, rings: SingleRings | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The centroids' ``(x, y)`` of shapely ``geoms`` (non-empty): GEOS's, but those of
+    single-ring polygons computed from their coordinates
+    (:func:`~fused_celery.partition.ring_shapes.ring_centroids`, equal up to rounding).
+    rings: :func:`single_rings` of ``geoms`` when known (default None: computed)."""
+    import shapely
+
+    found = rings if rings is not None else single_rings(geoms)
+    x, y = np.full(len(geoms), np.nan), np.full(len(geoms), np.nan)
+    done = np.zeros(len(geoms), bool)
+    at = found.single[found.ok]
+    x[at], y[at], done[at] = found.cx[found.ok], found.cy[found.ok], True
+    rest = np.flatnonzero(~done)
+    if len(rest):
+        centroids = shapely.centroid(geoms[rest])
+        x[rest], y[rest] = shapely.get_x(centroids), shapely.get_y(centroids)
+    return x, y
+
+
 def row_measures(facts: RowFacts, method: str) -> np.ndarray:
     """Per-row measure for ``method`` from the rows' facts: ``rows`` 1, ``area`` square degrees,
     ``length`` degrees, ``coords`` coordinate count (as float64)."""
@@ -358,8 +436,10 @@ def prepare_frame(
 
     geoms = np.asarray(gdf.geometry.array, dtype=object)
     b = shapely.bounds(geoms)
+    rings = single_rings(geoms)  # validity and centroids of the polygons without holes
     # Non-finite coordinates are handled with the bounds below; make_valid cannot take them.
-    invalid = ~shapely.is_valid(geoms) & np.isfinite(b).all(axis=1)
+    invalid = ~geometries_valid(geoms, rings) & np.isfinite(b).all(axis=1)
+    unchanged = not invalid.any()
     if invalid.any():
         geoms = geoms.copy()
         geoms[invalid] = shapely.make_valid(geoms[invalid])
@@ -372,6 +452,7 @@ def prepare_frame(
         gdf = gdf.explode(index_parts=False, ignore_index=True)
         report.exploded_rows_added = len(gdf) - before
         b = shapely.bounds(np.asarray(gdf.geometry.array, dtype=object))
+        unchanged = False
 
     finite = np.isfinite(b).all(axis=1)
     inside = finite & within_bounds(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
@@ -379,6 +460,7 @@ def prepare_frame(
         if not inside.all():
             report.dropped_out_of_bounds = int((~inside).sum())
             gdf = gdf[inside].reset_index(drop=True)
+            unchanged = False
     elif not finite.all():
         raise IngestInputError(
             f"{int((~finite).sum())} row(s) have non-finite (NaN or infinite) coordinates, e.g. "
@@ -393,14 +475,14 @@ def prepare_frame(
     if subdivide is not None:
         gdf, report.subdivided_rows = _subdivide(gdf, *subdivide)
         gdf = gdf.reset_index(drop=True)
+        unchanged = unchanged and not report.subdivided_rows
 
     geoms = np.asarray(gdf.geometry.array, dtype=object)
     facts, report.clamped_to_bounds = RowFacts.of(geoms).clamped(WGS84_BOUNDS, BOUNDS_TOLERANCE)
     if len(geoms) and (facts.type_id == 0).all():  # points are their centroids
         x, y = facts.bounds[:, 0], facts.bounds[:, 1]
     else:
-        centroids = shapely.centroid(geoms)
-        x, y = shapely.get_x(centroids), shapely.get_y(centroids)
+        x, y = centroids_xy(geoms, rings if unchanged else None)
     report.output_rows = len(gdf)
     return PreparedFrame(
         frame=gdf,
