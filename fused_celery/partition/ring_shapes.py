@@ -16,6 +16,9 @@ either from coordinate arrays (shapely and GEOS take geometries).
   computation (:data:`CROSS_ERROR`), so a ring reported simple is simple in exact arithmetic,
   and GEOS, whose predicates are exact, calls it valid. ``False`` means "not proven": the
   caller asks GEOS.
+* :func:`ring_bounds` and :func:`ring_measures`: each ring's bounds, and the area and length of
+  the polygon it bounds with GEOS's own arithmetic (the same terms summed in the same order: the
+  same doubles as ``shapely.area`` and ``shapely.length``).
 * :func:`ring_centroids`: the area centroid of each ring as GEOS computes it (triangles from the
   ring's first vertex), equal to GEOS's up to rounding; rings of zero or non-finite area are
   marked for the caller to ask GEOS (whose centroid then falls back to the boundary's).
@@ -31,7 +34,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["CROSS_ERROR", "Rings", "ring_centroids", "rings_of", "surely_simple"]
+__all__ = [
+    "CROSS_ERROR",
+    "Rings",
+    "ring_bounds",
+    "ring_centroids",
+    "ring_measures",
+    "rings_of",
+    "surely_simple",
+]
 
 #: Relative error bound of a computed cross product of two computed differences ``p - c``:
 #: each difference is correctly rounded (relative error 2^-53), the two products and their
@@ -147,3 +158,40 @@ def ring_centroids(rings: Rings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cy = y[first] + sy / (3.0 * total)
         ok = (count > 0) & (total != 0) & np.isfinite(cx) & np.isfinite(cy)
     return cx, cy, ok
+
+
+def ring_bounds(rings: Rings) -> np.ndarray:
+    """Each ring's ``(minx, miny, maxx, maxy)`` (n × 4; NaN for a ring without coordinates)."""
+    x, y, _, start, count, _ = rings
+    out = np.full((len(start), 4), np.nan)
+    has = count > 0
+    if has.any():
+        at = start[has]
+        out[has, 0] = np.minimum.reduceat(x, at)
+        out[has, 1] = np.minimum.reduceat(y, at)
+        out[has, 2] = np.maximum.reduceat(x, at)
+        out[has, 3] = np.maximum.reduceat(y, at)
+    return out
+
+
+def ring_measures(rings: Rings) -> tuple[np.ndarray, np.ndarray]:
+    """``(area, length)`` of the polygon each ring bounds, as GEOS computes them: the area by
+    the shoelace formula from the ring's first x (``Area::ofRingSigned``, absolute), the length
+    as the sum of ``sqrt(dx² + dy²)`` along the ring (``Length::ofLine``), each summed from 0
+    in ring order (``np.bincount`` adds in index order)."""
+    x, y, owner, start, count, inside = rings
+    n, m = len(start), len(x)
+    if not n or m < 3:
+        return np.zeros(n), np.zeros(n)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # area: for coordinates 1 .. count - 2 of each ring, (x_i - x_0) * (y_{i-1} - y_{i+1})
+        middle = inside[:-1] & inside[1:]  # i - 1, i and i + 1 in one ring
+        x0 = x[np.where(count > 0, start, 0)][owner[1:-1]]
+        term = (x[1:-1] - x0) * (y[:-2] - y[2:])
+        area = np.bincount(owner[1:-1][middle], weights=term[middle], minlength=n)[:n]
+        dx = x[1:] - x[:-1]
+        dy = y[1:] - y[:-1]
+        step = np.sqrt(dx * dx + dy * dy)
+    length = np.bincount(owner[:-1][inside], weights=step[inside], minlength=n)[:n]
+    area = np.where(count >= 3, np.abs(area / 2.0), 0.0)
+    return area, np.where(count >= 2, length, 0.0)

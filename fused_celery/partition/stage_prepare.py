@@ -3,7 +3,10 @@ prepared (:func:`~.prepare.prepare_frame`: EPSG:4326, repaired, measured, centro
 to the work folder with its planning sample (the member, :func:`prepare_slice`).
 
 GeoParquet slices of 2D points in degrees take a fast path: x, y are read from the WKB bytes and
-nothing is staged; scatter reads the slice again (:func:`reread_points`).
+nothing is staged; scatter reads the slice again (:func:`reread_points`). Slices of 2D
+single-ring polygons in degrees take another (:func:`_polygons_fast`): their rings are read
+from the WKB bytes, validity, centroids and facts computed from the coordinates, and the slice
+is staged as read, with no geometry decoded unless the coordinates cannot prove it valid.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from fused_celery.partition.prepare import PrepareReport
+    from fused_celery.table.facts import RowFacts
 
 SOURCE_ROW = "__fc_src"
 """Column holding each row's position in its slice while it is prepared."""
@@ -160,17 +164,8 @@ def _points_fast(
 
     from fused_celery.partition.prepare import WGS84_BOUNDS, PrepareReport, within_bounds
 
-    if config.lonlat_cols is not None or config.remove_cols:
-        return None
-    if not geo or len(geo.get("columns", {})) != 1:
-        return None
-    name = geo.get("primary_column")
-    meta = geo["columns"].get(name)
-    if meta is None or str(meta.get("encoding", "WKB")).upper() != "WKB":
-        return None
-    if "crs" in meta and meta["crs"] is None:
-        return None  # an unknown CRS: the general path tells whether it can be degrees
-    if not _is_degrees(meta.get("crs", "OGC:CRS84")):
+    name = _degrees_wkb_column(table, geo, config)
+    if name is None:
         return None
     col = table.column(name).combine_chunks()
     large = pa.types.is_large_binary(col.type)
@@ -209,19 +204,140 @@ def _points_fast(
     if near.any():
         report.clamped_to_bounds = int(near.sum())
         x, y = np.where(near, np.clip(x, x0, x1), x), np.where(near, np.clip(y, y0, y1), y)
-    drop = [c for c in table.column_names if c == "bbox" and c != name]
-    table = table.drop_columns(drop)
+    report.output_rows = len(x)
+    return _kept_table(table, name), x, y, report
+
+
+def _degrees_wkb_column(
+    table: pa.Table, geo: dict[str, Any] | None, config: GeospatialPartitionJobStepConfig
+) -> str | None:
+    """The geometry column of a GeoParquet slice (``table`` and its ``geo`` metadata) that a
+    fast path may take as it is: the only one, WKB, in degrees, with neither ``lonlat_cols``
+    nor ``remove_cols`` asked for; None otherwise."""
+    if config.lonlat_cols is not None or config.remove_cols:
+        return None
+    if not geo or len(geo.get("columns", {})) != 1:
+        return None
+    name = geo.get("primary_column")
+    meta = geo["columns"].get(name)
+    if meta is None or name not in table.column_names:
+        return None
+    if str(meta.get("encoding", "WKB")).upper() != "WKB":
+        return None
+    if "crs" in meta and meta["crs"] is None:
+        return None  # an unknown CRS: the general path tells whether it can be degrees
+    if not _is_degrees(meta.get("crs", "OGC:CRS84")):
+        return None
+    return str(name)
+
+
+def _kept_table(table: pa.Table, name: str) -> pa.Table:
+    """A fast path's slice as the work files hold it: its columns as read but a ``bbox``
+    covering (recomputed on write), geometry ``name`` as binary WKB and named in the schema
+    metadata; a column with a reserved name is an :class:`IngestInputError`."""
+    import pyarrow as pa
+
+    table = table.drop_columns([c for c in table.column_names if c == "bbox" and c != name])
     for reserved in HELPER_COLUMNS:
         if reserved in table.column_names:
             raise IngestInputError(
                 f"the input has a column named {reserved!r}, reserved; rename it"
             )
-    if large:
+    if pa.types.is_large_binary(table.schema.field(name).type):
         table = table.set_column(
             table.column_names.index(name), name, table.column(name).cast(pa.binary())
         )
-    report.output_rows = len(x)
-    return table.replace_schema_metadata({GEOMETRY_KEY: name.encode()}), x, y, report
+    return table.replace_schema_metadata({GEOMETRY_KEY: name.encode()})
+
+
+def _polygons_fast(
+    table: pa.Table, geo: dict[str, Any] | None, config: GeospatialPartitionJobStepConfig
+) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray, RowFacts, PrepareReport] | None:
+    """Prepare a GeoParquet slice of 2D single-ring polygons in degrees without decoding a
+    geometry: ``(table, x, y, measure, facts, report)``, what :func:`.prepare.prepare_frame`
+    gives, from the rings read out of the WKB bytes
+    (:func:`~.wkb_polygons.single_ring_polygons`): validity proven from the coordinates
+    (GEOS checks the rest), centroids, and bounds, area and length as GEOS computes them. The
+    WKB column is kept as is. None when the slice is anything else (other geometries, holes,
+    nulls, another CRS, ``remove_cols``, an invalid polygon to repair, a row to subdivide,
+    non-finite coordinates kept by ``drop_out_of_bounds=False``): the general path prepares
+    it."""
+    import pyarrow as pa
+    import shapely
+
+    from fused_celery.partition.prepare import (
+        BOUNDS_TOLERANCE,
+        RING_BATCH,
+        WGS84_BOUNDS,
+        PrepareReport,
+        check_subdivide,
+        row_measures,
+        within_bounds,
+    )
+    from fused_celery.partition.ring_shapes import (
+        ring_bounds,
+        ring_centroids,
+        ring_measures,
+        surely_simple,
+    )
+    from fused_celery.partition.wkb_polygons import single_ring_polygons
+    from fused_celery.table.facts import RowFacts
+
+    name = _degrees_wkb_column(table, geo, config)
+    if name is None:
+        return None
+    col = table.column(name).combine_chunks()
+    n0 = len(col)
+    if not n0:
+        return None
+    parts = []
+    for a in range(0, n0, RING_BATCH):  # a batch's arrays stay in the CPU's caches
+        rings = single_ring_polygons(col.slice(a, RING_BATCH))
+        if rings is None:
+            return None
+        parts.append(
+            (surely_simple(rings), *ring_centroids(rings), ring_bounds(rings),
+             *ring_measures(rings), rings.count)
+        )  # fmt: skip
+    simple, x, y, ok, bounds, area, length, count = (np.concatenate(p) for p in zip(*parts))
+    unproven = np.flatnonzero(~simple)
+    # GEOS decides the rest; an invalid one is repaired by the general path
+    if (
+        len(unproven)
+        and not shapely.is_valid(shapely.from_wkb(col.take(unproven).to_numpy(False))).all()
+    ):
+        return None
+    if not ok.all():  # zero area: GEOS's centroid (of the boundary)
+        rest = np.flatnonzero(~ok)
+        centroids = shapely.centroid(shapely.from_wkb(col.take(rest).to_numpy(False)))
+        x[rest], y[rest] = shapely.get_x(centroids), shapely.get_y(centroids)
+    subdivide = check_subdivide(
+        config.subdivide_start, config.subdivide_stop, config.subdivide_method
+    )
+    if subdivide is not None and (area > subdivide[0]).any():
+        return None
+    report = PrepareReport(input_rows=n0)
+    finite = np.isfinite(bounds).all(axis=1)
+    inside = finite & within_bounds(*bounds.T)
+    if not inside.all():
+        if config.drop_out_of_bounds is False:
+            if not finite.all():
+                return None  # the general path names the rows
+        else:
+            keep = np.flatnonzero(inside)
+            table = table.take(pa.array(keep))
+            x, y, bounds, area, length, count = (
+                v[keep] for v in (x, y, bounds, area, length, count)
+            )
+            report.dropped_out_of_bounds = int(n0 - len(keep))
+    n = len(x)
+    facts = RowFacts(
+        bounds, area, length, count.astype(np.int64), np.full(n, 3, np.int8), np.zeros(n, bool)
+    )
+    facts, report.clamped_to_bounds = facts.clamped(WGS84_BOUNDS, BOUNDS_TOLERANCE)
+    report.output_rows = n
+    measure = row_measures(facts, config.partitioning_method)
+    return _kept_table(table, name), x, y, measure, facts, report
 
 
 def _may_be_points(sl: InputSlice, config: GeospatialPartitionJobStepConfig) -> bool:
@@ -287,6 +403,32 @@ def _is_degrees_json(crs: str) -> bool:
     return c.to_epsg() == 4326 or c.to_string() in ("OGC:CRS84", "EPSG:4326")
 
 
+def _stage_prepared(
+    run: IngestRun,
+    slice_id: int,
+    table: pa.Table,
+    x: np.ndarray,
+    y: np.ndarray,
+    measure: np.ndarray,
+    facts: RowFacts,
+) -> np.ndarray:
+    """Write prepared slice ``slice_id`` (its rows ``table``, their centroids, measures and
+    facts as helper columns) to the work folder; returns the rows' ids."""
+    import pyarrow as pa
+
+    ids = row_ids(slice_id, len(x))
+    helpers = {X: x, Y: y, M: measure, ID: ids}
+    helpers.update({name: facts.bounds[:, i] for i, name in enumerate(BOUNDS)})
+    helpers.update(
+        {AREA: facts.area, LENGTH: facts.length, NCOORDS: facts.num_coords,
+         TYPE: facts.type_id, HAS_Z: facts.has_z}
+    )  # fmt: skip
+    for name, values in helpers.items():
+        table = table.append_column(name, pa.array(values))
+    write_arrow(prepared_url(run.work, slice_id), table)
+    return ids
+
+
 def prepare_slice(run: IngestRun, input_slice: dict[str, Any]) -> PreparedSlice:
     """The prepare member: read and prepare one slice (``input_slice``: an
     :class:`~.read.InputSlice` as JSON); write it and its planning sample to the work folder.
@@ -301,8 +443,8 @@ def prepare_slice(run: IngestRun, input_slice: dict[str, Any]) -> PreparedSlice:
 
     config = run.config
     sl = InputSlice.model_validate(input_slice)
-    fast = raw = original = None
-    if sl.format == "parquet":  # the points fast path, else a frame from the table
+    fast = polygons = raw = original = None
+    if sl.format == "parquet":  # the points or polygons fast path, else a frame from the table
         if _may_be_points(sl, config):  # read the geometry alone first
             table, geo = read_parquet_table(sl, lonlat_cols=config.lonlat_cols, load_columns=[])
             fast = _points_fast(table, geo, config)
@@ -310,6 +452,8 @@ def prepare_slice(run: IngestRun, input_slice: dict[str, Any]) -> PreparedSlice:
             table, geo = read_parquet_table(
                 sl, lonlat_cols=config.lonlat_cols, load_columns=config.load_columns
             )
+            polygons = _polygons_fast(table, geo, config)
+        if fast is None and polygons is None:
             raw = parquet_frame(sl, table, geo, lonlat_cols=config.lonlat_cols)
             original = _original_wkb(table, geo, raw)
             if original is not None and SOURCE_ROW not in raw.columns:
@@ -326,6 +470,10 @@ def prepare_slice(run: IngestRun, input_slice: dict[str, Any]) -> PreparedSlice:
             sl.model_dump_json().encode(),
             durable=False,
         )
+    elif polygons is not None:  # staged as read, with the facts of its rings
+        table, x, y, measure, facts, report = polygons
+        n = len(x)
+        ids = _stage_prepared(run, sl.slice_id, table, x, y, measure, facts)
     else:
         prepared = prepare_frame(
             raw if raw is not None else read_slice(sl, config),
@@ -356,17 +504,7 @@ def prepare_slice(run: IngestRun, input_slice: dict[str, Any]) -> PreparedSlice:
                 wkb = original.take(pa.array(frame[SOURCE_ROW].to_numpy()))
             frame = frame.drop(columns=[SOURCE_ROW])
         table = encode_frame(frame, wkb)
-        facts = prepared.facts
-        ids = row_ids(sl.slice_id, n)
-        helpers = {X: x, Y: y, M: measure, ID: ids}
-        helpers.update({name: facts.bounds[:, i] for i, name in enumerate(BOUNDS)})
-        helpers.update(
-            {AREA: facts.area, LENGTH: facts.length, NCOORDS: facts.num_coords,
-             TYPE: facts.type_id, HAS_Z: facts.has_z}
-        )  # fmt: skip
-        for name, values in helpers.items():
-            table = table.append_column(name, pa.array(values))
-        write_arrow(prepared_url(run.work, sl.slice_id), table)
+        ids = _stage_prepared(run, sl.slice_id, table, x, y, measure, prepared.facts)
 
     k = run.samples_per_slice
     pick = evenly_spaced(n, k) if n > k else np.arange(n)
