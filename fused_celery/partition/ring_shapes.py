@@ -1,4 +1,4 @@
-"""Validity and centroids of single-ring polygons, from coordinate arrays.
+"""Validity, centroids and measures of single-ring polygons, from coordinate arrays.
 
 Pure numpy (no I/O, no Celery, no GEOS). An ingest checks every polygon's validity (to repair
 the invalid ones with ``make_valid``) and takes every row's centroid (the plan's point); on
@@ -25,7 +25,7 @@ either from coordinate arrays (shapely and GEOS take geometries).
 
 Rings are given as :class:`Rings` (:func:`rings_of`): the coordinates of all rings one after
 another, as ``shapely.get_coordinates(..., return_index=True)`` gives them for single-ring
-polygons, so one pass of GEOS serves both functions.
+polygons, or as :mod:`.wkb_polygons` reads them from WKB bytes.
 """
 
 from __future__ import annotations
