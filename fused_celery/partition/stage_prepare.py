@@ -300,16 +300,18 @@ def _polygons_fast(
              *ring_measures(rings), rings.count)
         )  # fmt: skip
     simple, x, y, ok, bounds, area, length, count = (np.concatenate(p) for p in zip(*parts))
+
+    def decoded(rows: np.ndarray) -> np.ndarray:  # None where GEOS cannot read the WKB
+        return shapely.from_wkb(col.take(rows).to_numpy(False), on_invalid="ignore")
+
+    # GEOS decides the rest; an invalid one (or one GEOS cannot read, e.g. an unclosed ring)
+    # is for the general path, which repairs it or names it in its error
     unproven = np.flatnonzero(~simple)
-    # GEOS decides the rest; an invalid one is repaired by the general path
-    if (
-        len(unproven)
-        and not shapely.is_valid(shapely.from_wkb(col.take(unproven).to_numpy(False))).all()
-    ):
+    if len(unproven) and not shapely.is_valid(decoded(unproven)).all():
         return None
     if not ok.all():  # zero area: GEOS's centroid (of the boundary)
         rest = np.flatnonzero(~ok)
-        centroids = shapely.centroid(shapely.from_wkb(col.take(rest).to_numpy(False)))
+        centroids = shapely.centroid(decoded(rest))
         x[rest], y[rest] = shapely.get_x(centroids), shapely.get_y(centroids)
     subdivide = check_subdivide(
         config.subdivide_start, config.subdivide_stop, config.subdivide_method

@@ -125,6 +125,32 @@ def test_other_rows_take_the_general_path(tmp_path, fast_calls, odd, told):
     assert table.ingest_report["made_valid"] == (1 if told == "repaired 1" else 0)
 
 
+def test_unreadable_wkb_gets_the_general_paths_error(tmp_path, fast_calls):
+    """A ring GEOS cannot read (not closed) is not taken by the fast path: the ingest fails
+    with the general path's typed error naming the slice, and writes no table."""
+    import json
+    import struct
+
+    import pyarrow.parquet as pq
+
+    from fused_celery.errors import IngestInputError
+
+    def wkb(pts):
+        head = struct.pack("<BIII", 1, 3, 1, len(pts))
+        return head + b"".join(struct.pack("<dd", *p) for p in pts)
+
+    rows = [wkb([(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)])] * 20
+    rows[3] = wkb([(0, 0), (1, 0), (1, 1), (0, 1)])  # not closed
+    geo = {"version": "1.0.0", "primary_column": "geometry",
+           "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"]}}}  # fmt: skip
+    table = pa.table({"i": np.arange(20), "geometry": pa.array(rows, pa.binary())})
+    pq.write_table(table.replace_schema_metadata({"geo": json.dumps(geo)}), tmp_path / "in.parquet")
+    with pytest.raises(IngestInputError, match="cannot read slice 0 .*closed linestring"):
+        run_ingest(fused.ingest(str(tmp_path / "in.parquet")), str(tmp_path / "out"))
+    assert fast_calls == [False]
+    assert not (tmp_path / "out").exists()
+
+
 def wkb_column(geoms, **kwargs) -> pa.Array:
     return pa.array(shapely.to_wkb(np.asarray(geoms, dtype=object), flavor="iso", **kwargs))
 
