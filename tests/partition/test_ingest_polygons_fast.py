@@ -61,7 +61,7 @@ def fast_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("method", ["area", "rows", "length", "coords"])
+@pytest.mark.parametrize("method", ["area", "coords"])
 def test_polygons_fast_path_matches_the_general_path(tmp_path, monkeypatch, fast_calls, method):
     """GeoParquet polygons skip geometry decoding; the table (rows, chunk metadata to the last
     bit) equals the one the general path makes of the same file, out-of-bounds rows dropped
