@@ -190,14 +190,10 @@ def _points_fast(
     finite = np.isfinite(x) & np.isfinite(y)
     inside = finite & within_bounds(x, y, x, y)
     report = PrepareReport(input_rows=n0)
-    if not inside.all():
-        if config.drop_out_of_bounds is False:
-            if not finite.all():
-                return None  # the general path names the rows
-        else:
-            keep = np.flatnonzero(inside)
-            table, x, y = table.take(pa.array(keep)), x[keep], y[keep]
-            report.dropped_out_of_bounds = int(n0 - len(keep))
+    kept = _in_bounds(table, finite, inside, config, report, x, y)
+    if kept is None:
+        return None
+    table, (x, y) = kept
     x0, y0, x1, y1 = WGS84_BOUNDS  # points past the bounds by rounding: their bbox clamped
     past = (x < x0) | (x > x1) | (y < y0) | (y > y1)
     near = past & within_bounds(x, y, x, y)
@@ -206,6 +202,29 @@ def _points_fast(
         x, y = np.where(near, np.clip(x, x0, x1), x), np.where(near, np.clip(y, y0, y1), y)
     report.output_rows = len(x)
     return _kept_table(table, name), x, y, report
+
+
+def _in_bounds(
+    table: pa.Table,
+    finite: np.ndarray,
+    inside: np.ndarray,
+    config: GeospatialPartitionJobStepConfig,
+    report: PrepareReport,
+    *arrays: np.ndarray,
+) -> tuple[pa.Table, tuple[np.ndarray, ...]] | None:
+    """A fast path's rows after ``drop_out_of_bounds``: ``table`` and the per-row ``arrays``
+    without the rows not ``inside`` the WGS84 bounds (counted in ``report``), or all of them
+    with ``drop_out_of_bounds=False``; None when such rows are not ``finite`` (the general
+    path names them in its error)."""
+    import pyarrow as pa
+
+    if inside.all():
+        return table, arrays
+    if config.drop_out_of_bounds is False:
+        return (table, arrays) if finite.all() else None
+    keep = np.flatnonzero(inside)
+    report.dropped_out_of_bounds = int(len(inside) - len(keep))
+    return table.take(pa.array(keep)), tuple(a[keep] for a in arrays)
 
 
 def _degrees_wkb_column(
@@ -262,7 +281,6 @@ def _polygons_fast(
     nulls, another CRS, ``remove_cols``, an invalid polygon to repair, a row to subdivide,
     non-finite coordinates kept by ``drop_out_of_bounds=False``): the general path prepares
     it."""
-    import pyarrow as pa
     import shapely
 
     from fused_celery.partition.prepare import (
@@ -321,17 +339,10 @@ def _polygons_fast(
     report = PrepareReport(input_rows=n0)
     finite = np.isfinite(bounds).all(axis=1)
     inside = finite & within_bounds(*bounds.T)
-    if not inside.all():
-        if config.drop_out_of_bounds is False:
-            if not finite.all():
-                return None  # the general path names the rows
-        else:
-            keep = np.flatnonzero(inside)
-            table = table.take(pa.array(keep))
-            x, y, bounds, area, length, count = (
-                v[keep] for v in (x, y, bounds, area, length, count)
-            )
-            report.dropped_out_of_bounds = int(n0 - len(keep))
+    kept = _in_bounds(table, finite, inside, config, report, x, y, bounds, area, length, count)
+    if kept is None:
+        return None
+    table, (x, y, bounds, area, length, count) = kept
     n = len(x)
     facts = RowFacts(
         bounds, area, length, count.astype(np.int64), np.full(n, 3, np.int8), np.zeros(n, bool)
