@@ -92,11 +92,12 @@ def _check_signing() -> None:
     serializer_config()
 
 
-def _exec(argv: list[str]) -> None:
-    """Replace this process with ``argv`` (signals then reach Celery directly)."""
+def _exec(argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Replace this process with ``argv`` (signals then reach Celery directly), in environment
+    ``env`` (default None: this process's)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, os.environ if env is None else env)
 
 
 def _passthrough(extra: Sequence[str]) -> list[str]:
@@ -175,6 +176,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     eviction policy) run here for a one-line error, and again in the Celery process.
     """
     from fused_celery.engines.celery.preflight import check_worker
+    from fused_celery.worker_memory import allocator_env
 
     argv = worker_argv(args)
     _check_signing()
@@ -187,7 +189,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             options.broker_url = url
     _wait_for_broker(options.broker_url, args.wait_for_broker)
     check_worker()
-    _exec(argv)
+    _exec(argv, allocator_env(os.environ))  # the allocators keep freed memory (worker_memory)
     return 0  # pragma: no cover
 
 

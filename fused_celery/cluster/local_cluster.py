@@ -56,6 +56,7 @@ from fused_celery.options import (
     mask_url,
     options,
 )
+from fused_celery.worker_memory import allocator_env
 
 CELERY_APP = "fused_celery.celery_app"
 FLOWER_USER = "admin"
@@ -393,7 +394,7 @@ class LocalCluster:
             proc = ManagedProcess(
                 name,
                 worker_command(name, self.queues, concurrency=self.concurrency, pool=self.pool),
-                env=env,
+                env=allocator_env(env),
                 log_path=self.log_dir / f"worker{i}.log",
             )
             self.workers[name] = proc.start()

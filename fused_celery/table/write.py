@@ -637,7 +637,9 @@ def _sample_rows(tables: Sequence[pa.Table], k: int) -> pa.Table:
 
 
 def writer_options(schema: pa.Schema) -> dict[str, Any]:
-    """ParquetWriter options of data files: snappy (pyarrow's default, twice as fast as zstd);
+    """ParquetWriter options of data files: snappy (pyarrow's default, twice as fast as zstd)
+    but for the ``bbox`` covering's coordinates, which are stored as they are (doubles that
+    snappy does not shrink: the same file size, ~10 % less write time for points);
     dictionary encoding for string columns only (WKB and floats gain nothing from it and it
     doubles the write time); statistics for every column but the WKB geometries (the ``bbox``
     covering's min/max drive row-group pruning)."""
@@ -650,8 +652,13 @@ def writer_options(schema: pa.Schema) -> dict[str, Any]:
         or pa.types.is_large_string(f.type)
         or pa.types.is_dictionary(f.type)
     ]
-    stats = [path for f in schema if f.name not in wkb for path in _leaf_paths(f)]
-    return {"compression": COMPRESSION, "use_dictionary": strings, "write_statistics": stats}
+    leaves = [(f.name, path) for f in schema for path in _leaf_paths(f)]
+    stats = [path for name, path in leaves if name not in wkb]
+    compression = {
+        path: "none" if name == COVERING_COLUMN and path != name else COMPRESSION
+        for name, path in leaves
+    }
+    return {"compression": compression, "use_dictionary": strings, "write_statistics": stats}
 
 
 def _leaf_paths(field: pa.Field, prefix: str = "") -> list[str]:

@@ -330,6 +330,16 @@ def test_duckdb_reads_our_tables_as_geoparquet(tmp_path):
     assert [r[0] for r in stats] == [0, 1]
     for (_, lo, _), chunk in zip(stats, files["0"]):
         assert float(lo) == pytest.approx(chunk.total_bounds[0])
+    # The covering's doubles are stored uncompressed (snappy does not shrink them), the rest snappy.
+    codecs = dict(
+        con.execute(
+            f"select distinct path_in_schema, compression from parquet_metadata('{url}/0.parquet')"
+        ).fetchall()
+    )
+    assert {k: v for k, v in codecs.items() if k.startswith("bbox")} == {
+        f"bbox, {k}": "UNCOMPRESSED" for k in ("xmin", "ymin", "xmax", "ymax")
+    }
+    assert {v for k, v in codecs.items() if not k.startswith("bbox")} == {"SNAPPY"}
     hits = con.execute(
         f"select id from read_parquet('{glob}') where bbox.xmin <= 10.5 and bbox.xmax >= 10 "
         "and bbox.ymin <= 10.5 and bbox.ymax >= 10 order by id"
