@@ -357,6 +357,20 @@ def write_bytes(url: str, data: bytes, *, durable: bool = True) -> None:
         out.write(data)
 
 
+def sync(url: str) -> None:
+    """Make the file at ``url`` durable: fsync a local file (one written by
+    :func:`atomic_output` with ``durable=False``, e.g. so that the caller overlaps the disk's
+    wait with other work); nothing to do on S3, whose writes are durable when they return."""
+    loc = parse(url)
+    if loc.scheme == "s3":
+        return
+    fd = os.open(loc.path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_output(url: str, *, durable: bool = True) -> Iterator[pa.NativeFile]:
     """A writable Arrow file whose content appears at ``url`` only when the block ends

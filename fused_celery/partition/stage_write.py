@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -113,16 +114,29 @@ def describe_write(run: IngestRun, items: Sequence[list[list[Any]]]) -> str:
 
 def write_files(run: IngestRun, files: list[list[Any]]) -> dict[str, Any]:
     """The write member: :func:`write_file` for each ``[file_index, parts]`` of ``files`` (a
-    group of :func:`write_groups`). Returns ``{"files": [file indexes], "chunks": [metadata
-    dicts]}``."""
+    group of :func:`write_groups`). Each output file is fsynced in a thread while the next one
+    is built (the disk's wait overlaps the CPU work), all of them before this returns.
+    Returns ``{"files": [file indexes], "chunks": [metadata dicts]}``."""
     chunks: list[dict[str, Any]] = []
     reader = BatchReader(run.work)
+    writer = run.table_writer()
+    syncs: list[Future[None]] = []
     try:
-        for file_index, parts in files:
-            chunks.extend(write_file(run, int(file_index), parts, reader)["chunks"])
+        with ThreadPoolExecutor(max_workers=SYNC_THREADS) as pool:
+            for file_index, parts in files:
+                written = write_file(run, int(file_index), parts, reader, durable=False)
+                chunks.extend(written["chunks"])
+                fids = dict.fromkeys(c["file_id"] for c in written["chunks"])
+                syncs += [pool.submit(storage.sync, writer.staged_file_url(f)) for f in fids]
     finally:
         reader.close()
+    for done in syncs:
+        done.result()  # an fsync that failed fails the task
     return {"files": [int(f) for f, _ in files], "chunks": chunks}
+
+
+SYNC_THREADS = 4
+"""Output files a write task fsyncs at once."""
 
 
 def write_file(
@@ -130,10 +144,14 @@ def write_file(
     file_index: int,
     parts: list[list[int]],
     reader: BatchReader | None = None,
+    *,
+    durable: bool = True,
 ) -> dict[str, Any]:
     """Write planned file ``file_index`` from its scattered parts (``[slice_id, batch]`` pairs,
     see :func:`~.stage_scatter.scatter_slice`), refining chunks and the file with the exact rows
     (to the run's maxima). reader: where to read the parts (default None: a new one).
+    durable: fsync each output file (default True; False: the caller does, see
+    :meth:`~fused_celery.table.TableWriter.write_arrow_file`).
 
     Returns ``{"file_index", "chunks": [ChunkMetadata dicts]}`` (one output file or more)."""
     import pyarrow as pa
@@ -143,7 +161,7 @@ def write_file(
     try:
         tables = [pa.Table.from_batches([reader.batch(int(s), int(b))]) for s, b in sorted(parts)]
         table, facts = _merge_by_chunk(tables)
-        return _write_merged(run, file_index, table, facts)
+        return _write_merged(run, file_index, table, facts, durable=durable)
     finally:
         if own:
             reader.close()
@@ -177,7 +195,7 @@ def _merge_by_chunk(tables: list[pa.Table]) -> tuple[pa.Table, RowFacts]:
 
 
 def _write_merged(
-    run: IngestRun, file_index: int, table: pa.Table, facts: RowFacts
+    run: IngestRun, file_index: int, table: pa.Table, facts: RowFacts, *, durable: bool
 ) -> dict[str, Any]:
     """:func:`write_file` once its rows are in chunk order."""
 
@@ -213,6 +231,7 @@ def _write_merged(
             chunk_start[a : b + 1] - lo,
             facts.take(slice(lo, hi)),
             geometry=geometry,
+            durable=durable,
         )
         metas.extend(c.model_dump(mode="json") for c in written)
     return {"file_index": int(file_index), "chunks": metas}

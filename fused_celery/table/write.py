@@ -263,11 +263,15 @@ class TableWriter:
         facts: RowFacts,
         *,
         geometry: str = "geometry",
+        durable: bool = True,
     ) -> list[ChunkMetadata]:
         """:meth:`write_file` for rows already encoded: ``table`` holds the attributes and the
         ISO WKB ``geometry`` column in EPSG:4326, rows in chunk order; chunk k is rows
         ``chunk_offsets[k]:chunk_offsets[k + 1]`` (empty chunks skipped); ``facts`` are the
         rows' :class:`RowFacts`. No geometry is decoded. Idempotent, like :meth:`write_file`.
+        durable: fsync the staged file before returning (default True); False leaves that to
+        the caller (``storage.sync(writer.staged_file_url(file_id))``), which must do it before
+        the table is committed.
         """
         fid = validate_name(file_id, "file_id")
         if geometry not in table.column_names:
@@ -301,7 +305,7 @@ class TableWriter:
         staged = self.staged_file_url(fid)
         if bounds:
             with (
-                storage.atomic_output(staged) as out,
+                storage.atomic_output(staged, durable=durable) as out,
                 pq.ParquetWriter(out, table.schema, **writer_options(table.schema)) as writer,
             ):
                 for a, z in bounds:
