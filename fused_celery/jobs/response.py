@@ -10,6 +10,7 @@ backend. Statuses: ``Pending``, ``Running``, ``Done``, ``Failed``, ``Canceled``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -256,7 +257,8 @@ class RunResponse(BaseModel):
         (refreshed; a failed job does not raise here, see :meth:`get_results`). Shows a tqdm bar
         of finished/total tasks described by the current stage when ``options.show.enable_tqdm``.
 
-        poll_interval_seconds: seconds between polls, one Redis round trip each (default 1).
+        poll_interval_seconds: seconds between polls, one Redis round trip each (default 1); the
+            wait ends as soon as the job does (its record announces it), not at the next poll.
         timeout: seconds (default None: no limit); raises
         :class:`~fused_celery.errors.JobTimeoutError` when reached (the job goes on).
         """
@@ -269,13 +271,14 @@ class RunResponse(BaseModel):
         deadline = None if timeout is None else time.monotonic() + timeout
         progress = _Bar(enabled=bar)
         try:
-            while True:
-                snap = record.snapshot(errors=False)
-                self._apply(snap)
-                progress.update(snap)
-                if snap.terminal:
-                    return snap
-                _sleep_or_timeout(self, deadline, poll, timeout)
+            with record.terminal_wait() as wait:  # woken at once when the job ends
+                while True:
+                    snap = record.snapshot(errors=False)
+                    self._apply(snap)
+                    progress.update(snap)
+                    if snap.terminal:
+                        return snap
+                    _sleep_or_timeout(self, deadline, poll, timeout, wait)
         finally:
             progress.close()
 
@@ -318,9 +321,14 @@ def _check_interval(value: float, name: str) -> None:
 
 
 def _sleep_or_timeout(
-    response: RunResponse, deadline: float | None, interval: float, timeout: float | None
+    response: RunResponse,
+    deadline: float | None,
+    interval: float,
+    timeout: float | None,
+    wait: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Sleep ``interval`` (cut at ``deadline``); raise JobTimeoutError once it has passed."""
+    """Wait ``interval`` with ``wait`` (default ``time.sleep``; cut at ``deadline``); raise
+    JobTimeoutError once ``deadline`` has passed."""
     if deadline is not None:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -330,4 +338,4 @@ def _sleep_or_timeout(
                 "it goes on running: wait again, or cancel() it"
             )
         interval = min(interval, left)
-    time.sleep(interval)
+    wait(interval)

@@ -18,12 +18,15 @@ raises :class:`~fused_celery.errors.JobNotFoundError` instead), and renews the T
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import redis
 from pydantic import BaseModel, Field
 
 from fused_celery.errors import BrokerUnavailableError, JobNotFoundError
@@ -318,8 +321,14 @@ class JobRecord:
         pipe.execute()
 
     def _run(self, script: Script, **args: Any) -> int:
-        """Run a write script (declared with ttl, now, log_cap first; ``args``: the rest)."""
-        args.update(ttl=keys.record_ttl(), now=repr(time.time()), log_cap=MAX_LOG_LINES)
+        """Run a write script (declared with ttl, now, log_cap, events first; ``args``: the
+        rest)."""
+        args.update(
+            ttl=keys.record_ttl(),
+            now=repr(time.time()),
+            log_cap=MAX_LOG_LINES,
+            events=keys.job_events_channel(self.job_id),
+        )
         out = script(self.client, keys=self.keys, args=args)
         if out == -1:
             raise self.not_found()
@@ -510,6 +519,36 @@ class JobRecord:
         snap = self._build_snapshot(replies[:-1], errors)
         out = replies[-1]
         return snap, int(out[0]), _parse_logs(out[1:])
+
+    @contextlib.contextmanager
+    def terminal_wait(self) -> Iterator[Callable[[float], None]]:
+        """A ``wait(seconds)`` that sleeps up to ``seconds`` but returns as soon as the job
+        becomes terminal, from a subscription to its channel (:func:`~.keys.job_events_channel`)
+        made before this yields: read a snapshot after entering, then wait, and no end is
+        missed. Without a working subscription it sleeps the whole time."""
+        pubsub = self.client.pubsub()
+        try:
+            pubsub.subscribe(keys.job_events_channel(self.job_id))
+            pubsub.get_message(timeout=5.0)  # the confirmation: subscribed from here on
+            live = True
+        except redis.RedisError:
+            live = False
+
+        def wait(seconds: float) -> None:
+            end = time.monotonic() + seconds
+            while live and (left := end - time.monotonic()) > 0:
+                try:
+                    message = pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+                except redis.RedisError:
+                    break
+                if message is not None:
+                    return
+            time.sleep(max(0.0, end - time.monotonic()))
+
+        try:
+            yield wait
+        finally:
+            pubsub.close()
 
     def __repr__(self) -> str:
         return f"<JobRecord {self.job_id} at {mask_url(self.url)}>"

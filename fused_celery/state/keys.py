@@ -87,6 +87,7 @@ key              type     holds
 ``J:members``    hash     stage name -> JSON ``{"data": run, "members": [[key, item], ...]}`` of
                           the stage's chord as launched, so that the watchdog can send again a
                           member whose message was lost (``JobRecord.put_launch``)
+``J:events``     channel  PUBLISHed (the status) when the job becomes terminal
 ``fc:jobs``      zset     job id -> creation time (``get_jobs``; the newest ``MAX_INDEXED_JOBS``
                           are kept, ids whose record expired are dropped when met)
 ================ =======  =========================================================================
@@ -228,6 +229,12 @@ JOB_PARTS: tuple[str, ...] = ("meta", "stages", "done", "failed", "errors", "log
 def job_key(job_id: str, part: str) -> str:
     """The Redis key of ``part`` (one of :data:`JOB_PARTS`) of job ``job_id``."""
     return f"{PREFIX}:job:{job_id}:{part}"
+
+
+def job_events_channel(job_id: str) -> str:
+    """The pub/sub channel on which job ``job_id``'s record announces its terminal status (so
+    that a waiter wakes at once instead of at its next poll)."""
+    return f"{PREFIX}:job:{job_id}:events"
 
 
 def job_keys(job_id: str) -> dict[str, str]:

@@ -116,6 +116,27 @@ def test_api_on_unknown_job_and_without_redis(
         api.get_jobs()
 
 
+def test_wait_for_job_ends_when_the_job_does_not_at_the_next_poll(
+    fused_options: object, no_tqdm: None
+) -> None:
+    record = new_job()
+    record.start_stage("prepare", 1)
+    thread = later(0.3, lambda: record.finish("Done", result={"rows": 1}))
+    response = RunResponse.from_record(record)
+    t0 = time.monotonic()
+    response.wait_for_job(poll_interval_seconds=120, timeout=600)
+    thread.join(5)
+    assert response.status == "Done"
+    assert time.monotonic() - t0 < 60  # woken by the record's event, not after 120 s
+    cancelled = new_job()  # a Pending job cancelled from elsewhere ends the wait too
+    thread = later(0.3, cancelled.request_cancel)
+    response = RunResponse.from_record(cancelled)
+    t0 = time.monotonic()
+    response.wait_for_job(poll_interval_seconds=120, timeout=600)
+    thread.join(5)
+    assert response.status == "Canceled" and time.monotonic() - t0 < 60
+
+
 def test_wait_for_job(
     fused_options: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -351,7 +351,7 @@ pool_retry_lanes = Script(
 # Job records (fused_celery.state.job_record); key names are keys.JOB_PARTS, plus ``jobs``
 # (keys.JOBS_INDEX). Every write but create takes ttl, now and log_cap first.
 
-_JOB_ARGV = ("ttl", "now", "log_cap")
+_JOB_ARGV = ("ttl", "now", "log_cap", "events")
 
 #: Create a job record and index it.
 job_create = Script(

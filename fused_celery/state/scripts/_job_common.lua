@@ -1,5 +1,6 @@
--- Helpers of the job scripts that write a record (K: every job part; A: ttl, now, log_cap
--- first). The record must exist: a late write never recreates part of an expired job.
+-- Helpers of the job scripts that write a record (K: every job part; A: ttl, now, log_cap,
+-- events (the job's channel) first). The record must exist: a late write never recreates part
+-- of an expired job.
 
 -- renew the TTL of every key of the job
 local function refresh()
@@ -25,6 +26,7 @@ local function finish(status, reason, result)
   local level = 'INFO'
   if status == JOB.Failed then level = 'ERROR' end
   append_log(level, line)
+  redis.call('PUBLISH', A.events, status)
 end
 
 if redis.call('EXISTS', K.meta) == 0 then return -1 end
