@@ -53,9 +53,9 @@ class IngestRun(StageRun):
     writer: the :class:`~fused_celery.table.TableWriter` as ``to_dict()``. work: the work folder
     (see :mod:`.workfiles`). slice_rows: rows per input slice; sample_rows: centroids the plan
     is made from (the submitting process's options, so that every worker agrees). Filled in on
-    the way: n_slices (prepare), plan and report (the summed prepare counts, a
-    :class:`RowReport`), scatter_slices (the prepared slices with rows), write_tasks (route) and
-    table (commit). Build one with :meth:`create`.
+    the way: n_slices and input_rows (the slices' rows, when all are known: prepare), plan and
+    report (the summed prepare counts, a :class:`RowReport`), scatter_slices (the prepared
+    slices with rows), write_tasks (route) and table (commit). Build one with :meth:`create`.
     """
 
     kind: Literal["partition_geospatial"] = KIND
@@ -65,6 +65,7 @@ class IngestRun(StageRun):
     slice_rows: int
     sample_rows: int
     n_slices: int = 0
+    input_rows: int | None = None
     plan: PlanSummary | None = None
     report: RowReport = Field(default_factory=RowReport)
     scatter_slices: tuple[int, ...] = ()
@@ -99,9 +100,13 @@ class IngestRun(StageRun):
 
         return TableWriter.from_dict(self.writer)
 
-    @property
-    def samples_per_slice(self) -> int:
-        """Centroids each slice contributes to the plan's sample."""
+    def samples_for(self, slice_rows: int | None) -> int:
+        """Centroids a slice of ``slice_rows`` input rows contributes to the plan's sample: its
+        share of ``sample_rows`` by rows when every slice's row count is known
+        (``input_rows``), so that every sampled centroid weighs the same; else an equal share
+        per slice."""
+        if self.input_rows and slice_rows is not None:
+            return max(1, math.ceil(self.sample_rows * slice_rows / self.input_rows))
         return max(1, math.ceil(self.sample_rows / max(1, self.n_slices)))
 
     @property

@@ -36,6 +36,21 @@ def plan_options(config: GeospatialPartitionJobStepConfig) -> dict[str, Any]:
     }
 
 
+def sample_weights(w: np.ndarray) -> np.ndarray:
+    """The weights the plan uses for sampled centroids of weights ``w``: one shared weight (their
+    mean: the same total) when they differ by at most :data:`EQUAL_WEIGHTS` of the largest, as
+    the samples of slices sampled in proportion to their rows do (a row count is rarely a
+    multiple of its sample size), so that each split takes a plain median (``np.partition``)
+    instead of sorting for a weighted one; ``w`` as it is otherwise."""
+    if len(w) and float(w.max() - w.min()) <= EQUAL_WEIGHTS * float(w.max()):
+        return np.full(len(w), float(w.sum()) / len(w))
+    return w
+
+
+EQUAL_WEIGHTS = 1e-3
+"""Relative spread under which :func:`sample_weights` takes sampled weights as equal."""
+
+
 def make_plan(run: IngestRun, prepared: list[PreparedSlice]) -> PlanSummary:
     """Plan files and chunks from the pooled samples of the ``prepared`` slices (results of
     :func:`~.stage_prepare.prepare_slice`); write the split tree to the work folder.
@@ -67,7 +82,7 @@ def make_plan(run: IngestRun, prepared: list[PreparedSlice]) -> PlanSummary:
     plan = plan_partitions(
         s.column("x").to_numpy(),
         s.column("y").to_numpy(),
-        s.column("w").to_numpy(),
+        sample_weights(s.column("w").to_numpy()),
         max_per_file=per_file,
         max_per_chunk=per_chunk,
         force_utm=config.partitioning_force_utm,

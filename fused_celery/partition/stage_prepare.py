@@ -99,7 +99,9 @@ def prepare_items(run: IngestRun) -> tuple[IngestRun, list[dict[str, Any]]]:
         slices, run.config, storage.join(run.work, "streamed"), target_rows=run.slice_rows
     )
     items = [s.model_dump(mode="json") for s in slices]
-    return run.model_copy(update={"n_slices": len(slices)}), items
+    counts = [s.num_rows for s in slices]
+    known = None if any(c is None for c in counts) else sum(int(c or 0) for c in counts)
+    return run.model_copy(update={"n_slices": len(slices), "input_rows": known}), items
 
 
 def slice_key(item: dict[str, Any]) -> str:
@@ -519,7 +521,7 @@ def prepare_slice(run: IngestRun, input_slice: dict[str, Any]) -> PreparedSlice:
         table = encode_frame(frame, wkb)
         ids = _stage_prepared(run, sl.slice_id, table, x, y, measure, prepared.facts)
 
-    k = run.samples_per_slice
+    k = run.samples_for(sl.num_rows)
     pick = evenly_spaced(n, k) if n > k else np.arange(n)
     w = measure[pick]
     total = float(measure.sum())

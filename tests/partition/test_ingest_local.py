@@ -316,3 +316,33 @@ def test_points_input_changed_between_prepare_and_scatter(tmp_path):
     gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1, 1)] * 3, crs=4326).to_parquet(src)
     with pytest.raises(IngestInputError, match="changed while it was ingested"):
         scatter_slice(run, slices[0].slice_id)
+
+
+def test_slices_are_sampled_in_proportion_to_their_rows(tmp_path):
+    from fused_celery.partition.stage_plan import sample_weights
+    from fused_celery.partition.stage_prepare import prepare_items, prepare_slice
+    from fused_celery.partition.workfiles import read_arrow, sample_url
+
+    rng = np.random.default_rng(5)
+    n = 2_700  # row groups of 1,000, 1,000 and 700
+    pts = gpd.GeoDataFrame(
+        geometry=gpd.points_from_xy(rng.uniform(-20, 20, n), rng.uniform(-10, 10, n)), crs=4326
+    )
+    src = tmp_path / "pts.parquet"
+    pts.to_parquet(src, row_group_size=1_000)
+    config = GeospatialPartitionJobStepConfig(input=str(src), partitioning_maximum_per_file=900)
+    run, _ = _stage_run(config, str(tmp_path / "out"))
+    run = run.model_copy(update={"sample_rows": 2_001, "slice_rows": 1_000})
+    run, items = prepare_items(run)
+    assert run.input_rows == n and [i["num_rows"] for i in items] == [1_000, 1_000, 700]
+    for item in items:
+        prepare_slice(run, item)
+    samples = [read_arrow(sample_url(run.work, i["slice_id"])) for i in items]
+    assert [s.num_rows for s in samples] == [742, 742, 519]  # ceil(2,001 * rows / 2,700)
+    w = np.concatenate([s.column("w").to_numpy() for s in samples])
+    assert [s.column("w").to_numpy().sum() for s in samples] == pytest.approx([1_000, 1_000, 700])
+    assert len(set(w.tolist())) == 2  # 1,000 / 742 and 700 / 519: within 0.1 %
+    equal = sample_weights(w)
+    assert (equal == equal[0]).all() and equal.sum() == pytest.approx(n)
+    spread = np.array([1.0, 1.0, 2.0])  # slices of different densities keep their weights
+    assert sample_weights(spread) is spread
