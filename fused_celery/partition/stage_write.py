@@ -169,7 +169,8 @@ def write_file(
 
 def _merge_by_chunk(tables: list[pa.Table]) -> tuple[pa.Table, RowFacts]:
     """The rows of ``tables`` (each sorted by chunk) in chunk order, and their facts: zero-copy
-    slices of the parts, chunk by chunk, part by part (stable); fact columns dropped."""
+    slices of the parts, chunk by chunk, part by part (stable); fact columns dropped. Parts of 2D
+    points only (no fact columns) get their facts from the merged centroids, in one go."""
     import pyarrow as pa
 
     from fused_celery.table import RowFacts
@@ -177,7 +178,8 @@ def _merge_by_chunk(tables: list[pa.Table]) -> tuple[pa.Table, RowFacts]:
     chunks = [t.column(CHUNK).to_numpy() for t in tables]
     k = max((int(c[-1]) + 1 for c in chunks if len(c)), default=0)
     cuts = [np.searchsorted(c, np.arange(k + 1)) for c in chunks]
-    facts = [facts_of(t) for t in tables]
+    staged = any(FACT_COLUMNS[0] in t.column_names for t in tables)  # else 2D points only
+    facts = [facts_of(t) for t in tables] if staged else []
     tables = [t.drop_columns([c for c in FACT_COLUMNS if c in t.column_names]) for t in tables]
     pieces = [
         (p, int(cut[c]), int(cut[c + 1]))
@@ -187,10 +189,12 @@ def _merge_by_chunk(tables: list[pa.Table]) -> tuple[pa.Table, RowFacts]:
     ]
     if len(tables) == 1 or len(pieces) <= 1:
         table = pa.concat_tables(tables, promote_options="permissive")
-        return table, RowFacts.concat(facts)
+        return table, RowFacts.concat(facts) if staged else facts_of(table)
     table = pa.concat_tables(
         [tables[p].slice(a, b - a) for p, a, b in pieces], promote_options="permissive"
     )
+    if not staged:  # the points' facts from their merged centroids, once
+        return table, facts_of(table)
     return table, RowFacts.concat([facts[p].take(slice(a, b)) for p, a, b in pieces])
 
 
