@@ -39,6 +39,10 @@ Then it measures, with the implementations interleaved and every throughput figu
 * (e) the broker's own floor: a bare kombu loop (no Celery, no worker, no result) that publishes
   ``--n`` messages to a queue and consumes them in one process, and a bare Redis round trip
   (``LPUSH`` + ``BRPOP``), on the plain Redis: what no Celery-based dispatch can go below.
+* (f) Celery's own floor under the project's settings (part of (a)): ``--n`` messages of the
+  result-less ``bench.floor`` sent as a ``group`` to the project's workers, timed until the
+  queue and kombu's ``unacked`` hash are empty (:func:`celery_floor`); each (a) target is
+  printed as the throughput it needs over that floor.
 
 Each figure is printed with its ratio to every peer and the targets of issue 19. Raw samples go
 to ``benchmarks/.work/dispatch.json``. Nothing leaves loopback.
