@@ -20,6 +20,7 @@ import fused_celery as fused
 from fused_celery import storage
 from fused_celery.errors import (
     IngestInputError,
+    IngestRowsWarning,
     JobFailedError,
     TableExistsError,
     TableNotFoundError,
@@ -504,6 +505,29 @@ def test_points_fast_path_matches_the_general_path(tmp_path):
     fa = fast.get_dataframe().sort_values("uid")
     fb = slow.get_dataframe().sort_values("uid")
     assert shapely.equals(fa.geometry.to_numpy(), fb.geometry.to_numpy()).all()
+
+
+def test_points_slices_fast_and_general_in_one_table(tmp_path, monkeypatch):
+    """Slices of one input take different paths (a null geometry sends its slice to the general
+    path; the others are read again from their WKB, their centroids and measures too): the
+    table equals the general path's, a point past the bounds by rounding clamped in both."""
+    from fused_celery.partition.runners import run_ingest
+
+    monkeypatch.setattr(options, "ingest_slice_rows", 500)
+    src = points(1500, seed=8)
+    src.loc[5, "geometry"] = shapely.Point(180 + 1e-12, 10)  # past the bounds by rounding
+    src.loc[1200, "geometry"] = None  # the third slice: general path
+    src.to_parquet(tmp_path / "in.parquet", row_group_size=500)
+    src.to_file(tmp_path / "in.gpkg", driver="GPKG", engine="pyogrio")
+    opts = {"partitioning_maximum_per_chunk": 40}
+    with pytest.warns(IngestRowsWarning):
+        mixed = run_ingest(fused.ingest(str(tmp_path / "in.parquet"), **opts), str(tmp_path / "a"))
+    with pytest.warns(IngestRowsWarning):
+        slow = run_ingest(fused.ingest(str(tmp_path / "in.gpkg"), **opts), str(tmp_path / "b"))
+    assert mixed.num_rows == slow.num_rows == 1499
+    a, b = read_chunk_metadata(mixed.url), read_chunk_metadata(slow.url)
+    assert [m.model_dump() for m in a] == [m.model_dump() for m in b]
+    assert max(m.bbox_maxx for m in a) == 180.0  # clamped
 
 
 def test_unreachable_broker_at_submit_leaves_nothing(tmp_path, monkeypatch):
