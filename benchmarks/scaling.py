@@ -307,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     print(report(curves))
     png = opts.png or (PNG if set(ALL_PARTS) <= parts else HERE / f"scaling-{'-'.join(curves)}.png")
     plot(curves, png)
-    print(f"\nplot: {png.resolve().relative_to(HERE.parent)}; load average at end: {load()}")
+    shown = png.resolve()
+    if shown.is_relative_to(HERE.parent):  # a path in the repository: shown relative to it
+        shown = shown.relative_to(HERE.parent)
+    print(f"\nplot: {shown}; load average at end: {load()}")
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "scaling.json").write_text(json.dumps({"date": stamp, "curves": curves}, indent=2))
     bad = [f"{name} {r['n']}" for name, rows in curves.items() for r in rows if not r["ok"]]
