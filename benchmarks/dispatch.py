@@ -274,6 +274,7 @@ def celery_floor(n: int) -> dict[str, Any]:
         if now - started > 600:
             raise RuntimeError(f"Celery floor: {queued} queued, {unacked} unacked after 600 s")
         time.sleep(0.005)
+    client.close()
     seconds = empty_since - started
     return {"seconds": seconds, "rows": _floor_total(app) - before, "publish": published}
 

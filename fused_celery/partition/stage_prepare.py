@@ -100,7 +100,7 @@ def prepare_items(run: IngestRun) -> tuple[IngestRun, list[dict[str, Any]]]:
     )
     items = [s.model_dump(mode="json") for s in slices]
     counts = [s.num_rows for s in slices]
-    known = None if any(c is None for c in counts) else sum(int(c or 0) for c in counts)
+    known = None if None in counts else sum(c for c in counts if c is not None)
     return run.model_copy(update={"n_slices": len(slices), "input_rows": known}), items
 
 
