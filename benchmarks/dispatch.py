@@ -42,7 +42,11 @@ Then it measures, with the implementations interleaved and every throughput figu
 * (f) Celery's own floor under the project's settings (part of (a)): ``--n`` messages of the
   result-less ``bench.floor`` sent as a ``group`` to the project's workers, timed until the
   queue and kombu's ``unacked`` hash are empty (:func:`celery_floor`); each (a) target is
-  printed as the throughput it needs over that floor.
+  printed as the throughput it needs over that floor. The same for a second floor,
+  :func:`checked_floor`: ``bench.floor_checked`` adds to each task the least the
+  architecture's reliability rules cost, a durable cancel check before the entry and a result
+  write after it (one waited Redis round trip each); (c) times its latency twin
+  ``bench.noop_checked`` (the raw call plus the cancel check) beside the others.
 
 Each figure is printed with its ratio to every peer and the targets of issue 19. Raw samples go
 to ``benchmarks/.work/dispatch.json``. Nothing leaves loopback.
@@ -82,6 +86,7 @@ RAW_DEF = "raw Celery group, Celery defaults"
 RAW_REL = "raw Celery group, acks late + prefetch 1, no events"
 FLOOR = "Celery floor: group, project settings, no results"
 CHUNKS = "Celery chunks(100), Celery defaults"
+CHECKED = "Celery floor + cancel check + result write"
 PEERS = {
     RAW: "raw Celery, project settings",
     RAW_REL: "raw Celery, acks late + prefetch 1 only",
@@ -252,7 +257,6 @@ def celery_floor(n: int) -> dict[str, Any]:
     from celery import group, signature
 
     from fused_celery.celery_app import get_app
-    from fused_celery.options import DEFAULT_QUEUE
 
     app = get_app(results=False)
     client = redis.Redis.from_url(fc_options.broker_url)
@@ -260,6 +264,43 @@ def celery_floor(n: int) -> dict[str, Any]:
     started = time.perf_counter()
     group(signature(FLOOR, args=(i,), app=app) for i in range(n)).apply_async()
     published = time.perf_counter() - started
+    seconds = _until_drained(client, started, "Celery floor")
+    client.close()
+    return {"seconds": seconds, "rows": _floor_total(app) - before, "publish": published}
+
+
+def checked_floor(n: int) -> dict[str, Any]:
+    """Celery's floor plus the least the architecture's reliability rules add per entry: ``n``
+    messages of ``bench.floor_checked`` (a durable cancel check before the entry and a result
+    write after it, one waited Redis round trip each, see ``_dispatch_tasks``) sent as a
+    ``group`` by the pool's publishing app to the project's workers, timed like
+    :func:`celery_floor` (queue and ``unacked`` empty). ``rows`` and ``checksum``: the
+    outcomes the tasks wrote, read back after the clock."""
+    import uuid
+
+    import redis
+    from _dispatch_tasks import FLOOR_CHECKED
+    from celery import group, signature
+
+    from fused_celery.celery_app import get_app
+
+    app = get_app(results=False)
+    client = redis.Redis.from_url(fc_options.broker_url)
+    prefix = f"bench:checked:{uuid.uuid4().hex[:12]}"
+    started = time.perf_counter()
+    group(signature(FLOOR_CHECKED, args=(prefix, i), app=app) for i in range(n)).apply_async()
+    seconds = _until_drained(client, started, "checked floor")
+    outcomes = client.hvals(f"{prefix}:outcome")
+    client.delete(f"{prefix}:outcome")
+    client.close()
+    return {"seconds": seconds, "rows": len(outcomes), "checksum": sum(map(int, outcomes))}
+
+
+def _until_drained(client: Any, started: float, what: str) -> float:
+    """Seconds from ``started`` until the default queue and kombu's ``unacked`` hash were both
+    empty in two reads 5 ms apart (every message acked after its task ran)."""
+    from fused_celery.options import DEFAULT_QUEUE
+
     empty_since = None
     while True:
         with client.pipeline(transaction=False) as pipe:
@@ -270,13 +311,10 @@ def celery_floor(n: int) -> dict[str, Any]:
         elif empty_since is None:
             empty_since = now
         else:
-            break
+            return empty_since - started
         if now - started > 600:
-            raise RuntimeError(f"Celery floor: {queued} queued, {unacked} unacked after 600 s")
+            raise RuntimeError(f"{what}: {queued} queued, {unacked} unacked after 600 s")
         time.sleep(0.005)
-    client.close()
-    seconds = empty_since - started
-    return {"seconds": seconds, "rows": _floor_total(app) - before, "publish": published}
 
 
 def _floor_total(app: Any) -> int:
@@ -399,6 +437,24 @@ def raw_latency(n: int, offset: int) -> list[float]:
     return out
 
 
+def checked_latency(n: int, offset: int) -> list[float]:
+    """:func:`raw_latency` of ``bench.noop_checked``: the raw call plus the durable cancel check
+    (one waited Redis round trip in the task) that the architecture asks before an entry runs."""
+    from _dispatch_tasks import NOOP_CHECKED
+    from celery import signature
+
+    from fused_celery.celery_app import get_app
+
+    sig = signature(NOOP_CHECKED, app=get_app())
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        value = sig.apply_async(("bench:checked:latency", offset + i)).get(timeout=60)
+        out.append(time.perf_counter() - t0)
+        assert value == offset + i, (value, offset + i)
+    return out
+
+
 def pool_latency(n: int, offset: int) -> list[float]:
     out = []
     for i in range(n):
@@ -456,7 +512,7 @@ def table(res: dict[str, Any], n: int, lat_n: int, mem_n: int) -> str:
     floor = res.get("floor") or {}
     eps = {
         k: n / res[k]["median"]
-        for k in (RAW, RAW_REL, RAW_DEF, FLOOR, CHUNKS, POOL, BATCHED)
+        for k in (RAW, RAW_REL, RAW_DEF, FLOOR, CHECKED, CHUNKS, POOL, BATCHED)
         if k in res
     }
     rows = [
@@ -482,17 +538,19 @@ def table(res: dict[str, Any], n: int, lat_n: int, mem_n: int) -> str:
     speed(f"(a) {n:,} trivial, unbatched: entries/s", POOL, RAW_DEF, 1.5)
     speed(f"(a) {n:,} trivial, unbatched: entries/s", POOL, RAW_REL, None)
     speed(f"(a) {n:,} trivial, unbatched: entries/s", POOL, FLOOR, None)
-    for peer, target in ((RAW, 2.0), (RAW_DEF, 1.5)):
-        if FLOOR in eps and peer in eps:  # what the target asks, against Celery's own floor
-            row(
-                f"(f) the target ({target}× {peer}) ÷ Celery's floor", FLOOR,
-                f"{eps[FLOOR]:,.0f}", f"{target * eps[peer]:,.0f} needed",
-                f"{target * eps[peer] / eps[FLOOR]:.2f}×", "—", None,
-            )  # fmt: skip
+    speed(f"(a) {n:,} trivial, unbatched: entries/s", POOL, CHECKED, None)
+    for floor_name in (FLOOR, CHECKED):
+        for peer, target in ((RAW, 2.0), (RAW_DEF, 1.5)):
+            if floor_name in eps and peer in eps:  # what the target asks, against a floor
+                row(
+                    f"(f) the target ({target}× {peer}) ÷ {floor_name}", floor_name,
+                    f"{eps[floor_name]:,.0f}", f"{target * eps[peer]:,.0f} needed",
+                    f"{target * eps[peer] / eps[floor_name]:.2f}×", "—", None,
+                )  # fmt: skip
     speed(f"(b) {n:,} trivial, 100 per message: entries/s", BATCHED, CHUNKS, 1.2)
     speed(f"(b) {n:,} trivial, 100 per message: entries/s", BATCHED, RAW, None)
     if POOL in lat:
-        for peer, target in ((RAW, 1.0), (RAW_DEF, None), (RAW_REL, None)):
+        for peer, target in ((RAW, 1.0), (CHECKED, None), (RAW_DEF, None), (RAW_REL, None)):
             if peer not in lat:
                 continue
             for stat in ("median", "p95"):
@@ -591,9 +649,10 @@ def main(argv: list[str] | None = None) -> int:
     n = opts.n
     expected = n * (n - 1) // 2
     samples: dict[str, list[float]] = {
-        RAW: [], RAW_REL: [], RAW_DEF: [], FLOOR: [], POOL: [], CHUNKS: [], BATCHED: []
+        RAW: [], RAW_REL: [], RAW_DEF: [], FLOOR: [], CHECKED: [], POOL: [], CHUNKS: [],
+        BATCHED: [],
     }  # fmt: skip
-    lat: dict[str, list[float]] = {RAW: [], RAW_REL: [], RAW_DEF: [], POOL: []}
+    lat: dict[str, list[float]] = {RAW: [], CHECKED: [], RAW_REL: [], RAW_DEF: [], POOL: []}
     failures: list[str] = []
     parts = set(opts.parts.lower())
     runs = {
@@ -601,12 +660,13 @@ def main(argv: list[str] | None = None) -> int:
         RAW_REL: lambda: plain_group(n, reliable=True),
         RAW_DEF: lambda: plain_group(n),
         FLOOR: lambda: celery_floor(n),
+        CHECKED: lambda: checked_floor(n),
         POOL: lambda: pool_map(n, None),
         CHUNKS: lambda: plain_chunks(n, 100),
         BATCHED: lambda: pool_map(n, 100),
     }
     if "a" not in parts:
-        del runs[POOL], runs[RAW_DEF], runs[RAW_REL], runs[FLOOR]
+        del runs[POOL], runs[RAW_DEF], runs[RAW_REL], runs[FLOOR], runs[CHECKED]
     if "b" not in parts:
         del runs[BATCHED], runs[CHUNKS]
     if not parts & {"a", "b"}:
@@ -614,9 +674,10 @@ def main(argv: list[str] | None = None) -> int:
     mem_n = opts.memory_n if "d" in parts else 0
     res: dict[str, Any] = {}
     with Cluster(opts.workers, opts.concurrency), PlainCluster(opts.workers, opts.concurrency):
-        raw_group(50), celery_floor(50), pool_map(50, None), pool_map(200, 100)  # warm-up
+        raw_group(50), celery_floor(50), checked_floor(50)  # warm-up
+        pool_map(50, None), pool_map(200, 100)
         plain_group(50), plain_group(50, reliable=True), plain_chunks(200, 100)
-        raw_latency(20, 0), pool_latency(20, 0), plain_latency(20, 0)
+        raw_latency(20, 0), checked_latency(20, 0), pool_latency(20, 0), plain_latency(20, 0)
         plain_latency(20, 0, reliable=True)
         for rep in range(opts.repeats if runs or "c" in parts else 0):
             for name, run in runs.items():
@@ -630,12 +691,15 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             offset = rep * opts.latency_n
-            got_run: dict[str, list[float]] = {RAW: [], RAW_REL: [], RAW_DEF: [], POOL: []}
+            got_run: dict[str, list[float]] = {
+                RAW: [], CHECKED: [], RAW_REL: [], RAW_DEF: [], POOL: []
+            }  # fmt: skip
             block = max(1, opts.latency_block)
             for start in range(0, opts.latency_n, block) if "c" in parts else ():
                 size = min(block, opts.latency_n - start)
                 for name, fn in (
                     (RAW, raw_latency),
+                    (CHECKED, checked_latency),
                     (RAW_REL, lambda k, o: plain_latency(k, o, reliable=True)),
                     (RAW_DEF, plain_latency),
                     (POOL, pool_latency),
