@@ -14,14 +14,18 @@ if TYPE_CHECKING:
 
 def commit(run: IngestRun, written: list[dict[str, Any]]) -> TableSummary:
     """Commit the table from the ``written`` files (results of
-    :func:`~.stage_write.write_files`); removes the staging area."""
+    :func:`~.stage_write.write_files`); removes the staging area, the run's work folder on a
+    thread while the commit runs."""
     chunks = [c for w in written for c in w["chunks"]]
-    table = run.table_writer().commit(chunks, report=run.report.model_dump(mode="json"))
+    writer = run.table_writer()
+    metas = writer.commit_chunks(
+        chunks, report=run.report.model_dump(mode="json"), scratch=run.work
+    )  # the work files go while the table is made whole; the table is not read back
     return TableSummary(
-        output=table.url,
-        num_files=table.num_files,
-        num_chunks=table.num_chunks,
-        num_rows=table.num_rows,
+        output=writer.url,
+        num_files=len({c.file_id for c in metas}),
+        num_chunks=len(metas),
+        num_rows=sum(c.num_rows for c in metas),
     )
 
 

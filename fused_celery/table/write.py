@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -131,8 +132,12 @@ class TableWriter:
         """Where :meth:`write_file` puts ``file_id`` before commit."""
         return storage.join(self.staging_url, f"{validate_name(file_id, 'file_id')}.parquet")
 
+    @property
+    def _sidecars_url(self) -> str:
+        return storage.join(self.staging_url, "_samples")
+
     def _sidecar_url(self, file_id: str) -> str:
-        return storage.join(self.staging_url, "_samples", f"{file_id}.parquet")
+        return storage.join(self._sidecars_url, f"{file_id}.parquet")
 
     @property
     def _marker_url(self) -> str:
@@ -321,6 +326,7 @@ class TableWriter:
         chunks: Iterable[ChunkMetadata | Mapping[str, Any]],
         *,
         report: Mapping[str, Any] | None = None,
+        scratch: str | None = None,
     ) -> Table:
         """Make the table whole: move the staged files listed in ``chunks`` into place, delete
         data files not listed, write ``_sample`` last, drop the staging area.
@@ -328,9 +334,25 @@ class TableWriter:
         chunks: every chunk :meth:`write_file` returned, for all files (dicts accepted).
         report: what an ingest did to the rows (JSON-able), kept in ``_sample``'s metadata as
         :data:`~fused_celery.table.format.KEY_INGEST_REPORT` (default None: none).
-        Idempotent: a commit that ran before (fully or partly) completes or does nothing.
-        Returns the opened :class:`Table`.
+        scratch: a folder of this run in its staging area that the commit does not read (an
+        ingest's work files), deleted on a thread while the table is made whole (default
+        None). Idempotent: a commit that ran before (fully or partly) completes or does
+        nothing. Returns the opened :class:`Table` (:meth:`commit_chunks` does not open it).
         """
+        self.commit_chunks(chunks, report=report, scratch=scratch)
+        return open_table(self.url)
+
+    def commit_chunks(
+        self,
+        chunks: Iterable[ChunkMetadata | Mapping[str, Any]],
+        *,
+        report: Mapping[str, Any] | None = None,
+        scratch: str | None = None,
+    ) -> list[ChunkMetadata]:
+        """:meth:`commit` without opening the table afterwards; returns the committed chunks,
+        sorted by file and chunk (what the table's ``chunk_metadata`` holds)."""
+        if scratch is not None and not _is_parent(self.staging_url, scratch):
+            raise ValueError(f"scratch {scratch!r} is not in this run's staging area")
         metas = sorted(
             (c if isinstance(c, ChunkMetadata) else ChunkMetadata(**dict(c)) for c in chunks),
             key=lambda c: (c.file_id, c.chunk_id),
@@ -353,8 +375,12 @@ class TableWriter:
                 staged_now = storage.list_files(self.staging_url)
                 if not any(f"{f}.parquet" in staged_now for f in file_ids):
                     storage.delete_prefix(storage.join(self.url, STAGING_DIR))
-                    return open_table(self.url)
-        staged = set(storage.list_files(self.staging_url, recursive=True))
+                    return metas
+        # the staged data files and sidecars (file ids have no "/": two flat listings, and
+        # whatever else the staging area holds, e.g. scratch, is not walked)
+        staged = set(storage.list_files(self.staging_url))
+        staged |= {f"_samples/{n}" for n in storage.list_files(self._sidecars_url)}
+        cleanup = _io_pool().submit(storage.delete_prefix, scratch) if scratch else None
         final = set(storage.list_files(self.url))
         missing = [
             f
@@ -389,8 +415,10 @@ class TableWriter:
             kv[KEY_INGEST_REPORT] = json.dumps(dict(report), sort_keys=True).encode()
         sample = sample.replace_schema_metadata({**(sample.schema.metadata or {}), **kv})
         storage.write_bytes(sample_url, _parquet_bytes(sample))
+        if cleanup is not None:
+            cleanup.exception()  # wait; a failure is no matter: the staging area goes next
         storage.delete_prefix(storage.join(self.url, STAGING_DIR))
-        return open_table(self.url)
+        return metas
 
     def discard(self) -> None:
         """Undo this run, for a run that failed or was cancelled: leave the location as it was
@@ -679,11 +707,30 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+#: Threads of the storage calls a commit makes at once (reads, moves, deletes).
+IO_THREADS = 16
+
+_io_executor: tuple[int, ThreadPoolExecutor] | None = None  # (pid, executor)
+_io_lock = threading.Lock()
+
+
+def _io_pool() -> ThreadPoolExecutor:
+    """This process's executor of storage calls, made once per process (a commit used to start
+    up to 16 threads for each of its parallel steps: about 1 ms per thread on a 2-CPU VM). A
+    forked child makes its own: the parent's threads do not exist there."""
+    global _io_executor
+    with _io_lock:
+        if _io_executor is None or _io_executor[0] != os.getpid():
+            pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="fused-table-io")
+            _io_executor = (os.getpid(), pool)
+        return _io_executor[1]
+
+
 def _parallel(fn: Any, items: Sequence[Any]) -> list[Any]:
+    """``[fn(i) for i in items]`` on :func:`_io_pool` (``fn`` must not call this again)."""
     if len(items) <= 1:
         return [fn(i) for i in items]
-    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
-        return list(pool.map(fn, items))
+    return list(_io_pool().map(fn, items))
 
 
 def _as_files(data: Any) -> dict[str, list[gpd.GeoDataFrame]]:

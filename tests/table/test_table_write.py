@@ -117,6 +117,65 @@ def test_commit_refuses_files_that_were_never_written(tmp_path):
         writer.commit([*meta, *meta])
 
 
+def test_commit_chunks_deletes_the_scratch_folder_and_returns_the_committed_chunks(root):
+    url = storage.join(root, "t")
+    writer = TableWriter(url, run_id="job1")
+    metas = [*writer.write_file("1", [make_chunk(5, 5, 2, 100, 1)])]
+    metas += writer.write_file("0", [make_chunk(0, 0, 3, 0, 0), make_chunk(1, 1, 4, 10, 0)])
+    scratch = storage.join(writer.staging_url, "_work")
+    for name in ("prepared/0.arrow", "scattered/0.arrow", "plan.json"):
+        storage.write_bytes(storage.join(scratch, name), b"work file")
+    got = writer.commit_chunks(metas, scratch=scratch)
+    assert [(c.file_id, c.chunk_id, c.num_rows) for c in got] == [
+        ("0", 0, 3),
+        ("0", 1, 4),
+        ("1", 0, 2),
+    ]
+    assert sorted(storage.list_files(url, recursive=True)) == ["0.parquet", "1.parquet", "_sample"]
+    table = open_table(url)
+    assert (table.num_files, table.num_chunks, table.num_rows) == (2, 3, 9)
+    assert table.chunk_metadata == got
+
+
+def test_commit_refuses_a_scratch_folder_outside_its_staging_area(tmp_path):
+    keep = tmp_path / "user"
+    keep.mkdir()
+    (keep / "data.txt").write_text("mine")
+    writer = TableWriter(str(tmp_path / "t"))
+    meta = writer.write_file("0", [make_chunk(0, 0, 3, 0, 0)])
+    for outside in (str(keep), writer.staging_url, str(tmp_path / "t")):
+        with pytest.raises(ValueError, match="not in this run's staging area"):
+            writer.commit_chunks(meta, scratch=outside)
+    assert (keep / "data.txt").read_text() == "mine"
+    assert writer.commit(meta).num_rows == 3  # nothing was touched: the commit still works
+
+
+def test_the_commit_threads_are_made_again_in_a_forked_child(tmp_path):
+    code = textwrap.dedent(
+        """
+        import os, sys, threading, time
+        from fused_celery.table import write
+        def slow(x):
+            time.sleep(0.05)
+            return -x
+        # every thread of the parent's executor started (and idle again)
+        n = 2 * write.IO_THREADS
+        assert write._parallel(slow, range(n)) == [-x for x in range(n)]
+        pid = os.fork()
+        if pid == 0:  # the child inherits the executor object but none of its threads
+            got = []
+            t = threading.Thread(target=lambda: got.append(write._parallel(slow, [1, 2, 3])))
+            t.start()
+            t.join(10)
+            os._exit(0 if got == [[-1, -2, -3]] else 1)
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+
+
 def test_empty_chunks_are_skipped_and_an_empty_table_commits(tmp_path):
     chunk = make_chunk(0, 0, 4, 0, 0)
     table = write_table(str(tmp_path / "a"), {"0": [chunk.iloc[:0], chunk, chunk.iloc[:0]]})
