@@ -228,38 +228,46 @@ def generate(kind: str, n: int, seed: int, path: Path) -> dict[str, Any]:
 def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """``fused.ingest(...).run_remote()`` + ``wait_for_job`` on a ``LocalCluster`` started
     (embedded Redis, ``spec["workers"]`` workers, no Flower) before the clock, and warmed up by
-    a 1,000-point ingest (a cluster's steady state: client imports done, pool processes up)."""
+    a 1,000-point ingest (a cluster's steady state: client imports done, pool processes up).
+    ``spec["runs"]`` (default 1): the same ingest again on the same cluster, into the same
+    output (``overwrite=True``); ``seconds`` is the first run's, ``runs_seconds`` all of them
+    (the later ones: a cluster whose pool processes have done this work before)."""
     import fused_celery as fused
 
     if not hasattr(fused, "ingest"):
         raise SystemExit(NOT_LANDED)
     t0 = time.perf_counter()
     cluster = start_ours(spec["workers"], spec["cluster_dir"])
+    runs: list[float] = []
     try:
         warm_up_ingest(Path(spec["cluster_dir"]))
         setup = time.perf_counter() - t0
-        started = time.perf_counter()
-        job = fused.ingest(
-            spec["src"],
-            output=spec["out"],
-            partitioning_method=spec["method"],
-            partitioning_maximum_per_file=spec["per_file"],
-            partitioning_maximum_per_chunk=spec["per_chunk"],
-            partitioning_split_method="median",  # balanced splits: the asked file/chunk counts
-            partitioning_force_utm=None,  # worldwide data: no split at all 120 UTM zones
-            overwrite=True,
-        )
-        if not hasattr(job, "run_remote"):
-            raise SystemExit(NOT_LANDED)
-        resp = job.run_remote()
-        resp.wait_for_job(poll_interval_seconds=0.1, timeout=spec["timeout"])
-        seconds = time.perf_counter() - started
-        status = str(getattr(resp, "status", "?"))
+        for _ in range(max(1, int(spec.get("runs", 1)))):
+            started = time.perf_counter()
+            job = fused.ingest(
+                spec["src"],
+                output=spec["out"],
+                partitioning_method=spec["method"],
+                partitioning_maximum_per_file=spec["per_file"],
+                partitioning_maximum_per_chunk=spec["per_chunk"],
+                partitioning_split_method="median",  # balanced splits: the asked counts
+                partitioning_force_utm=None,  # worldwide data: no split at all 120 UTM zones
+                overwrite=True,
+            )
+            if not hasattr(job, "run_remote"):
+                raise SystemExit(NOT_LANDED)
+            resp = job.run_remote()
+            resp.wait_for_job(poll_interval_seconds=0.1, timeout=spec["timeout"])
+            runs.append(time.perf_counter() - started)
+            status = str(getattr(resp, "status", "?"))
+            if status != "Done":
+                break
     finally:
         cluster.stop()
     table = fused.open_table(spec["out"])
     return {
-        "seconds": seconds,
+        "seconds": runs[0],
+        "runs_seconds": runs,
         "setup_seconds": setup,
         "status": status,
         "rows_out": int(table.num_rows),
