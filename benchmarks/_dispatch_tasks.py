@@ -10,6 +10,8 @@ write at all, so a run of it is Celery's own cost per message under the project'
 
 from __future__ import annotations
 
+from typing import Any
+
 from fused_celery.celery_app import app
 
 #: The task's name; the client sends it by name (``celery.signature(NOOP, ...)``).
@@ -37,7 +39,8 @@ FLOOR_CHECKED = "bench.floor_checked"
 NOOP_CHECKED = "bench.noop_checked"
 
 
-def _record_client():  # noqa: ANN202 - a redis.Redis, imported lazily like the worker's own
+def _record_client() -> Any:
+    """The shared Redis client of the pool records (the worker's own, ``redis_client``)."""
     from fused_celery.options import options
     from fused_celery.state.connection import redis_client
 
