@@ -181,6 +181,10 @@ class Options(BaseSettings):
         ``AWS_SESSION_TOKEN``, ``~/.aws/credentials``, an instance profile).
     ingest_slice_rows: at most this many rows per input slice, i.e. per prepare task of an
         ingest (default 1,048,576).
+    ingest_min_slice_rows: an ingest cuts its input into at least one slice per worker process
+        serving it (the live workers of its queue; this machine's CPUs for a local run), but
+        no slice into fewer rows than this (default 131,072: a slice inside a row group decodes
+        the rows before it too).
     ingest_slice_bytes: at most about this many uncompressed bytes per input slice (default
         64 MiB): exact for Parquet (row-group sizes from the file's metadata), estimated for CSV
         (from the first block's record length) and GDAL formats (file size / feature count). A
@@ -312,6 +316,7 @@ class Options(BaseSettings):
     aws_secret_access_key: SecretStr | None = None
     aws_session_token: SecretStr | None = None
     ingest_slice_rows: int = Field(default=1 << 20, ge=1)
+    ingest_min_slice_rows: int = Field(default=1 << 17, ge=1)
     ingest_slice_bytes: int = Field(default=64 << 20, ge=1)
     ingest_sample_rows: int = Field(default=300_000, ge=1)
     job_watchdog_interval: float = Field(default=15.0, gt=0)

@@ -20,7 +20,9 @@ import numpy as np
 
 from fused_celery import storage
 from fused_celery.errors import IngestInputError
+from fused_celery.options import cpu_count, options
 from fused_celery.partition.config import GeospatialPartitionJobStepConfig
+from fused_celery.partition.fanout import slice_rows_for
 from fused_celery.partition.read import (
     InputSlice,
     list_slices,
@@ -90,11 +92,45 @@ def list_input_slices(
     return slices
 
 
+def serving_processes(run: IngestRun) -> int:
+    """Worker processes that will run the job's tasks: for a remote run, those of the live
+    workers of its queue (1 when none is live, e.g. an autoscaled group at zero, or Redis does
+    not answer); for a local run, this machine's CPUs (the local engine's processes)."""
+    if not run.remote:
+        return cpu_count()
+    from redis.exceptions import RedisError
+
+    from fused_celery.state.connection import redis_client
+    from fused_celery.state.workers import processes_serving
+
+    url = options.resolved_result_backend
+    if not url:
+        return 1
+    try:
+        found = processes_serving(
+            redis_client(url), run.options.queue, within=options.autoscale_consumer_ttl
+        )
+    except RedisError:
+        return 1
+    return max(1, found)
+
+
 def prepare_items(run: IngestRun) -> tuple[IngestRun, list[dict[str, Any]]]:
     """The prepare fan-out: one item per input slice (its JSON); the run with ``n_slices``.
-    A layer GDAL reads only sequentially is first streamed into Parquet slices in the work
-    folder (:func:`.read.stream_sequential`), in this task."""
+    An input that makes fewer slices than there are worker processes to prepare them
+    (:func:`serving_processes`) is listed again in smaller slices
+    (:func:`.fanout.slice_rows_for`, down to ``options.ingest_min_slice_rows``). A layer GDAL
+    reads only sequentially is first streamed into Parquet slices in the work folder
+    (:func:`.read.stream_sequential`), in this task."""
     slices = list_input_slices(run.config, slice_rows=run.slice_rows)
+    processes = serving_processes(run)
+    if len(slices) < processes:
+        counts = [s.num_rows for s in slices]
+        total = None if None in counts else sum(c for c in counts if c is not None)
+        rows = slice_rows_for(total, run.slice_rows, processes, options.ingest_min_slice_rows)
+        if rows < run.slice_rows:
+            slices = list_input_slices(run.config, slice_rows=rows)
+            run = run.model_copy(update={"slice_rows": rows})
     slices = stream_sequential(
         slices, run.config, storage.join(run.work, "streamed"), target_rows=run.slice_rows
     )

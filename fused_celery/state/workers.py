@@ -85,6 +85,15 @@ def live_consumers(
     return {queue: list(out[2 * i + 1]) for i, queue in enumerate(queues)}
 
 
+def processes_serving(
+    client: redis.Redis, queue: str, within: float, *, now: float | None = None
+) -> int:
+    """Pool processes of the workers that consume ``queue`` now (heartbeat at most ``within`` s
+    old): their recorded concurrency, summed; 0 when none does (two round trips)."""
+    live = live_consumers(client, [queue], within, now=now)[queue]
+    return sum(info.concurrency for info in describe(client, live).values())
+
+
 def describe(client: redis.Redis, hostnames: Sequence[str]) -> dict[str, WorkerInfo]:
     """The recorded description of each of ``hostnames`` (missing ones are left out)."""
     names = list(dict.fromkeys(h for h in hostnames if h))
