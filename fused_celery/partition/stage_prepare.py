@@ -125,8 +125,7 @@ def prepare_items(run: IngestRun) -> tuple[IngestRun, list[dict[str, Any]]]:
     slices = list_input_slices(run.config, slice_rows=run.slice_rows)
     processes = serving_processes(run)
     if len(slices) < processes:
-        counts = [s.num_rows for s in slices]
-        total = None if None in counts else sum(c for c in counts if c is not None)
+        total = _known_rows(slices)
         rows = slice_rows_for(total, run.slice_rows, processes, options.ingest_min_slice_rows)
         if rows < run.slice_rows:
             slices = list_input_slices(run.config, slice_rows=rows)
@@ -135,9 +134,14 @@ def prepare_items(run: IngestRun) -> tuple[IngestRun, list[dict[str, Any]]]:
         slices, run.config, storage.join(run.work, "streamed"), target_rows=run.slice_rows
     )
     items = [s.model_dump(mode="json") for s in slices]
+    run = run.model_copy(update={"n_slices": len(slices), "input_rows": _known_rows(slices)})
+    return run, items
+
+
+def _known_rows(slices: Sequence[InputSlice]) -> int | None:
+    """The rows of ``slices`` in all, or None when a slice's row count is unknown."""
     counts = [s.num_rows for s in slices]
-    known = None if None in counts else sum(c for c in counts if c is not None)
-    return run.model_copy(update={"n_slices": len(slices), "input_rows": known}), items
+    return None if None in counts else sum(c for c in counts if c is not None)
 
 
 def slice_key(item: dict[str, Any]) -> str:
