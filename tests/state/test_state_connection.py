@@ -5,9 +5,16 @@ from __future__ import annotations
 import socket
 
 import pytest
+import redis
 
 from fused_celery.errors import BrokerUnavailableError
-from fused_celery.state.connection import check_reachable, mark_reachable, mask_url, redis_client
+from fused_celery.state.connection import (
+    check_reachable,
+    command,
+    mark_reachable,
+    mask_url,
+    redis_client,
+)
 
 
 def dead_url(password: str = "") -> str:
@@ -51,3 +58,34 @@ def test_one_client_per_url(redis_url: str) -> None:
     client = redis_client(redis_url)
     assert redis_client(redis_url) is client
     assert client.ping() and client.get_encoder().decode_responses
+
+
+def test_command_replies_as_the_client_does(redis_url: str) -> None:
+    client = redis_client(redis_url)
+    key = "test:command:value"
+    assert command(client, "SET", key, "é") == "OK"  # the raw reply: no response callbacks
+    assert command(client, "GET", key) == client.get(key) == "é"  # decoded as the client decodes
+    script = "return {ARGV[1], ARGV[2], ARGV[3], ARGV[4], #ARGV[5]}"
+    reply = command(client, "EVAL", script, 0, 7, 0.25, b"raw", "s", "x" * 100_000)
+    assert reply == client.eval(script, 0, 7, 0.25, b"raw", "s", "x" * 100_000)
+    assert reply == ["7", "0.25", "raw", "s", 100_000]
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        command(client, "LPUSH", key, "a")
+    with pytest.raises(redis.exceptions.DataError, match="'bool'"):
+        command(client, "SET", key, True)
+    assert command(client, "GET", key) == "é"  # the connection is still in step after errors
+
+
+def test_command_reconnects_after_its_connection_was_killed(redis_url: str) -> None:
+    client = redis_client(redis_url)
+    me = command(client, "CLIENT", "ID")
+    killer = redis.Redis.from_url(redis_url)
+    assert killer.client_kill_filter(_id=me) == 1
+    assert command(client, "PING") == "PONG"  # retried on a new connection
+    assert command(client, "CLIENT", "ID") != me
+
+
+def test_command_on_a_single_connection_client(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, single_connection_client=True)
+    assert command(client, "CLIENT", "ID") == command(client, "CLIENT", "ID") == client.client_id()
+    client.close()

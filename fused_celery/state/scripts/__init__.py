@@ -24,8 +24,9 @@ Lua spells no status either.
 Loading: each file is read once (``importlib.resources``, so they ship as package data) and
 each script's full source is assembled once. Per Redis connection pool (a client and the
 pipelines made from it share one) the scripts are registered once, under one lock, in one
-cache: a :class:`_Loaded` (SHA1 digest and source) per script. A call is EVALSHA; on NOSCRIPT
-(a restarted or flushed server) it loads the source and retries, and on a pipeline it queues
+cache: a :class:`_Loaded` (SHA1 digest and source) per script. A call is EVALSHA (sent by
+:func:`~fused_celery.state.connection.command`, the lean path); on NOSCRIPT (a restarted or
+flushed server) it loads the source and retries, and on a pipeline it queues
 EVALSHA and lets the pipeline load missing scripts before it executes -- exactly what
 redis-py's ``Script`` does. The per-call cost of naming is two list comprehensions over
 precomputed tuples of names (no validation library on the hot path).
@@ -49,6 +50,7 @@ from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from fused_celery.state import statuses
+from fused_celery.state.connection import command
 from fused_celery.state.keys import JOB_PARTS, PARTS
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -218,10 +220,10 @@ class Script:
             client.scripts.add(loaded)  # the pipeline loads missing scripts before it executes
             return client.evalsha(loaded.sha, len(key_list), *key_list, *argv)
         try:
-            return client.evalsha(loaded.sha, len(key_list), *key_list, *argv)
+            return command(client, "EVALSHA", loaded.sha, len(key_list), *key_list, *argv)
         except NoScriptError:  # flushed, or a restarted server
             loaded.sha = client.script_load(loaded.script)
-            return client.evalsha(loaded.sha, len(key_list), *key_list, *argv)
+            return command(client, "EVALSHA", loaded.sha, len(key_list), *key_list, *argv)
 
 
 class _Loaded:
