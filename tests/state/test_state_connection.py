@@ -81,6 +81,7 @@ def test_command_reconnects_after_its_connection_was_killed(redis_url: str) -> N
     me = command(client, "CLIENT", "ID")
     killer = redis.Redis.from_url(redis_url)
     assert killer.client_kill_filter(_id=me) == 1
+    killer.close()
     assert command(client, "PING") == "PONG"  # retried on a new connection
     assert command(client, "CLIENT", "ID") != me
 
