@@ -210,9 +210,10 @@ class Options(BaseSettings):
         stages: ingest, UDF, map and join; [] for none).
     worker_retain_memory: whether each worker process keeps the memory it frees for its next
         tasks instead of giving it back to the kernel at once (default True: glibc keeps freed
-        blocks under 256 MiB and up to 1 GiB of free heap, mimalloc purges after 10 s; an ingest
-        takes a third of the page faults, see :mod:`fused_celery.worker_memory`). False: the
-        allocators' defaults, for machines where idle workers must hand memory back at once.
+        blocks under 256 MiB and up to 1 GiB of free heap in at most 2 arenas, and Arrow
+        allocates from that heap too; an ingest takes a third of the page faults, see
+        :mod:`fused_celery.worker_memory`). False: the allocators' defaults, for machines where
+        idle workers must hand memory back at once.
     job_stall_timeout: seconds without progress (no task finished, no heartbeat) after which the
         watchdog fails a job (default None: ``visibility_timeout`` + 300, so that a task
         redelivered after its worker died is waited for).

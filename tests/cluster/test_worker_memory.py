@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from fused_celery.cluster.local_cluster import LocalCluster, wait_for_workers
 from fused_celery.cluster.processes import descendants
 from fused_celery.options import options
 from fused_celery.worker_memory import (
+    ARENA_MAX,
+    ARROW_POOL,
     MIMALLOC_PURGE_DELAY_MS,
     MMAP_THRESHOLD,
     TOP_PAD,
@@ -25,7 +28,7 @@ from fused_celery.worker_memory import (
 
 TUNABLES = (
     f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:glibc.malloc.trim_threshold={TRIM_THRESHOLD}"
-    f":glibc.malloc.top_pad={TOP_PAD}"
+    f":glibc.malloc.top_pad={TOP_PAD}:glibc.malloc.arena_max={ARENA_MAX}"
 )
 
 
@@ -40,6 +43,7 @@ def _assert_settings(pid: int) -> None:
     after its first item in the process's own copy once it has read it, so the rest is checked
     by :func:`test_glibc_applies_every_tunable`."""
     env = _environ(pid)
+    assert env.get("ARROW_DEFAULT_MEMORY_POOL") == ARROW_POOL
     assert env.get("MIMALLOC_PURGE_DELAY") == str(MIMALLOC_PURGE_DELAY_MS)
     assert TUNABLES.startswith(env.get("GLIBC_TUNABLES") or "-")
 
@@ -58,12 +62,17 @@ def test_allocator_env_adds_both_allocators_settings() -> None:
     assert env == {
         "PATH": "/usr/bin",
         "GLIBC_TUNABLES": TUNABLES,
+        "ARROW_DEFAULT_MEMORY_POOL": ARROW_POOL,
         "MIMALLOC_PURGE_DELAY": str(MIMALLOC_PURGE_DELAY_MS),
     }
 
 
 def test_allocator_env_keeps_the_users_own_settings() -> None:
-    mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "MIMALLOC_PURGE_DELAY": "0"}
+    mine = {
+        "GLIBC_TUNABLES": "glibc.malloc.arena_max=4",
+        "ARROW_DEFAULT_MEMORY_POOL": "mimalloc",
+        "MIMALLOC_PURGE_DELAY": "0",
+    }
     assert allocator_env(mine) == mine
 
 
@@ -81,6 +90,16 @@ def test_glibc_applies_every_tunable() -> None:
     assert int(values["glibc.malloc.mmap_threshold"], 16) == MMAP_THRESHOLD
     assert int(values["glibc.malloc.trim_threshold"], 16) == TRIM_THRESHOLD
     assert int(values["glibc.malloc.top_pad"], 16) == TOP_PAD
+    assert int(values["glibc.malloc.arena_max"], 16) == ARENA_MAX
+
+
+def test_arrow_allocates_from_glibc_in_a_process_with_the_settings() -> None:
+    code = "import pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+    env = {**allocator_env({}), "PATH": "/usr/bin"}
+    shown = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert shown.strip() == ARROW_POOL
 
 
 def test_local_cluster_workers_and_their_pool_processes_get_the_settings(
