@@ -135,16 +135,17 @@ def facts_of(table: pa.Table) -> RowFacts:
     """The :class:`~fused_celery.table.RowFacts` of a work table: its fact columns, or for 2D
     points prepared without them, facts from the centroid columns."""
     from fused_celery.table import RowFacts
+    from fused_celery.table.facts import bounds_of
 
     if BOUNDS[0] not in table.column_names:
         x, y = table.column(X).to_numpy(), table.column(Y).to_numpy()
         n = len(x)
         return RowFacts(
-            np.column_stack([x, y, x, y]), np.zeros(n), np.zeros(n), np.ones(n, np.int64),
+            bounds_of(x, y, x, y), np.zeros(n), np.zeros(n), np.ones(n, np.int64),
             np.zeros(n, np.int8), np.zeros(n, bool),
         )  # fmt: skip
     return RowFacts(
-        bounds=np.column_stack([table.column(c).to_numpy() for c in BOUNDS]),
+        bounds=bounds_of(*(table.column(c).to_numpy() for c in BOUNDS)),
         area=table.column(AREA).to_numpy(),
         length=table.column(LENGTH).to_numpy(),
         num_coords=table.column(NCOORDS).to_numpy(),

@@ -137,12 +137,12 @@ def wkb_points_xy(wkb: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
 def points_facts(xy: np.ndarray) -> RowFacts:
     """The :class:`~fused_celery.table.facts.RowFacts` of 2D points at ``xy`` (what
     ``RowFacts.of`` gives for them)."""
-    from fused_celery.table.facts import RowFacts
+    from fused_celery.table.facts import RowFacts, bounds_of
 
     n = len(xy)
     return RowFacts(
-        np.column_stack([xy, xy]), np.zeros(n), np.zeros(n), np.ones(n, np.int64),
-        np.zeros(n, np.int8), np.zeros(n, bool),
+        bounds_of(xy[:, 0], xy[:, 1], xy[:, 0], xy[:, 1]), np.zeros(n), np.zeros(n),
+        np.ones(n, np.int64), np.zeros(n, np.int8), np.zeros(n, bool),
     )  # fmt: skip
 
 

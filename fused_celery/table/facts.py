@@ -62,7 +62,9 @@ class ChunkMetadata(BaseModel):
 class RowFacts:
     """Per-row facts of geometries in EPSG:4326, computed once where they were decoded.
 
-    bounds: (n, 4) minx, miny, maxx, maxy (NaN for null/empty). area / length: shapely's, in
+    bounds: (n, 4) minx, miny, maxx, maxy (NaN for null/empty), kept column-major (a copy is
+    made of any other layout) so that each column is contiguous: Arrow takes it without a copy
+    and reductions run 2-8× faster than over a strided column. area / length: shapely's, in
     degrees. num_coords: coordinate counts. type_id: shapely type ids (-1 null). has_z: 3D rows.
     """
 
@@ -72,6 +74,11 @@ class RowFacts:
     num_coords: np.ndarray
     type_id: np.ndarray
     has_z: np.ndarray
+
+    def __post_init__(self) -> None:
+        b = self.bounds
+        if not (b.dtype == np.float64 and b.ndim == 2 and b.strides[0] == b.itemsize):
+            object.__setattr__(self, "bounds", np.asfortranarray(b, dtype=np.float64))
 
     @classmethod
     def of(cls, geometries: np.ndarray) -> RowFacts:
@@ -88,8 +95,8 @@ class RowFacts:
             xy = shapely.get_coordinates(geoms)
             n = len(geoms)
             return cls(
-                np.column_stack([xy, xy]), np.zeros(n), np.zeros(n), np.ones(n, np.int64),
-                types, shapely.has_z(geoms),
+                bounds_of(xy[:, 0], xy[:, 1], xy[:, 0], xy[:, 1]), np.zeros(n), np.zeros(n),
+                np.ones(n, np.int64), types, shapely.has_z(geoms),
             )  # fmt: skip
         return cls(
             shapely.bounds(geoms),
@@ -163,8 +170,9 @@ class RowFacts:
         """The facts of the rows of ``parts``, in order."""
         if len(parts) == 1:
             return parts[0]
+        bounds = np.empty((sum(len(p.bounds) for p in parts), 4), order="F")
         return cls(
-            np.concatenate([p.bounds for p in parts]),
+            np.concatenate([p.bounds for p in parts], out=bounds),
             np.concatenate([p.area for p in parts]),
             np.concatenate([p.length for p in parts]),
             np.concatenate([p.num_coords for p in parts]),
@@ -186,7 +194,7 @@ class RowFacts:
         n = int(fix.sum())
         if not n:
             return self, 0
-        bounds = b.copy()
+        bounds = b.copy(order="F")
         bounds[fix] = np.clip(b[fix], np.r_[lo, lo], np.r_[hi, hi])
         return RowFacts(
             bounds, self.area, self.length, self.num_coords, self.type_id, self.has_z
@@ -249,6 +257,14 @@ class RowFacts:
             file_id=str(file_id), chunk_id=int(chunk_id), bbox_minx=nan, bbox_miny=nan,
             bbox_maxx=nan, bbox_maxy=nan, sum_area=0.0, sum_length=0.0, num_coords=0, num_rows=0,
         )  # fmt: skip
+
+
+def bounds_of(minx: Any, miny: Any, maxx: Any, maxy: Any) -> np.ndarray:
+    """The (n, 4) column-major bounds array of :class:`RowFacts` from its four columns."""
+    out = np.empty((len(minx), 4), order="F")
+    for i, column in enumerate((minx, miny, maxx, maxy)):
+        out[:, i] = column
+    return out
 
 
 def _wrap(dlon: np.ndarray) -> np.ndarray:

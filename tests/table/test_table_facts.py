@@ -57,6 +57,26 @@ def test_chunks_metadata_equals_per_chunk_metadata():
     assert together[3].num_rows == 9 and together[-1].num_rows == len(geoms) - 40
 
 
+def test_row_facts_keep_each_bounds_column_contiguous_whatever_they_are_given():
+    """Bounds given row-major (shapely's layout) keep their values and become column-major;
+    take, concat and clamped keep every column contiguous (Arrow then takes it as it is)."""
+    b = np.arange(24, dtype=np.float64).reshape(6, 4)
+    n = len(b)
+    facts = RowFacts(b, np.zeros(n), np.zeros(n), np.ones(n, np.int64),
+                     np.zeros(n, np.int8), np.zeros(n, bool))  # fmt: skip
+    derived = [
+        facts,
+        facts.take(slice(1, 4)),
+        facts.take(np.array([5, 0, 2])),
+        RowFacts.concat([facts.take(slice(0, 2)), facts.take(np.array([4]))]),
+        facts.clamped((0.0, 0.0, 10.0, 10.0), 1e-9)[0],
+    ]
+    expected = [b, b[1:4], b[[5, 0, 2]], b[[0, 1, 4]], b]
+    for got, want in zip(derived, expected):
+        assert got.bounds.strides[0] == 8  # each column contiguous
+        np.testing.assert_array_equal(got.bounds, want)
+
+
 # --- bboxes and samples --------------------------------------------------------------------------
 
 
