@@ -302,11 +302,12 @@ def _split_mask(v: np.ndarray, s: float, vmin: float, vmax: float) -> tuple[np.n
     raise AssertionError("unreachable: vmin < vmax always gives a split")  # pragma: no cover
 
 
-def _split_value(v: np.ndarray, w: np.ndarray, method: str, unit: bool) -> float:
-    wsum = float(w.sum())
+def _split_value(v: np.ndarray, w: np.ndarray | None, method: str, unit: bool) -> float:
+    """The split value of ``v`` (weights ``w``; None or ``unit``: all equal)."""
+    wsum = 0.0 if w is None or unit else float(w.sum())
     if method == "mean":
-        return float(v.mean()) if unit or wsum <= 0 else float(np.dot(v, w) / wsum)
-    if unit or wsum <= 0:
+        return float(v.mean()) if wsum <= 0 else float(np.dot(v, w) / wsum)
+    if wsum <= 0:
         k = len(v) // 2
         return float(np.partition(v, k)[k])
     order = np.argsort(v)  # ties: any order gives the same value at the crossing
@@ -367,6 +368,7 @@ def plan_partitions(
     total = float(w.sum())
     per_file, per_chunk = resolve_maxima(total, max_per_file, max_per_chunk, target_num_chunks)
     unit = bool(n == 0 or (w == w[0]).all())
+    w0 = float(w[0]) if n else 0.0
 
     axis: list[int] = []
     value: list[float] = []
@@ -402,8 +404,9 @@ def plan_partitions(
     stack: list[tuple[int, np.ndarray, int, int]] = [(root, np.arange(n), 0, 0)]
     while stack:
         node, idx, depth, level = stack.pop()
-        xs, ys, ws = x[idx], y[idx], w[idx]
-        measure = float(ws.sum())
+        xs, ys = x[idx], y[idx]
+        ws = None if unit else w[idx]  # equal weights: neither summed nor split by
+        measure = w0 * len(idx) if ws is None else float(ws.sum())
         bounds = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
         limit = per_file if level == 0 else per_chunk
         split: tuple[int, float | None] | None = None
