@@ -11,28 +11,29 @@ for i = REST, #ARGV, REST_WIDTH do
   local js, logs = ARGV[i + R.json], ARGV[i + R.logs]
   local t0, t1 = ARGV[i + R.started], ARGV[i + R.finished]
   local mode, ck = ARGV[i + R.mode], ARGV[i + R.cache_key]
-  local cur = redis.call('HGET', K.state, pos)
+  local cur = state_of(pos)
   if cur then
     local st, ca = parse(cur)
     if ca == att and (st == ENTRY.running or st == ENTRY.pending) then
       if mode == 'retry' then
-        setstate(pos, st, ENTRY.pending, ENTRY.pending .. '|' .. (att + 1) .. '||')
-        redis.call('HSET', K.history, pos .. ':' .. att, js)
-        redis.call('HSET', K.tasks, pos, A.retry_task_id)
+        stage_state(pos, st, ENTRY.pending, ENTRY.pending .. '|' .. (att + 1) .. '||')
+        stage_hset(K.history, pos .. ':' .. att, js)
+        stage_hset(K.tasks, pos, A.retry_task_id)
       else
-        setstate(pos, st, status, status .. '|' .. att .. '|' .. t0 .. '|' .. t1)
-        redis.call('HSET', K.outcome, pos, js)
-        redis.call('HSET', K.logs, pos, logs)
+        stage_state(pos, st, status, status .. '|' .. att .. '|' .. t0 .. '|' .. t1)
+        stage_hset(K.outcome, pos, js)
+        stage_hset(K.logs, pos, logs)
         if ck ~= '' and status == ENTRY.success and ttl > 0 then
           redis.call('HSET', ck, 'o', js, 'l', logs, 't', now)
           redis.call('EXPIRE', ck, ttl)
         end
       end
     else
-      redis.call('HSET', K.history, pos .. ':' .. att, js)
+      stage_hset(K.history, pos .. ':' .. att, js)
     end
   end
 end
+stage_flush()
 local v = redis.call('INCR', K.version)
 local event = v
 local pmax = tonumber(A.payload_max)

@@ -25,7 +25,7 @@ local changed, finals = false, false
 for i = REST, #ARGV, REST_WIDTH do
   local pos = ARGV[i + R.pos]
   local att = tonumber(ARGV[i + R.attempt])
-  local cur = redis.call('HGET', K.state, pos)
+  local cur = state_of(pos)
   local decision, a, ck = 'run', '', ''
   if not cur then
     decision = 'gone'
@@ -34,7 +34,7 @@ for i = REST, #ARGV, REST_WIDTH do
     if redis.call('SISMEMBER', K.cancelled, pos) == 1 then
       decision = ENTRY.cancelled  -- (the decision is the entry's status)
       if st == ENTRY.pending then
-        setstate(pos, st, ENTRY.cancelled, ENTRY.cancelled .. '|' .. ca .. '||')
+        stage_state(pos, st, ENTRY.cancelled, ENTRY.cancelled .. '|' .. ca .. '||')
         finals = true
       end
     elseif att < ca then
@@ -52,19 +52,20 @@ for i = REST, #ARGV, REST_WIDTH do
           local hit = redis.call('HMGET', ck, 'o', 'l', 't')
           if hit[1] and hit[3] and (tonumber(now) - tonumber(hit[3])) <= maxage then
             decision = 'cached'
-            setstate(pos, st, ENTRY.success, ENTRY.success .. '|' .. att .. '|' .. now .. '|' .. now)
+            stage_state(pos, st, ENTRY.success,
+                        ENTRY.success .. '|' .. att .. '|' .. now .. '|' .. now)
             finals = true
-            redis.call('HSET', K.outcome, pos, hit[1])
-            redis.call('HSET', K.logs, pos, hit[2] or '')
-            redis.call('HSET', K.hosts, pos, 'cache')
-            redis.call('HSET', K.tasks, pos, A.task_id)
+            stage_hset(K.outcome, pos, hit[1])
+            stage_hset(K.logs, pos, hit[2] or '')
+            stage_hset(K.hosts, pos, 'cache')
+            stage_hset(K.tasks, pos, A.task_id)
             a = ''
           end
         end
         if decision == 'run' then
-          setstate(pos, st, ENTRY.running, ENTRY.running .. '|' .. att .. '|' .. now .. '|')
-          redis.call('HSET', K.hosts, pos, A.host)
-          redis.call('HSET', K.tasks, pos, A.task_id)
+          stage_state(pos, st, ENTRY.running, ENTRY.running .. '|' .. att .. '|' .. now .. '|')
+          stage_hset(K.hosts, pos, A.host)
+          stage_hset(K.tasks, pos, A.task_id)
         end
       end
       changed = true
@@ -75,6 +76,7 @@ for i = REST, #ARGV, REST_WIDTH do
   out[#out + 1] = a
   out[#out + 1] = ck
 end
+stage_flush()
 -- entries that start only bump the version; waiters are woken for finished entries
 if changed or finals then
   local v = redis.call('INCR', K.version)

@@ -1,0 +1,58 @@
+"""The pool record's message scripts (``pool_start.lua``, ``pool_finish.lua``) on a message of
+more entries than one gathered ``HSET`` takes (``_pool_entry.lua``'s ``STAGE_CHUNK``), against
+the real private ``redis-server`` of ``conftest.py``."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from fused_celery.state.pool_record import PoolRecord, parse_state
+
+N = 1_200  # entries in one message: 2,400 field/value pairs per hash, three HSET calls each
+
+
+def _record(n: int) -> PoolRecord:
+    record = PoolRecord(uuid.uuid4().hex, _url())
+    meta = {"version": 1, "udf": "{}", "n": n, "batch_size": n, "threads": 1, "max_retry": 0}
+    record.create(meta=meta, encoded_args=[json.dumps({"x": i}) for i in range(n)],
+                  batch_size=n, lanes=0)  # fmt: skip
+    return record
+
+
+def _url() -> str:
+    from fused_celery.options import options
+
+    assert options.broker_url
+    return options.broker_url
+
+
+def test_a_large_message_starts_and_finishes_every_entry(fused_options: object) -> None:
+    record = _record(N)
+    started = record.start(
+        task_id=f"{record.pool_id}.b0", redelivered=False, host="w@h",
+        entries=[(p, 1) for p in range(N)],
+    )  # fmt: skip
+    assert not isinstance(started, str)
+    decisions, _ = started
+    assert [(p, d) for p, d, *_ in decisions] == [(p, "run") for p in range(N)]
+    assert [json.loads(a) for _, _, a, _ in decisions] == [{"x": p} for p in range(N)]
+    assert record.counts() is not None and record.counts().get("running") == N
+    assert record.hosts() == dict.fromkeys(range(N), "w@h")
+
+    half = N // 2
+    results = [
+        {"pos": p, "attempt": 1, "status": "success" if p < half else "error",
+         "json": json.dumps({"ok": p < half, "value": p}), "logs": f"log {p}",
+         "started": 1.0, "finished": 2.0}
+        for p in range(N)
+    ]  # fmt: skip
+    meta = {"n": str(N), "batch_size": str(N)}
+    record.finish(results=results, meta=meta, lane=None, redelivered=False, chain=False)
+    counts = record.counts()
+    assert counts is not None
+    assert (counts.get("success"), counts.get("error"), counts.get("running")) == (half, half, 0)
+    states, outcomes, logs = record.read_outcomes(range(N))
+    assert [parse_state(s)[0] for s in states] == ["success"] * half + ["error"] * half
+    assert [json.loads(o)["value"] for o in outcomes] == list(range(N))
+    assert logs == [f"log {p}" for p in range(N)]
