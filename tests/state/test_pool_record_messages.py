@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
+
+from fused_celery.state import pool_record
 from fused_celery.state.pool_record import PoolRecord, parse_state
 
 N = 1_200  # entries in one message: 2,400 field/value pairs per hash, three HSET calls each
@@ -56,3 +59,33 @@ def test_a_large_message_starts_and_finishes_every_entry(fused_options: object) 
     assert [parse_state(s)[0] for s in states] == ["success"] * half + ["error"] * half
     assert [json.loads(o)["value"] for o in outcomes] == list(range(N))
     assert logs == [f"log {p}" for p in range(N)]
+
+
+def test_large_reads_equal_the_round_trip_reads(
+    fused_options: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``read_outcomes`` of many positions (the ``pool_read`` script, here in chunks of 500)
+    and ``read_states(large=True)`` (``pool_states``) give what the pipelined reads give,
+    missing fields as None; a record that is gone reads as version None."""
+    record = _record(N)
+    started = record.start(
+        task_id=f"{record.pool_id}.b0", redelivered=False, host="w@h",
+        entries=[(p, 1) for p in range(0, N, 2)],
+    )  # fmt: skip
+    assert not isinstance(started, str)
+    results = [
+        {"pos": p, "attempt": 1, "status": "success", "json": json.dumps({"v": p}),
+         "logs": "", "started": 1.0, "finished": 2.0}
+        for p in range(0, N, 4)
+    ]  # fmt: skip
+    record.finish(results=results, meta={"n": str(N)}, lane=None, redelivered=False, chain=False)
+    positions = [*range(N), N + 5]  # the last one was never an entry
+    monkeypatch.setattr(pool_record, "READ_SCRIPT_MIN", 10**9)
+    small = record.read_outcomes(positions)
+    monkeypatch.setattr(pool_record, "READ_SCRIPT_MIN", 256)
+    monkeypatch.setattr(pool_record, "READ_CHUNK", 500)
+    assert record.read_outcomes(positions) == small
+    assert small[0][-1] is None and small[1][1] is None and small[1][0] is not None
+    assert record.read_states(large=True) == record.read_states()
+    record.delete()
+    assert record.read_states(large=True) == (None, {}) == record.read_states()

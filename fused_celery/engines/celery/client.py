@@ -71,6 +71,7 @@ from fused_celery.state.events import SMALL_POOL_ENTRIES, PoolEvents
 from fused_celery.state.keys import RECORD_VERSION
 from fused_celery.state.pool_record import (
     INITIAL_STATE,
+    READ_SCRIPT_MIN,
     PoolRecord,
     batch_positions,
     batch_task_id,
@@ -359,7 +360,8 @@ class CeleryEngine(Engine):
                     self._read_token = token
                     return list(self._cached[1])
             token = self._token()
-            version, raw = record.read_states()  # type: ignore[assignment]
+            large = self.spec.n >= READ_SCRIPT_MIN
+            version, raw = record.read_states(large)  # type: ignore[assignment]
             self._read_token = token
             if version is None:
                 raise record.not_found()

@@ -324,6 +324,17 @@ pool_finish = Script(
     uses=("pool_entry", "pool_lanes"),
 )  # fmt: skip
 
+#: Read entries' states, outcomes and logs as one JSON string (client, large reads).
+pool_read = Script(
+    "pool_read",
+    keys=("state", "outcome", "logs"),
+    argv=(),
+    rest=("positions", ("pos",)),
+)
+
+#: Read the version and every entry's state as one JSON string (client, large pools).
+pool_states = Script("pool_states", keys=("version", "state"))
+
 #: Cancel every pending entry (client).
 pool_cancel = Script(
     "pool_cancel",
