@@ -84,7 +84,8 @@ READ_SCRIPT_MIN = 256
 """Positions from which :meth:`PoolRecord.read_outcomes` reads through the ``pool_read`` script
 (below, three ``HMGET`` replies parse as fast and cost Redis less)."""
 READ_CHUNK = 5_000
-"""Positions per ``pool_read`` call (each blocks Redis for a few ms)."""
+"""Positions per ``pool_read`` call (a script holds Redis while it runs: a large pool's read is
+cut into calls of this size)."""
 
 
 class PoolRecord:
@@ -234,7 +235,8 @@ class PoolRecord:
     ) -> tuple[list[str | None], list[str | None], list[str | None]]:
         """``(states, outcome JSON, logs)`` of ``positions`` (None where missing): in one round
         trip up to :data:`READ_SCRIPT_MIN` positions, else in one ``pool_read`` script per
-        :data:`READ_CHUNK` positions (each a consistent read, as the round trip is)."""
+        :data:`READ_CHUNK` positions (each call reads its positions' three fields at one
+        instant)."""
         fields = [str(p) for p in positions]
         if len(fields) < READ_SCRIPT_MIN:
             pipe = self.client.pipeline(transaction=False)

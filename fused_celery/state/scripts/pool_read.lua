@@ -1,7 +1,7 @@
 -- A client reads entries' states, outcomes and logs in one go. Returns one JSON string
 -- [[state...], [outcome JSON...], [logs...]] in the order of the positions given, null where a
--- field is missing: one string parses many times faster in the client than three bulk strings
--- per entry (10,000 entries: ~0.02 s against ~0.1 s in redis-py's parser).
+-- field is missing: one string parses faster in the client than three bulk strings per entry
+-- (10,000 entries, under cProfile: 0.07 s against 0.23 s through redis-py's parser).
 local fields = {}
 for i = REST, #ARGV, REST_WIDTH do fields[#fields + 1] = ARGV[i + R.pos] end
 local out = {}
