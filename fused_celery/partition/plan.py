@@ -302,9 +302,9 @@ def _split_mask(v: np.ndarray, s: float, vmin: float, vmax: float) -> tuple[np.n
     raise AssertionError("unreachable: vmin < vmax always gives a split")  # pragma: no cover
 
 
-def _split_value(v: np.ndarray, w: np.ndarray | None, method: str, unit: bool) -> float:
-    """The split value of ``v`` (weights ``w``; None or ``unit``: all equal)."""
-    wsum = 0.0 if w is None or unit else float(w.sum())
+def _split_value(v: np.ndarray, w: np.ndarray | None, method: str) -> float:
+    """The split value of ``v`` (weights ``w``; None: all equal)."""
+    wsum = 0.0 if w is None else float(w.sum())
     if method == "mean":
         return float(v.mean()) if wsum <= 0 else float(np.dot(v, w) / wsum)
     if wsum <= 0:
@@ -422,7 +422,7 @@ def plan_partitions(
                     hs = h_all[idx]
                     hmin, hmax = float(hs.min()), float(hs.max())
                     if hmin < hmax:
-                        s = _split_value(hs, ws, "median", unit)
+                        s = _split_value(hs, ws, "median")
                         mask, s = _split_mask(hs, s, hmin, hmax)
                         split = (AXIS_HASH, s)
             else:
@@ -439,7 +439,7 @@ def plan_partitions(
                 v = xs if ax == AXIS_X else ys
                 lo, hi = (bounds[0], bounds[2]) if ax == AXIS_X else (bounds[1], bounds[3])
                 if s is None:
-                    s = _split_value(v, ws, split_method, unit)
+                    s = _split_value(v, ws, split_method)
                 mask, s = _split_mask(v, s, lo, hi)
             ln, rn = new_node(), new_node()
             axis[node], value[node], left[node], right[node] = ax, s, ln, rn

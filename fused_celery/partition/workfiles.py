@@ -138,12 +138,7 @@ def facts_of(table: pa.Table) -> RowFacts:
     from fused_celery.table.facts import bounds_of
 
     if BOUNDS[0] not in table.column_names:
-        x, y = table.column(X).to_numpy(), table.column(Y).to_numpy()
-        n = len(x)
-        return RowFacts(
-            bounds_of(x, y, x, y), np.zeros(n), np.zeros(n), np.ones(n, np.int64),
-            np.zeros(n, np.int8), np.zeros(n, bool),
-        )  # fmt: skip
+        return RowFacts.of_points(table.column(X).to_numpy(), table.column(Y).to_numpy())
     return RowFacts(
         bounds=bounds_of(*(table.column(c).to_numpy() for c in BOUNDS)),
         area=table.column(AREA).to_numpy(),

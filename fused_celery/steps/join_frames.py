@@ -137,13 +137,9 @@ def wkb_points_xy(wkb: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
 def points_facts(xy: np.ndarray) -> RowFacts:
     """The :class:`~fused_celery.table.facts.RowFacts` of 2D points at ``xy`` (what
     ``RowFacts.of`` gives for them)."""
-    from fused_celery.table.facts import RowFacts, bounds_of
+    from fused_celery.table.facts import RowFacts
 
-    n = len(xy)
-    return RowFacts(
-        bounds_of(xy[:, 0], xy[:, 1], xy[:, 0], xy[:, 1]), np.zeros(n), np.zeros(n),
-        np.ones(n, np.int64), np.zeros(n, np.int8), np.zeros(n, bool),
-    )  # fmt: skip
+    return RowFacts.of_points(xy[:, 0], xy[:, 1])
 
 
 def reproject_xy(xy: np.ndarray, src: Any, dst: Any) -> np.ndarray:

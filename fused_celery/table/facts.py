@@ -91,13 +91,9 @@ class RowFacts:
             return cls(np.empty((0, 4)), empty, empty, np.empty(0, np.int64),
                        np.empty(0, np.int8), np.empty(0, bool))  # fmt: skip
         types = shapely.get_type_id(geoms).astype(np.int8)
-        if (types == 0).all():  # points: no area, no length, one coordinate
+        if (types == 0).all():
             xy = shapely.get_coordinates(geoms)
-            n = len(geoms)
-            return cls(
-                bounds_of(xy[:, 0], xy[:, 1], xy[:, 0], xy[:, 1]), np.zeros(n), np.zeros(n),
-                np.ones(n, np.int64), types, shapely.has_z(geoms),
-            )  # fmt: skip
+            return cls.of_points(xy[:, 0], xy[:, 1], shapely.has_z(geoms))
         return cls(
             shapely.bounds(geoms),
             shapely.area(geoms).astype(np.float64),
@@ -106,6 +102,16 @@ class RowFacts:
             types,
             shapely.has_z(geoms),
         )
+
+    @classmethod
+    def of_points(cls, x: np.ndarray, y: np.ndarray, has_z: np.ndarray | None = None) -> RowFacts:
+        """The facts of points at ``x``, ``y`` (no area, no length, one coordinate each).
+        has_z: 3D rows (default None: none)."""
+        n = len(x)
+        return cls(
+            bounds_of(x, y, x, y), np.zeros(n), np.zeros(n), np.ones(n, np.int64),
+            np.zeros(n, np.int8), np.zeros(n, bool) if has_z is None else has_z,
+        )  # fmt: skip
 
     @classmethod
     def of_projected(cls, geometries: np.ndarray, crs: Any) -> RowFacts:
