@@ -317,15 +317,39 @@ def _run(
         all_done = threading.Event()
         running = [len(items)]
         lock = threading.Lock()
+        # drains submitted in all, and those of them that have not taken an entry yet
+        drains, spare = [0], [0]
+
+        def add_drain() -> None:  # (called with ``lock`` held)
+            drains[0] += 1
+            spare[0] += 1
+            pool.submit(drain)
 
         def drain() -> None:
-            # Each thread takes entries until none is left: at most ``threads`` entries run at
-            # once, and short entries do not pay a thread switch each.
+            # Each drain takes entries until none is left. Drains are added one at a time: a
+            # drain that takes an entry while more wait, and no other drain is on its way,
+            # submits one more (up to ``threads``). Entries that block (I/O) thus soon run
+            # ``threads`` at once, while short entries run on one or two threads instead of
+            # waking ``threads`` of them (measured: 100 trivial entries on 100 threads
+            # took 2.5 ms in all, on one thread 1.4-1.8 ms).
+            fresh = True
             while True:
                 try:
                     item = todo.popleft()
                 except IndexError:
+                    if fresh:
+                        with lock:
+                            spare[0] -= 1
                     return
+                with lock:
+                    if fresh:
+                        spare[0] -= 1
+                        fresh = False
+                    if todo and not spare[0] and drains[0] < threads:
+                        try:
+                            add_drain()
+                        except RuntimeError:  # the executor was dropped: the message ends
+                            pass
                 try:
                     outcomes.put(execute.run_batch(udf, [item], max_log_bytes=log_cap)[0])
                 except BaseException as exc:  # noqa: BLE001 - handed to the message's thread
@@ -337,8 +361,8 @@ def _run(
 
         pool = _executor(threads)
         try:
-            for _ in range(min(threads, len(items))):
-                pool.submit(drain)
+            with lock:
+                add_drain()
             left = len(items)
             while left:
                 # Wake when every entry is done, or every FLUSH_SECONDS to write what finished
