@@ -384,10 +384,10 @@ class PoolRecord:
         out = scripts.pool_start(self.client, keys=self.script_keys, args=args)
         if isinstance(out, str):
             return out
+        out = json.loads(out[0])
         meta = json.loads(out[0]) if fetch_meta else None
         return [
-            (int(out[i]), str(out[i + 1]), str(out[i + 2]), str(out[i + 3]))
-            for i in range(1, len(out), 4)
+            (int(out[i]), out[i + 1], out[i + 2], out[i + 3]) for i in range(1, len(out), 4)
         ], meta
 
     def finish(

@@ -89,3 +89,32 @@ def test_large_reads_equal_the_round_trip_reads(
     assert record.read_states(large=True) == record.read_states()
     record.delete()
     assert record.read_states(large=True) == (None, {}) == record.read_states()
+
+
+@pytest.mark.parametrize(
+    "positions",
+    [[4, 5, 6, 7], [4, 6, 5, 7], [5, 4, 6, 7, 8], [5, 4, 7], [3, 9, 4], [6], [4, 5, 7, 8]],
+    ids=["consecutive", "out-of-order", "first-not-lowest", "span-fits", "gaps", "one", "a-gap"],
+)
+def test_start_hands_out_each_entrys_own_arguments(
+    fused_options: object, positions: list[int]
+) -> None:
+    """``pool_start`` reads a run of consecutive positions with one ``LRANGE`` and any other
+    message entry by entry: either way each entry gets its own arguments, and a cancelled
+    entry is cancelled while its message-mates run."""
+    record = _record(12)
+    if len(positions) > 1:  # the last one cancelled alone (as ``pool_cancel`` marks entries)
+        record.client.sadd(record.keys["cancelled"], positions[-1])
+    started = record.start(
+        task_id=f"{record.pool_id}.m", redelivered=False, host="w@h",
+        entries=[(p, 1) for p in positions],
+    )  # fmt: skip
+    assert not isinstance(started, str)
+    decisions, _ = started
+    assert [p for p, *_ in decisions] == positions
+    for p, decision, args, _ in decisions:
+        if len(positions) > 1 and p == positions[-1]:
+            assert (decision, args) == ("cancelled", "")
+        else:
+            assert decision == "run"
+            assert json.loads(args) == {"x": p}

@@ -18,7 +18,7 @@ end
 -- Writes gathered while a script loops over its entries and made once at its end by
 -- stage_flush(): one variadic HSET per hash and one HINCRBY per status whose count changed,
 -- instead of several calls per entry (a 100-entry message made ~550 per script). state_of(pos)
--- reads an entry's state through the gathered writes.
+-- reads an entry's state through the gathered writes, then the states prefetch_states read.
 local STAGE_CHUNK = 1000  -- values per HSET (even: field, value pairs; under unpack's limit)
 local staged_keys, staged_pairs, staged_counts, staged_state = {}, {}, {}, {}
 
@@ -33,8 +33,32 @@ local function stage_hset(key, field, value)
   t[#t + 1] = value
 end
 
+-- states read ahead by prefetch_states (false: no such entry)
+local fetched_state = {}
+
 local function state_of(pos)
-  return staged_state[pos] or redis.call('HGET', K.state, pos)
+  local v = staged_state[pos]
+  if v then return v end
+  v = fetched_state[pos]
+  if v ~= nil then return v end
+  return redis.call('HGET', K.state, pos)
+end
+
+-- The values of `fields` of hash `key` (false where absent): one HMGET per STAGE_CHUNK fields.
+local function hmget_chunked(key, fields)
+  local out = {}
+  for i = 1, #fields, STAGE_CHUNK do
+    local got = redis.call('HMGET', key, unpack(fields, i, math.min(i + STAGE_CHUNK - 1, #fields)))
+    for j = 1, #got do out[#out + 1] = got[j] end
+  end
+  return out
+end
+
+-- Read the states of `positions` at once (a script about to look at each of them), instead of
+-- one HGET each in state_of.
+local function prefetch_states(positions)
+  local got = hmget_chunked(K.state, positions)
+  for i = 1, #positions do fetched_state[positions[i]] = got[i] end
 end
 
 -- setstate, gathered
@@ -59,4 +83,5 @@ local function stage_flush()
     if d and d ~= 0 then redis.call('HINCRBY', K.counts, st, d) end
   end
   staged_keys, staged_pairs, staged_counts, staged_state = {}, {}, {}, {}
+  fetched_state = {}
 end

@@ -6,6 +6,9 @@
 if redis.call('EXISTS', K.state) == 0 then return {-2} end
 local now = A.now
 local ttl = tonumber(A.cache_ttl)
+local positions = {}
+for i = REST, #ARGV, REST_WIDTH do positions[#positions + 1] = ARGV[i + R.pos] end
+prefetch_states(positions)
 for i = REST, #ARGV, REST_WIDTH do
   local pos, att, status = ARGV[i + R.pos], tonumber(ARGV[i + R.attempt]), ARGV[i + R.status]
   local js, logs = ARGV[i + R.json], ARGV[i + R.logs]

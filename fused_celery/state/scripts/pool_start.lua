@@ -1,8 +1,8 @@
 -- A worker begins a message: decide per entry whether to run it (and hand out its encoded
 -- arguments). A.want_meta '1': read the cache settings from K.meta (not A) and return the
 -- meta hash too. Returns 'unborn' (no record and no tombstone: not written yet), 'gone',
--- 'dup', or {meta JSON object ('' unless want_meta), (pos, decision, args, cache key)...}
--- (one JSON string parses much faster in the client than a reply of 2 elements per field).
+-- 'dup', or {JSON of [meta JSON object ('' unless want_meta), (pos, decision, args, cache
+-- key)...]}: one string parses much faster in the client than a reply of 4 elements per entry.
 if redis.call('EXISTS', K.state) == 0 then
   if redis.call('EXISTS', K.tomb) == 0 then return 'unborn' end
   return 'gone'
@@ -22,6 +22,20 @@ if A.want_meta == '1' then
   out = {cjson.encode(f)}
 end
 local changed, finals = false, false
+-- read ahead what every entry needs: states (one HMGET), whether any entry is cancelled, and
+-- the arguments of consecutive positions in order (one LRANGE: a batch's usual shape)
+local positions = {}
+for i = REST, #ARGV, REST_WIDTH do positions[#positions + 1] = ARGV[i + R.pos] end
+prefetch_states(positions)
+local any_cancelled = redis.call('SCARD', K.cancelled) > 0
+local first, last = tonumber(positions[1]), tonumber(positions[#positions])
+local ranged = nil
+if #positions > 1 and last - first + 1 == #positions then
+  ranged = redis.call('LRANGE', K.args, first, last)
+  for k = 1, #positions do
+    if tonumber(positions[k]) ~= first + k - 1 then ranged = nil break end
+  end
+end
 for i = REST, #ARGV, REST_WIDTH do
   local pos = ARGV[i + R.pos]
   local att = tonumber(ARGV[i + R.attempt])
@@ -31,7 +45,7 @@ for i = REST, #ARGV, REST_WIDTH do
     decision = 'gone'
   else
     local st, ca = parse(cur)
-    if redis.call('SISMEMBER', K.cancelled, pos) == 1 then
+    if any_cancelled and redis.call('SISMEMBER', K.cancelled, pos) == 1 then
       decision = ENTRY.cancelled  -- (the decision is the entry's status)
       if st == ENTRY.pending then
         stage_state(pos, st, ENTRY.cancelled, ENTRY.cancelled .. '|' .. ca .. '||')
@@ -46,7 +60,11 @@ for i = REST, #ARGV, REST_WIDTH do
       if d > maxd then
         decision = 'lost'
       else
-        a = redis.call('LINDEX', K.args, tonumber(pos)) or ''
+        if ranged then
+          a = ranged[tonumber(pos) - first + 1] or ''
+        else
+          a = redis.call('LINDEX', K.args, tonumber(pos)) or ''
+        end
         if digest ~= '' then
           ck = A.cache_prefix .. redis.sha1hex(digest .. '\n' .. a)
           local hit = redis.call('HMGET', ck, 'o', 'l', 't')
@@ -82,4 +100,4 @@ if changed or finals then
   local v = redis.call('INCR', K.version)
   if finals then redis.call('PUBLISH', A.channel, v) end
 end
-return out
+return {cjson.encode(out)}
