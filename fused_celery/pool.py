@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from fused_celery import codec
+from fused_celery import codec, gc_pause
 from fused_celery.collect import arg_names, build_frame, constant_args
 from fused_celery.engines.base import (
     CANCELLED,
@@ -237,9 +237,10 @@ class JobPool:
         return {p: self._value(p, states[p]) for p in positions}
 
     def _finished_values(self) -> tuple[list[EntryState], dict[int, Any]]:
-        states = self._states()
-        positions = [i for i, s in enumerate(states) if s.status in FINISHED]
-        return states, self._values(states, positions)
+        with gc_pause.paused():  # O(n) acyclic objects: see gc_pause
+            states = self._states()
+            positions = [i for i, s in enumerate(states) if s.status in FINISHED]
+            return states, self._values(states, positions)
 
     def results(self, return_exceptions: bool = False) -> list[Any]:
         """Wait, then every result in argument order.

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from fused_celery import codec
+from fused_celery import codec, gc_pause
 from fused_celery.errors import (
     CallArgumentError,
     UdfArgumentError,
@@ -292,31 +292,32 @@ class Udf(BaseModel):
             )
         if isinstance(max_retry, bool) or not isinstance(max_retry, int) or max_retry < 0:
             raise CallArgumentError(f"max_retry must be an integer >= 0, got {max_retry!r}")
-        const = _encode_constants(kwargs)
-        entries = self.entries(arg_list, kwargs)
-        encoded = _encode_entries(entries, const, set(kwargs))
-        age = parse_cache_max_age(cache_max_age)
-        wire = self.wire()
-        if kwargs:  # so that collect()/arg_df() index by the per-entry arguments only
-            from fused_celery.collect import CONSTANT_ARGS_KEY  # pandas: not at import time
+        with gc_pause.paused():  # O(n) acyclic objects: see gc_pause
+            const = _encode_constants(kwargs)
+            entries = self.entries(arg_list, kwargs)
+            encoded = _encode_entries(entries, const, set(kwargs))
+            age = parse_cache_max_age(cache_max_age)
+            wire = self.wire()
+            if kwargs:  # so that collect()/arg_df() index by the per-entry arguments only
+                from fused_celery.collect import CONSTANT_ARGS_KEY  # pandas: not at import time
 
-            wire["metadata"] = {**wire["metadata"], CONSTANT_ARGS_KEY: sorted(kwargs)}
-        spec = PoolSpec(
-            udf=wire,
-            args=entries,
-            encoded=encoded,
-            constants=const,
-            max_workers=max_workers,
-            batch_size=batch,
-            max_retry=max_retry,
-            cache=cache,
-            cache_max_age=age if age is not None else self.cache_max_age,
-            queue=queue,
-            disk_size_gb=self.disk_size_gb,
-        )
-        pool = JobPool(make_engine(kind, spec))
-        pool._submit(quiet=_quiet)
-        return pool
+                wire["metadata"] = {**wire["metadata"], CONSTANT_ARGS_KEY: sorted(kwargs)}
+            spec = PoolSpec(
+                udf=wire,
+                args=entries,
+                encoded=encoded,
+                constants=const,
+                max_workers=max_workers,
+                batch_size=batch,
+                max_retry=max_retry,
+                cache=cache,
+                cache_max_age=age if age is not None else self.cache_max_age,
+                queue=queue,
+                disk_size_gb=self.disk_size_gb,
+            )
+            pool = JobPool(make_engine(kind, spec))
+            pool._submit(quiet=_quiet)
+            return pool
 
     async def map_async(self, arg_list: Any, **options: Any) -> JobPool:
         """:meth:`map` without blocking the event loop; same options."""

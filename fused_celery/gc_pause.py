@@ -1,0 +1,45 @@
+"""Pausing Python's cyclic garbage collector while a pool's bulk data is built or read.
+
+A pool of n entries makes O(n) small objects at once: the entries' arguments at submit, their
+states and outcomes when results are read. Every 700 allocations start a young collection, and
+the objects that survive them lead to full collections, each of which walks every object the
+process holds (a session that imported pandas, geopandas and Celery holds about a million).
+Measured on a 2-CPU VM, 10,000 trivial entries, the collector on against paused: reading the
+results took 218 against 126 ms, and the collector spent ~125 ms per pool, most of it (~95 ms)
+in full collections. The objects are acyclic (lists, dicts, strings, tuples): reference counting
+frees them, so pausing the collector for the bulk work frees nothing later.
+
+``gc.disable()`` / ``gc.enable()`` are process-wide switches, not a scope: :func:`paused` counts
+the pauses under a lock, so overlapping pauses of several threads nest, and a collector that was
+already off (the user's choice) stays off.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_lock = threading.Lock()
+_depth = 0
+_resume = False
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """Keep the cyclic garbage collector off inside the ``with`` block (see the module
+    docstring); it is back on afterwards if it was on before the outermost pause."""
+    global _depth, _resume
+    with _lock:
+        if _depth == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _resume:
+                gc.enable()
