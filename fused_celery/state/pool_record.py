@@ -379,6 +379,7 @@ class PoolRecord:
             "cache_max_age": cache_max_age,
             "cache_prefix": keys.CACHE_PREFIX,
             "want_meta": "1" if fetch_meta else "0",
+            "placeholder": keys.PLACEHOLDER,
             "entries": entries,
         }
         out = scripts.pool_start(self.client, keys=self.script_keys, args=args)

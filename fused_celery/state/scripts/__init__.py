@@ -300,7 +300,7 @@ pool_start = Script(
     ),
     argv=(
         "task_id", "redelivered", "host", "now", "max_deliveries", "channel", "cache_digest",
-        "cache_max_age", "cache_prefix", "want_meta",
+        "cache_max_age", "cache_prefix", "want_meta", "placeholder",
     ),
     rest=("entries", ("pos", "attempt")),
     uses=("pool_entry",),

@@ -27,7 +27,9 @@ local changed, finals = false, false
 local positions = {}
 for i = REST, #ARGV, REST_WIDTH do positions[#positions + 1] = ARGV[i + R.pos] end
 prefetch_states(positions)
-local any_cancelled = redis.call('SCARD', K.cancelled) > 0
+local nc = redis.call('SCARD', K.cancelled)  -- (the set holds keys.PLACEHOLDER)
+local any_cancelled = nc > 1
+  or (nc == 1 and redis.call('SISMEMBER', K.cancelled, A.placeholder) == 0)
 local first, last = tonumber(positions[1]), tonumber(positions[#positions])
 local ranged = nil
 if #positions > 1 and last - first + 1 == #positions then
