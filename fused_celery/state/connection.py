@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -37,6 +38,7 @@ __all__ = [
     "mark_reachable",
     "mask_url",
     "redis_client",
+    "transaction",
 ]
 
 _clients: dict[str, redis.Redis] = {}
@@ -65,18 +67,62 @@ def redis_client(url: str) -> redis.Redis:
         return client
 
 
-def command(client: redis.Redis, *args: Any) -> Any:
-    """Run one command (``args``: name, then its arguments) on ``client``'s connection pool and
-    return its reply, decoded as the client decodes; connection errors are retried as the
-    client retries them (the connection closed between tries). Error replies raise, as
-    redis-py raises them (:class:`redis.exceptions.ResponseError` and its subclasses)."""
+def _pack(client: redis.Redis, args: Sequence[Any]) -> bytes:
+    """One command in RESP, each argument encoded as ``client`` encodes it."""
     encoder = client.get_encoder()
     encode, encoding, errors = encoder.encode, encoder.encoding, encoder.encoding_errors
     # a str (most arguments) as the encoder would encode it, without its type checks; anything
     # else through the encoder (its checks: numbers, bytes, and errors for other types). A
     # message's finish (920 arguments) packed in 0.23 ms instead of 0.48 ms.
     parts = [a.encode(encoding, errors) if type(a) is str else encode(a) for a in args]
-    packed = b"".join([b"*%d\r\n" % len(parts)] + [b"$%d\r\n%s\r\n" % (len(p), p) for p in parts])
+    return b"".join([b"*%d\r\n" % len(parts)] + [b"$%d\r\n%s\r\n" % (len(p), p) for p in parts])
+
+
+def transaction(client: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Run ``commands`` (each: name, then its arguments) as one ``MULTI`` / ``EXEC`` on one of
+    ``client``'s connections, packed as :func:`command` packs; return ``EXEC``'s replies.
+
+    An error reply (a command refused when queued, or failing inside ``EXEC``) raises it, as
+    redis-py raises it. A connection error is not retried: ``EXEC`` may have run, and running
+    it again would write twice; the caller undoes what it wrote. Measured on a 2-CPU VM, the
+    record of a 10,000-entry pool (args, states, task ids: ~50,000 arguments) took 67-89 ms
+    through a redis-py pipeline and 37-39 ms this way.
+    """
+    batch = [("MULTI",), *commands, ("EXEC",)]
+    packed = b"".join([_pack(client, c) for c in batch])
+    pool = client.connection_pool
+    own = client.connection
+    conn = own or pool.get_connection()
+    try:
+        conn.send_packed_command([packed])
+        replies = []
+        error: Exception | None = None
+        for _ in batch:
+            try:
+                replies.append(conn.read_response())
+            except redis.exceptions.ResponseError as exc:  # queued command refused
+                error = error or exc
+        if error is not None:
+            raise error
+        out = replies[-1]
+        for reply in out or ():
+            if isinstance(reply, redis.exceptions.ResponseError):
+                raise reply
+        return list(out or ())
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        conn.disconnect()
+        raise
+    finally:
+        if own is None:
+            pool.release(conn)
+
+
+def command(client: redis.Redis, *args: Any) -> Any:
+    """Run one command (``args``: name, then its arguments) on ``client``'s connection pool and
+    return its reply, decoded as the client decodes; connection errors are retried as the
+    client retries them (the connection closed between tries). Error replies raise, as
+    redis-py raises them (:class:`redis.exceptions.ResponseError` and its subclasses)."""
+    packed = _pack(client, args)
     pool = client.connection_pool
     own = client.connection  # a single-connection client's, else one from the pool
     conn = own or pool.get_connection()

@@ -32,7 +32,7 @@ from typing import Any
 
 from fused_celery.errors import PoolExpiredError, PoolNotFoundError
 from fused_celery.state import keys, scripts
-from fused_celery.state.connection import mask_url, redis_client
+from fused_celery.state.connection import mask_url, redis_client, transaction
 from fused_celery.state.events import EVENT_PAYLOAD_MAX_BYTES, SMALL_POOL_ENTRIES
 from fused_celery.state.statuses import PENDING
 
@@ -45,6 +45,13 @@ HISTORY_LOG_CHARS = 4096
 
 #: The state of an entry as submitted (``P:state`` value).
 INITIAL_STATE = f"{PENDING}|1||"
+
+
+def _pairs(fields: list[str], value: str) -> list[str]:
+    """``[field, value, field, value, ...]`` (one value for every field)."""
+    out = [value] * (2 * len(fields))
+    out[::2] = fields
+    return out
 
 
 def canonical_json(value: Any) -> str:
@@ -123,7 +130,7 @@ class PoolRecord:
         A pool of at most :data:`CREATE_INLINE_MAX` entries is one Lua script (one round trip:
         what a single call pays); a larger one is a MULTI of chunked native writes for its bulk
         (faster in Redis than a loop in Lua, which would block the server longer) followed by
-        the same script for the rest.
+        the same script for the rest, packed by hand (:func:`~.connection.transaction`).
         """
         k = self.keys
         ttl = keys.record_ttl()
@@ -146,27 +153,24 @@ class PoolRecord:
         if inline:
             scripts.pool_create(self.client, keys=self.script_keys, args=args)
             return
-        pipe = self.client.pipeline(transaction=True)  # pool ids are fresh: nothing to delete
-        chunk = 2000
+        chunk = 2000  # values per command
+        commands: list[list[Any]] = []  # pool ids are fresh: nothing to delete first
         for start in range(0, n, chunk):
-            pipe.rpush(k["args"], *encoded_args[start : start + chunk])
-            pipe.hset(
-                k["state"],
-                mapping={str(p): INITIAL_STATE for p in range(start, min(n, start + chunk))},
-            )
+            commands.append(["RPUSH", k["args"], *encoded_args[start : start + chunk]])
+            states = [str(p) for p in range(start, min(n, start + chunk))]
+            commands.append(["HSET", k["state"], *_pairs(states, INITIAL_STATE)])
         n_batches = math.ceil(n / bs)
-        tasks = [
-            (str(p), batch_task_id(self.pool_id, b))
-            for b in range(min(lanes, n_batches) if lanes else n_batches)
-            for p in range(b * bs, min(n, (b + 1) * bs))
-        ]
-        for start in range(0, len(tasks), chunk):
-            pipe.hset(k["tasks"], mapping=dict(tasks[start : start + chunk]))
+        tasks: list[str] = []
+        for b in range(min(lanes, n_batches) if lanes else n_batches):
+            task_id = batch_task_id(self.pool_id, b)
+            tasks += _pairs([str(p) for p in range(b * bs, min(n, (b + 1) * bs))], task_id)
+        for start in range(0, len(tasks), 2 * chunk):
+            commands.append(["HSET", k["tasks"], *tasks[start : start + 2 * chunk]])
         backlog = [f"b{b}" for b in range(lanes, n_batches)] if lanes else []
         for start in range(0, len(backlog), chunk):  # (an empty list is no key: see retry)
-            pipe.rpush(k["backlog"], *backlog[start : start + chunk])
-        scripts.pool_create(pipe, keys=self.script_keys, args=args)
-        pipe.execute()
+            commands.append(["RPUSH", k["backlog"], *backlog[start : start + chunk]])
+        commands.append(scripts.pool_create.eval_command(self.script_keys, args))
+        transaction(self.client, commands)
 
     def delete(self, *, keep_tombstone: bool = False) -> None:
         """Remove the record (used when publishing failed: nothing half-submitted remains; and by

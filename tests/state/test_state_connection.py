@@ -14,6 +14,7 @@ from fused_celery.state.connection import (
     mark_reachable,
     mask_url,
     redis_client,
+    transaction,
 )
 
 
@@ -89,4 +90,48 @@ def test_command_reconnects_after_its_connection_was_killed(redis_url: str) -> N
 def test_command_on_a_single_connection_client(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url, single_connection_client=True)
     assert command(client, "CLIENT", "ID") == command(client, "CLIENT", "ID") == client.client_id()
+    client.close()
+
+
+def test_transaction_runs_every_command_at_once(redis_url: str) -> None:
+    client = redis_client(redis_url)
+    key = "test:transaction:list"
+    client.delete(key)
+    replies = transaction(
+        client, [["RPUSH", key, "a", "b"], ["RPUSH", key, "é", 3], ["LRANGE", key, 0, -1]]
+    )
+    assert replies == [2, 4, ["a", "b", "é", "3"]]
+    script = "return redis.call('LLEN', KEYS[1]) + tonumber(ARGV[1])"
+    assert transaction(client, [["EVAL", script, 1, key, 10]]) == [14]
+
+
+def test_transaction_raises_errors_and_keeps_its_connection_in_step(redis_url: str) -> None:
+    """A command that fails inside ``EXEC`` raises its error (the others ran: Redis does not
+    roll back); a command refused when queued aborts the whole transaction (nothing ran)."""
+    client = redis_client(redis_url)
+    text, other = "test:transaction:text", "test:transaction:other"
+    client.delete(other)
+    client.set(text, "x")
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        transaction(client, [["SET", other, "1"], ["LPUSH", text, "a"]])
+    assert client.get(other) == "1"
+    client.delete(other)
+    with pytest.raises(redis.exceptions.ResponseError, match="wrong number of arguments"):
+        transaction(client, [["SET", other, "1"], ["GET"]])
+    assert client.get(other) is None
+    assert command(client, "PING") == "PONG"  # every reply was read: the next command is in step
+    assert transaction(client, [["GET", text]]) == ["x"]
+
+
+def test_transaction_does_not_retry_after_its_connection_was_killed(redis_url: str) -> None:
+    """``EXEC`` may have run when a connection breaks: the transaction raises rather than run
+    its writes twice; the client's next command gets a new connection."""
+    client = redis.Redis.from_url(redis_url, single_connection_client=True)
+    me = client.client_id()
+    killer = redis.Redis.from_url(redis_url)
+    assert killer.client_kill_filter(_id=me) == 1
+    killer.close()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        transaction(client, [["INCR", "test:transaction:counter"]])
+    assert client.ping()
     client.close()

@@ -210,6 +210,13 @@ class Script:
                     )
         return key_list, argv
 
+    def eval_command(self, keys: Mapping[str, Any], args: Mapping[str, Any]) -> list[Any]:
+        """The script as an ``EVAL`` command (its full source, so that it runs inside a
+        ``MULTI`` where an ``EVALSHA`` could fail with NOSCRIPT after the other commands ran):
+        for :func:`~fused_celery.state.connection.transaction`."""
+        key_list, argv = self.flatten(keys, args)
+        return ["EVAL", self.source, len(key_list), *key_list, *argv]
+
     def __call__(
         self, client: redis.Redis, *, keys: Mapping[str, Any], args: Mapping[str, Any] = _NONE
     ) -> Any:
