@@ -57,7 +57,7 @@ def test_a_large_message_starts_and_finishes_every_entry(fused_options: object) 
     assert (counts.get("success"), counts.get("error"), counts.get("running")) == (half, half, 0)
     states, outcomes, logs = record.read_outcomes(range(N))
     assert [parse_state(s)[0] for s in states] == ["success"] * half + ["error"] * half
-    assert [json.loads(o)["value"] for o in outcomes] == list(range(N))
+    assert [o["value"] for o in outcomes] == list(range(N))
     assert logs == [f"log {p}" for p in range(N)]
 
 

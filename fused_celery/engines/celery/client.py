@@ -76,6 +76,7 @@ from fused_celery.state.pool_record import (
     batch_positions,
     batch_task_id,
     canonical_json,
+    parse_outcomes,
     parse_state,
 )
 from fused_celery.state.statuses import ENTRY_WITH_OUTCOME as _OUTCOME_STATUSES
@@ -487,21 +488,17 @@ class CeleryEngine(Engine):
         if snap is not None:
             fields = [str(p) for p in positions]
             states = [snap[2].get(f) for f in fields]
-            outcomes = [snap[3].get(f) for f in fields]
+            outcomes = parse_outcomes([snap[3].get(f) for f in fields])
             logs = [snap[4].get(f) for f in fields]
         else:
             states, outcomes, logs = self.record.read_outcomes(positions)
         found: dict[int, Outcome] = {}
-        rows = []
-        for pos, state, outcome, log in zip(positions, states, outcomes, logs):
-            if state is None or outcome is None:
+        for pos, state, stored, log in zip(positions, states, outcomes, logs):
+            if state is None or stored is None:
                 continue
             status, _, started, finished = parse_state(state)
-            if status in _OUTCOME_STATUSES:
-                rows.append((pos, outcome, log, started, finished))
-        # every outcome parsed in one call (a JSON array of them): ~3x faster than one by one
-        parsed = json.loads("[" + ",".join(r[1] for r in rows) + "]") if rows else []
-        for (pos, _, log, started, finished), stored in zip(rows, parsed):
+            if status not in _OUTCOME_STATUSES:
+                continue
             try:
                 value = load_value(stored) if stored.get("ok") else None
             except Exception as exc:  # noqa: BLE001 - storage unreadable: report it per entry

@@ -1,16 +1,20 @@
 -- A client reads entries' states, outcomes and logs in one go. Returns one JSON string
--- [[state...], [outcome JSON...], [logs...]] in the order of the positions given, null where a
--- field is missing: one string parses faster in the client than three bulk strings per entry
--- (10,000 entries, under cProfile: 0.07 s against 0.23 s through redis-py's parser).
+-- [[state...], [outcome...], [logs...]] in the order of the positions given, null where a
+-- field is missing. The outcomes are put in as they are stored (JSON texts), not as strings:
+-- the client parses everything in one json.loads (one string parses faster in the client than
+-- three bulk strings per entry: 10,000 entries, under cProfile, 0.07 s against 0.23 s through
+-- redis-py's parser; and outcomes that are not strings need no escaping here nor a second
+-- parse there).
 local fields = {}
 for i = REST, #ARGV, REST_WIDTH do fields[#fields + 1] = ARGV[i + R.pos] end
-local out = {}
-for k, key in ipairs({K.state, K.outcome, K.logs}) do
+local function read(key, missing)
   local got = {}
   for i = 1, #fields, 1000 do
     local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 999, #fields)))
-    for j = 1, #part do got[#got + 1] = part[j] or cjson.null end
+    for j = 1, #part do got[#got + 1] = part[j] or missing end
   end
-  out[k] = got
+  return got
 end
-return cjson.encode(out)
+return '[' .. cjson.encode(read(K.state, cjson.null)) .. ',['
+  .. table.concat(read(K.outcome, 'null'), ',') .. '],'
+  .. cjson.encode(read(K.logs, cjson.null)) .. ']'
