@@ -11,12 +11,15 @@ frees them, so pausing the collector for the bulk work frees nothing later.
 
 ``gc.disable()`` / ``gc.enable()`` are process-wide switches, not a scope: :func:`paused` counts
 the pauses under a lock, so overlapping pauses of several threads nest, and a collector that was
-already off (the user's choice) stays off.
+already off (the user's choice) stays off. A process forked during a pause (the local engine
+starts its workers from ``submit``) inherits the switch but not the scope: it turns the
+collector back on.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,3 +46,16 @@ def paused() -> Iterator[None]:
             _depth -= 1
             if _depth == 0 and _resume:
                 gc.enable()
+
+
+def _after_fork_in_child() -> None:
+    """A child forked inside a pause: no pause of its own, the collector as before the pause
+    (the parent's lock may have been held by another thread: the child makes its own)."""
+    global _depth, _lock
+    _lock = threading.Lock()
+    if _depth and _resume:
+        gc.enable()
+    _depth = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -55,3 +55,21 @@ def test_a_collector_turned_off_by_the_user_stays_off() -> None:
     with gc_pause.paused():
         assert not gc.isenabled()
     assert not gc.isenabled()
+
+
+def test_a_process_forked_during_a_pause_collects_again() -> None:
+    """The local engine forks its workers from ``submit``, which runs inside a pause."""
+    import os
+
+    with gc_pause.paused():
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its collector's switch, then leave at once
+            os.write(write, b"1" if gc.isenabled() else b"0")
+            os._exit(0)
+        os.close(write)
+        reported = os.read(read, 1)
+        os.close(read)
+        os.waitpid(pid, 0)
+        assert not gc.isenabled()
+    assert reported == b"1"
