@@ -85,16 +85,15 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def fused_options(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     """``options.broker_url`` and ``result_backend`` set to the test Redis for this test (and
-    ``FUSED_CELERY_BROKER_URL`` / ``FUSED_CELERY_RESULT_BACKEND`` for subprocesses)."""
-    saved = (options.broker_url, options.result_backend)
+    ``FUSED_CELERY_BROKER_URL`` / ``FUSED_CELERY_RESULT_BACKEND`` for subprocesses), through
+    ``monkeypatch``: a test that sets them again with ``monkeypatch`` is undone first, so the
+    values before this fixture come back (restoring them here, before ``monkeypatch`` undid the
+    test's own ``setattr``, left the test Redis's URL set for the tests that followed)."""
     monkeypatch.setenv("FUSED_CELERY_BROKER_URL", redis_url)
     monkeypatch.setenv("FUSED_CELERY_RESULT_BACKEND", redis_url)
-    options.broker_url = redis_url
-    options.result_backend = redis_url
-    try:
-        yield options
-    finally:
-        options.broker_url, options.result_backend = saved
+    monkeypatch.setattr(options, "broker_url", redis_url)
+    monkeypatch.setattr(options, "result_backend", redis_url)
+    yield options
 
 
 class WorkerHandle:
