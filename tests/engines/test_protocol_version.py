@@ -45,20 +45,19 @@ def test_messages_carry_the_protocol_header(fused_options, redis_url, monkeypatc
 
 def test_worker_refuses_a_message_of_another_protocol(worker, monkeypatch):
     assert double.map([1, 2], engine="remote").results() == [2, 4]
-    monkeypatch.setattr(version, "PROTOCOL_VERSION", version.PROTOCOL_VERSION + 1)
-    monkeypatch.setattr(version, "__version__", "9.9.9")
-    pool = double.map(list(range(3)), engine="remote")
-    pool.wait(timeout=60)
-    assert pool.done() and not pool.any_succeeded()
-    errors = pool.errors()
-    assert sorted(errors) == [0, 1, 2]
-    message = str(errors[0])
-    assert f"protocol {version.PROTOCOL_VERSION} (fused-celery 9.9.9)" in message, message
-    assert "this worker speaks protocol" in message and "same fused-celery version" in message
-    assert all(not log for log in pool.logs())  # nothing ran
-    assert "refused a message (task fused_celery.run_entries" in worker.log()
-    monkeypatch.undo()
-    monkeypatch.setattr(options.show, "enable_tqdm", False)
+    with monkeypatch.context() as other_version:  # (the fixtures' own patches stay)
+        other_version.setattr(version, "PROTOCOL_VERSION", version.PROTOCOL_VERSION + 1)
+        other_version.setattr(version, "__version__", "9.9.9")
+        pool = double.map(list(range(3)), engine="remote")
+        pool.wait(timeout=60)
+        assert pool.done() and not pool.any_succeeded()
+        errors = pool.errors()
+        assert sorted(errors) == [0, 1, 2]
+        message = str(errors[0])
+        assert f"protocol {version.PROTOCOL_VERSION} (fused-celery 9.9.9)" in message, message
+        assert "this worker speaks protocol" in message and "same fused-celery version" in message
+        assert all(not log for log in pool.logs())  # nothing ran
+        assert "refused a message (task fused_celery.run_entries" in worker.log()
     assert double.map([5], engine="remote").results() == [10]  # still serving
 
 
