@@ -5,6 +5,8 @@ waiter cares about (entries finished, cancelled or retried) PUBLISHes the record
 A worker's finish in a *small* pool (at most :data:`SMALL_POOL_ENTRIES` entries) publishes JSON
 ``{v, c, s, o, l}`` instead -- the version and the ``counts``, ``state``, ``outcome`` and ``logs``
 hashes -- when that fits in :data:`EVENT_PAYLOAD_MAX_BYTES`, so a waiting client needs no read.
+Either is followed by :data:`DONE_SUFFIX` when the change left no entry pending or running (a
+waiter sleeping between two reads, see :meth:`PoolEvents.wait_done`, wakes for it at once).
 
 The listener is :class:`PoolEvents`: one pub/sub connection per Redis URL, shared by every pool a
 process watches.
@@ -33,6 +35,10 @@ EVENT_PAYLOAD_MAX_BYTES = 16 * 1024
 #: A client's event listener keeps the latest payload of this many pools (it hears every pool).
 EVENT_PAYLOADS_KEPT = 256
 
+#: The end of an event after which no entry of the pool is pending or running (``done_suffix``
+#: in ``_pool_entry.lua``).
+DONE_SUFFIX = ":done"
+
 _instances_lock = threading.Lock()
 
 
@@ -55,6 +61,8 @@ class PoolEvents:
         # pool -> (event count, JSON state, time.monotonic() when heard) of its latest event,
         # when that event carried the pool's state
         self._payloads: OrderedDict[str, tuple[int, str, float]] = OrderedDict()
+        # pool -> event count of its latest event that ended with DONE_SUFFIX
+        self._done: OrderedDict[str, int] = OrderedDict()
         self._epoch = 0  # subscriptions made so far
         self._connected = threading.Event()
         self._thread = threading.Thread(
@@ -117,6 +125,20 @@ class PoolEvents:
                 timeout=timeout,
             )
 
+    def wait_done(self, pool_id: str, token: tuple[int, int], timeout: float) -> bool:
+        """Block up to ``timeout`` seconds until an event of ``pool_id`` that ends with
+        :data:`DONE_SUFFIX` arrives after ``token`` (see :meth:`token`); True then, or at once
+        for a token of an earlier subscription or while disconnected; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: (
+                    token[0] != self._epoch
+                    or self._done.get(pool_id, -1) > token[1]
+                    or not self.connected
+                ),
+                timeout=timeout,
+            )
+
     def _run(self) -> None:
         client = redis.Redis.from_url(
             self.url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
@@ -130,6 +152,7 @@ class PoolEvents:
                 with self._cond:
                     self._epoch += 1
                     self._payloads.clear()
+                    self._done.clear()
                     self._connected.set()
                 while True:
                     message = pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
@@ -139,6 +162,12 @@ class PoolEvents:
                     data = message.get("data")
                     with self._cond:
                         count = self._versions[pool_id] = self._versions.get(pool_id, 0) + 1
+                        if isinstance(data, str) and data.endswith(DONE_SUFFIX):
+                            data = data[: -len(DONE_SUFFIX)]
+                            self._done[pool_id] = count
+                            self._done.move_to_end(pool_id)
+                            while len(self._done) > EVENT_PAYLOADS_KEPT:
+                                self._done.popitem(last=False)
                         if isinstance(data, str) and data.startswith("{"):
                             self._payloads[pool_id] = (count, data, time.monotonic())
                             self._payloads.move_to_end(pool_id)

@@ -118,3 +118,51 @@ def test_start_hands_out_each_entrys_own_arguments(
         else:
             assert decision == "run"
             assert json.loads(args) == {"x": p}
+
+
+def test_the_last_finish_and_a_final_cancel_announce_done(fused_options: object) -> None:
+    """``pool_finish`` publishes ``"<version>:done"`` when it leaves no entry pending or running
+    (and a plain version before that); ``pool_cancel`` likewise when nothing else runs."""
+    from fused_celery.state import keys
+
+    n = 10  # above events.SMALL_POOL_ENTRIES: events carry versions, not the state
+    record = _record(n)
+    pubsub = record.client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.events_channel(record.pool_id))
+    pubsub.get_message(timeout=1.0)  # the subscription's confirmation
+
+    def next_event() -> str:
+        message = pubsub.get_message(timeout=5.0)
+        assert message is not None
+        return str(message["data"])
+
+    started = record.start(task_id=f"{record.pool_id}.m", redelivered=False, host="w@h",
+                           entries=[(p, 1) for p in range(n)])  # fmt: skip
+    assert not isinstance(started, str)
+    meta = {"n": str(n), "batch_size": str(n)}
+
+    def finish(positions: list[int]) -> None:
+        results = [
+            {"pos": p, "attempt": 1, "status": "success", "json": json.dumps({"ok": True}),
+             "logs": "", "started": 1.0, "finished": 2.0}
+            for p in positions
+        ]  # fmt: skip
+        record.finish(results=results, meta=meta, lane=None, redelivered=False, chain=False)
+
+    finish(list(range(n - 1)))
+    assert not next_event().endswith(":done")
+    finish([n - 1])
+    assert next_event().endswith(":done")
+
+    other = _record(n)
+    pubsub.subscribe(keys.events_channel(other.pool_id))
+    pubsub.get_message(timeout=1.0)
+    other.start(task_id=f"{other.pool_id}.m", redelivered=False, host="w@h", entries=[(0, 1)])
+    assert other.cancel()[:2] == (n - 1, 1)  # one entry still runs: not done
+    assert not next_event().endswith(":done")
+    idle = _record(n)
+    pubsub.subscribe(keys.events_channel(idle.pool_id))
+    pubsub.get_message(timeout=1.0)
+    assert idle.cancel()[:2] == (n, 0)  # nothing ran: every entry is final now
+    assert next_event().endswith(":done")
+    pubsub.close()

@@ -530,13 +530,20 @@ class CeleryEngine(Engine):
 
         Entries that start only bump the record's version, which the next read sees. Wake-ups
         are at least ``options.poll_interval`` apart, so a pool finishing thousands of entries a
-        second is re-read about 20 times a second, not once per entry.
+        second is re-read about 20 times a second, not once per entry; the event of the pool's
+        last entry (see :data:`~fused_celery.state.events.DONE_SUFFIX`) ends that pause at once.
         """
         start = time.monotonic()
         deadline = start + max(0.0, timeout)
         pause = min(options.poll_interval - (start - self._woke_at), deadline - start)
         if pause > 0:
-            time.sleep(pause)
+            # the pause ends early when the pool's last entry finishes after the caller's read
+            listener, read = PoolEvents.existing(self.record.url), self._read_token
+            if listener is None or read is None or not listener.connected:
+                time.sleep(pause)
+            elif listener.wait_done(self.pool_id, read, pause):
+                self._woke_at = time.monotonic()
+                return
         try:
             events = PoolEvents.for_url(self.record.url)
             if not events.ready(min(1.0, max(0.0, deadline - time.monotonic()))):

@@ -85,3 +85,11 @@ local function stage_flush()
   staged_keys, staged_pairs, staged_counts, staged_state = {}, {}, {}, {}
   fetched_state = {}
 end
+
+-- What ends an event of the pool's channel: ':done' when no entry is pending or running any
+-- more (a client that sleeps between its reads wakes for it at once), else ''.
+local function done_suffix()
+  local left = redis.call('HMGET', K.counts, ENTRY.pending, ENTRY.running)
+  if tonumber(left[1]) == 0 and tonumber(left[2]) == 0 then return ':done' end
+  return ''
+end

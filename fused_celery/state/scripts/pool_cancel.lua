@@ -18,7 +18,7 @@ for i = 1, #all, 2 do
     running = running + 1
   end
 end
-if n > 0 then redis.call('PUBLISH', A.channel, redis.call('INCR', K.version)) end
+if n > 0 then redis.call('PUBLISH', A.channel, redis.call('INCR', K.version) .. done_suffix()) end
 local out = {n, running}
 for _, t in ipairs(ids) do out[#out + 1] = t end
 return out

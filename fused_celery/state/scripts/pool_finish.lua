@@ -1,5 +1,6 @@
 -- A worker records its entries' outcomes, or moves them to their next attempt (mode 'retry'),
--- announces it on the pool's channel, then (capped pools) picks the lane's next item.
+-- announces it on the pool's channel (the new version, followed by ':done' once no entry is
+-- pending or running), then (capped pools) picks the lane's next item.
 -- A.payload_max > 0 (small pools): the event carries the record's new state as JSON
 -- {v, c, s, o, l} (version, counts, state, outcome, logs) when that fits in payload_max bytes.
 -- Returns {-2} (record gone), {-1} (no next item) or {item, pos, att, ...}.
@@ -57,7 +58,7 @@ if pmax > 0 then
     if #body <= pmax then event = body end
   end
 end
-redis.call('PUBLISH', A.channel, event)
+redis.call('PUBLISH', A.channel, event .. done_suffix())
 if A.lane == '' or A.chain ~= '1' then return {-1} end
 local n, bs = tonumber(A.n), tonumber(A.batch_size)
 local j, mine = A.lane, A.lane_item

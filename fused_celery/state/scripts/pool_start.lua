@@ -100,6 +100,6 @@ stage_flush()
 -- entries that start only bump the version; waiters are woken for finished entries
 if changed or finals then
   local v = redis.call('INCR', K.version)
-  if finals then redis.call('PUBLISH', A.channel, v) end
+  if finals then redis.call('PUBLISH', A.channel, v .. done_suffix()) end
 end
 return {cjson.encode(out)}
