@@ -18,6 +18,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
+from typing import Any
 
 import redis
 
@@ -40,6 +41,15 @@ EVENT_PAYLOADS_KEPT = 256
 DONE_SUFFIX = ":done"
 
 _instances_lock = threading.Lock()
+
+
+def _keep_latest(kept: OrderedDict[str, Any], pool_id: str, value: Any) -> None:
+    """Set ``kept[pool_id]`` as the newest entry; drop the oldest beyond
+    :data:`EVENT_PAYLOADS_KEPT` (the listener hears every pool of its Redis)."""
+    kept[pool_id] = value
+    kept.move_to_end(pool_id)
+    while len(kept) > EVENT_PAYLOADS_KEPT:
+        kept.popitem(last=False)
 
 
 class PoolEvents:
@@ -164,15 +174,9 @@ class PoolEvents:
                         count = self._versions[pool_id] = self._versions.get(pool_id, 0) + 1
                         if isinstance(data, str) and data.endswith(DONE_SUFFIX):
                             data = data[: -len(DONE_SUFFIX)]
-                            self._done[pool_id] = count
-                            self._done.move_to_end(pool_id)
-                            while len(self._done) > EVENT_PAYLOADS_KEPT:
-                                self._done.popitem(last=False)
+                            _keep_latest(self._done, pool_id, count)
                         if isinstance(data, str) and data.startswith("{"):
-                            self._payloads[pool_id] = (count, data, time.monotonic())
-                            self._payloads.move_to_end(pool_id)
-                            while len(self._payloads) > EVENT_PAYLOADS_KEPT:
-                                self._payloads.popitem(last=False)
+                            _keep_latest(self._payloads, pool_id, (count, data, time.monotonic()))
                         else:
                             self._payloads.pop(pool_id, None)
                         self._cond.notify_all()

@@ -310,7 +310,7 @@ pool_start = Script(
         "cache_max_age", "cache_prefix", "want_meta", "placeholder",
     ),
     rest=("entries", ("pos", "attempt")),
-    uses=("pool_entry",),
+    uses=("hmget", "pool_entry",),
 )  # fmt: skip
 
 #: Record a message's outcomes and chain the lane's next item (worker).
@@ -328,7 +328,7 @@ pool_finish = Script(
         "results",
         ("pos", "attempt", "status", "json", "logs", "started", "finished", "mode", "cache_key"),
     ),
-    uses=("pool_entry", "pool_lanes"),
+    uses=("hmget", "pool_entry", "pool_lanes"),
 )  # fmt: skip
 
 #: Read entries' states, outcomes and logs as one JSON string (client, large reads).
@@ -337,6 +337,7 @@ pool_read = Script(
     keys=("state", "outcome", "logs"),
     argv=(),
     rest=("positions", ("pos",)),
+    uses=("hmget",),
 )
 
 #: Read the version and every entry's state as one JSON string (client, large pools).
@@ -347,7 +348,10 @@ pool_cancel = Script(
     "pool_cancel",
     keys=("state", "cancelled", "version", "tasks", "counts"),
     argv=("channel",),
-    uses=("pool_entry",),
+    uses=(
+        "hmget",
+        "pool_entry",
+    ),
 )
 
 #: Move entries to a new attempt (client).
@@ -356,7 +360,10 @@ pool_retry = Script(
     keys=("state", "cancelled", "tasks", "version", "meta", "counts"),
     argv=("now", "channel"),
     rest=("entries", ("pos", "attempt", "task_id")),
-    uses=("pool_entry",),
+    uses=(
+        "hmget",
+        "pool_entry",
+    ),
 )
 
 #: Retry entries of a capped pool through its lanes (client).
@@ -365,7 +372,7 @@ pool_retry_lanes = Script(
     keys=("state", "cancelled", "tasks", "version", "meta", "counts", "lanes", "backlog", "items"),
     argv=("now", "channel", "n", "batch_size", "n_lanes", "pool_id", "tag"),
     rest=("entries", ("pos", "attempt")),
-    uses=("pool_entry", "pool_lanes"),
+    uses=("hmget", "pool_entry", "pool_lanes"),
 )
 
 # Job records (fused_celery.state.job_record); key names are keys.JOB_PARTS, plus ``jobs``

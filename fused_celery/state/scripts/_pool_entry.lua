@@ -1,5 +1,5 @@
 -- Helpers of the scripts that read and write entry states: P:state values are
--- "<status>|<attempt>|<started>|<finished>". Uses K.state and K.counts.
+-- "<status>|<attempt>|<started>|<finished>". Uses K.state and K.counts, and _hmget.lua.
 
 local function parse(v)
   local st, a, t0, t1 = string.match(v, '^(%a+)|(%d+)|([^|]*)|(.*)$')
@@ -42,16 +42,6 @@ local function state_of(pos)
   v = fetched_state[pos]
   if v ~= nil then return v end
   return redis.call('HGET', K.state, pos)
-end
-
--- The values of `fields` of hash `key` (false where absent): one HMGET per STAGE_CHUNK fields.
-local function hmget_chunked(key, fields)
-  local out = {}
-  for i = 1, #fields, STAGE_CHUNK do
-    local got = redis.call('HMGET', key, unpack(fields, i, math.min(i + STAGE_CHUNK - 1, #fields)))
-    for j = 1, #got do out[#out + 1] = got[j] end
-  end
-  return out
 end
 
 -- Read the states of `positions` at once (a script about to look at each of them), instead of

@@ -8,11 +8,8 @@
 local fields = {}
 for i = REST, #ARGV, REST_WIDTH do fields[#fields + 1] = ARGV[i + R.pos] end
 local function read(key, missing)
-  local got = {}
-  for i = 1, #fields, 1000 do
-    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 999, #fields)))
-    for j = 1, #part do got[#got + 1] = part[j] or missing end
-  end
+  local got = hmget_chunked(key, fields)
+  for j = 1, #got do got[j] = got[j] or missing end
   return got
 end
 return '[' .. cjson.encode(read(K.state, cjson.null)) .. ',['

@@ -30,14 +30,12 @@ prefetch_states(positions)
 local nc = redis.call('SCARD', K.cancelled)  -- (the set holds keys.PLACEHOLDER)
 local any_cancelled = nc > 1
   or (nc == 1 and redis.call('SISMEMBER', K.cancelled, A.placeholder) == 0)
-local first, last = tonumber(positions[1]), tonumber(positions[#positions])
-local ranged = nil
-if #positions > 1 and last - first + 1 == #positions then
-  ranged = redis.call('LRANGE', K.args, first, last)
-  for k = 1, #positions do
-    if tonumber(positions[k]) ~= first + k - 1 then ranged = nil break end
-  end
+local first = tonumber(positions[1])
+local consecutive = #positions > 1
+for k = 2, #positions do
+  if tonumber(positions[k]) ~= first + k - 1 then consecutive = false break end
 end
+local ranged = consecutive and redis.call('LRANGE', K.args, first, first + #positions - 1)
 for i = REST, #ARGV, REST_WIDTH do
   local pos = ARGV[i + R.pos]
   local att = tonumber(ARGV[i + R.attempt])
