@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import redis
@@ -135,3 +139,70 @@ def test_transaction_does_not_retry_after_its_connection_was_killed(redis_url: s
         transaction(client, [["INCR", "test:transaction:counter"]])
     assert client.ping()
     client.close()
+
+
+def test_command_keeps_its_connection_between_calls(redis_url: str) -> None:
+    """Calls one after another use one connection; calls at once use one each, kept after."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    me = command(client, "CLIENT", "ID")
+    assert [command(client, "CLIENT", "ID") for _ in range(5)] == [me] * 5
+    barrier = threading.Barrier(4)
+
+    def at_once() -> int:
+        # BLPOP of an empty list with a short timeout holds the connection while others start
+        barrier.wait(timeout=10)
+        command(client, "BLPOP", "test:kept:nothing", 0.2)
+        return command(client, "CLIENT", "ID")
+
+    with ThreadPoolExecutor(4) as ex:
+        ids = set(ex.map(lambda _: at_once(), range(4)))
+    assert len(ids) == 4 and me in ids
+    # the four are kept: later calls reuse them, none is opened
+    created = client.connection_pool._created_connections
+    assert {command(client, "CLIENT", "ID") for _ in range(8)} <= ids
+    assert client.connection_pool._created_connections == created == 4
+    client.close()
+
+
+def test_a_command_cut_short_leaves_no_reply_behind(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that ends before its reply was read (here an exception raised in place of the
+    read) disconnects its connection: the next call never reads the old reply."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    command(client, "SET", "test:kept:a", "old")
+    real = redis.connection.Connection.read_response
+    calls = []
+
+    def cut(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("interrupted")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.Connection, "read_response", cut)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        command(client, "GET", "test:kept:a")  # its reply "old" stays unread on the socket
+    calls.clear()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        transaction(client, [["GET", "test:kept:a"]])  # its replies stay unread too
+    monkeypatch.undo()
+    assert command(client, "SET", "test:kept:a", "new") == "OK"
+    assert command(client, "GET", "test:kept:a") == "new"
+    assert transaction(client, [["GET", "test:kept:a"]]) == ["new"]
+    client.close()
+
+
+def _client_id(url: str) -> int:
+    return command(redis_client(url), "CLIENT", "ID")
+
+
+def test_a_forked_child_uses_connections_of_its_own(redis_url: str) -> None:
+    """A forked child inherits the shared client and its kept connection, and opens its own."""
+    client = redis_client(redis_url)
+    mine = command(client, "CLIENT", "ID")
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as children:
+        theirs = children.apply(_client_id, (redis_url,))
+    assert theirs != mine
+    assert command(client, "CLIENT", "ID") == mine  # the parent's is untouched and in step
