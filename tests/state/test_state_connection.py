@@ -206,3 +206,18 @@ def test_a_forked_child_uses_connections_of_its_own(redis_url: str) -> None:
         theirs = children.apply(_client_id, (redis_url,))
     assert theirs != mine
     assert command(client, "CLIENT", "ID") == mine  # the parent's is untouched and in step
+
+
+def test_a_transaction_after_a_restart_opens_its_kept_connection_again(redis_url: str) -> None:
+    """A kept connection the server has closed since (a restart, here ``CLIENT KILL``) is
+    opened again before a transaction is sent: the transaction runs (it is never retried)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    me = command(client, "CLIENT", "ID")
+    killer = redis.Redis.from_url(redis_url)
+    assert killer.client_kill_filter(_id=me) == 1
+    killer.close()
+    client.delete("test:kept:counter")
+    assert transaction(client, [["INCR", "test:kept:counter"]]) == [1]
+    assert command(client, "CLIENT", "ID") != me
+    assert client.get("test:kept:counter") == "1"
+    client.close()
