@@ -481,6 +481,7 @@ def memory_child(n: int, trace: bool) -> dict[str, Any]:
     values = pool.results()
     seconds = time.perf_counter() - started
     out = {"seconds": seconds, "rows": len(values), "ok": sum(values) == n * (n - 1) // 2}
+    out["pool_id"] = pool.id
     out["redis_bytes_per_entry"] = (server.info("memory")["used_memory"] - redis_before) / n
     if trace:
         out["traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
