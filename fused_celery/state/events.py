@@ -66,7 +66,12 @@ class PoolEvents:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        # wait_done's waiters, on the same lock: woken by events that end with DONE_SUFFIX (and
+        # by (re)subscriptions and disconnects), not by the thousands of others a large pool's
+        # workers send while the waiter pauses between two reads
+        self._done_cond = threading.Condition(lock)
         self._versions: dict[str, int] = {}
         # pool -> (event count, JSON state, time.monotonic() when heard) of its latest event,
         # when that event carried the pool's state
@@ -140,7 +145,7 @@ class PoolEvents:
         :data:`DONE_SUFFIX` arrives after ``token`` (see :meth:`token`); True then, or at once
         for a token of an earlier subscription or while disconnected; False on timeout."""
         with self._cond:
-            return self._cond.wait_for(
+            return self._done_cond.wait_for(
                 lambda: (
                     token[0] != self._epoch
                     or self._done.get(pool_id, -1) > token[1]
@@ -164,6 +169,7 @@ class PoolEvents:
                     self._payloads.clear()
                     self._done.clear()
                     self._connected.set()
+                    self._done_cond.notify_all()
                 while True:
                     message = pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
                     if message is None or message.get("type") != "pmessage":
@@ -175,6 +181,7 @@ class PoolEvents:
                         if isinstance(data, str) and data.endswith(DONE_SUFFIX):
                             data = data[: -len(DONE_SUFFIX)]
                             _keep_latest(self._done, pool_id, count)
+                            self._done_cond.notify_all()
                         if isinstance(data, str) and data.startswith("{"):
                             _keep_latest(self._payloads, pool_id, (count, data, time.monotonic()))
                         else:
@@ -184,6 +191,7 @@ class PoolEvents:
                 self._connected.clear()
                 with self._cond:
                     self._cond.notify_all()
+                    self._done_cond.notify_all()
                 with contextlib.suppress(Exception):
                     pubsub.close()
                 time.sleep(0.5)

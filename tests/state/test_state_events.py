@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
 
 import redis
 
@@ -50,3 +54,39 @@ def test_a_done_event_ends_wait_done_for_tokens_taken_before_it(redis_url: str) 
     assert events.wait_done("pd", after, 5.0)
     latest = events.latest("pd")
     assert latest is not None and latest[1] == payload, "the state, without the suffix"
+
+
+def test_plain_events_do_not_wake_a_wait_done(redis_url: str) -> None:
+    """A waiter pausing in ``wait_done`` sleeps through the plain events of a large pool (one
+    per finished entry) and wakes for the done one: its condition is checked a few times, not
+    once per event."""
+    events = PoolEvents(redis_url)  # a listener of its own: its ``_done`` map is counted
+    assert events.ready(5.0)
+    checks = []
+
+    class Counting(OrderedDict):  # type: ignore[type-arg]
+        def get(self, *args: Any) -> Any:
+            checks.append(1)
+            return super().get(*args)
+
+    with events._cond:
+        events._done = Counting(events._done)
+    token = events.token("pw")
+    assert token is not None
+    woke = threading.Event()
+    waiter = threading.Thread(
+        target=lambda: events.wait_done("pw", token, 30.0) and woke.set(), daemon=True
+    )
+    waiter.start()
+    time.sleep(0.2)  # the waiter is asleep in wait_done
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    for version in range(1, 201):
+        client.publish(keys.events_channel("pw"), version)
+    deadline = time.monotonic() + 10
+    while events.token("pw") != (token[0], 200) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert events.token("pw") == (token[0], 200) and not woke.is_set()
+    client.publish(keys.events_channel("pw"), "201:done")
+    assert woke.wait(5.0)
+    assert len(checks) <= 5, f"wait_done checked its condition {len(checks)} times"
+    client.close()
