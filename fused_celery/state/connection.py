@@ -150,19 +150,11 @@ def command(client: redis.Redis, *args: Any) -> Any:
         _give(client, conn, ok)
 
 
-class _Kept:
-    """The connections :func:`command` and :func:`transaction` keep for one pool, in the
-    process that took them (``pid``)."""
-
-    __slots__ = ("pid", "idle")
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.idle: list[Any] = []
-
-
-#: connection pool -> its kept connections (idle ones; the pool counts them as in use).
-_kept: weakref.WeakKeyDictionary[Any, _Kept] = weakref.WeakKeyDictionary()
+#: connection pool -> the connections :func:`command` and :func:`transaction` keep for it (idle
+#: ones; the pool counts them as in use). A forked child starts without any: the parent's stay
+#: the parent's (see the ``register_at_fork`` below).
+_kept: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+os.register_at_fork(after_in_child=_kept.clear)
 
 
 def _take(client: redis.Redis, *, check: bool = False) -> Any:
@@ -178,21 +170,17 @@ def _take(client: redis.Redis, *, check: bool = False) -> Any:
     if own is not None:
         return own
     pool = client.connection_pool
-    kept = _kept.get(pool)
-    if kept is not None and kept.pid == os.getpid():
+    try:
+        conn = _kept[pool].pop()  # (atomic: two threads never take the same one)
+    except (KeyError, IndexError):
+        return pool.get_connection()
+    if check:
         try:
-            conn = kept.idle.pop()  # (atomic: two threads never take the same one)
-        except IndexError:
-            pass
-        else:
-            if check:
-                try:
-                    if conn.can_read():  # data nobody asked for, or the server's close
-                        conn.disconnect()
-                except (redis.exceptions.ConnectionError, OSError):
-                    conn.disconnect()  # (the next send connects again)
-            return conn
-    return pool.get_connection()
+            if conn.can_read():  # data nobody asked for, or the server's close
+                conn.disconnect()
+        except (redis.exceptions.ConnectionError, OSError):
+            conn.disconnect()  # (the next send connects again)
+    return conn
 
 
 def _give(client: redis.Redis, conn: Any, clean: bool) -> None:
@@ -207,13 +195,7 @@ def _give(client: redis.Redis, conn: Any, clean: bool) -> None:
         conn.disconnect()
         pool.release(conn)
         return
-    kept = _kept.get(pool)
-    if kept is None or kept.pid != os.getpid():
-        with _clients_lock:
-            kept = _kept.get(pool)
-            if kept is None or kept.pid != os.getpid():  # (a forked child: a list of its own)
-                kept = _kept[pool] = _Kept()
-    kept.idle.append(conn)
+    _kept.setdefault(pool, []).append(conn)  # (setdefault is atomic)
 
 
 _probes: dict[str, redis.Redis] = {}

@@ -310,7 +310,7 @@ pool_start = Script(
         "cache_max_age", "cache_prefix", "want_meta", "placeholder",
     ),
     rest=("entries", ("pos", "attempt")),
-    uses=("hmget", "pool_entry",),
+    uses=("hmget", "pool_entry"),
 )  # fmt: skip
 
 #: Record a message's outcomes and chain the lane's next item (worker).
@@ -348,10 +348,7 @@ pool_cancel = Script(
     "pool_cancel",
     keys=("state", "cancelled", "version", "tasks", "counts"),
     argv=("channel",),
-    uses=(
-        "hmget",
-        "pool_entry",
-    ),
+    uses=("hmget", "pool_entry"),
 )
 
 #: Move entries to a new attempt (client).
@@ -360,10 +357,7 @@ pool_retry = Script(
     keys=("state", "cancelled", "tasks", "version", "meta", "counts"),
     argv=("now", "channel"),
     rest=("entries", ("pos", "attempt", "task_id")),
-    uses=(
-        "hmget",
-        "pool_entry",
-    ),
+    uses=("hmget", "pool_entry"),
 )
 
 #: Retry entries of a capped pool through its lanes (client).
